@@ -1,0 +1,52 @@
+"""edgejobs: a background job runner for one machine, on SQLite.
+
+The public API: :class:`EdgeJobs` (the runner and client), :class:`JobContext` and
+:class:`SyncJobContext` (what handlers receive), :class:`PermanentError` (fail without retry),
+the :class:`Status` and :class:`Priority` enums, :class:`Job` and the errors.
+"""
+
+from edgejobs.app import EdgeJobs, JobSpec
+from edgejobs.errors import (
+    Conflict,
+    DatabaseBusy,
+    EdgeJobsError,
+    NotFound,
+    PayloadTooLarge,
+    PermanentError,
+    RateLimited,
+    RunnerAlreadyActive,
+    StorageFull,
+    UnknownJobType,
+    UnknownParent,
+    ValidationError,
+)
+from edgejobs.models import Attempt, Job, JobError, Outcome, Priority, Status
+from edgejobs.runner.context import JobContext, SyncJobContext
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Attempt",
+    "Conflict",
+    "DatabaseBusy",
+    "EdgeJobs",
+    "EdgeJobsError",
+    "Job",
+    "JobContext",
+    "JobError",
+    "JobSpec",
+    "NotFound",
+    "Outcome",
+    "PayloadTooLarge",
+    "PermanentError",
+    "Priority",
+    "RateLimited",
+    "RunnerAlreadyActive",
+    "Status",
+    "StorageFull",
+    "SyncJobContext",
+    "UnknownJobType",
+    "UnknownParent",
+    "ValidationError",
+    "__version__",
+]

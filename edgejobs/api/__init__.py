@@ -1,0 +1,1 @@
+"""The HTTP layer (Starlette): REST API, SSE, dashboard."""

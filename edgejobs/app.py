@@ -1,0 +1,738 @@
+"""The :class:`EdgeJobs` facade: configuration, job types, submit/wait/cancel/retry, lifecycle.
+
+Everything a user touches goes through here; the store holds the SQL, the runner runs
+handlers, and the HTTP layer calls these same methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from edgejobs.clock import Clock, SystemClock
+from edgejobs.config import Config, load_config, parse_rate_limit
+from edgejobs.errors import (
+    EdgeJobsError,
+    PayloadTooLarge,
+    RateLimited,
+    ShuttingDown,
+    UnknownJobType,
+    ValidationError,
+)
+from edgejobs.models import TERMINAL, Attempt, Job, Priority, Status
+from edgejobs.retry import RetryPolicy
+from edgejobs.runner.lock import RunnerLock
+from edgejobs.runner.pool import Pool, PoolSettings
+from edgejobs.runner.registry import JobType, Registry
+from edgejobs.runner.ticks import PruneReport, Ticker, TickSettings
+from edgejobs.store import Store
+from edgejobs.store import job_types as job_type_store
+from edgejobs.store.db import Pragmas, WriteTx
+from edgejobs.store.jobs import (
+    JobFilter,
+    NewJob,
+    count_by_org,
+    count_by_status,
+    dedup_hash,
+    get_attempts,
+    get_job,
+    insert_jobs,
+    list_jobs,
+    load_job,
+)
+from edgejobs.store.rows import dumps
+from edgejobs.store.transitions import cancel_job, recover_running, retry_job
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+log = logging.getLogger("edgejobs")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ORG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+MAX_DEPENDS_ON = 1000
+
+
+def check_org(org: object) -> str:
+    """An org name: 1-64 letters, digits, ``_``, ``.`` or ``-``."""
+    if not isinstance(org, str) or not 1 <= len(org) <= 64 or not set(org) <= _ORG_CHARS:
+        raise ValidationError(
+            f"org must be 1-64 letters, digits, '_', '.' or '-', got {org!r}"[:200]
+        )
+    return org
+
+
+def parse_time_ms(value: datetime | str | int | float) -> int:
+    """A due time as unix milliseconds: an aware datetime, an ISO 8601 string with an offset,
+    or unix seconds."""
+    if isinstance(value, bool):
+        raise ValidationError("run_at must be a time, not a boolean")
+    if isinstance(value, int | float):
+        return int(value * 1000)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError(f"run_at {value!r} is not an ISO 8601 time") from None
+    if not isinstance(value, datetime):
+        raise ValidationError("run_at must be an ISO 8601 time with a UTC offset")
+    if value.tzinfo is None:
+        raise ValidationError("run_at needs a UTC offset (e.g. 2026-11-29T10:00:00Z)")
+    return int(value.timestamp() * 1000)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job of a :meth:`EdgeJobs.submit_many` batch.
+
+    ``depends_on`` may name existing job ids (str), earlier specs of the same batch (the
+    :class:`JobSpec` itself) or their index in the batch (int).
+    """
+
+    job_type: str
+    org: str
+    params: Mapping[str, Any] | None = None
+    priority: Priority | str | None = None
+    depends_on: Sequence[str | int | JobSpec] = ()
+    run_at: datetime | str | int | float | None = None
+    delay_s: float | None = None
+    dedup: bool | None = None
+    dedup_key: str | None = None
+
+
+class _RateWindow:
+    """Fixed-window counters of submissions per (org, job type)."""
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def take(self, org: str, job_type: str, limit: str, now_ms: int, count: int = 1) -> None:
+        allowed, window_s = parse_rate_limit(limit)
+        window_ms = int(window_s * 1000)
+        start = now_ms - now_ms % window_ms
+        key = (org, job_type)
+        current_start, used = self._windows.get(key, (start, 0))
+        if current_start != start:
+            used = 0
+        if used + count > allowed:
+            retry_after = max(1, -(-(start + window_ms - now_ms) // 1000))
+            raise RateLimited(
+                f"org {org} may submit {allowed} {job_type} jobs per {window_s:g} s; try again later",
+                retry_after_s=retry_after,
+            )
+        self._windows[key] = (start, used + count)
+
+
+class EdgeJobs:
+    """A job runner on one SQLite file.
+
+    Use it as ``async with EdgeJobs(...) as ej:`` to run workers and ticks in this process, or
+    call :meth:`open` alone to submit and inspect jobs without running any (a client).
+    """
+
+    def __init__(
+        self,
+        database: str | os.PathLike[str] | None = None,
+        *,
+        config: Config | None = None,
+        clock: Clock | None = None,
+        workers: int | None = None,
+    ) -> None:
+        config = config or Config()
+        if database is not None:
+            config = config.model_copy(
+                update={"database": config.database.model_copy(update={"path": Path(database)})}
+            )
+        if workers is not None:
+            config = config.model_copy(
+                update={"runner": config.runner.model_copy(update={"workers": workers})}
+            )
+        self.config = config
+        self.clock: Clock = clock or SystemClock()
+        self.registry = Registry()
+        self.store = Store(
+            config.database.path,
+            Pragmas(
+                synchronous=config.database.synchronous,
+                busy_timeout_ms=config.database.busy_timeout_ms,
+                journal_size_limit_bytes=config.database.journal_size_limit_bytes,
+            ),
+        )
+        self._default_retry = RetryPolicy(
+            config.retry.base_delay_s, config.retry.max_delay_s, config.retry.jitter
+        )
+        for declared in config.job_types:
+            self.registry.add(
+                JobType(
+                    name=declared.name,
+                    handler_ref=declared.handler,
+                    timeout_s=declared.timeout_s,
+                    max_retries=declared.max_retries,
+                    retry=self._retry_policy(declared.base_delay_s, declared.max_delay_s),
+                    priority=Priority(declared.priority),
+                    concurrency=declared.concurrency,
+                    org_concurrency=declared.org_concurrency,
+                    rate_limit=declared.rate_limit,
+                    dedup=declared.dedup,
+                    isolation=declared.isolation,
+                )
+            )
+        self.pool: Pool | None = None
+        self.ticker: Ticker | None = None
+        self._lock: RunnerLock | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._commit_listeners: list[Callable[[WriteTx], None]] = []
+        self._foreign_listeners: list[Callable[[], None]] = []
+        self._stored_types: dict[str, job_type_store.JobTypeState] = {}
+        self._rates = _RateWindow()
+        self._stopping = False
+        self._opened = False
+        self.started_monotonic: float | None = None
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        clock: Clock | None = None,
+    ) -> EdgeJobs:
+        """Build from ``edgejobs.toml`` (see :func:`edgejobs.config.load_config`)."""
+        return cls(config=load_config(path, environ, overrides), clock=clock)
+
+    def _retry_policy(self, base: float | None, maximum: float | None) -> RetryPolicy:
+        return RetryPolicy(
+            self._default_retry.base_delay_s if base is None else base,
+            self._default_retry.max_delay_s if maximum is None else maximum,
+            self._default_retry.jitter,
+        )
+
+    def register(
+        self,
+        name: str,
+        handler: Callable[..., Any] | str,
+        *,
+        timeout_s: float = 300.0,
+        max_retries: int = 3,
+        base_delay_s: float | None = None,
+        max_delay_s: float | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        concurrency: int | None = None,
+        org_concurrency: int | None = None,
+        rate_limit: str | None = None,
+        dedup: bool = True,
+        isolation: str = "thread",
+    ) -> JobType:
+        """Register a job type (a handler callable or an import path, plus its policy)."""
+        if timeout_s <= 0 or max_retries < 0:
+            raise ValidationError(f"job type {name}: timeout_s must be > 0 and max_retries >= 0")
+        if isolation not in ("thread", "process"):
+            raise ValidationError(f"job type {name}: isolation must be 'thread' or 'process'")
+        try:
+            priority = Priority(priority)
+        except ValueError:
+            raise ValidationError(f"job type {name}: unknown priority {priority!r}") from None
+        job_type = JobType(
+            name=name,
+            handler_ref=handler,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            retry=self._retry_policy(base_delay_s, max_delay_s),
+            priority=priority,
+            concurrency=concurrency,
+            org_concurrency=org_concurrency,
+            rate_limit=rate_limit,
+            dedup=dedup,
+            isolation=isolation,
+        )
+        self.registry.add(job_type)
+        return job_type
+
+    def job_type(self, name: str, **policy: Any) -> Callable[[F], F]:
+        """Decorator form of :meth:`register`."""
+
+        def decorate(handler: F) -> F:
+            self.register(name, handler, **policy)
+            return handler
+
+        return decorate
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the database (creating and migrating it) without running any worker."""
+        if self._opened:
+            return
+        await self.store.open()
+        self.store.writer.add_commit_listener(self._on_commit)
+        self.store.writer.add_foreign_listener(self._on_foreign_change)
+        self._opened = True
+        self._stored_types = await self.store.read(job_type_store.load_states)
+        self._apply_stored_types()
+
+    def _apply_stored_types(self) -> None:
+        self.registry.paused = frozenset(
+            name for name, state in self._stored_types.items() if state.paused
+        )
+        self.registry.overrides = {
+            name: dict(state.overrides)
+            for name, state in self._stored_types.items()
+            if state.overrides
+        }
+
+    async def start(self, *, run_workers: bool = True) -> None:
+        """Become the runner of this database: recover crashed work, then run workers and ticks.
+
+        Raises :class:`~edgejobs.errors.RunnerAlreadyActive` when another process runs it.
+        With ``run_workers=False`` nothing is claimed in the background (tests step the pool
+        with :meth:`drain` or :class:`edgejobs.testing.Harness`).
+        """
+        if self.pool is not None:
+            return
+        lock = RunnerLock(Path(self.config.database.path))
+        await asyncio.get_running_loop().run_in_executor(None, lock.acquire)
+        self._lock = lock
+        try:
+            await self.open()
+            now = self.clock.now_ms()
+            policies = {t.name: t.policy() for t in self.registry}
+            await self.store.write(partial(job_type_store.declare, policies=policies, now=now))
+            recovered = await self.store.write(
+                partial(
+                    recover_running,
+                    now=now,
+                    expired_only=False,
+                    policy_for=self.registry.retry_policy,
+                    reason="the runner process died while the attempt was running",
+                )
+            )
+        except BaseException:
+            lock.release()
+            self._lock = None
+            raise
+        if recovered:
+            log.warning("recovered %d jobs a previous runner left running", len(recovered))
+        cfg = self.config
+        self.pool = Pool(
+            self.store,
+            self.registry,
+            self.clock,
+            PoolSettings(
+                workers=cfg.runner.workers,
+                lease_s=cfg.runner.lease_s,
+                progress_interval_ms=cfg.progress.min_interval_ms,
+                max_result_bytes=cfg.limits.max_result_bytes,
+            ),
+        )
+        self.ticker = Ticker(
+            self.store,
+            self.registry,
+            self.clock,
+            TickSettings(
+                interval_s=cfg.runner.tick_interval_s,
+                retention_days=cfg.retention.days,
+                retention_interval_s=cfg.retention.interval_s,
+                retention_batch=cfg.retention.batch_size,
+                events_max=cfg.events.replay_max_events,
+                events_max_age_s=cfg.events.replay_max_age_s,
+            ),
+            after_change=self.pool.wake,
+        )
+        self.started_monotonic = self.clock.monotonic()
+        if run_workers:
+            self._tasks = [
+                asyncio.create_task(self.pool.run(), name="edgejobs-pool"),
+                asyncio.create_task(self.pool.renew_leases_forever(), name="edgejobs-leases"),
+                asyncio.create_task(self.ticker.run(), name="edgejobs-ticks"),
+            ]
+            self.pool.wake()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming, let running attempts finish for ``grace_s`` (default from config),
+        requeue the rest, and stop the ticks. The database stays open."""
+        if self.pool is None:
+            return
+        self._stopping = True
+        grace = self.config.runner.shutdown_grace_s if grace_s is None else grace_s
+        if self.ticker is not None:
+            self.ticker.stop()
+        await self.pool.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        self.pool = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    async def close(self) -> None:
+        """Stop the runner (if any) and close the database."""
+        await self.stop()
+        if self._opened:
+            self._opened = False
+            await self.store.close()
+
+    async def __aenter__(self) -> EdgeJobs:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def is_runner(self) -> bool:
+        """Whether this instance runs workers (holds the runner lock)."""
+        return self.pool is not None
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` has begun."""
+        return self._stopping
+
+    def add_commit_listener(self, listener: Callable[[WriteTx], None]) -> None:
+        """Call ``listener(tx)`` after each commit of this process (used by the event broker)."""
+        self._commit_listeners.append(listener)
+
+    def add_foreign_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` when another process has committed to the database."""
+        self._foreign_listeners.append(listener)
+
+    def _on_commit(self, tx: WriteTx) -> None:
+        if self.pool is not None:
+            self.pool.on_commit(tx)
+        for job_id, status in tx.jobs_changed.items():
+            if status in TERMINAL:
+                for event in self._waiters.get(job_id, ()):
+                    event.set()
+            if status == Status.QUEUED and self.pool is not None:
+                self.pool.wake()
+        for listener in self._commit_listeners:
+            listener(tx)
+
+    def _on_foreign_change(self) -> None:
+        for events in self._waiters.values():
+            for event in events:
+                event.set()
+        if self.pool is not None:
+            asyncio.ensure_future(self.pool.on_foreign_change())
+            asyncio.ensure_future(self._refresh_job_types())
+        for listener in self._foreign_listeners:
+            listener()
+
+    async def _refresh_job_types(self) -> None:
+        with contextlib.suppress(EdgeJobsError):
+            self._stored_types = await self.store.read(job_type_store.load_states)
+            self._apply_stored_types()
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def _job_type_for_submit(self, name: object) -> JobType:
+        if not isinstance(name, str) or not name:
+            raise ValidationError("job_type must be a non-empty string")
+        if name in self.registry:
+            return self.registry.get(name)
+        stored = self._stored_types.get(name)
+        if stored is not None and stored.policy:
+            policy = {
+                **stored.policy,
+                **{k: v for k, v in stored.overrides.items() if v is not None},
+            }
+            return JobType(
+                name=name,
+                handler_ref="unknown:unknown",
+                timeout_s=float(policy.get("timeout_s", 300)),
+                max_retries=int(policy.get("max_retries", 3)),
+                priority=Priority(policy.get("priority", "normal")),
+                rate_limit=policy.get("rate_limit"),
+                dedup=bool(policy.get("dedup", True)),
+            )
+        raise UnknownJobType(f"unknown job type {name!r}")
+
+    def _new_job(self, spec: JobSpec, refs: Mapping[int, int], now: int) -> NewJob:
+        job_type = self._job_type_for_submit(spec.job_type)
+        org = check_org(spec.org)
+        params = {} if spec.params is None else spec.params
+        if not isinstance(params, Mapping):
+            raise ValidationError("params must be a JSON object")
+        try:
+            params_json = dumps(dict(params))
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f"params are not JSON-serializable: {exc}") from None
+        limit = self.config.limits.max_params_bytes
+        if len(params_json.encode()) > limit:
+            raise PayloadTooLarge(
+                f"params are {len(params_json.encode())} bytes of JSON; the limit is {limit}"
+            )
+        try:
+            priority = Priority(spec.priority) if spec.priority is not None else job_type.priority
+        except ValueError:
+            raise ValidationError(
+                f"priority must be one of critical, high, normal, low; got {spec.priority!r}"
+            ) from None
+        if spec.run_at is not None and spec.delay_s is not None:
+            raise ValidationError("give run_at or delay_s, not both")
+        run_at: int | None = None
+        if spec.run_at is not None:
+            run_at = parse_time_ms(spec.run_at)
+        elif spec.delay_s is not None:
+            if (
+                isinstance(spec.delay_s, bool)
+                or not isinstance(spec.delay_s, int | float)
+                or spec.delay_s < 0
+            ):
+                raise ValidationError("delay_s must be a number >= 0")
+            run_at = now + int(spec.delay_s * 1000)
+        if len(spec.depends_on) > MAX_DEPENDS_ON:
+            raise ValidationError(f"depends_on holds at most {MAX_DEPENDS_ON} parents")
+        depends_on: list[str | int] = []
+        for ref in spec.depends_on:
+            if isinstance(ref, JobSpec):
+                if id(ref) not in refs:
+                    raise ValidationError(
+                        "depends_on names a JobSpec that is not earlier in this batch"
+                    )
+                depends_on.append(refs[id(ref)])
+            elif isinstance(ref, bool) or not isinstance(ref, str | int):
+                raise ValidationError("depends_on must list job ids")
+            else:
+                depends_on.append(ref)
+        use_dedup = job_type.dedup if spec.dedup is None else bool(spec.dedup)
+        key = spec.dedup_key if spec.dedup_key is not None else params_json
+        if spec.dedup_key is not None and not isinstance(spec.dedup_key, str):
+            raise ValidationError("dedup_key must be a string")
+        return NewJob(
+            org=org,
+            job_type=job_type.name,
+            params_json=params_json,
+            priority_rank=priority.rank,
+            run_at=run_at,
+            max_retries=job_type.max_retries,
+            dedup_hash=dedup_hash(org, job_type.name, key) if use_dedup else None,
+            depends_on=tuple(depends_on),
+        )
+
+    def _check_rates(self, specs: Sequence[NewJob], now: int) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for job in specs:
+            counts[(job.org, job.job_type)] = counts.get((job.org, job.job_type), 0) + 1
+        for (org, name), count in counts.items():
+            limit = self._job_type_for_submit(name).rate_limit
+            if limit:
+                self._rates.take(org, name, limit, now, count)
+
+    async def submit(
+        self,
+        job_type: str,
+        *,
+        org: str,
+        params: Mapping[str, Any] | None = None,
+        priority: Priority | str | None = None,
+        depends_on: Sequence[str] = (),
+        run_at: datetime | str | int | float | None = None,
+        delay_s: float | None = None,
+        dedup: bool | None = None,
+        dedup_key: str | None = None,
+    ) -> Job:
+        """Submit one job; returns it as stored (``deduplicated`` when an equal one was pending)."""
+        spec = JobSpec(
+            job_type, org, params, priority, tuple(depends_on), run_at, delay_s, dedup, dedup_key
+        )
+        return (await self.submit_many([spec]))[0]
+
+    async def submit_many(self, specs: Iterable[JobSpec]) -> list[Job]:
+        """Submit a batch in one transaction: all jobs are created, or none.
+
+        A spec may depend on earlier specs of the batch, so a whole workflow graph is
+        submitted atomically and cannot contain a cycle.
+        """
+        if self._stopping:
+            raise ShuttingDown("the runner is shutting down")
+        await self.open()
+        specs = list(specs)
+        if len(specs) > self.config.limits.max_batch:
+            raise ValidationError(f"a batch holds at most {self.config.limits.max_batch} jobs")
+        now = self.clock.now_ms()
+        refs: dict[int, int] = {}
+        new_jobs: list[NewJob] = []
+        for index, spec in enumerate(specs):
+            try:
+                new_jobs.append(self._new_job(spec, refs, now))
+            except EdgeJobsError as exc:
+                if len(specs) > 1:
+                    exc.message = f"jobs[{index}]: {exc.message}"
+                    exc.args = (exc.message,)
+                raise
+            refs[id(spec)] = index
+        self._check_rates(new_jobs, now)
+
+        def op(conn: sqlite3.Connection, tx: WriteTx) -> list[Job]:
+            inserted = insert_jobs(conn, tx, jobs=new_jobs, now=now)
+            return [load_job(conn, item.row, now, item.deduplicated) for item in inserted]
+
+        jobs = await self.store.write(op)
+        if self.pool is not None:
+            self.pool.wake()
+        return jobs
+
+    # -- reading and acting -------------------------------------------------------------------
+
+    async def get(self, job_id: str, *, org: str | None = None) -> Job:
+        """One job (of ``org`` when given: another org's job is :class:`NotFound`)."""
+        await self.open()
+        now = self.clock.now_ms()
+        return await self.store.read(lambda conn: get_job(conn, job_id, org, now))
+
+    async def attempts(self, job_id: str, *, org: str | None = None) -> list[Attempt]:
+        """The execution log of a job."""
+        await self.open()
+        return await self.store.read(lambda conn: get_attempts(conn, job_id, org))
+
+    async def list_jobs(
+        self,
+        *,
+        org: str | None = None,
+        statuses: Sequence[Status | str] = (),
+        job_type: str | None = None,
+        priority: Priority | str | None = None,
+        created_after: int | None = None,
+        created_before: int | None = None,
+        text: str | None = None,
+        before_seq: int | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Job], int | None]:
+        """A page of jobs, newest first, and the cursor (a seq) of the next page."""
+        await self.open()
+        flt = JobFilter(
+            org=org,
+            statuses=tuple(Status(s).value for s in statuses),
+            job_type=job_type,
+            priority_rank=Priority(priority).rank if priority is not None else None,
+            created_after=created_after,
+            created_before=created_before,
+            text=text,
+            before_seq=before_seq,
+            limit=limit,
+        )
+        now = self.clock.now_ms()
+        return await self.store.read(lambda conn: list_jobs(conn, flt, now))
+
+    async def cancel(
+        self, job_id: str, *, org: str | None = None, reason: str | None = None
+    ) -> Job:
+        """Cancel a job that has not ended; a running handler is stopped (SPEC §2 rule 5)."""
+        await self.open()
+        now = self.clock.now_ms()
+        text = reason or "canceled by a user"
+
+        def op(conn: sqlite3.Connection, tx: WriteTx) -> Job:
+            row = cancel_job(conn, tx, job_id=job_id, org=org, now=now, reason=text)
+            return load_job(conn, row, now)
+
+        return await self.store.write(op)
+
+    async def retry(self, job_id: str, *, org: str | None = None) -> Job:
+        """Manually retry a failed, timed-out, dead-lettered or canceled job."""
+        await self.open()
+        now = self.clock.now_ms()
+
+        def op(conn: sqlite3.Connection, tx: WriteTx) -> Job:
+            row = retry_job(conn, tx, job_id=job_id, org=org, now=now)
+            return load_job(conn, row, now)
+
+        job = await self.store.write(op)
+        if self.pool is not None:
+            self.pool.wake()
+        return job
+
+    async def wait(
+        self, job_id: str, *, timeout: float | None = None, org: str | None = None
+    ) -> Job:
+        """Wait until the job is terminal and return it (``TimeoutError`` after ``timeout``)."""
+        await self.open()
+        event = asyncio.Event()
+        self._waiters.setdefault(job_id, set()).add(event)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    event.clear()
+                    job = await self.get(job_id, org=org)
+                    if job.is_terminal:
+                        return job
+                    await event.wait()
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[job_id]
+
+    async def drain(self, *, timeout: float | None = None) -> None:
+        """Run jobs until none is ready or running (retries and schedules not yet due wait)."""
+        if self.pool is None:
+            raise EdgeJobsError("drain() needs a running runner: use `async with ej:` or start()")
+        pool = self.pool
+        async with asyncio.timeout(timeout):
+            while True:
+                started = await pool.claim_once()
+                if pool.running_count or pool.running_ids:
+                    await pool.wait_idle()
+                    continue
+                if started == 0:
+                    return
+
+    async def stats(self, *, org: str | None = None) -> dict[str, Any]:
+        """Counts by status and by job type (and by org for ``org=None``)."""
+        await self.open()
+
+        def read(conn: sqlite3.Connection) -> dict[str, Any]:
+            by_type = count_by_status(conn, org)
+            by_status: dict[str, int] = {status.value: 0 for status in Status}
+            for counts in by_type.values():
+                for status, count in counts.items():
+                    by_status[status] = by_status.get(status, 0) + count
+            result: dict[str, Any] = {"by_status": by_status, "by_type": by_type}
+            if org is None:
+                result["by_org"] = count_by_org(conn)
+            return result
+
+        return await self.store.read(read)
+
+    async def prune(self, *, older_than_days: float | None = None) -> PruneReport:
+        """Run retention now (``older_than_days=0``: every terminal job)."""
+        await self.open()
+        ticker = self.ticker or Ticker(
+            self.store,
+            self.registry,
+            self.clock,
+            TickSettings(
+                retention_days=self.config.retention.days,
+                retention_batch=self.config.retention.batch_size,
+                events_max=self.config.events.replay_max_events,
+                events_max_age_s=self.config.events.replay_max_age_s,
+            ),
+        )
+        return await ticker.prune(older_than_days=older_than_days)
+
+    def asgi_app(self) -> Starlette:
+        """The Starlette app (API, SSE, dashboard) bound to this instance."""
+        from edgejobs.api.app import create_app
+
+        app: Starlette = create_app(self)
+        return app

@@ -1,0 +1,123 @@
+"""The ``edgejobs`` command line: one module per group of subcommands.
+
+Each module exposes ``register(subparsers)`` that adds its commands; a command's handler is a
+function ``run(args) -> int``. User errors (:class:`~edgejobs.errors.EdgeJobsError`) print one
+line on stderr and exit non-zero (2 for usage and configuration errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from edgejobs.errors import ConfigError, EdgeJobsError, RunnerAlreadyActive
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with one short line (no usage dump) on bad arguments."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(2, f"edgejobs: {message} (see --help)\n")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS keeps a value given before the command name from being reset by the subparser.
+    parser.add_argument(
+        "--config", metavar="PATH", default=argparse.SUPPRESS,
+        help="edgejobs.toml to read (default: $EDGEJOBS_CONFIG or ./edgejobs.toml)",
+    )
+    parser.add_argument(
+        "--log-format", choices=["human", "json"], default=argparse.SUPPRESS,
+        help="log line format (default: human)",
+    )
+    parser.add_argument(
+        "--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO (default), WARNING, ERROR"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (every subcommand module registered)."""
+    from edgejobs.cli import admin, jobs, runner
+
+    parser = _Parser(prog="edgejobs", description="A job runner for one machine, on SQLite.")
+    _common(parser)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for module in (runner, jobs, admin):
+        module.register(subparsers, _common)
+    for name in ("serve", "tokens", "types", "ops"):
+        try:
+            extra = __import__(f"edgejobs.cli.{name}", fromlist=["register"])
+        except ImportError:
+            continue
+        extra.register(subparsers, _common)
+    return parser
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """Configure stdlib logging from ``--log-format`` / ``--log-level``."""
+    level = getattr(args, "log_level", "INFO").upper()
+    fmt = getattr(args, "log_format", "human")
+    try:
+        from edgejobs.logs import configure
+    except ImportError:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return
+    configure(fmt, level)
+
+
+def run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine; Ctrl-C ends it with exit code 130, quietly."""
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        return 130
+
+
+def print_json(value: Any) -> None:
+    """Print a value as indented JSON (the ``--json`` output of listing commands)."""
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print rows as an aligned plain-text table."""
+    text_rows = [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in text_rows:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    print("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in text_rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edgejobs`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args)
+    handler: Command = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"edgejobs: {exc.message}", file=sys.stderr)
+        return 2
+    except RunnerAlreadyActive as exc:
+        print(f"edgejobs: {exc.message}", file=sys.stderr)
+        return 3
+    except EdgeJobsError as exc:
+        print(f"edgejobs: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""``edgejobs init`` and ``edgejobs worker``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgejobs.app import EdgeJobs
+from edgejobs.config import DEFAULT_CONFIG_NAME, default_config_text, load_config
+
+log = logging.getLogger("edgejobs")
+
+
+def app_from_args(args: argparse.Namespace, **overrides: Any) -> EdgeJobs:
+    """An :class:`EdgeJobs` from ``--config`` (and the environment) plus flag overrides."""
+    config = load_config(getattr(args, "config", None), overrides=overrides or None)
+    return EdgeJobs(config=config)
+
+
+def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``init`` and ``worker``."""
+    init = subparsers.add_parser("init", help="write a commented edgejobs.toml")
+    common(init)
+    init.set_defaults(handler=run_init)
+
+    worker = subparsers.add_parser("worker", help="run the workers and ticks (no HTTP)")
+    common(worker)
+    worker.add_argument("--workers", type=int, default=None, help="override [runner] workers")
+    worker.set_defaults(handler=run_worker)
+
+
+def run_init(args: argparse.Namespace) -> int:
+    """Write the default config; never overwrite an existing file."""
+    target = Path(getattr(args, "config", None) or DEFAULT_CONFIG_NAME)
+    try:
+        with target.open("x", encoding="utf-8") as handle:
+            handle.write(default_config_text())
+    except FileExistsError:
+        print(f"edgejobs: {target} already exists; not overwriting it", file=sys.stderr)
+        return 1
+    print(f"wrote {target}")
+    return 0
+
+
+async def serve_until_signal(ej: EdgeJobs, extra: Callable[[], Any] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: no new claims; waiting up to %.0f s for running jobs", ej.config.runner.shutdown_grace_s)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Run the runner in this process until a signal."""
+    overrides = {"runner.workers": args.workers} if args.workers else {}
+    ej = app_from_args(args, **overrides)
+
+    async def main() -> int:
+        await ej.start()
+        log.info(
+            "worker running on %s with %d workers (pid %d)",
+            ej.config.database.path, ej.config.runner.workers, __import__("os").getpid(),
+        )
+        try:
+            await serve_until_signal(ej)
+        finally:
+            await ej.close()
+        return 0
+
+    return asyncio.run(main())

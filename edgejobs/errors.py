@@ -1,0 +1,123 @@
+"""The error hierarchy: one root with a stable ``code`` and the HTTP status it maps to.
+
+Every error a user can cause is an :class:`EdgeJobsError`; the HTTP layer and the CLI turn it
+into an error body or a one-line message without a traceback. Anything else is a bug.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EdgeJobsError(Exception):
+    """Root of every error edgejobs raises on purpose."""
+
+    code: str = "error"
+    http_status: int = 400
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class ConfigError(EdgeJobsError):
+    """The configuration file or environment holds an unknown key, a wrong type or a bad value."""
+
+    code = "config_error"
+    http_status = 500
+
+
+class ValidationError(EdgeJobsError):
+    """A request is well-formed but its values are not acceptable (HTTP 422)."""
+
+    code = "validation_error"
+    http_status = 422
+
+
+class UnknownJobType(ValidationError):
+    """The job type is not registered in this process."""
+
+    code = "unknown_job_type"
+
+
+class UnknownParent(ValidationError):
+    """A ``depends_on`` id does not exist in the caller's org (another org's id looks the same)."""
+
+    code = "unknown_parent"
+
+
+class PayloadTooLarge(EdgeJobsError):
+    """Params, a result or a request body exceed their configured limit."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
+class NotFound(EdgeJobsError):
+    """No such job in the caller's org (another org's job is reported exactly the same way)."""
+
+    code = "not_found"
+    http_status = 404
+
+
+class Conflict(EdgeJobsError):
+    """The transition is not allowed from the job's current status."""
+
+    code = "conflict"
+    http_status = 409
+
+
+class RateLimited(EdgeJobsError):
+    """The org submitted this job type faster than its ``rate_limit`` allows."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after_s: int, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after_s = retry_after_s
+
+
+class DatabaseBusy(EdgeJobsError):
+    """The database stayed locked by another process past the busy timeout."""
+
+    code = "database_busy"
+    http_status = 503
+    retry_after_s = 1
+
+
+class StorageFull(EdgeJobsError):
+    """The disk (or the configured page limit) is full; nothing was written."""
+
+    code = "storage_full"
+    http_status = 507
+
+
+class ShuttingDown(EdgeJobsError):
+    """The runner is stopping and accepts no new work through this path."""
+
+    code = "shutting_down"
+    http_status = 503
+    retry_after_s = 5
+
+
+class RunnerAlreadyActive(EdgeJobsError):
+    """Another runner process holds this database file."""
+
+    code = "runner_active"
+    http_status = 409
+
+
+class StoreTooOld(EdgeJobsError):
+    """The linked SQLite library lacks features edgejobs needs (RETURNING: 3.35+)."""
+
+    code = "sqlite_too_old"
+    http_status = 500
+
+
+class PermanentError(Exception):
+    """Raise from a handler to fail the job at once, without retries.
+
+    This is not an :class:`EdgeJobsError`: it is raised by user code, not by edgejobs.
+    """

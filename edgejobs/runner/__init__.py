@@ -1,0 +1,1 @@
+"""The runner: job-type registry, handler execution, the worker pool and the tick loop (no SQL)."""

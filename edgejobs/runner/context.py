@@ -1,0 +1,81 @@
+"""What a handler sees: :class:`JobContext` (async handlers) and :class:`SyncJobContext`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from edgejobs.errors import ValidationError
+
+ProgressSink = Callable[[float, "str | None"], None]
+
+
+def check_progress(percent: float, message: str | None) -> tuple[float, str | None]:
+    """Validate a progress report: a number within 0–100 and an optional short message."""
+    if isinstance(percent, bool) or not isinstance(percent, int | float) or math.isnan(percent):
+        raise ValidationError(f"progress must be a number from 0 to 100, got {percent!r}")
+    if not 0 <= percent <= 100:
+        raise ValidationError(f"progress must be from 0 to 100, got {percent}")
+    if message is not None:
+        message = str(message)[:1000]
+    return float(percent), message
+
+
+class BaseContext:
+    """Fields shared by both contexts."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        org: str,
+        job_type: str,
+        attempt: int,
+        parent_results: dict[str, Any],
+        sink: ProgressSink,
+    ) -> None:
+        self.job_id = job_id
+        """The job's id."""
+        self.org = org
+        """The org the job belongs to (as stored)."""
+        self.job_type = job_type
+        """The job type's name."""
+        self.attempt = attempt
+        """1 for the first attempt, 2 for the first retry, and so on."""
+        self.parent_results = parent_results
+        """Results of the jobs this one depends on, by parent id."""
+        self._sink = sink
+        self._cancelled = threading.Event()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the job was canceled or timed out; long sync handlers should check it."""
+        return self._cancelled.is_set()
+
+    def _cancel(self) -> None:
+        self._cancelled.set()
+
+
+class JobContext(BaseContext):
+    """The context passed to async handlers."""
+
+    async def progress(self, percent: float, message: str | None = None) -> None:
+        """Report progress (0–100). Writes are coalesced; the last report always lands."""
+        percent, message = check_progress(percent, message)
+        self._sink(percent, message)
+
+
+class SyncJobContext(BaseContext):
+    """The context passed to sync handlers (they run in a worker thread)."""
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._loop = loop
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Report progress (0–100) from the handler's thread; never blocks on the database."""
+        percent, message = check_progress(percent, message)
+        self._loop.call_soon_threadsafe(self._sink, percent, message)

@@ -1,0 +1,326 @@
+"""Running one attempt of a handler, with a timeout that never relies on signals.
+
+* async handlers run as their own task; at the deadline the task is cancelled and abandoned
+  (a handler that swallows the cancellation cannot hold the slot);
+* sync handlers run in a fresh daemon thread; at the deadline the thread is abandoned (it
+  sees ``ctx.cancelled``) and the slot is freed;
+* ``isolation = "process"`` runs the handler in a spawned child process that is killed at the
+  deadline.
+
+Whatever happens, :func:`execute` returns an :class:`Execution`; it never raises for a
+handler's behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import multiprocessing
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from edgejobs.errors import PermanentError
+from edgejobs.models import JobError, Outcome
+from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
+from edgejobs.runner.registry import JobType, import_handler
+from edgejobs.store.rows import dumps
+
+MAX_MESSAGE = 2000
+MAX_TRACEBACK = 20000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Execution:
+    """How one attempt ended, ready to be written."""
+
+    outcome: Outcome
+    result_json: str | None = None
+    error: JobError | None = None
+    permanent: bool = False
+
+
+class HandlerExit(Exception):
+    """A handler raised SystemExit or KeyboardInterrupt; contained so the runner survives."""
+
+
+def error_from(exc: BaseException) -> JobError:
+    """A :class:`JobError` (type, message, traceback) from an exception."""
+    if isinstance(exc, HandlerExit) and exc.__cause__ is not None:
+        cause = exc.__cause__
+        name = type(cause).__name__
+        return JobError(
+            type=name,
+            message=f"handler raised {name}({cause}); the runner contained it"[:MAX_MESSAGE],
+            traceback="".join(traceback.format_exception(cause))[-MAX_TRACEBACK:],
+        )
+    return JobError(
+        type=type(exc).__name__,
+        message=str(exc)[:MAX_MESSAGE],
+        traceback="".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
+    )
+
+
+def encode_result(value: Any, max_bytes: int) -> Execution:
+    """The completed execution, or a failed one when the result cannot be stored."""
+    try:
+        text = dumps(value)
+    except (TypeError, ValueError) as exc:
+        return Execution(
+            Outcome.FAILED,
+            error=JobError(
+                "ResultNotSerializable", f"the handler returned a value that is not JSON: {exc}"
+            ),
+        )
+    if len(text.encode()) > max_bytes:
+        return Execution(
+            Outcome.FAILED,
+            error=JobError(
+                "ResultTooLarge",
+                f"the handler returned {len(text.encode())} bytes of JSON; the limit is {max_bytes}",
+            ),
+        )
+    return Execution(Outcome.COMPLETED, result_json=text)
+
+
+def _failure(exc: BaseException) -> Execution:
+    return Execution(
+        Outcome.FAILED, error=error_from(exc), permanent=isinstance(exc, PermanentError)
+    )
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    # An abandoned handler may still fail later; read its exception so asyncio does not warn.
+    if not task.cancelled():
+        task.exception()
+
+
+async def _guarded(handler: Any, ctx: BaseContext, params: dict[str, Any]) -> Any:
+    try:
+        return await handler(ctx, params)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise HandlerExit() from exc
+
+
+async def _race(
+    work: asyncio.Future[Any], abort: asyncio.Event, timeout_s: float
+) -> tuple[str, Any]:
+    """Wait for the work, an abort or the deadline; ("done"|"abort"|"timeout", value)."""
+    aborter = asyncio.ensure_future(abort.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {work, aborter}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+    except asyncio.CancelledError:
+        work.cancel()
+        work.add_done_callback(_consume)
+        raise
+    finally:
+        aborter.cancel()
+    if work in done:
+        return "done", work
+    work.add_done_callback(_consume)
+    return ("abort" if aborter in done else "timeout"), None
+
+
+def _timed_out(timeout_s: float) -> Execution:
+    return Execution(
+        Outcome.TIMED_OUT,
+        error=JobError("TimeoutError", f"the attempt exceeded its timeout of {timeout_s:g} s"),
+    )
+
+
+async def execute(
+    job_type: JobType,
+    ctx: BaseContext,
+    params: dict[str, Any],
+    *,
+    abort: asyncio.Event,
+    max_result_bytes: int,
+    timeout_s: float | None = None,
+) -> Execution:
+    """Run one attempt of ``job_type``'s handler and say how it ended."""
+    timeout = job_type.timeout_s if timeout_s is None else timeout_s
+    try:
+        handler = job_type.handler()
+    except Exception as exc:
+        return _failure(exc)
+    if job_type.isolation == "process":
+        return await _execute_in_process(job_type, ctx, params, abort, max_result_bytes, timeout)
+    if job_type.is_async:
+        work: asyncio.Future[Any] = asyncio.ensure_future(_guarded(handler, ctx, params))
+    else:
+        work = _start_thread(handler, ctx, params)
+    state, finished = await _race(work, abort, timeout)
+    if state == "done":
+        if finished.cancelled():
+            ctx._cancel()
+            return Execution(
+                Outcome.FAILED, error=JobError("CancelledError", "the handler was cancelled")
+            )
+        raised = finished.exception()
+        if raised is not None:
+            return _failure(raised)
+        return encode_result(finished.result(), max_result_bytes)
+    ctx._cancel()
+    work.cancel()
+    if state == "abort":
+        return Execution(Outcome.CANCELED)
+    return _timed_out(timeout)
+
+
+def _start_thread(handler: Any, ctx: BaseContext, params: dict[str, Any]) -> asyncio.Future[Any]:
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def run() -> None:
+        try:
+            value = handler(ctx, params)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            wrapped = HandlerExit()
+            wrapped.__cause__ = exc
+            _call(loop, settle, False, wrapped)
+        except BaseException as exc:
+            _call(loop, settle, False, exc)
+        else:
+            _call(loop, settle, True, value)
+
+    threading.Thread(target=run, name=f"edgejobs-job-{ctx.job_id}", daemon=True).start()
+    return future
+
+
+def _call(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass  # the loop closed while an abandoned handler was still running
+
+
+# -- process isolation --------------------------------------------------------------------
+
+
+class _ChildContext(SyncJobContext):
+    """The sync context inside the child process: progress goes through the pipe."""
+
+
+def _child_main(
+    handler_path: str, info: dict[str, Any], params_json: str, conn: Connection
+) -> None:
+    """Entry point of the child process (imports the handler by path)."""
+
+    def send_progress(percent: float, message: str | None) -> None:
+        conn.send(("progress", percent, message))
+
+    class _Loopless:
+        def call_soon_threadsafe(self, fn: Any, *args: Any) -> None:
+            fn(*args)
+
+    ctx = _ChildContext(loop=_Loopless(), sink=send_progress, **info)  # type: ignore[arg-type]
+    try:
+        handler = import_handler(handler_path)
+        value = handler(ctx, json.loads(params_json))
+        conn.send(("result", dumps(value)))
+    except BaseException as exc:
+        error = error_from(exc)
+        try:
+            conn.send(
+                (
+                    "error",
+                    error.type,
+                    error.message,
+                    error.traceback,
+                    isinstance(exc, PermanentError),
+                )
+            )
+        except Exception:
+            pass
+    finally:
+        conn.close()
+
+
+async def _execute_in_process(
+    job_type: JobType,
+    ctx: BaseContext,
+    params: dict[str, Any],
+    abort: asyncio.Event,
+    max_result_bytes: int,
+    timeout: float,
+) -> Execution:
+    loop = asyncio.get_running_loop()
+    mp = multiprocessing.get_context("spawn")  # never fork a process that holds connections
+    receiver, sender = mp.Pipe(duplex=False)
+    info = {
+        "job_id": ctx.job_id,
+        "org": ctx.org,
+        "job_type": ctx.job_type,
+        "attempt": ctx.attempt,
+        "parent_results": ctx.parent_results,
+    }
+    process = mp.Process(
+        target=_child_main,
+        args=(job_type.handler_path, info, dumps(params), sender),
+        name=f"edgejobs-job-{ctx.job_id}",
+        daemon=True,
+    )
+    await loop.run_in_executor(None, process.start)
+    sender.close()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(value: Any) -> None:
+        if not future.done():
+            future.set_result(value)
+
+    def pump() -> None:
+        final: Any = None
+        try:
+            while True:
+                message = receiver.recv()
+                if message[0] == "progress":
+                    _call(loop, ctx._sink, message[1], message[2])
+                else:
+                    final = message
+                    break
+        except (EOFError, OSError):
+            pass
+        process.join()
+        _call(loop, settle, (final, process.exitcode))
+
+    threading.Thread(target=pump, name=f"edgejobs-pipe-{ctx.job_id}", daemon=True).start()
+    try:
+        state, finished = await _race(future, abort, timeout)
+    finally:
+        if process.is_alive() and not future.done():
+            process.kill()
+    if state != "done":
+        ctx._cancel()
+        if process.is_alive():
+            process.kill()
+        return Execution(Outcome.CANCELED) if state == "abort" else _timed_out(timeout)
+    final, exitcode = finished.result()
+    if final is None:
+        return Execution(
+            Outcome.FAILED,
+            error=JobError(
+                "ProcessDied", f"the handler's process exited with code {exitcode} before returning"
+            ),
+        )
+    if final[0] == "result":
+        text = final[1]
+        if len(text.encode()) > max_result_bytes:
+            return encode_result(json.loads(text), max_result_bytes)
+        return Execution(Outcome.COMPLETED, result_json=text)
+    _, etype, message, tb, permanent = final
+    return Execution(Outcome.FAILED, error=JobError(etype, message, tb), permanent=permanent)
+
+
+__all__ = ["Execution", "JobContext", "SyncJobContext", "execute"]

@@ -1,0 +1,46 @@
+"""One runner per database file, enforced with an advisory lock the kernel drops on death."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from edgejobs.errors import RunnerAlreadyActive
+
+
+class RunnerLock:
+    """An exclusive ``flock`` on ``<database>.runner.lock``.
+
+    The kernel releases it when the process dies, even by SIGKILL, so a crashed runner never
+    blocks the next one; while a runner is alive, a second one fails at once.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".runner.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`RunnerAlreadyActive` naming the holder's pid."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunnerAlreadyActive(
+                f"another edgejobs runner (pid {holder}) is already running on this database;"
+                " stop it first, or use another database file"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        """Drop the lock."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None

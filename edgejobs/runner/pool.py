@@ -1,0 +1,427 @@
+"""The worker pool: claims ready jobs for free slots and runs each attempt to its final write.
+
+Slots: ``workers`` attempts at once. A slot is held from the claim until the attempt's final
+write is *queued* to the writer; the next claim is queued after it, so it runs after that write
+in the same transaction or a later one, and the database never shows more than ``workers``
+jobs running. Wake-ups are events, not polling: an in-process submit, a commit that freed a
+slot, another process's commit (``PRAGMA data_version``), or the next due time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from edgejobs.clock import Clock
+from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull
+from edgejobs.models import Outcome, Status
+from edgejobs.retry import RetryPolicy
+from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
+from edgejobs.runner.executor import Execution, execute
+from edgejobs.runner.progress import ProgressCoalescer
+from edgejobs.runner.registry import Registry
+from edgejobs.store import Store
+from edgejobs.store.claim import ClaimLimits, claim_ready, parent_results, renew_leases
+from edgejobs.store.db import WriteTx
+from edgejobs.store.jobs import eta_for_row, running_attempts
+from edgejobs.store.transitions import (
+    complete_attempt,
+    fail_attempt,
+    next_due_ms,
+    requeue_interrupted,
+    set_progress,
+)
+
+log = logging.getLogger("edgejobs.runner")
+
+
+@dataclasses.dataclass(slots=True)
+class PoolSettings:
+    """The pool's knobs (from ``[runner]``, ``[progress]`` and ``[limits]``)."""
+
+    workers: int = 8
+    lease_s: float = 30.0
+    progress_interval_ms: int = 250
+    max_result_bytes: int = 1_048_576
+
+
+@dataclasses.dataclass(slots=True)
+class _Attempt:
+    job_id: str
+    seq: int
+    number: int
+    job_type: str
+    org: str
+    abort: asyncio.Event
+    task: asyncio.Task[None] | None = None
+    aborted_by: str | None = None  # "cancel" | "lost" | "shutdown"
+    holds_slot: bool = True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Claimed:
+    rows: list[sqlite3.Row]
+    parents: dict[int, dict[str, Any]]
+    next_due: int | None
+
+
+class Pool:
+    """Bounded pool of attempts fed by claims from the store."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        clock: Clock,
+        settings: PoolSettings,
+        *,
+        on_attempt_done: Callable[[str, Execution], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._clock = clock
+        self.settings = settings
+        self._attempts: dict[str, _Attempt] = {}
+        self._occupied = 0
+        self._per_type: Counter[str] = Counter()
+        self._per_type_org: Counter[tuple[str, str]] = Counter()
+        self._wake = asyncio.Event()
+        self._claim_lock = asyncio.Lock()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._next_due: int | None = None
+        self._pending_writes: set[asyncio.Future[Any]] = set()
+        self._on_attempt_done = on_attempt_done
+        self.claimed_total = 0
+
+    # -- wake-ups -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Ask for a claim as soon as possible (a submit or a freed slot)."""
+        self._wake.set()
+
+    @property
+    def running_count(self) -> int:
+        """Attempts holding a slot now."""
+        return self._occupied
+
+    @property
+    def running_ids(self) -> list[str]:
+        """Ids of the jobs with an attempt in this process."""
+        return list(self._attempts)
+
+    def on_commit(self, tx: WriteTx) -> None:
+        """After every commit: abort local attempts whose job another write ended."""
+        if tx.canceled_running:
+            for job_id, number in tx.canceled_running:
+                self.abort(job_id, number, "cancel")
+        for job_id, status in tx.jobs_changed.items():
+            attempt = self._attempts.get(job_id)
+            if (
+                attempt is not None
+                and attempt.holds_slot  # not our own final write
+                and attempt.aborted_by is None
+                and status in ("retrying", "dead_letter")
+            ):
+                if attempt.task is not None and not attempt.task.done():
+                    # The lease expired and the tick loop recovered it: stop the stale attempt.
+                    self.abort(job_id, attempt.number, "lost")
+
+    async def on_foreign_change(self) -> None:
+        """Another process committed: maybe a submit (claim) or a cancel of our job (abort)."""
+        self.wake()
+        ids = list(self._attempts)
+        if not ids:
+            return
+        try:
+            states = await self._store.read(lambda conn: running_attempts(conn, ids))
+        except EdgeJobsError:
+            return
+        for job_id, (status, number) in states.items():
+            attempt = self._attempts.get(job_id)
+            if attempt is None or attempt.number != number:
+                continue
+            if status == Status.CANCELED.value:
+                self.abort(job_id, number, "cancel")
+            elif status != Status.RUNNING.value:
+                self.abort(job_id, number, "lost")
+
+    def abort(self, job_id: str, number: int, reason: str) -> None:
+        """Stop a local attempt (the database already says how it ended)."""
+        attempt = self._attempts.get(job_id)
+        if attempt is None or attempt.number != number or attempt.aborted_by is not None:
+            return
+        attempt.aborted_by = reason
+        attempt.abort.set()
+
+    # -- claiming -------------------------------------------------------------------------
+
+    def _limits(self) -> ClaimLimits:
+        types: set[str] = set()
+        type_free: dict[str, int] = {}
+        org_limit: dict[str, int] = {}
+        for declared in self._registry:
+            if declared.name in self._registry.paused:
+                continue
+            job_type = self._registry.get(declared.name)
+            types.add(job_type.name)
+            if job_type.concurrency is not None:
+                type_free[job_type.name] = job_type.concurrency - self._per_type[job_type.name]
+            if job_type.org_concurrency is not None:
+                org_limit[job_type.name] = job_type.org_concurrency
+        return ClaimLimits(
+            types=frozenset(types),
+            type_free=type_free,
+            org_limit=org_limit,
+            running_per_org=dict(self._per_type_org) if org_limit else {},
+        )
+
+    async def claim_once(self) -> int:
+        """Claim for every free slot now and start the attempts; return how many started."""
+        async with self._claim_lock:
+            free = self.settings.workers - self._occupied
+            if self._stopping:
+                return 0
+            now = self._clock.now_ms()
+            lease_ms = int(self.settings.lease_s * 1000)
+            limits = self._limits()
+
+            def op(conn: sqlite3.Connection, tx: WriteTx) -> _Claimed:
+                rows = claim_ready(conn, tx, now=now, slots=free, lease_ms=lease_ms, limits=limits)
+                with_parents = [r["seq"] for r in rows]
+                parents = parent_results(conn, with_parents) if rows else {}
+                due = next_due_ms(conn) if len(rows) < free else None
+                return _Claimed(rows, parents, due)
+
+            claimed = await self._store.write(op)
+            self._next_due = claimed.next_due
+            for row in claimed.rows:
+                self._start(row, claimed.parents.get(row["seq"], {}))
+            self.claimed_total += len(claimed.rows)
+            if claimed.rows and len(claimed.rows) == free:
+                self._wake.set()  # there may be more ready jobs
+            return len(claimed.rows)
+
+    async def run(self) -> None:
+        """The claim loop; returns when :meth:`stop` is called."""
+        while not self._stopping:
+            timeout = None
+            if self._next_due is not None:
+                timeout = max(0.0, (self._next_due - self._clock.now_ms()) / 1000)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                break
+            if self._occupied >= self.settings.workers:
+                continue
+            try:
+                await self.claim_once()
+            except (DatabaseBusy, StorageFull) as exc:
+                log.warning("claim failed, retrying shortly: %s", exc)
+                await asyncio.sleep(0.5)
+                self._wake.set()
+            except Exception:
+                log.exception("claim failed")
+                await asyncio.sleep(1)
+                self._wake.set()
+
+    # -- attempts -------------------------------------------------------------------------
+
+    def _start(self, row: sqlite3.Row, parent_results: dict[str, Any]) -> None:
+        attempt = _Attempt(
+            job_id=row["id"],
+            seq=row["seq"],
+            number=row["attempts"],
+            job_type=row["job_type"],
+            org=row["org"],
+            abort=asyncio.Event(),
+        )
+        self._attempts[attempt.job_id] = attempt
+        self._occupied += 1
+        self._per_type[attempt.job_type] += 1
+        self._per_type_org[(attempt.job_type, attempt.org)] += 1
+        self._idle.clear()
+        attempt.task = asyncio.create_task(
+            self._run_attempt(attempt, json.loads(row["params"]), parent_results),
+            name=f"edgejobs-attempt-{attempt.job_id}",
+        )
+
+    def _release_slot(self, attempt: _Attempt) -> None:
+        if not attempt.holds_slot:
+            return
+        attempt.holds_slot = False
+        self._occupied -= 1
+        self._per_type[attempt.job_type] -= 1
+        self._per_type_org[(attempt.job_type, attempt.org)] -= 1
+        if not self._per_type_org[(attempt.job_type, attempt.org)]:
+            del self._per_type_org[(attempt.job_type, attempt.org)]
+        self._wake.set()
+
+    def _forget(self, attempt: _Attempt) -> None:
+        self._release_slot(attempt)
+        if self._attempts.get(attempt.job_id) is attempt:
+            del self._attempts[attempt.job_id]
+        if not self._attempts:
+            self._idle.set()
+
+    def _write_progress(self, attempt: _Attempt, percent: float, message: str | None) -> None:
+        now = self._clock.now_ms()
+
+        def op(conn: sqlite3.Connection, tx: WriteTx) -> bool:
+            return set_progress(
+                conn,
+                tx,
+                seq=attempt.seq,
+                attempt=attempt.number,
+                progress=percent,
+                message=message,
+                now=now,
+                eta_for=lambda row: eta_for_row(conn, row, now),
+            )
+
+        future = self._store.writer.submit_nowait(op)
+        self._pending_writes.add(future)
+        future.add_done_callback(self._progress_written)
+
+    def _progress_written(self, future: asyncio.Future[Any]) -> None:
+        self._pending_writes.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("progress write failed: %s", future.exception())
+
+    async def _run_attempt(
+        self, attempt: _Attempt, params: dict[str, Any], parents: dict[str, Any]
+    ) -> None:
+        try:
+            job_type = self._registry.get(attempt.job_type)
+            coalescer = ProgressCoalescer(
+                self.settings.progress_interval_ms,
+                self._clock,
+                lambda p, m: self._write_progress(attempt, p, m),
+            )
+            common: dict[str, Any] = {
+                "job_id": attempt.job_id,
+                "org": attempt.org,
+                "job_type": attempt.job_type,
+                "attempt": attempt.number,
+                "parent_results": parents,
+                "sink": coalescer.report,
+            }
+            ctx: BaseContext
+            if job_type.isolation != "process" and job_type.is_async:
+                ctx = JobContext(**common)
+            else:
+                ctx = SyncJobContext(loop=asyncio.get_running_loop(), **common)
+            try:
+                execution = await execute(
+                    job_type,
+                    ctx,
+                    params,
+                    abort=attempt.abort,
+                    max_result_bytes=self.settings.max_result_bytes,
+                )
+            except asyncio.CancelledError:
+                # The pool itself is being torn down: requeue rather than lose the attempt.
+                attempt.aborted_by = attempt.aborted_by or "shutdown"
+                execution = Execution(Outcome.CANCELED)
+            coalescer.flush()
+            if self._on_attempt_done is not None:
+                self._on_attempt_done(attempt.job_id, execution)
+            if attempt.aborted_by in ("cancel", "lost"):
+                return  # the database already recorded how this attempt ended
+            await self._finish(attempt, execution, job_type.retry)
+        except Exception:
+            log.exception("attempt of job %s crashed the runner's bookkeeping", attempt.job_id)
+        finally:
+            self._forget(attempt)
+
+    async def _finish(self, attempt: _Attempt, execution: Execution, policy: RetryPolicy) -> None:
+        delay = 0.1
+        while True:
+            now = self._clock.now_ms()
+            op: Callable[[sqlite3.Connection, WriteTx], Any]
+            if attempt.aborted_by == "shutdown" or execution.outcome is Outcome.CANCELED:
+                op = partial(requeue_interrupted, seq=attempt.seq, attempt=attempt.number, now=now)
+            elif execution.outcome is Outcome.COMPLETED:
+                assert execution.result_json is not None
+                op = partial(
+                    complete_attempt,
+                    seq=attempt.seq,
+                    attempt=attempt.number,
+                    result_json=execution.result_json,
+                    now=now,
+                )
+            else:
+                assert execution.error is not None
+                op = partial(
+                    fail_attempt,
+                    seq=attempt.seq,
+                    attempt=attempt.number,
+                    outcome=execution.outcome,
+                    error=execution.error,
+                    permanent=execution.permanent,
+                    now=now,
+                    policy=policy,
+                )
+            future = self._store.writer.submit_nowait(op)
+            self._release_slot(attempt)  # the next claim queues behind this write
+            try:
+                row = await future
+            except (DatabaseBusy, StorageFull) as exc:
+                # Keep the outcome and write it once the database takes writes again; the lease
+                # is not renewed meanwhile, so a crash here still recovers the job.
+                log.warning("could not record the outcome of job %s yet: %s", attempt.job_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if row is None:
+                log.info("late result of job %s attempt %d ignored", attempt.job_id, attempt.number)
+            return
+
+    # -- leases and shutdown ------------------------------------------------------------------
+
+    async def renew_leases_forever(self) -> None:
+        """Extend the leases of running attempts every third of ``lease_s``."""
+        interval = self.settings.lease_s / 3
+        while not self._stopping:
+            await asyncio.sleep(interval)
+            running = {a.seq: a.number for a in self._attempts.values() if a.aborted_by is None}
+            if not running:
+                continue
+            until = self._clock.now_ms() + int(self.settings.lease_s * 1000)
+            try:
+                await self._store.write(partial(renew_leases, running=running, until=until))
+            except EdgeJobsError as exc:
+                log.warning("lease renewal failed: %s", exc)
+
+    async def wait_idle(self) -> None:
+        """Return when no attempt is running in this process."""
+        await self._idle.wait()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; let running attempts finish for ``grace_s``; requeue the rest."""
+        self._stopping = True
+        self._wake.set()
+        tasks = [a.task for a in self._attempts.values() if a.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            if pending:
+                log.warning(
+                    "shutdown grace of %.1f s over: interrupting %d attempts", grace_s, len(pending)
+                )
+                for attempt in list(self._attempts.values()):
+                    self.abort(attempt.job_id, attempt.number, "shutdown")
+                await asyncio.wait(pending, timeout=10)
+        if self._pending_writes:
+            await asyncio.wait(list(self._pending_writes), timeout=5)

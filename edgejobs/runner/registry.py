@@ -1,0 +1,151 @@
+"""Job types: a handler plus its policy, declared in code or in ``edgejobs.toml``."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from edgejobs.config import parse_rate_limit
+from edgejobs.errors import ConfigError, UnknownJobType, ValidationError
+from edgejobs.models import Priority
+from edgejobs.retry import RetryPolicy
+
+Handler = Callable[..., Any]
+
+OVERRIDABLE = (
+    "timeout_s",
+    "max_retries",
+    "priority",
+    "concurrency",
+    "org_concurrency",
+    "rate_limit",
+)
+"""Policy keys an admin may override at runtime (SPEC §6 PATCH /job-types)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobType:
+    """A registered job type with its effective policy."""
+
+    name: str
+    handler_ref: Handler | str
+    timeout_s: float = 300.0
+    max_retries: int = 3
+    retry: RetryPolicy = RetryPolicy()
+    priority: Priority = Priority.NORMAL
+    concurrency: int | None = None
+    org_concurrency: int | None = None
+    rate_limit: str | None = None
+    dedup: bool = True
+    isolation: str = "thread"
+
+    def handler(self) -> Handler:
+        """The callable, importing ``package.module:function`` on first use."""
+        if callable(self.handler_ref):
+            return self.handler_ref
+        return import_handler(self.handler_ref)
+
+    @property
+    def handler_path(self) -> str:
+        """``module:qualname`` of the handler (what a child process imports)."""
+        if isinstance(self.handler_ref, str):
+            return self.handler_ref
+        return f"{self.handler_ref.__module__}:{self.handler_ref.__qualname__}"
+
+    @property
+    def is_async(self) -> bool:
+        """Whether the handler is a coroutine function."""
+        return inspect.iscoroutinefunction(self.handler())
+
+    def policy(self) -> dict[str, Any]:
+        """The policy as a JSON-ready dict (declared in the database, shown by the API)."""
+        return {
+            "timeout_s": self.timeout_s,
+            "max_retries": self.max_retries,
+            "base_delay_s": self.retry.base_delay_s,
+            "max_delay_s": self.retry.max_delay_s,
+            "jitter": self.retry.jitter,
+            "priority": self.priority.value,
+            "concurrency": self.concurrency,
+            "org_concurrency": self.org_concurrency,
+            "rate_limit": self.rate_limit,
+            "dedup": self.dedup,
+            "isolation": self.isolation,
+        }
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> JobType:
+        """This type with runtime overrides applied (unknown keys are ignored)."""
+        changes: dict[str, Any] = {}
+        for key in OVERRIDABLE:
+            if key in overrides and overrides[key] is not None:
+                value = overrides[key]
+                changes[key] = Priority(value) if key == "priority" else value
+        return dataclasses.replace(self, **changes) if changes else self
+
+
+def import_handler(path: str) -> Handler:
+    """Import ``package.module:function`` (a clear error when it cannot be found)."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"handler {path!r}: expected 'package.module:function'")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"handler {path!r}: cannot import {module_name}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise ConfigError(f"handler {path!r}: {module_name} has no attribute {attr}") from exc
+    if not callable(target):
+        raise ConfigError(f"handler {path!r} is not callable")
+    return target  # type: ignore[no-any-return]
+
+
+class Registry:
+    """The job types this process knows, plus runtime pause flags and overrides."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, JobType] = {}
+        self.paused: frozenset[str] = frozenset()
+        self.overrides: dict[str, dict[str, Any]] = {}
+
+    def add(self, job_type: JobType) -> None:
+        """Register (or replace) a job type."""
+        if job_type.rate_limit is not None:
+            try:
+                parse_rate_limit(job_type.rate_limit)
+            except ValueError as exc:
+                raise ValidationError(f"job type {job_type.name}: {exc}") from None
+        self._types[job_type.name] = job_type
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._types
+
+    def __iter__(self) -> Iterator[JobType]:
+        return iter(self._types.values())
+
+    def __len__(self) -> int:
+        return len(self._types)
+
+    def declared(self, name: str) -> JobType:
+        """The type as declared (no overrides); :class:`UnknownJobType` if absent."""
+        try:
+            return self._types[name]
+        except KeyError:
+            raise UnknownJobType(f"unknown job type {name!r}") from None
+
+    def get(self, name: str) -> JobType:
+        """The type with its runtime overrides applied."""
+        declared = self.declared(name)
+        overrides = self.overrides.get(name)
+        return declared.with_overrides(overrides) if overrides else declared
+
+    def retry_policy(self, name: str) -> RetryPolicy:
+        """Backoff policy of a type (the default one for types this process does not know)."""
+        if name in self._types:
+            return self._types[name].retry
+        return RetryPolicy()

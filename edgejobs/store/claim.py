@@ -1,0 +1,162 @@
+"""Claiming ready jobs for free worker slots, and renewing the leases of running ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Mapping
+
+from edgejobs.store.db import WriteTx
+from edgejobs.store.transitions import promote_due, record_job_event
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClaimLimits:
+    """What may be claimed now.
+
+    Only jobs of ``types`` are claimed (the types this runner can run, minus paused ones).
+    ``type_free`` is how many more jobs of a type with a
+    ``concurrency`` limit may run; ``org_limit`` is the ``org_concurrency`` of a type and
+    ``running_per_org`` the jobs of (type, org) running now. Types absent from these maps are
+    unlimited.
+    """
+
+    types: frozenset[str] = frozenset()
+    type_free: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    org_limit: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    running_per_org: Mapping[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def simple(self) -> bool:
+        """No per-type or per-org limit applies: one UPDATE … RETURNING does the claim."""
+        return not self.type_free and not self.org_limit
+
+
+_CLAIM_SIMPLE = (
+    "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
+    " updated_at = :now, lease_expires_at = :lease, progress = 0, progress_message = NULL"
+    " WHERE seq IN (SELECT seq FROM jobs WHERE status = 'queued'"
+    " AND job_type IN (SELECT value FROM json_each(:types))"
+    " ORDER BY priority, run_at, seq LIMIT :limit)"
+    " RETURNING *"
+)
+
+_CANDIDATES = (
+    "SELECT seq, job_type, org FROM jobs WHERE status = 'queued'"
+    " AND job_type IN (SELECT value FROM json_each(:types))"
+    " ORDER BY priority, run_at, seq LIMIT :limit OFFSET :offset"
+)
+
+_CLAIM_SEQS = (
+    "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
+    " updated_at = :now, lease_expires_at = :lease, progress = 0, progress_message = NULL"
+    " WHERE status = 'queued' AND seq IN (SELECT value FROM json_each(:seqs))"
+    " RETURNING *"
+)
+
+
+def claim_ready(
+    conn: sqlite3.Connection,
+    tx: WriteTx,
+    *,
+    now: int,
+    slots: int,
+    lease_ms: int,
+    limits: ClaimLimits,
+) -> list[sqlite3.Row]:
+    """Promote due jobs, then move up to ``slots`` queued jobs to running, in priority order.
+
+    Also starts the attempt rows. Runs inside the writer's ``BEGIN IMMEDIATE`` transaction,
+    so the selection and the UPDATE are one atomic step even where limits need a look first.
+    """
+    promote_due(conn, tx, now=now)
+    if slots <= 0 or not limits.types:
+        return []
+    if limits.simple:
+        rows = conn.execute(
+            _CLAIM_SIMPLE,
+            {
+                "now": now,
+                "lease": now + lease_ms,
+                "types": json.dumps(sorted(limits.types)),
+                "limit": slots,
+            },
+        ).fetchall()
+    else:
+        rows = _claim_with_limits(conn, now=now, slots=slots, lease_ms=lease_ms, limits=limits)
+    if rows:
+        conn.executemany(
+            "INSERT INTO attempts (job_seq, number, started_at) VALUES (?, ?, ?)",
+            [(row["seq"], row["attempts"], now) for row in rows],
+        )
+        for row in rows:
+            record_job_event(conn, tx, row)
+    # RETURNING gives rows in no promised order; hand them out in claim order.
+    return sorted(rows, key=lambda r: (r["priority"], r["run_at"], r["seq"]))
+
+
+def _claim_with_limits(
+    conn: sqlite3.Connection, *, now: int, slots: int, lease_ms: int, limits: ClaimLimits
+) -> list[sqlite3.Row]:
+    type_free = dict(limits.type_free)
+    per_org = dict(limits.running_per_org)
+    types = {t for t in limits.types if type_free.get(t, 1) > 0}
+    chosen: list[int] = []
+    offset = 0
+    page = max(32, slots * 4)
+    while len(chosen) < slots:
+        candidates = conn.execute(
+            _CANDIDATES,
+            {
+                "types": json.dumps(sorted(types)),
+                "limit": page,
+                "offset": offset,
+            },
+        ).fetchall()
+        if not candidates:
+            break
+        offset += len(candidates)
+        for cand in candidates:
+            job_type, org = cand["job_type"], cand["org"]
+            if job_type in type_free and type_free[job_type] <= 0:
+                continue
+            if (
+                job_type in limits.org_limit
+                and per_org.get((job_type, org), 0) >= limits.org_limit[job_type]
+            ):
+                continue
+            chosen.append(cand["seq"])
+            if job_type in type_free:
+                type_free[job_type] -= 1
+            per_org[(job_type, org)] = per_org.get((job_type, org), 0) + 1
+            if len(chosen) >= slots:
+                break
+    if not chosen:
+        return []
+    return conn.execute(
+        _CLAIM_SEQS, {"now": now, "lease": now + lease_ms, "seqs": json.dumps(chosen)}
+    ).fetchall()
+
+
+def renew_leases(
+    conn: sqlite3.Connection, tx: WriteTx, *, running: Mapping[int, int], until: int
+) -> int:
+    """Extend the lease of every job this runner is running (seq → attempt), fenced."""
+    cur = conn.executemany(
+        "UPDATE jobs SET lease_expires_at = ? WHERE seq = ? AND status = 'running' AND attempts = ?",
+        [(until, seq, attempt) for seq, attempt in running.items()],
+    )
+    return cur.rowcount
+
+
+def parent_results(conn: sqlite3.Connection, seqs: list[int]) -> dict[int, dict[str, object]]:
+    """Results of the parents of the given jobs, as {child seq: {parent id: result}}."""
+    found: dict[int, dict[str, object]] = {}
+    for row in conn.execute(
+        "SELECT d.child_seq, p.id, p.result FROM job_deps d JOIN jobs p ON p.seq = d.parent_seq"
+        " WHERE d.child_seq IN (SELECT value FROM json_each(?))",
+        (json.dumps(seqs),),
+    ):
+        found.setdefault(row[0], {})[row[1]] = json.loads(row[2]) if row[2] is not None else None
+    return found

@@ -1,0 +1,398 @@
+"""Connections, PRAGMAs, the single writer (group commit) and the read pool.
+
+Why a writer thread instead of one awaited call per statement: through a thread hop an awaited
+call costs more than the SQL it runs (tens of microseconds against one). So every write is a
+plain function ``op(conn, tx)`` that runs on the writer thread; the writer takes every operation
+waiting in its queue, runs them all in ONE ``BEGIN IMMEDIATE`` transaction, each inside its own
+SAVEPOINT (so one failing operation does not undo the others), commits once and then resolves
+all their futures with one hop back to the event loop. No caller is told an operation succeeded
+before its COMMIT returned. Transactions are never interleaved: one thread owns the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull, StoreTooOld
+
+log = logging.getLogger("edgejobs.store")
+
+T = TypeVar("T")
+
+MIN_SQLITE = (3, 35, 0)
+MAX_BATCH_OPS = 512
+IDLE_POLL_S = 0.05
+"""How often an idle writer looks at ``PRAGMA data_version`` for other processes' commits."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pragmas:
+    """Connection settings applied to (and read back from) every connection."""
+
+    synchronous: str = "normal"
+    busy_timeout_ms: int = 5000
+    journal_size_limit_bytes: int = 64 * 1024 * 1024
+
+
+def check_sqlite_version() -> None:
+    """Refuse to run on a SQLite without ``RETURNING`` (3.35)."""
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise StoreTooOld(
+            f"edgejobs needs SQLite >= 3.35 (RETURNING); this Python links {sqlite3.sqlite_version}"
+        )
+
+
+def connect(path: Path, pragmas: Pragmas, *, readonly: bool = False) -> sqlite3.Connection:
+    """Open a connection in autocommit mode with the PRAGMAs set and verified."""
+    conn = sqlite3.connect(
+        str(path),
+        isolation_level=None,
+        check_same_thread=False,
+        timeout=pragmas.busy_timeout_ms / 1000,
+    )
+    conn.row_factory = sqlite3.Row
+    settings: list[tuple[str, str | int, str | int]] = [
+        ("busy_timeout", pragmas.busy_timeout_ms, pragmas.busy_timeout_ms),
+        ("foreign_keys", "ON", 1),
+        (
+            "synchronous",
+            pragmas.synchronous.upper(),
+            {"NORMAL": 1, "FULL": 2}[pragmas.synchronous.upper()],
+        ),
+    ]
+    if not readonly:
+        settings.insert(0, ("journal_mode", "WAL", "wal"))
+        settings.append(
+            (
+                "journal_size_limit",
+                pragmas.journal_size_limit_bytes,
+                pragmas.journal_size_limit_bytes,
+            )
+        )
+    for name, value, expected in settings:
+        # PRAGMA arguments cannot be bound parameters; names and values here are constants or
+        # validated integers from the config model, never user input.
+        conn.execute(f"PRAGMA {name} = {value}")
+        actual = conn.execute(f"PRAGMA {name}").fetchone()[0]
+        if str(actual).lower() != str(expected).lower():
+            conn.close()
+            raise EdgeJobsError(f"could not set PRAGMA {name} = {value} on {path} (got {actual})")
+    if readonly:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            conn.close()
+            raise EdgeJobsError(f"{path} is not in WAL mode (journal_mode={mode})")
+        conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def translate(exc: sqlite3.Error) -> EdgeJobsError | None:
+    """Map SQLite's lock and disk-full errors to the errors the API reports (503 / 507)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = str(exc).lower()
+    if code in (sqlite3.SQLITE_FULL,) or "database or disk is full" in text:
+        return StorageFull("the disk is full: nothing was written")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in text:
+        return DatabaseBusy("the database is locked by another process; try again")
+    return None
+
+
+@dataclasses.dataclass(slots=True)
+class WriteTx:
+    """What the operations of one transaction report for after COMMIT.
+
+    ``jobs_changed`` maps job ids to their new status (for waiters and the pool);
+    ``events`` counts event rows written (the broker tails the table when it is non-zero).
+    """
+
+    now_ms: int = 0
+    jobs_changed: dict[str, str] = dataclasses.field(default_factory=dict)
+    events: int = 0
+    canceled_running: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+
+    def changed(self, job_id: str, status: str) -> None:
+        """Record that ``job_id`` moved to ``status`` in this transaction."""
+        self.jobs_changed[job_id] = status
+
+
+WriteOp = Callable[[sqlite3.Connection, WriteTx], T]
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending(Generic[T]):
+    op: WriteOp[T]
+    future: asyncio.Future[T]
+
+
+CommitListener = Callable[[WriteTx], None]
+
+
+class Writer:
+    """The one thread that owns the write connection and runs operations in group commits."""
+
+    def __init__(self, path: Path, pragmas: Pragmas) -> None:
+        self._path = path
+        self._pragmas = pragmas
+        self._queue: queue.SimpleQueue[_Pending[Any] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._commit_listeners: list[CommitListener] = []
+        self._foreign_listeners: list[Callable[[], None]] = []
+        self._data_version = 0
+        self._closed = False
+        self.fault_hook: Callable[[str, int], None] | None = None
+        """Test hook: called with ("before_commit" | "after_commit", n) around every commit."""
+        self.commits = 0
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call ``listener(tx)`` on the event loop after every successful commit."""
+        self._commit_listeners.append(listener)
+
+    def add_foreign_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` on the event loop when another connection has committed."""
+        self._foreign_listeners.append(listener)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open the connection and start the writer thread."""
+        self._loop = loop
+        self._conn = connect(self._path, self._pragmas)
+        self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        self._thread = threading.Thread(target=self._run, name="edgejobs-writer", daemon=True)
+        self._thread.start()
+
+    def run_sync(self, op: WriteOp[T]) -> T:
+        """Run one operation in its own transaction on the calling thread (before ``start``)."""
+        conn = self._conn or connect(self._path, self._pragmas)
+        try:
+            tx = WriteTx()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = op(conn, tx)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return result
+        except sqlite3.Error as exc:
+            raise (translate(exc) or exc) from exc
+        finally:
+            if conn is not self._conn:
+                conn.close()
+
+    async def submit(self, op: WriteOp[T]) -> T:
+        """Queue ``op`` for the next group commit and wait for that commit."""
+        if self._closed or self._loop is None:
+            raise EdgeJobsError("the store is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put(_Pending(op, future))
+        return await future
+
+    def submit_nowait(self, op: WriteOp[T]) -> asyncio.Future[T]:
+        """Queue ``op`` and return the future resolved after its commit."""
+        if self._closed or self._loop is None:
+            raise EdgeJobsError("the store is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._queue.put(_Pending(op, future))
+        return future
+
+    async def close(self) -> None:
+        """Finish the queued operations, then stop the thread and close the connection."""
+        if self._thread is None or self._closed:
+            self._closed = True
+            return
+        self._closed = True
+        self._queue.put(None)
+        await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+        self._thread = None
+
+    # -- writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        stop = False
+        while not stop:
+            try:
+                first = self._queue.get(timeout=IDLE_POLL_S)
+            except queue.Empty:
+                self._check_foreign(conn)
+                continue
+            batch: list[_Pending[Any]] = []
+            if first is None:
+                stop = True
+            else:
+                batch.append(first)
+            while len(batch) < MAX_BATCH_OPS:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    continue
+                batch.append(item)
+            if batch:
+                self._run_batch(conn, batch)
+                self._check_foreign(conn)
+        try:
+            conn.execute("PRAGMA optimize")
+        except sqlite3.Error:
+            pass
+        conn.close()
+        self._conn = None
+
+    def _check_foreign(self, conn: sqlite3.Connection) -> None:
+        try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return
+        if version != self._data_version:
+            self._data_version = version
+            if self._foreign_listeners and self._loop is not None:
+                self._call_soon(self._notify_foreign)
+
+    def _notify_foreign(self) -> None:
+        for listener in self._foreign_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("foreign-change listener failed")
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Pending[Any]]) -> None:
+        tx = WriteTx()
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._resolve_all_failed(batch, translate(exc) or exc)
+            return
+        try:
+            for index, pending in enumerate(batch):
+                savepoint = f"op{index}"
+                conn.execute(f"SAVEPOINT {savepoint}")
+                try:
+                    result = pending.op(conn, tx)
+                except BaseException as exc:
+                    conn.execute(f"ROLLBACK TO {savepoint}")
+                    conn.execute(f"RELEASE {savepoint}")
+                    if isinstance(exc, sqlite3.Error):
+                        translated = translate(exc)
+                        if isinstance(translated, StorageFull):
+                            raise  # the whole transaction cannot proceed
+                        exc = translated or exc
+                    outcomes.append((False, exc))
+                else:
+                    conn.execute(f"RELEASE {savepoint}")
+                    outcomes.append((True, result))
+            self.commits += 1
+            if self.fault_hook is not None:
+                self.fault_hook("before_commit", self.commits)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = translate(exc) if isinstance(exc, sqlite3.Error) else None
+            self._resolve_all_failed(batch, error or exc)
+            return
+        if self.fault_hook is not None:
+            self.fault_hook("after_commit", self.commits)
+        self._call_soon(self._after_commit, batch, outcomes, tx)
+
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def _after_commit(
+        self, batch: list[_Pending[Any]], outcomes: list[tuple[bool, Any]], tx: WriteTx
+    ) -> None:
+        for listener in self._commit_listeners:
+            try:
+                listener(tx)
+            except Exception:
+                log.exception("commit listener failed")
+        for pending, (ok, value) in zip(batch, outcomes, strict=True):
+            if pending.future.done():
+                continue
+            if ok:
+                pending.future.set_result(value)
+            else:
+                pending.future.set_exception(value)
+
+    def _resolve_all_failed(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
+        def resolve() -> None:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+
+        self._call_soon(resolve)
+
+
+class Reader:
+    """A small pool of read-only connections; each read runs in one hop and one snapshot."""
+
+    def __init__(self, path: Path, pragmas: Pragmas, threads: int = 2) -> None:
+        self._path = path
+        self._pragmas = pragmas
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edgejobs-read")
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self._path, self._pragmas, readonly=True)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one read transaction on the calling thread's connection."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise (translate(exc) or exc) from exc
+
+    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one read transaction on a pool thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, fn)
+
+    def close(self) -> None:
+        """Close every connection the pool opened."""
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+
+
+@contextlib.contextmanager
+def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """A ``BEGIN IMMEDIATE`` … ``COMMIT`` block for code outside the writer (migrations, CLI)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

@@ -1,0 +1,343 @@
+"""Submitting jobs (dedup and dependencies in the insert transaction) and reading them back."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from edgejobs.errors import NotFound, UnknownParent, ValidationError
+from edgejobs.ids import new_job_id
+from edgejobs.models import UNSUCCESSFUL, Attempt, Job, Status
+from edgejobs.store.db import WriteTx
+from edgejobs.store.rows import attempt_from_row, estimate_eta_s, job_from_row
+from edgejobs.store.transitions import record_job_event
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NewJob:
+    """A validated submission, ready to insert.
+
+    ``depends_on`` holds job ids (str) or, inside a batch, the index (int) of an earlier job of
+    the same batch: a reference can only point backwards, so a batch cannot form a cycle.
+    """
+
+    org: str
+    job_type: str
+    params_json: str
+    priority_rank: int
+    run_at: int | None
+    max_retries: int
+    dedup_hash: str | None
+    depends_on: tuple[str | int, ...] = ()
+
+
+def dedup_hash(org: str, job_type: str, key: str) -> str:
+    """The deduplication hash of (org, job type, canonical params or dedup key)."""
+    digest = hashlib.sha256()
+    for part in (org, job_type, key):
+        digest.update(part.encode())
+        digest.update(b"\x00")
+    return digest.hexdigest()[:32]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Inserted:
+    """One submission's outcome: the stored row, and whether it was an existing duplicate."""
+
+    row: sqlite3.Row
+    deduplicated: bool
+
+
+def insert_jobs(
+    conn: sqlite3.Connection, tx: WriteTx, *, jobs: Sequence[NewJob], now: int
+) -> list[Inserted]:
+    """Insert a batch of jobs all or nothing (the writer runs this in one savepoint)."""
+    inserted: list[Inserted] = []
+    for index, job in enumerate(jobs):
+        parents: list[sqlite3.Row] = []
+        for ref in job.depends_on:
+            if isinstance(ref, int):
+                if not 0 <= ref < index:
+                    raise ValidationError(
+                        f"jobs[{index}].depends_on: batch reference {ref} must point to an"
+                        " earlier job of the batch"
+                    )
+                earlier = inserted[ref].row
+                if earlier["org"] != job.org:
+                    raise UnknownParent(f"jobs[{index}].depends_on: unknown parent {earlier['id']}")
+                parents.append(earlier)
+            else:
+                parent = conn.execute(
+                    "SELECT seq, id, status FROM jobs WHERE id = ? AND org = ?", (ref, job.org)
+                ).fetchone()
+                if parent is None:
+                    raise UnknownParent(f"unknown parent job {ref}")
+                parents.append(parent)
+        if job.dedup_hash is not None:
+            existing = conn.execute(
+                "SELECT * FROM jobs WHERE dedup_hash = ? AND status NOT IN"
+                " ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')",
+                (job.dedup_hash,),
+            ).fetchone()
+            if existing is not None:
+                inserted.append(Inserted(existing, True))
+                continue
+        inserted.append(Inserted(_insert_one(conn, tx, job, parents, now), False))
+    return inserted
+
+
+def _insert_one(
+    conn: sqlite3.Connection, tx: WriteTx, job: NewJob, parents: list[sqlite3.Row], now: int
+) -> sqlite3.Row:
+    unique_parents = {p["seq"]: p for p in parents}
+    failed = [p for p in unique_parents.values() if p["status"] in {s.value for s in UNSUCCESSFUL}]
+    pending = sum(1 for p in unique_parents.values() if p["status"] != Status.COMPLETED.value)
+    run_at = job.run_at if job.run_at is not None else now
+    cancel_reason = None
+    finished_at = None
+    if failed:
+        # Same rule as a later cascade, so the outcome never depends on a race.
+        status = Status.CANCELED
+        cancel_reason = f"parent {failed[0]['id']} ended {failed[0]['status']}"
+        finished_at = now
+        pending = 0
+    elif pending:
+        status = Status.BLOCKED
+    elif run_at > now:
+        status = Status.SCHEDULED
+    else:
+        status = Status.QUEUED
+    row: sqlite3.Row = conn.execute(
+        "INSERT INTO jobs (id, org, job_type, status, priority, params, max_retries, run_at,"
+        " dedup_hash, pending_parents, created_at, updated_at, cancel_reason, finished_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        (
+            new_job_id(now),
+            job.org,
+            job.job_type,
+            status.value,
+            job.priority_rank,
+            job.params_json,
+            job.max_retries,
+            run_at,
+            job.dedup_hash if status is not Status.CANCELED else None,
+            pending,
+            now,
+            now,
+            cancel_reason,
+            finished_at,
+        ),
+    ).fetchone()
+    if unique_parents:
+        conn.executemany(
+            "INSERT INTO job_deps (child_seq, parent_seq) VALUES (?, ?)",
+            [(row["seq"], parent_seq) for parent_seq in unique_parents],
+        )
+    record_job_event(conn, tx, row)
+    return row
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def _mean_ms(conn: sqlite3.Connection, job_type: str) -> float | None:
+    row = conn.execute(
+        "SELECT mean_ms FROM job_type_stats WHERE job_type = ?", (job_type,)
+    ).fetchone()
+    return float(row[0]) if row else None
+
+
+def eta_for_row(conn: sqlite3.Connection, row: sqlite3.Row, now: int) -> float | None:
+    """The ETA of one job row (see :func:`estimate_eta_s`)."""
+    return estimate_eta_s(row, _mean_ms(conn, row["job_type"]), now)
+
+
+def load_job(
+    conn: sqlite3.Connection, row: sqlite3.Row, now: int, deduplicated: bool = False
+) -> Job:
+    """A full :class:`Job` (parents, children and ETA included) from its row."""
+    parents = tuple(
+        r[0]
+        for r in conn.execute(
+            "SELECT p.id FROM job_deps d JOIN jobs p ON p.seq = d.parent_seq"
+            " WHERE d.child_seq = ? ORDER BY p.seq",
+            (row["seq"],),
+        )
+    )
+    children = tuple(
+        r[0]
+        for r in conn.execute(
+            "SELECT c.id FROM job_deps d JOIN jobs c ON c.seq = d.child_seq"
+            " WHERE d.parent_seq = ? ORDER BY c.seq",
+            (row["seq"],),
+        )
+    )
+    return job_from_row(
+        row,
+        depends_on=parents,
+        dependents=children,
+        eta_s=eta_for_row(conn, row, now),
+        deduplicated=deduplicated,
+    )
+
+
+def get_job(conn: sqlite3.Connection, job_id: str, org: str | None, now: int) -> Job:
+    """One job of ``org`` (any org when None); :class:`NotFound` otherwise."""
+    if org is None:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    else:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ? AND org = ?", (job_id, org)).fetchone()
+    if row is None:
+        raise NotFound(f"no job {job_id}")
+    return load_job(conn, row, now)
+
+
+def get_attempts(conn: sqlite3.Connection, job_id: str, org: str | None) -> list[Attempt]:
+    """The execution log of one job, oldest first."""
+    if org is None:
+        job = conn.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    else:
+        job = conn.execute(
+            "SELECT seq FROM jobs WHERE id = ? AND org = ?", (job_id, org)
+        ).fetchone()
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    rows = conn.execute(
+        "SELECT * FROM attempts WHERE job_seq = ? ORDER BY number", (job["seq"],)
+    ).fetchall()
+    return [attempt_from_row(job_id, row) for row in rows]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Filters of a job listing. ``org`` None means every org (system callers only)."""
+
+    org: str | None
+    statuses: tuple[str, ...] = ()
+    job_type: str | None = None
+    priority_rank: int | None = None
+    created_after: int | None = None
+    created_before: int | None = None
+    text: str | None = None
+    before_seq: int | None = None
+    limit: int = 50
+
+
+# The listing query is assembled only from these constant fragments; every value is bound.
+_LIST_CONDITIONS = {
+    "org": "org = :org",
+    "statuses": "status IN (SELECT value FROM json_each(:statuses))",
+    "job_type": "job_type = :job_type",
+    "priority_rank": "priority = :priority_rank",
+    "created_after": "created_at >= :created_after",
+    "created_before": "created_at < :created_before",
+    "text": "(id = :text_exact OR params LIKE :text ESCAPE '\\' OR error LIKE :text ESCAPE '\\')",
+    "before_seq": "seq < :before_seq",
+}
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def list_jobs(conn: sqlite3.Connection, flt: JobFilter, now: int) -> tuple[list[Job], int | None]:
+    """A page of jobs, newest first, and the seq to continue from (None on the last page)."""
+
+    params: dict[str, object] = {"limit": flt.limit + 1}
+    conditions: list[str] = []
+    values = {
+        "org": flt.org,
+        "statuses": json.dumps(list(flt.statuses)) if flt.statuses else None,
+        "job_type": flt.job_type,
+        "priority_rank": flt.priority_rank,
+        "created_after": flt.created_after,
+        "created_before": flt.created_before,
+        "text": _like_pattern(flt.text) if flt.text else None,
+        "before_seq": flt.before_seq,
+    }
+    for key, value in values.items():
+        if value is not None:
+            conditions.append(_LIST_CONDITIONS[key])
+            params[key] = value
+    if flt.text:
+        params["text_exact"] = flt.text
+    where = " AND ".join(conditions) if conditions else "1"
+    sql = "SELECT * FROM jobs WHERE " + where + " ORDER BY seq DESC LIMIT :limit"  # noqa: S608 - constant fragments only
+    rows = conn.execute(sql, params).fetchall()
+    more = len(rows) > flt.limit
+    rows = rows[: flt.limit]
+    seqs = [row["seq"] for row in rows]
+    parents: dict[int, list[str]] = {seq: [] for seq in seqs}
+    children: dict[int, list[str]] = {seq: [] for seq in seqs}
+    if seqs:
+        seq_json = json.dumps(seqs)
+        for child_seq, parent_id in conn.execute(
+            "SELECT d.child_seq, p.id FROM job_deps d JOIN jobs p ON p.seq = d.parent_seq"
+            " WHERE d.child_seq IN (SELECT value FROM json_each(?)) ORDER BY p.seq",
+            (seq_json,),
+        ):
+            parents[child_seq].append(parent_id)
+        for parent_seq, child_id in conn.execute(
+            "SELECT d.parent_seq, c.id FROM job_deps d JOIN jobs c ON c.seq = d.child_seq"
+            " WHERE d.parent_seq IN (SELECT value FROM json_each(?)) ORDER BY c.seq",
+            (seq_json,),
+        ):
+            children[parent_seq].append(child_id)
+    means: dict[str, float | None] = {}
+    jobs = []
+    for row in rows:
+        job_type = row["job_type"]
+        if job_type not in means:
+            means[job_type] = _mean_ms(conn, job_type)
+        jobs.append(
+            job_from_row(
+                row,
+                depends_on=tuple(parents[row["seq"]]),
+                dependents=tuple(children[row["seq"]]),
+                eta_s=estimate_eta_s(row, means[job_type], now),
+            )
+        )
+    return jobs, (seqs[-1] if more and seqs else None)
+
+
+def count_by_status(conn: sqlite3.Connection, org: str | None) -> dict[str, dict[str, int]]:
+    """Counts as {job_type: {status: n}} for one org (all orgs when None)."""
+    if org is None:
+        rows = conn.execute(
+            "SELECT job_type, status, count(*) FROM jobs GROUP BY job_type, status"
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT job_type, status, count(*) FROM jobs WHERE org = ? GROUP BY job_type, status",
+            (org,),
+        ).fetchall()
+    result: dict[str, dict[str, int]] = {}
+    for job_type, status, count in rows:
+        result.setdefault(job_type, {})[status] = count
+    return result
+
+
+def count_by_org(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """Counts as {org: {status: n}} (system callers only)."""
+    result: dict[str, dict[str, int]] = {}
+    for org, status, count in conn.execute(
+        "SELECT org, status, count(*) FROM jobs GROUP BY org, status"
+    ):
+        result.setdefault(org, {})[status] = count
+    return result
+
+
+def running_attempts(
+    conn: sqlite3.Connection, job_ids: Sequence[str]
+) -> dict[str, tuple[str, int]]:
+    """Current (status, attempts) of the given jobs (the runner checks its tasks against it)."""
+
+    rows = conn.execute(
+        "SELECT id, status, attempts FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(job_ids)),),
+    ).fetchall()
+    return {row["id"]: (row["status"], row["attempts"]) for row in rows}

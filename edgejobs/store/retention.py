@@ -1,0 +1,57 @@
+"""Retention: deleting old terminal jobs (with their attempts and events) in small batches."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from edgejobs.store.db import WriteTx
+
+# A job is deletable when it is terminal, finished before the cutoff, and no child of it is
+# still waiting or running (a child's parents must stay readable until it ends).
+_DELETE_JOBS = (
+    "DELETE FROM jobs WHERE seq IN ("
+    " SELECT j.seq FROM jobs j"
+    " WHERE j.status IN ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')"
+    " AND j.finished_at < :cutoff"
+    " AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs c ON c.seq = d.child_seq"
+    "  WHERE d.parent_seq = j.seq AND c.status NOT IN"
+    "  ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled'))"
+    " ORDER BY j.finished_at LIMIT :batch)"
+)
+
+_DELETE_EVENTS = (
+    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE created_at < :cutoff"
+    " ORDER BY id LIMIT :batch)"
+)
+
+
+def delete_old_jobs(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, batch: int) -> int:
+    """Delete up to ``batch`` terminal jobs finished before ``cutoff_ms``; return how many.
+
+    Attempts and dependency rows go with them (ON DELETE CASCADE).
+    """
+    return conn.execute(_DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch}).rowcount
+
+
+def delete_old_events(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, batch: int) -> int:
+    """Delete up to ``batch`` events older than ``cutoff_ms``."""
+    return conn.execute(_DELETE_EVENTS, {"cutoff": cutoff_ms, "batch": batch}).rowcount
+
+
+def trim_events(conn: sqlite3.Connection, tx: WriteTx, *, keep: int, batch: int) -> int:
+    """Delete the oldest events beyond the newest ``keep`` (at most ``batch`` at a time)."""
+    row = conn.execute("SELECT max(id) FROM events").fetchone()
+    if row is None or row[0] is None:
+        return 0
+    floor = int(row[0]) - keep
+    return conn.execute(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= ? ORDER BY id LIMIT ?)",
+        (floor, batch),
+    ).rowcount
+
+
+def incremental_vacuum(conn: sqlite3.Connection, pages: int = 0) -> None:
+    """Return free pages to the file system (``auto_vacuum = INCREMENTAL`` databases)."""
+    conn.execute(
+        "PRAGMA incremental_vacuum" if pages <= 0 else f"PRAGMA incremental_vacuum({int(pages)})"
+    )

@@ -1,0 +1,123 @@
+"""Turning stored rows into domain objects and event payloads (no SQL here)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from edgejobs.models import Attempt, Job, JobError, Outcome, Priority, Status, iso_ms
+
+
+def dumps(value: Any) -> str:
+    """Canonical compact JSON: sorted keys, no spaces (also what dedup hashes)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _error(text: str | None) -> JobError | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return JobError(type=data["type"], message=data["message"], traceback=data.get("traceback"))
+
+
+def estimate_eta_s(row: sqlite3.Row, mean_ms: float | None, now_ms: int) -> float | None:
+    """Seconds left for a job, or None when there is nothing to base an estimate on.
+
+    A running job that reports progress is extrapolated from its own rate
+    (elapsed / progress * remaining); otherwise from this job type's mean run duration minus
+    the time already spent. A job that has not started yet needs the whole mean duration.
+    """
+    status = row["status"]
+    if status in ("completed", "failed", "timed_out", "dead_letter", "canceled"):
+        return None
+    if status == "running" and row["started_at"] is not None:
+        elapsed = float(max(0, now_ms - int(row["started_at"])))
+        progress = float(row["progress"] or 0)
+        if 0 < progress < 100 and elapsed > 0:
+            return round(elapsed / progress * (100 - progress) / 1000, 1)
+        if progress >= 100:
+            return 0.0
+        if mean_ms is not None:
+            return round(max(0.0, mean_ms - elapsed) / 1000, 1)
+        return None
+    return round(mean_ms / 1000, 1) if mean_ms is not None else None
+
+
+def job_from_row(
+    row: sqlite3.Row,
+    *,
+    depends_on: tuple[str, ...] = (),
+    dependents: tuple[str, ...] = (),
+    eta_s: float | None = None,
+    deduplicated: bool = False,
+) -> Job:
+    """A :class:`Job` from a full ``jobs`` row."""
+    return Job(
+        id=row["id"],
+        org=row["org"],
+        job_type=row["job_type"],
+        status=Status(row["status"]),
+        priority=Priority.from_rank(row["priority"]),
+        params=json.loads(row["params"]),
+        result=json.loads(row["result"]) if row["result"] is not None else None,
+        error=_error(row["error"]),
+        progress=float(row["progress"]),
+        progress_message=row["progress_message"],
+        attempts=row["attempts"],
+        max_retries=row["max_retries"],
+        depends_on=depends_on,
+        dependents=dependents,
+        run_at=row["run_at"],
+        next_retry_at=row["next_retry_at"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        updated_at=row["updated_at"],
+        cancel_reason=row["cancel_reason"],
+        eta_s=eta_s,
+        deduplicated=deduplicated,
+    )
+
+
+def job_event_payload(row: sqlite3.Row) -> dict[str, Any]:
+    """The data of a ``job`` event: the job object without params, result and traceback.
+
+    Events are written in the transaction of every status change, so they stay small; a client
+    that needs params or the result fetches the job.
+    """
+    error = _error(row["error"])
+    return {
+        "id": row["id"],
+        "org": row["org"],
+        "job_type": row["job_type"],
+        "status": row["status"],
+        "priority": Priority.from_rank(row["priority"]).value,
+        "error": {"type": error.type, "message": error.message} if error else None,
+        "progress": float(row["progress"]),
+        "progress_message": row["progress_message"],
+        "attempts": row["attempts"],
+        "max_retries": row["max_retries"],
+        "run_at": iso_ms(row["run_at"]),
+        "next_retry_at": iso_ms(row["next_retry_at"]),
+        "created_at": iso_ms(row["created_at"]),
+        "started_at": iso_ms(row["started_at"]),
+        "finished_at": iso_ms(row["finished_at"]),
+        "updated_at": iso_ms(row["updated_at"]),
+        "cancel_reason": row["cancel_reason"],
+    }
+
+
+def attempt_from_row(job_id: str, row: sqlite3.Row) -> Attempt:
+    """An :class:`Attempt` from an ``attempts`` row."""
+    error = None
+    if row["error_type"] is not None:
+        error = JobError(row["error_type"], row["error_message"] or "", row["traceback"])
+    return Attempt(
+        job_id=job_id,
+        number=row["number"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
+        error=error,
+    )

@@ -1,0 +1,73 @@
+"""The store facade: opens the file, migrates it, and owns the writer and the readers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from edgejobs.store import migrations
+from edgejobs.store.db import Pragmas, Reader, WriteOp, Writer, check_sqlite_version, connect
+
+T = TypeVar("T")
+
+
+class Store:
+    """A database file with one group-committing writer and a pool of readers.
+
+    ``write(op)`` runs ``op(conn, tx)`` in the next group commit; ``read(fn)`` runs ``fn(conn)``
+    in one read snapshot. All SQL lives in the modules of this package as such functions.
+    """
+
+    def __init__(
+        self, path: str | Path, pragmas: Pragmas | None = None, *, read_threads: int = 2
+    ) -> None:
+        self.path = Path(path)
+        self.pragmas = pragmas or Pragmas()
+        self.writer = Writer(self.path, self.pragmas)
+        self.reader = Reader(self.path, self.pragmas, threads=read_threads)
+        self._opened = False
+
+    def prepare(self) -> int:
+        """Check SQLite, create the file, set WAL and apply migrations (synchronous, idempotent)."""
+        check_sqlite_version()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path, self.pragmas)
+        try:
+            if migrations.current_version(conn) == 0:
+                # Only possible before the first table exists: lets retention give pages back.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            return migrations.migrate(conn)
+        finally:
+            conn.close()
+
+    async def open(self) -> None:
+        """Prepare the file and start the writer thread."""
+        if self._opened:
+            return
+        await asyncio.get_running_loop().run_in_executor(None, self.prepare)
+        self.writer.start(asyncio.get_running_loop())
+        self._opened = True
+
+    async def close(self) -> None:
+        """Flush queued writes and close every connection."""
+        if not self._opened:
+            return
+        self._opened = False
+        await self.writer.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.reader.close)
+
+    @property
+    def is_open(self) -> bool:
+        """Whether ``open`` has run and ``close`` has not."""
+        return self._opened
+
+    async def write(self, op: WriteOp[T]) -> T:
+        """Run ``op(conn, tx)`` in the next group commit; return its result after COMMIT."""
+        return await self.writer.submit(op)
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one read transaction on a reader thread."""
+        return await self.reader.run(fn)

@@ -1,0 +1,481 @@
+"""The one state machine, written as compare-and-set UPDATEs inside the writer's transaction.
+
+Every function here runs on the writer thread inside ``BEGIN IMMEDIATE`` (see ``db.Writer``).
+Each status change checks the current status in its WHERE clause, writes its event row in the
+same transaction, and applies the dependency consequences (promotion of children when the last
+parent completes, cascade cancel when a parent ends without completing) before the COMMIT, so
+no interleaving can leave a child ``blocked`` behind a finished parent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+from edgejobs.errors import Conflict, NotFound
+from edgejobs.models import UNSUCCESSFUL, JobError, Outcome, Status, is_allowed
+from edgejobs.retry import RetryPolicy, after_failure, backoff_delay_s
+from edgejobs.store.db import WriteTx
+from edgejobs.store.rows import dumps, job_event_payload
+
+log = logging.getLogger("edgejobs.store")
+
+PolicyFor = Callable[[str], RetryPolicy]
+"""Looks up the retry policy of a job type (runtime overrides included)."""
+
+_rng = random.Random()
+
+
+def record_job_event(conn: sqlite3.Connection, tx: WriteTx, row: sqlite3.Row) -> None:
+    """Append a ``job`` event for the row's new state and note the change for waiters."""
+    conn.execute(
+        "INSERT INTO events (org, job_id, kind, data, created_at) VALUES (?, ?, 'job', ?, ?)",
+        (row["org"], row["id"], dumps(job_event_payload(row)), row["updated_at"]),
+    )
+    tx.events += 1
+    tx.changed(row["id"], row["status"])
+
+
+def record_progress_event(
+    conn: sqlite3.Connection, tx: WriteTx, row: sqlite3.Row, eta_s: float | None
+) -> None:
+    """Append a ``progress`` event."""
+    data = {
+        "job_id": row["id"],
+        "org": row["org"],
+        "progress": float(row["progress"]),
+        "progress_message": row["progress_message"],
+        "eta_s": eta_s,
+    }
+    conn.execute(
+        "INSERT INTO events (org, job_id, kind, data, created_at) VALUES (?, ?, 'progress', ?, ?)",
+        (row["org"], row["id"], dumps(data), row["updated_at"]),
+    )
+    tx.events += 1
+
+
+def _error_json(error: JobError) -> str:
+    return dumps(error.to_dict())
+
+
+def _finish_attempt_row(
+    conn: sqlite3.Connection,
+    seq: int,
+    number: int,
+    now: int,
+    outcome: Outcome,
+    error: JobError | None,
+) -> None:
+    conn.execute(
+        "UPDATE attempts SET finished_at = ?, outcome = ?, error_type = ?, error_message = ?,"
+        " traceback = ? WHERE job_seq = ? AND number = ? AND outcome IS NULL",
+        (
+            now,
+            outcome.value,
+            error.type if error else None,
+            error.message if error else None,
+            error.traceback if error else None,
+            seq,
+            number,
+        ),
+    )
+
+
+def complete_attempt(
+    conn: sqlite3.Connection,
+    tx: WriteTx,
+    *,
+    seq: int,
+    attempt: int,
+    result_json: str,
+    now: int,
+) -> sqlite3.Row | None:
+    """running → completed, fenced on the attempt; None when the attempt was abandoned."""
+    row: sqlite3.Row | None = conn.execute(
+        "UPDATE jobs SET status = 'completed', result = ?, finished_at = ?, updated_at = ?,"
+        " lease_expires_at = NULL, progress = 100"
+        " WHERE seq = ? AND status = 'running' AND attempts = ? RETURNING *",
+        (result_json, now, now, seq, attempt),
+    ).fetchone()
+    if row is None:
+        return None
+    _finish_attempt_row(conn, seq, attempt, now, Outcome.COMPLETED, None)
+    if row["started_at"] is not None:
+        _record_duration(conn, row["job_type"], now - row["started_at"])
+    record_job_event(conn, tx, row)
+    on_parent_terminal(conn, tx, row, now)
+    return row
+
+
+def _record_duration(conn: sqlite3.Connection, job_type: str, duration_ms: int) -> None:
+    # An exponentially weighted mean (alpha 0.2) follows drift without storing history.
+    conn.execute(
+        "INSERT INTO job_type_stats (job_type, runs, mean_ms) VALUES (?, 1, ?)"
+        " ON CONFLICT (job_type) DO UPDATE SET runs = runs + 1,"
+        " mean_ms = mean_ms * 0.8 + excluded.mean_ms * 0.2",
+        (job_type, float(duration_ms)),
+    )
+
+
+def fail_attempt(
+    conn: sqlite3.Connection,
+    tx: WriteTx,
+    *,
+    seq: int,
+    attempt: int,
+    outcome: Outcome,
+    error: JobError,
+    permanent: bool,
+    now: int,
+    policy: RetryPolicy,
+) -> sqlite3.Row | None:
+    """running → retrying | failed | timed_out | dead_letter, fenced on the attempt."""
+    current = conn.execute(
+        "SELECT attempts, retry_base, max_retries FROM jobs"
+        " WHERE seq = ? AND status = 'running' AND attempts = ?",
+        (seq, attempt),
+    ).fetchone()
+    if current is None:
+        return None
+    row = _apply_failure(conn, tx, seq, current, outcome, error, permanent, now, policy)
+    _finish_attempt_row(conn, seq, attempt, now, outcome, error)
+    return row
+
+
+def _apply_failure(
+    conn: sqlite3.Connection,
+    tx: WriteTx,
+    seq: int,
+    current: sqlite3.Row,
+    outcome: Outcome,
+    error: JobError,
+    permanent: bool,
+    now: int,
+    policy: RetryPolicy,
+) -> sqlite3.Row:
+    status, retry_number = after_failure(
+        attempts=current["attempts"],
+        retry_base=current["retry_base"],
+        max_retries=current["max_retries"],
+        outcome=outcome,
+        permanent=permanent,
+    )
+    if status is Status.RETRYING:
+        assert retry_number is not None
+        next_retry_at = now + int(backoff_delay_s(retry_number, policy, _rng) * 1000)
+        row: sqlite3.Row = conn.execute(
+            "UPDATE jobs SET status = 'retrying', error = ?, next_retry_at = ?, updated_at = ?,"
+            " lease_expires_at = NULL WHERE seq = ? AND status = 'running' RETURNING *",
+            (_error_json(error), next_retry_at, now, seq),
+        ).fetchone()
+    else:
+        row = conn.execute(
+            "UPDATE jobs SET status = ?, error = ?, next_retry_at = NULL, finished_at = ?,"
+            " updated_at = ?, lease_expires_at = NULL"
+            " WHERE seq = ? AND status = 'running' RETURNING *",
+            (status.value, _error_json(error), now, now, seq),
+        ).fetchone()
+    record_job_event(conn, tx, row)
+    if status in UNSUCCESSFUL:
+        on_parent_terminal(conn, tx, row, now)
+    return row
+
+
+def set_progress(
+    conn: sqlite3.Connection,
+    tx: WriteTx,
+    *,
+    seq: int,
+    attempt: int,
+    progress: float,
+    message: str | None,
+    now: int,
+    eta_for: Callable[[sqlite3.Row], float | None],
+) -> bool:
+    """Store a running attempt's progress and append a ``progress`` event (fenced)."""
+    row = conn.execute(
+        "UPDATE jobs SET progress = ?, progress_message = ?, updated_at = ?"
+        " WHERE seq = ? AND status = 'running' AND attempts = ? RETURNING *",
+        (progress, message, now, seq, attempt),
+    ).fetchone()
+    if row is None:
+        return False
+    record_progress_event(conn, tx, row, eta_for(row))
+    return True
+
+
+def _job_by_id(conn: sqlite3.Connection, job_id: str, org: str | None) -> sqlite3.Row:
+    if org is None:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    else:
+        row = conn.execute("SELECT * FROM jobs WHERE id = ? AND org = ?", (job_id, org)).fetchone()
+    if row is None:
+        raise NotFound(f"no job {job_id}")
+    return row  # type: ignore[no-any-return]
+
+
+def cancel_job(
+    conn: sqlite3.Connection,
+    tx: WriteTx,
+    *,
+    job_id: str,
+    org: str | None,
+    now: int,
+    reason: str = "canceled by a user",
+) -> sqlite3.Row:
+    """Cancel a non-terminal job; a terminal one is a :class:`Conflict`.
+
+    The read and the compare-and-set UPDATE share this transaction, so a cancel racing a
+    claim or a completion either wins completely or fails with a conflict.
+    """
+    current = _job_by_id(conn, job_id, org)
+    status = Status(current["status"])
+    if not is_allowed(status, Status.CANCELED):
+        raise Conflict(
+            f"job {job_id} is {status.value}; only a job that has not ended can be canceled"
+        )
+    row: sqlite3.Row = conn.execute(
+        "UPDATE jobs SET status = 'canceled', cancel_reason = ?, finished_at = ?, updated_at = ?,"
+        " lease_expires_at = NULL, next_retry_at = NULL WHERE seq = ? AND status = ? RETURNING *",
+        (reason, now, now, current["seq"], status.value),
+    ).fetchone()
+    if status is Status.RUNNING:
+        _finish_attempt_row(conn, row["seq"], row["attempts"], now, Outcome.CANCELED, None)
+        tx.canceled_running.append((row["id"], row["attempts"]))
+    record_job_event(conn, tx, row)
+    on_parent_terminal(conn, tx, row, now)
+    return row
+
+
+def retry_job(
+    conn: sqlite3.Connection, tx: WriteTx, *, job_id: str, org: str | None, now: int
+) -> sqlite3.Row:
+    """Manual retry of an unsuccessful terminal job (SPEC §2 rule 6).
+
+    The job gets a fresh retry budget; its history stays. It goes back to ``queued`` when its
+    parents have all completed, to ``blocked`` while one is still on its way; a parent that ended
+    without completing makes the retry a conflict (retry the parent first), so a child never
+    runs before its parents completed.
+    """
+    current = _job_by_id(conn, job_id, org)
+    status = Status(current["status"])
+    if status not in UNSUCCESSFUL:
+        raise Conflict(
+            f"job {job_id} is {status.value}; only failed, timed_out, dead_letter or canceled"
+            " jobs can be retried"
+        )
+    parents = conn.execute(
+        "SELECT p.id, p.status FROM job_deps d JOIN jobs p ON p.seq = d.parent_seq"
+        " WHERE d.child_seq = ?",
+        (current["seq"],),
+    ).fetchall()
+    for parent in parents:
+        if parent["status"] in {s.value for s in UNSUCCESSFUL}:
+            raise Conflict(
+                f"parent {parent['id']} of job {job_id} is {parent['status']}; retry the parent first"
+            )
+    pending = sum(1 for parent in parents if parent["status"] != Status.COMPLETED.value)
+    target = Status.BLOCKED if pending else Status.QUEUED
+    if current["dedup_hash"] is not None:
+        twin = conn.execute(
+            "SELECT id FROM jobs WHERE dedup_hash = ? AND seq != ? AND status NOT IN"
+            " ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')",
+            (current["dedup_hash"], current["seq"]),
+        ).fetchone()
+        if twin is not None:
+            raise Conflict(f"job {twin['id']} with the same parameters is already pending")
+    row: sqlite3.Row = conn.execute(
+        "UPDATE jobs SET status = ?, retry_base = attempts, pending_parents = ?, run_at = ?,"
+        " next_retry_at = NULL, finished_at = NULL, cancel_reason = NULL, updated_at = ?,"
+        " progress = 0, progress_message = NULL WHERE seq = ? AND status = ? RETURNING *",
+        (target.value, pending, now, now, current["seq"], status.value),
+    ).fetchone()
+    record_job_event(conn, tx, row)
+    return row
+
+
+def recover_running(
+    conn: sqlite3.Connection,
+    tx: WriteTx,
+    *,
+    now: int,
+    expired_only: bool,
+    policy_for: PolicyFor,
+    reason: str,
+) -> list[sqlite3.Row]:
+    """Record a ``lost`` attempt for running jobs (all, at start-up; or those whose lease
+    expired) and retry them under their policy, or end them ``dead_letter``."""
+    if expired_only:
+        rows = conn.execute(
+            "SELECT seq, job_type, attempts, retry_base, max_retries FROM jobs"
+            " WHERE status = 'running' AND lease_expires_at < ?",
+            (now,),
+        ).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT seq, job_type, attempts, retry_base, max_retries FROM jobs"
+            " WHERE status = 'running'"
+        ).fetchall()
+    recovered = []
+    for current in rows:
+        error = JobError(type="Lost", message=reason)
+        row = _apply_failure(
+            conn,
+            tx,
+            current["seq"],
+            current,
+            Outcome.LOST,
+            error,
+            False,
+            now,
+            policy_for(current["job_type"]),
+        )
+        _finish_attempt_row(conn, current["seq"], current["attempts"], now, Outcome.LOST, error)
+        recovered.append(row)
+    return recovered
+
+
+def promote_due(conn: sqlite3.Connection, tx: WriteTx, *, now: int, limit: int = 1000) -> int:
+    """scheduled and retrying jobs whose time has come → queued."""
+    rows = conn.execute(
+        "UPDATE jobs SET status = 'queued', updated_at = ? WHERE seq IN ("
+        " SELECT seq FROM jobs WHERE status = 'scheduled' AND run_at <= ?"
+        " UNION ALL"
+        " SELECT seq FROM jobs WHERE status = 'retrying' AND next_retry_at <= ?"
+        " LIMIT ?) RETURNING *",
+        (now, now, now, limit),
+    ).fetchall()
+    for row in rows:
+        record_job_event(conn, tx, row)
+    return len(rows)
+
+
+def next_due_ms(conn: sqlite3.Connection) -> int | None:
+    """The earliest time a scheduled job or a retry becomes due, if any."""
+    row = conn.execute(
+        "SELECT min(t) FROM (SELECT min(run_at) AS t FROM jobs WHERE status = 'scheduled'"
+        " UNION ALL SELECT min(next_retry_at) FROM jobs WHERE status = 'retrying')"
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
+# -- dependencies ----------------------------------------------------------------------------
+
+
+def on_parent_terminal(
+    conn: sqlite3.Connection, tx: WriteTx, parent: sqlite3.Row, now: int
+) -> None:
+    """Apply a parent's terminal status to its blocked children, in the same transaction.
+
+    completed: each child loses one pending parent; at zero it becomes queued (or scheduled).
+    anything else: every blocked descendant is canceled with a reason naming the parent.
+    """
+    if parent["status"] == Status.COMPLETED.value:
+        children = conn.execute(
+            "UPDATE jobs SET pending_parents = pending_parents - 1, updated_at = ?"
+            " WHERE status = 'blocked'"
+            " AND seq IN (SELECT child_seq FROM job_deps WHERE parent_seq = ?)"
+            " RETURNING seq, pending_parents, run_at",
+            (now, parent["seq"]),
+        ).fetchall()
+        for child in children:
+            if child["pending_parents"] <= 0:
+                _unblock(conn, tx, child["seq"], child["run_at"], now)
+    elif parent["status"] in {s.value for s in UNSUCCESSFUL}:
+        _cascade_cancel(conn, tx, parent, now)
+
+
+def _unblock(conn: sqlite3.Connection, tx: WriteTx, seq: int, run_at: int, now: int) -> None:
+    target = Status.SCHEDULED if run_at > now else Status.QUEUED
+    row = conn.execute(
+        "UPDATE jobs SET status = ?, pending_parents = 0, updated_at = ?"
+        " WHERE seq = ? AND status = 'blocked' RETURNING *",
+        (target.value, now, seq),
+    ).fetchone()
+    if row is not None:
+        record_job_event(conn, tx, row)
+
+
+def _cascade_cancel(conn: sqlite3.Connection, tx: WriteTx, parent: sqlite3.Row, now: int) -> None:
+    # Iterative walk down the graph: every blocked descendant is canceled, each naming the
+    # job whose failure reached it.
+    stack = [parent]
+    while stack:
+        current = stack.pop()
+        reason = f"parent {current['id']} ended {current['status']}"
+        children = conn.execute(
+            "UPDATE jobs SET status = 'canceled', cancel_reason = ?, finished_at = ?,"
+            " updated_at = ? WHERE status = 'blocked'"
+            " AND seq IN (SELECT child_seq FROM job_deps WHERE parent_seq = ?) RETURNING *",
+            (reason, now, now, current["seq"]),
+        ).fetchall()
+        for child in children:
+            record_job_event(conn, tx, child)
+            stack.append(child)
+
+
+def resolve_stuck_blocked(conn: sqlite3.Connection, tx: WriteTx, *, now: int) -> list[str]:
+    """Safety net: settle any blocked job whose parents are all terminal; return their ids.
+
+    Finding one means a bug elsewhere (promotion and cascade run in the parent's transaction),
+    so the caller logs a warning for each.
+    """
+    stuck = conn.execute(
+        "SELECT j.seq, j.id, j.run_at FROM jobs j WHERE j.status = 'blocked' AND NOT EXISTS ("
+        " SELECT 1 FROM job_deps d JOIN jobs p ON p.seq = d.parent_seq"
+        " WHERE d.child_seq = j.seq AND p.status IN"
+        " ('blocked', 'scheduled', 'queued', 'running', 'retrying'))"
+    ).fetchall()
+    fixed: list[str] = []
+    for job in stuck:
+        failed_parent = conn.execute(
+            "SELECT p.* FROM job_deps d JOIN jobs p ON p.seq = d.parent_seq"
+            " WHERE d.child_seq = ? AND p.status != 'completed' LIMIT 1",
+            (job["seq"],),
+        ).fetchone()
+        if failed_parent is None:
+            _unblock(conn, tx, job["seq"], job["run_at"], now)
+        else:
+            reason = f"parent {failed_parent['id']} ended {failed_parent['status']}"
+            row = conn.execute(
+                "UPDATE jobs SET status = 'canceled', cancel_reason = ?, finished_at = ?,"
+                " updated_at = ? WHERE seq = ? AND status = 'blocked' RETURNING *",
+                (reason, now, now, job["seq"]),
+            ).fetchone()
+            if row is not None:
+                record_job_event(conn, tx, row)
+                _cascade_cancel(conn, tx, row, now)
+        fixed.append(job["id"])
+    return fixed
+
+
+def decode_json(text: str | None) -> Any:
+    """Parse a JSON column (None stays None)."""
+    return json.loads(text) if text is not None else None
+
+
+def requeue_interrupted(
+    conn: sqlite3.Connection, tx: WriteTx, *, seq: int, attempt: int, now: int
+) -> sqlite3.Row | None:
+    """running → queued for an attempt a graceful shutdown interrupted (fenced).
+
+    The attempt is recorded as ``canceled`` with the reason, and it does not use up a retry:
+    the runner stopped it, not the handler.
+    """
+    row = conn.execute(
+        "UPDATE jobs SET status = 'queued', retry_base = retry_base + 1, lease_expires_at = NULL,"
+        " updated_at = ? WHERE seq = ? AND status = 'running' AND attempts = ? RETURNING *",
+        (now, seq, attempt),
+    ).fetchone()
+    if row is None:
+        return None
+    error = JobError(
+        "Shutdown", "the runner stopped before this attempt finished; the job was requeued"
+    )
+    _finish_attempt_row(conn, seq, attempt, now, Outcome.CANCELED, error)
+    record_job_event(conn, tx, row)
+    return row  # type: ignore[no-any-return]
