@@ -598,17 +598,11 @@
     }
   }
 
-  function jobColumns(withCheckbox) {
-    const cols = withCheckbox ? [""] : [];
-    if (isSystem()) cols.push("org");
-    return cols.concat(["id", "type", "status", "priority", "progress", "attempts", "created", "updated"]);
-  }
+  const JOB_COLUMNS = ["id", "type", "status", "priority", "progress", "attempts", "created", "updated"];
 
   function renderHead(theadId, withCheckbox) {
-    const cells = jobColumns(withCheckbox).map((name) => el("th", { text: name }));
-    if (withCheckbox) {
-      cells[0] = el("th", { class: "check-col" });
-    }
+    const cells = (isSystem() ? ["org"] : []).concat(JOB_COLUMNS).map((name) => el("th", { text: name }));
+    if (withCheckbox) cells.unshift(el("th", { class: "check-col" }));
     $(theadId).replaceChildren(el("tr", null, cells));
   }
 
