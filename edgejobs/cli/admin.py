@@ -1,4 +1,4 @@
-"""``edgejobs prune`` (placeholder; see register)."""
+"""``edgejobs prune``: retention on demand."""
 
 from __future__ import annotations
 
@@ -6,6 +6,43 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
+from edgejobs.cli import run_async
+from edgejobs.cli.jobs import open_client
+
 
 def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add the admin commands."""
+    """Add ``prune``."""
+    prune = subparsers.add_parser(
+        "prune",
+        help="delete old terminal jobs now",
+        description=(
+            "Delete terminal jobs (with their attempts and events) that finished more than N"
+            " days ago; N = 0 deletes every terminal job. A job whose child has not ended yet"
+            " is kept. Default N: [retention] days."
+        ),
+    )
+    common(prune)
+    prune.add_argument("--older-than-days", metavar="N", type=_days, default=None)
+    prune.set_defaults(handler=run_prune)
+
+
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
+    return value
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    """``edgejobs prune``."""
+    return run_async(_prune(args))
+
+
+async def _prune(args: argparse.Namespace) -> int:
+    async with open_client(args) as ej:
+        report = await ej.prune(older_than_days=args.older_than_days)
+    print(f"deleted {report.jobs} jobs and {report.events} events")
+    return 0

@@ -1,0 +1,41 @@
+"""Fixtures of the core-engine tests: real SQLite files in ``tmp_path``, a fake clock, and the
+folder of helper modules (``core_handlers``, ``core_support``) on ``sys.path`` so that test
+modules, spawned handler processes and runner subprocesses can all import them."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from core_support import CoreKit  # noqa: E402
+
+from edgejobs.testing import FakeClock  # noqa: E402
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A fake clock at a fixed time."""
+    return FakeClock()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    """A database file that does not exist yet."""
+    return tmp_path / "jobs.db"
+
+
+@pytest.fixture
+async def kit(db_path: Path, clock: FakeClock) -> AsyncIterator[CoreKit]:
+    """The standard job types on a stepped runner (see :class:`core_support.CoreKit`)."""
+    kit = await CoreKit(db_path, clock).start()
+    try:
+        yield kit
+    finally:
+        await kit.close()

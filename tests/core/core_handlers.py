@@ -1,0 +1,36 @@
+"""Handlers imported by path (``core_handlers:NAME``) by runner subprocesses and by process
+isolation; the tests put this folder on ``PYTHONPATH`` / ``sys.path``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+
+async def echo(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Return the params with the attempt number."""
+    return {"params": params, "attempt": ctx.attempt}
+
+
+async def sleepy(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Sleep ``seconds`` on the first attempt only, so a recovered job finishes quickly."""
+    if ctx.attempt == 1:
+        await asyncio.sleep(float(params.get("seconds", 60)))
+    return {"attempt": ctx.attempt}
+
+
+def sync_sleep(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Block in ``time.sleep`` (ignores cancellation: only a kill or abandonment stops it)."""
+    time.sleep(float(params.get("seconds", 60)))
+    return {"slept": params.get("seconds", 60)}
+
+
+def sync_quick(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Return at once (a sync handler)."""
+    return {"ok": True, "attempt": ctx.attempt}
+
+
+def fail(ctx: Any, params: dict[str, Any]) -> None:
+    """Always raise."""
+    raise RuntimeError(params.get("message", "boom"))

@@ -1,0 +1,67 @@
+"""The claim reads the ``jobs_ready`` partial index in priority order: no table scan and no
+temporary b-tree for its ORDER BY, however many finished jobs the table holds."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from core_support import connect
+
+from edgejobs import EdgeJobs, JobSpec
+from edgejobs.store.claim import _CANDIDATES, _CLAIM_SIMPLE
+
+PARAMS = {
+    "now": 0,
+    "lease": 0,
+    "types": json.dumps(["a", "b"]),
+    "limit": 8,
+    "offset": 0,
+}
+
+
+def plan(conn: sqlite3.Connection, sql: str) -> list[str]:
+    return [row["detail"] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, PARAMS)]
+
+
+async def _populate(path: Path) -> None:
+    async def noop(ctx: object, params: dict[str, object]) -> None:
+        return None
+
+    ej = EdgeJobs(database=path)
+    ej.register("a", noop)
+    ej.register("b", noop)
+    for start in range(0, 3000, 500):
+        await ej.submit_many(
+            JobSpec("a" if n % 3 else "b", f"org{n % 7}", {"n": n}, priority=("low", "high")[n % 2])
+            for n in range(start, start + 500)
+        )
+    await ej.close()
+    # Most jobs are long finished, as on a real appliance.
+    with connect(path) as conn:
+        conn.execute(
+            "UPDATE jobs SET status = 'completed', finished_at = created_at WHERE seq % 10 != 0"
+        )
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["fresh", "analyzed"])
+@pytest.mark.parametrize("sql", [_CLAIM_SIMPLE, _CANDIDATES], ids=["claim", "candidates"])
+async def test_claim_uses_the_ready_index(tmp_path: Path, sql: str, analyzed: bool) -> None:
+    path = tmp_path / "jobs.db"
+    await _populate(path)
+    conn = connect(path)
+    try:
+        if analyzed:
+            conn.execute("ANALYZE")  # what PRAGMA optimize may do on a long-running database
+        details = plan(conn, sql)
+    finally:
+        conn.close()
+    text = "\n".join(details)
+    assert any("jobs_ready" in d for d in details), text
+    for detail in details:
+        # Reading jobs is a rowid lookup or a walk of the ready index, never the table.
+        if detail.startswith(("SCAN jobs", "SEARCH jobs")):
+            assert "jobs_ready" in detail or "PRIMARY KEY" in detail, text
+    assert "TEMP B-TREE" not in text, text

@@ -1,0 +1,355 @@
+"""The operator commands: init, submit, jobs list/show/cancel/retry, stats, prune.
+
+Most commands run in this process through :func:`edgejobs.cli.main` (in a worker thread, as
+the command runs its own event loop) while a stepped runner works on the same database; a
+few run as real subprocesses to check the installed entry points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from core_support import count_status, run_cli, write_config
+
+from edgejobs.cli import main
+from edgejobs.clock import SystemClock
+from edgejobs.config import load_config
+from edgejobs.testing import Harness
+
+CONFIG = """
+[database]
+path = "jobs.db"
+
+[retry]
+base_delay_s = 0
+max_delay_s = 0
+
+[[job_types]]
+name = "echo"
+handler = "core_handlers:echo"
+
+[[job_types]]
+name = "fails"
+handler = "core_handlers:fail"
+max_retries = 0
+"""
+
+Result = tuple[int, str, str]
+
+
+def exit_code_of(argv: list[str]) -> int:
+    """``edgejobs ARGV`` in this process; argparse's usage errors exit through SystemExit."""
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+
+
+class Cli:
+    """Runs ``edgejobs ARGS --config <config>`` in this process: (exit code, stdout, stderr)."""
+
+    def __init__(self, config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.config = config
+        self.capsys = capsys
+
+    async def __call__(self, *args: str, config_first: bool = False) -> Result:
+        # The command configures logging for the whole process; ERROR keeps the stepped
+        # runner's own log lines (this same process) out of the captured stderr.
+        config = ["--config", str(self.config), "--log-level", "ERROR"]
+        argv = [*config, *args] if config_first else [*args, *config]
+        code = await asyncio.to_thread(exit_code_of, argv)
+        out, err = self.capsys.readouterr()
+        assert "Traceback" not in err, err
+        return code, out, err
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path, CONFIG)
+
+
+@pytest.fixture
+async def runner(config: Path) -> AsyncIterator[Harness]:
+    """The runner of the database the commands use (stepped; real clock)."""
+    loaded = load_config(config, environ={})
+    async with Harness(config=loaded, database=loaded.database.path, clock=SystemClock()) as h:
+        yield h
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Commands run here configure logging for the whole process (a handler on this test's
+    captured stderr); undo that so later tests log as before."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(False)
+
+
+@pytest.fixture
+def cli(config: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """The command line, on the test's config."""
+    return Cli(config, capsys)
+
+
+def _one_line_error(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("edgejobs: ")
+    for needle in needles:
+        assert needle in lines[0], (needle, err)
+
+
+# -- help and init ------------------------------------------------------------------------------
+
+
+def test_python_m_edgejobs_help_lists_the_commands() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    for command in ("init", "worker", "submit", "jobs", "stats", "prune"):
+        assert command in result.stdout
+    result = run_cli("jobs", "--help")
+    assert result.returncode == 0
+    for action in ("list", "show", "cancel", "retry"):
+        assert action in result.stdout
+
+
+def test_init_writes_a_config_that_loads_and_never_overwrites(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "conf" / "edgejobs.toml"
+    target.parent.mkdir()
+    assert main(["init", "--config", str(target)]) == 0
+    text = target.read_text()
+    config = load_config(target, environ={})
+    assert config.database.path == target.parent / "edgejobs.db"
+    capsys.readouterr()
+    assert main(["--config", str(target), "init"]) != 0
+    _one_line_error(capsys.readouterr().err, "already exists")
+    assert target.read_text() == text
+    # Without --config: ./edgejobs.toml.
+    monkeypatch.chdir(tmp_path)
+    assert main(["init"]) == 0
+    assert load_config(tmp_path / "edgejobs.toml", environ={}).runner.workers >= 1
+
+
+# -- the operator's flow ------------------------------------------------------------------------
+
+
+async def test_submit_list_show_and_dependencies(cli: Cli, runner: Harness) -> None:
+    code, out, err = await cli("submit", "echo", "--org", "acme", "--params", '{"x": 1}')
+    assert code == 0 and err == ""
+    parent = out.strip()
+    assert out == parent + "\n" and len(parent) == 26
+
+    code, out, err = await cli("submit", "echo", "--org", "acme", "--params", '{"x":1}')
+    assert code == 0 and out.strip() == parent and "already" in err  # deduplicated
+    code, out, _ = await cli("submit", "echo", "--org", "acme", "--params", '{"x":1}', "--no-dedup")
+    assert code == 0 and out.strip() != parent
+    code, out, _ = await cli(
+        "submit", "echo", "--org", "acme", "--priority", "high", "--delay", "60", config_first=True
+    )
+    scheduled = out.strip()
+    code, out, _ = await cli(
+        "submit", "echo", "--org", "acme", "--params", '{"child": true}', "--after", parent
+    )
+    child = out.strip()
+    code, out, _ = await cli("submit", "echo", "--org", "other", "--dedup-key", "k")
+    other = out.strip()
+
+    code, out, _ = await cli("jobs", "list", "--json")
+    listed = json.loads(out)
+    assert code == 0 and len(listed) == 5
+    assert {j["id"]: j["status"] for j in listed}[child] == "blocked"
+    assert {j["id"]: j["priority"] for j in listed}[scheduled] == "high"
+    code, out, _ = await cli("jobs", "list", "--status", "blocked", "scheduled", "--json")
+    assert sorted(j["id"] for j in json.loads(out)) == sorted([child, scheduled])
+    code, out, _ = await cli("jobs", "list", "--org", "other", "--json")
+    assert [j["id"] for j in json.loads(out)] == [other]
+    code, out, _ = await cli("jobs", "list", "--type", "echo", "--limit", "2", "--json")
+    assert len(json.loads(out)) == 2
+    code, out, _ = await cli("jobs", "list", "--type", "nothing", "--json")
+    assert json.loads(out) == []
+    code, out, err = await cli("jobs", "list")
+    assert code == 0 and out.splitlines()[0].split()[:4] == ["ID", "ORG", "TYPE", "STATUS"]
+    assert all(job_id in out for job_id in (parent, child, scheduled, other))
+
+    code, out, _ = await cli("jobs", "show", child, "--json")
+    shown = json.loads(out)
+    assert shown["job"]["depends_on"] == [parent] and shown["job"]["status"] == "blocked"
+    assert shown["attempts"] == []
+    code, out, _ = await cli("jobs", "show", parent, "--json")
+    assert json.loads(out)["job"]["dependents"] == [child]
+
+    await runner.drain()
+    code, out, _ = await cli("jobs", "show", child)
+    assert code == 0
+    fields = dict(line.split(None, 1) for line in out.splitlines() if line and " " in line)
+    assert fields["status"].strip() == "completed"
+    assert fields["depends_on"].strip() == parent
+    assert '"child": true' in fields["result"]
+    assert "ATTEMPT" in out and "completed" in out.split("ATTEMPT", 1)[1]
+
+
+async def test_failed_job_show_retry_cancel(cli: Cli, runner: Harness) -> None:
+    code, out, _ = await cli(
+        "submit", "fails", "--org", "acme", "--params", '{"message": "no disk"}'
+    )
+    job_id = out.strip()
+    await runner.drain()
+
+    code, out, _ = await cli("jobs", "show", job_id)
+    assert code == 0
+    assert "RuntimeError: no disk" in out
+    assert "traceback:" in out and "Traceback (most recent call last)" in out
+    assert "core_handlers.py" in out  # the handler's own frame
+    attempts_table = out.split("ATTEMPT", 1)[1]
+    assert "failed" in attempts_table and "RuntimeError: no disk" in attempts_table
+    code, out, _ = await cli("jobs", "show", job_id, "--json")
+    shown = json.loads(out)
+    assert shown["job"]["error"]["type"] == "RuntimeError"
+    assert "Traceback" in shown["job"]["error"]["traceback"]
+    assert [a["outcome"] for a in shown["attempts"]] == ["failed"]
+
+    code, out, _ = await cli("jobs", "retry", job_id)
+    assert code == 0 and out.split() == [job_id, "queued"]
+    code, _, err = await cli("jobs", "retry", job_id)
+    assert code == 1
+    _one_line_error(err, job_id, "queued")
+    code, out, _ = await cli("jobs", "cancel", job_id, "--reason", "not needed")
+    assert code == 0 and out.split() == [job_id, "canceled"]
+    assert (await runner.get(job_id)).cancel_reason == "not needed"
+    code, _, err = await cli("jobs", "cancel", job_id)
+    assert code == 1
+    _one_line_error(err, "canceled")
+    code, out, _ = await cli("jobs", "show", job_id, "--json")
+    assert [a["outcome"] for a in json.loads(out)["attempts"]] == ["failed"]
+
+
+async def test_stats_and_prune(cli: Cli, runner: Harness, config: Path) -> None:
+    for n in range(3):
+        await cli("submit", "echo", "--org", "acme", "--params", json.dumps({"n": n}))
+    await cli("submit", "fails", "--org", "beta")
+    await runner.drain()
+    await cli("submit", "echo", "--org", "beta", "--delay", "600")
+
+    code, out, _ = await cli("stats", "--json")
+    stats = json.loads(out)
+    assert code == 0
+    assert stats["by_status"]["completed"] == 3 and stats["by_status"]["failed"] == 1
+    assert stats["by_status"]["scheduled"] == 1 and stats["by_status"]["running"] == 0
+    assert stats["by_type"]["echo"] == {"completed": 3, "scheduled": 1}
+    assert stats["by_org"]["beta"] == {"failed": 1, "scheduled": 1}
+    code, out, _ = await cli("stats", "--org", "beta", "--json")
+    beta = json.loads(out)
+    assert beta["by_status"]["completed"] == 0 and beta["by_status"]["failed"] == 1
+    assert "by_org" not in beta
+    code, out, _ = await cli("stats")
+    assert code == 0 and "completed" in out and "echo" in out and "beta" in out
+
+    code, out, _ = await cli("prune")  # default: [retention] days = 30
+    assert code == 0 and out.strip().startswith("deleted 0 jobs")
+    code, out, _ = await cli("prune", "--older-than-days", "0")
+    assert code == 0 and out.strip().startswith("deleted 4 jobs")
+    db = load_config(config, environ={}).database.path
+    assert count_status(db, "completed") == count_status(db, "failed") == 0
+    assert count_status(db, "scheduled") == 1
+
+
+async def test_submit_wait_exit_code_follows_the_outcome(cli: Cli, runner: Harness) -> None:
+    async def submit_and_drain(*args: str) -> Result:
+        command = asyncio.ensure_future(cli("submit", *args, "--wait"))
+        while not command.done():
+            await runner.drain()
+            await asyncio.sleep(0.02)
+        return command.result()
+
+    # stdout: the id first, the final status last (progress lines may come between).
+    code, out, err = await submit_and_drain("echo", "--org", "acme")
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "completed", (out, err)
+    assert (await runner.get(lines[0])).status.value == "completed"
+    code, out, err = await submit_and_drain(
+        "fails", "--org", "acme", "--params", '{"message": "x"}'
+    )
+    assert code == 1 and out.splitlines()[-1] == "failed"
+    _one_line_error(err, "RuntimeError: x")
+
+
+# -- user errors: one line on stderr, never a traceback --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needles"),
+    [
+        (("submit", "echo", "--org", "a", "--params", "{bad"), 2, ("--params", "JSON")),
+        (("submit", "echo", "--org", "a", "--params", "[1, 2]"), 2, ("JSON object",)),
+        (("submit", "nope", "--org", "a"), 1, ("unknown job type", "nope")),
+        (("submit", "echo", "--org", "a", "--after", "01NOPE"), 1, ("unknown parent",)),
+        (("submit", "echo", "--org", "a", "--priority", "urgent"), 2, ("priority",)),
+        (("submit", "echo", "--org", "a", "--delay", "-1"), 2, ("--delay",)),
+        (("submit", "echo", "--org", "bad org!"), 1, ("org",)),
+        (("submit", "echo"), 2, ("--org",)),
+        (("jobs", "show", "01NOPE"), 1, ("no job 01NOPE",)),
+        (("jobs", "cancel", "01NOPE"), 1, ("no job",)),
+        (("jobs", "retry", "01NOPE"), 1, ("no job",)),
+        (("jobs", "list", "--status", "bogus"), 2, ("bogus",)),
+        (("jobs", "list", "--limit", "0"), 2, ("--limit",)),
+        (("jobs",), 2, ("ACTION",)),
+        (("prune", "--older-than-days", "-3"), 2, ("days",)),
+    ],
+)
+async def test_user_errors_are_one_clear_line(
+    cli: Cli, args: tuple[str, ...], code: int, needles: tuple[str, ...]
+) -> None:
+    got, _, err = await cli(*args)
+    assert got == code, err
+    _one_line_error(err, *needles)
+
+
+async def test_database_that_cannot_be_opened_is_a_user_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "a-directory.db"
+    folder.mkdir()
+    config = write_config(tmp_path, f'[database]\npath = "{folder.name}"\n', name="dir.toml")
+    code = await asyncio.to_thread(exit_code_of, ["jobs", "list", "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 1
+    _one_line_error(err, "cannot open the database")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[runner]\nwrokers = 3\n", "wrokers"),
+        ('[runner]\nworkers = "8"\n', "workers"),
+        ("[runner]\nworkers = 0\n", "workers"),
+        ("[retry]\nbase_delay_s = -1\n", "base_delay_s"),
+        ("[databse]\npath = 'x.db'\n", "databse"),
+        ("[database]\nsynchronous = 'sometimes'\n", "synchronous"),
+        ('[[job_types]]\nname = "a"\nhandler = "m:f"\ntimeout_s = "soon"\n', "timeout_s"),
+        ('[[job_types]]\nname = "a"\nhandler = "not a path"\n', "handler"),
+    ],
+)
+@pytest.mark.parametrize("command", [("worker",), ("jobs", "list"), ("submit", "a", "--org", "o")])
+async def test_config_errors_exit_2_naming_the_key(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    key: str,
+    command: tuple[str, ...],
+) -> None:
+    cli = Cli(write_config(tmp_path, text, name="bad.toml"), capsys)
+    code, out, err = await cli(*command)
+    assert code == 2 and out == ""
+    _one_line_error(err, key)

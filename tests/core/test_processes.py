@@ -1,0 +1,192 @@
+"""Real processes: a runner killed with SIGKILL and restarted, one runner per database,
+submissions from another process, and configuration errors at the command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from core_support import Worker, cli_env, db_attempts, edgejobs_cmd, rows, run_cli, write_config
+
+from edgejobs import EdgeJobs, RunnerAlreadyActive, Status
+
+CRASH_CONFIG = """
+[database]
+path = "jobs.db"
+
+[runner]
+workers = 4
+tick_interval_s = 0.2
+shutdown_grace_s = 1
+
+[retry]
+base_delay_s = 0
+max_delay_s = 0
+jitter = false
+
+[[job_types]]
+name = "sleepy"
+handler = "core_handlers:sleepy"
+timeout_s = 60
+max_retries = 3
+"""
+
+
+def _statuses(db: Path, ids: list[str]) -> list[str]:
+    found = {
+        r["id"]: r["status"]
+        for r in rows(
+            db,
+            "SELECT id, status FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(ids),),
+        )
+    }
+    return [found.get(i, "missing") for i in ids]
+
+
+async def _until(
+    predicate: Callable[[], bool], timeout: float, what: str, worker: Worker | None = None
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            log = worker.output() if worker is not None else ""
+            raise AssertionError(f"{what} not within {timeout} s\n{log}")
+        if worker is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode}\n{worker.output()}")
+        await asyncio.sleep(0.05)
+
+
+async def test_sigkilled_runner_loses_attempts_and_the_next_one_finishes_them(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, CRASH_CONFIG)
+    db = tmp_path / "jobs.db"
+    # Submit as a client (another process's view: no runner lock, no workers).
+    client = EdgeJobs.from_config(config, environ={})
+    ids = [
+        (await client.submit("sleepy", org="acme", params={"seconds": 60, "n": n})).id
+        for n in range(3)
+    ]
+    await client.close()
+
+    with Worker(config, tmp_path / "worker1.log") as first:
+        await _until(lambda: _statuses(db, ids) == ["running"] * 3, 20, "all running", first)
+        first.kill()
+    assert _statuses(db, ids) == ["running"] * 3  # nobody cleaned up after the kill
+
+    with Worker(config, tmp_path / "worker2.log") as second:
+        await _until(lambda: _statuses(db, ids) == ["completed"] * 3, 20, "all completed", second)
+        assert second.terminate() == 0, second.output()
+    for job_id in ids:
+        attempts = db_attempts(db, job_id)
+        assert [a["outcome"] for a in attempts] == ["lost", "completed"]
+        assert attempts[0]["error_type"] == "Lost"
+        assert "died" in attempts[0]["error_message"]
+    assert rows(db, "SELECT count(*) AS n FROM jobs WHERE status = 'running'")[0]["n"] == 0
+
+
+async def test_second_runner_is_refused_in_process(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    first = EdgeJobs(database=path)
+    second = EdgeJobs(database=path)
+    await first.start(run_workers=False)
+    try:
+        with pytest.raises(RunnerAlreadyActive) as info:
+            await second.start()
+        assert "already running" in info.value.message
+        assert not second.is_runner
+    finally:
+        await first.close()
+    # Once the first stopped, the file is free again.
+    await second.start(run_workers=False)
+    assert second.is_runner
+    await second.close()
+
+
+async def test_second_worker_process_exits_with_a_clear_message(tmp_path: Path) -> None:
+    config = write_config(tmp_path, CRASH_CONFIG)
+    with Worker(config, tmp_path / "worker.log") as first:
+        lock = tmp_path / "jobs.db.runner.lock"
+        await _until(lambda: lock.exists() and lock.read_text().strip() != "", 20, "lock", first)
+        proc = await asyncio.create_subprocess_exec(
+            *edgejobs_cmd("worker", "--config", str(config)),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(),
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode not in (0, None)
+        message = err.decode()
+        assert "already running" in message and str(first.proc.pid) in message
+        assert "Traceback" not in message
+        assert first.proc.poll() is None  # the first one is unaffected
+        assert first.terminate() == 0
+
+
+async def test_submit_from_another_process_is_picked_up_within_a_second(tmp_path: Path) -> None:
+    """The runner registered ``echo.code`` in code only; the CLI process still validates it
+    (from the job types the runner declared) and the runner notices the insert at once."""
+    db = tmp_path / "jobs.db"
+    config = write_config(tmp_path, '[database]\npath = "jobs.db"\n')
+
+    async def echo(ctx: object, params: dict[str, object]) -> dict[str, object]:
+        return params
+
+    runner = EdgeJobs(database=db)
+    runner.register("echo.code", echo)
+    async with runner:
+        assert runner.is_runner
+        for n in range(3):
+            proc = await asyncio.create_subprocess_exec(
+                *edgejobs_cmd(
+                    "submit",
+                    "echo.code",
+                    "--org",
+                    "acme",
+                    "--params",
+                    json.dumps({"n": n}),
+                    "--config",
+                    str(config),
+                ),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=cli_env(),
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, err.decode()
+            job_id = out.decode().strip()
+            job = await runner.wait(job_id, timeout=10)
+            assert job.status is Status.COMPLETED and job.result == {"n": n}
+            assert job.started_at is not None
+            assert job.started_at - job.created_at <= 1000, job.started_at - job.created_at
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "command"),
+    [
+        ("[runner]\nwrokers = 3\n", "wrokers", ("worker",)),
+        ('[runner]\nworkers = "8"\n', "workers", ("jobs", "list")),
+    ],
+)
+def test_config_errors_exit_2_naming_the_key(
+    tmp_path: Path, text: str, key: str, command: tuple[str, ...]
+) -> None:
+    """Through a real process: exit code 2, one line naming the key, no traceback (the full
+    table of config errors runs in-process in test_cli.py)."""
+    config = write_config(tmp_path, text)
+    result = run_cli(*command, "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    assert key in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    result = run_cli("jobs", "list", "--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2
+    assert "not found" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,141 @@
+"""``edgejobs.testing``: the fake clock, the temporary database and the stepped harness."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgejobs import EdgeJobs, EdgeJobsError, Status
+from edgejobs.clock import Clock
+from edgejobs.config import Config, RetryConfig
+from edgejobs.testing import DEFAULT_START, FakeClock, Harness, temporary_database
+
+
+def test_fake_clock_moves_only_when_told() -> None:
+    clock = FakeClock()
+    assert isinstance(clock, Clock)
+    assert clock.now() == DEFAULT_START
+    start_ms, start_mono = clock.now_ms(), clock.monotonic()
+    assert clock.now_ms() == start_ms and clock.monotonic() == start_mono
+    clock.advance(1.5)
+    assert clock.now_ms() == start_ms + 1500
+    assert clock.monotonic() == pytest.approx(start_mono + 1.5)
+    later = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
+    clock.set(later)
+    assert clock.now() == later
+    assert clock.monotonic() == pytest.approx(
+        start_mono + 1.5 + (later - DEFAULT_START).total_seconds() - 1.5
+    )
+    mono = clock.monotonic()
+    clock.set(start_ms)  # back in wall-clock time: monotonic time stays
+    assert clock.now_ms() == start_ms and clock.monotonic() == mono
+    assert FakeClock(12345).now_ms() == 12345
+    with pytest.raises(ValueError):
+        clock.advance(-1)
+    with pytest.raises(ValueError):
+        clock.set(datetime(2030, 1, 1))  # naive
+
+
+def test_temporary_database_is_removed_afterwards() -> None:
+    with temporary_database() as path:
+        assert not path.exists() and path.parent.is_dir()
+        path.write_bytes(b"")
+    assert not path.parent.exists()
+
+
+async def _build(ctx: Any, params: dict[str, Any]) -> dict[str, int]:
+    if params.get("month") == "bad" and ctx.attempt == 1:
+        raise RuntimeError("no data yet")
+    return {"rows": 42, "attempt": ctx.attempt}
+
+
+def _app() -> EdgeJobs:
+    """What a user's application module holds."""
+    app = EdgeJobs(database="never-opened.db")
+    app.job_type("reports.build", max_retries=2, base_delay_s=30)(_build)
+    return app
+
+
+async def test_harness_runs_the_apps_job_types_on_a_temporary_database() -> None:
+    app = _app()
+    async with Harness(app) as h:
+        folder = h.path.parent
+        assert h.path != Path("never-opened.db") and h.ej is not app
+        job = await h.submit("reports.build", org="acme", params={"month": "bad"})
+        await asyncio.sleep(0.05)
+        assert (await h.get(job.id)).status is Status.QUEUED  # nothing runs by itself
+        assert await h.run_once() == 1
+        job = await h.get(job.id)
+        assert job.status is Status.RETRYING
+        assert isinstance(h.clock, FakeClock)
+        # The default config jitters the 30 s delay by up to 10 %.
+        assert job.next_retry_at is not None
+        assert 27_000 <= job.next_retry_at - h.clock.now_ms() <= 33_000
+    assert not folder.exists()
+
+
+async def test_harness_steps_retries_with_advance_and_tick() -> None:
+    h = Harness(config=Config(retry=RetryConfig(jitter=False)))
+    h.ej.job_type("reports.build", max_retries=2, base_delay_s=30)(_build)
+    async with h:
+        job = await h.submit("reports.build", org="acme", params={"month": "bad"})
+        await h.drain()
+        assert (await h.get(job.id)).status is Status.RETRYING
+        h.advance(29)
+        await h.drain()
+        assert (await h.get(job.id)).status is Status.RETRYING
+        h.advance(1)
+        await h.tick()
+        assert (await h.get(job.id)).status is Status.QUEUED
+        await h.drain()
+        done = await h.get(job.id)
+        assert done.status is Status.COMPLETED and done.result == {"rows": 42, "attempt": 2}
+        assert [a.outcome.value for a in await h.attempts(job.id) if a.outcome] == [
+            "failed",
+            "completed",
+        ]
+
+
+async def test_harness_registration_and_errors(tmp_path: Path) -> None:
+    h = Harness(database=tmp_path / "mine.db", workers=2)
+    seen: list[int] = []
+
+    @h.ej.job_type("echo")
+    async def echo(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+        seen.append(params["n"])
+        return params
+
+    with pytest.raises(EdgeJobsError):
+        await h.run_once()  # not started
+    async with h:
+        for n in range(5):
+            await h.submit("echo", org="acme", params={"n": n})
+        assert await h.run_once() == 2  # two slots
+        assert sorted(seen) == [0, 1]
+        await h.drain()
+        assert sorted(seen) == [0, 1, 2, 3, 4]
+        scheduled = await h.submit(
+            "echo", org="acme", params={"n": 9}, run_at=h.clock.now_ms() / 1000 + 60
+        )
+        await h.drain()
+        assert (await h.get(scheduled.id)).status is Status.SCHEDULED
+        h.advance(60)
+        await h.drain()
+        assert (await h.get(scheduled.id)).status is Status.COMPLETED
+    assert (tmp_path / "mine.db").exists()  # a given database is kept
+
+
+async def test_harness_with_a_real_clock_refuses_advance() -> None:
+    from edgejobs.clock import SystemClock
+
+    async with Harness(clock=SystemClock()) as h:
+        with pytest.raises(EdgeJobsError):
+            h.advance(1)
+        assert (
+            abs(h.clock.now_ms() - datetime.now(UTC).timestamp() * 1000)
+            < timedelta(minutes=1).total_seconds() * 1000
+        )
