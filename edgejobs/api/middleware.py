@@ -1,0 +1,98 @@
+"""Pure ASGI middleware: the request body limit and the security headers."""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgejobs.api.errors import error_response
+from edgejobs.errors import PayloadTooLarge
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+class SecurityHeaders:
+    """Adds the CSP, ``nosniff`` and ``no-referrer`` headers to every HTTP response, and
+    ``Cache-Control: no-store`` to API answers (tenant data must not linger in caches)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Wrap ``send`` to extend the response headers."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        no_store = scope.get("path", "").startswith("/api/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                if no_store and b"cache-control" not in names:
+                    extra.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class BodyLimit:
+    """Refuses request bodies larger than ``max_bytes`` before anything parses them.
+
+    A declared ``Content-Length`` over the limit is answered 413 at once, without reading;
+    otherwise the body is counted while it streams in and reading stops at the first chunk
+    past the limit (:class:`PayloadTooLarge` surfaces in the handler that reads, and becomes
+    413 there), so a chunked upload cannot make the server buffer more than the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the declared length, then count the streamed one."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0:
+                    response = error_response(400, "bad_request", "invalid Content-Length header")
+                    await response(scope, receive, send)
+                    return
+                if declared > limit:
+                    response = error_response(
+                        413,
+                        PayloadTooLarge.code,
+                        f"the request body is {declared} bytes; the limit is {limit}",
+                        headers={"Connection": "close"},
+                    )
+                    await response(scope, receive, send)
+                    return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)

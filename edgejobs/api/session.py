@@ -1,0 +1,148 @@
+"""Dashboard sign-in: ``POST /login`` trades a token for a session cookie, ``POST /logout``
+ends the session.
+
+The session id lives in an HttpOnly, SameSite=Strict cookie (scripts cannot read it, other
+sites cannot send it); only its SHA-256 is stored, bound to the token, so revoking the token
+ends its sessions. The CSRF token is in a readable cookie and in the login answer, for the
+dashboard to echo in ``X-CSRF-Token``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from functools import partial
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from edgejobs.api.auth import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, CsrfFailed, app_of
+from edgejobs.api.body import parse_json, validate
+from edgejobs.api.errors import ApiResponse, BadRequest, Unauthorized
+from edgejobs.api.openapi import Operation
+from edgejobs.api.schemas import Login, LoginOut, LogoutOut
+from edgejobs.store import tokens
+
+if TYPE_CHECKING:
+    from edgejobs.app import EdgeJobs
+
+_FORM = "application/x-www-form-urlencoded"
+
+
+def _login_body(raw: bytes, content_type: str) -> Login:
+    if content_type == _FORM:
+        try:
+            fields = parse_qs(
+                raw.decode("utf-8"), keep_blank_values=True, max_num_fields=10, strict_parsing=True
+            )
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("malformed form body") from None
+        if any(len(values) != 1 for values in fields.values()):
+            raise BadRequest("each form field may be given once")
+        return validate(Login, {key: values[0] for key, values in fields.items()})
+    return validate(Login, parse_json(raw))
+
+
+def _set_cookies(
+    response: Response, request: Request, session: tokens.NewSession, ttl_s: int
+) -> None:
+    secure = request.url.scheme == "https"
+    response.set_cookie(
+        SESSION_COOKIE,
+        session.session_id,
+        max_age=ttl_s,
+        path="/",
+        secure=secure,
+        httponly=True,
+        samesite="strict",
+    )
+    response.set_cookie(
+        CSRF_COOKIE,
+        session.csrf_token,
+        max_age=ttl_s,
+        path="/",
+        secure=secure,
+        httponly=False,
+        samesite="strict",
+    )
+
+
+async def login(request: Request) -> Response:
+    """Start a session from a token (JSON ``{"token": ...}`` or a form field ``token``)."""
+    ej = app_of(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    body = _login_body(await request.body(), content_type)
+    secret = body.token.strip()
+    info = await ej.store.read(lambda conn: tokens.lookup_secret(conn, secret))
+    if info is None:
+        raise Unauthorized("unknown or revoked token")
+    ttl_s = ej.config.server.session_ttl_s
+    session = await ej.store.write(
+        partial(
+            tokens.create_session,
+            token_id=info.id,
+            ttl_ms=int(ttl_s * 1000),
+            now=ej.clock.now_ms(),
+        )
+    )
+    response: Response
+    if content_type == _FORM and "text/html" in request.headers.get("accept", ""):
+        # A plain HTML form post (no script): go to the dashboard.
+        response = RedirectResponse("/", status_code=303)
+    else:
+        response = ApiResponse({"csrf_token": session.csrf_token})
+    response.headers["Cache-Control"] = "no-store"
+    _set_cookies(response, request, session, max(1, int(ttl_s)))
+    return response
+
+
+async def logout(request: Request) -> Response:
+    """End the cookie's session (needs the CSRF header while the session is alive)."""
+    ej = app_of(request)
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if session_id:
+        now = ej.clock.now_ms()
+        found = await ej.store.read(lambda conn: tokens.lookup_session(conn, session_id, now))
+        if found is not None:
+            _, csrf = found
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not sent or not hmac.compare_digest(
+                sent.encode("latin-1", "replace"), csrf.encode("latin-1", "replace")
+            ):
+                raise CsrfFailed("missing or wrong X-CSRF-Token header for this session")
+            await ej.store.write(partial(tokens.delete_session, session_id=session_id))
+    response = ApiResponse({"ok": True})
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(CSRF_COOKIE, path="/", samesite="strict")
+    return response
+
+
+def operations(ej: EdgeJobs) -> list[Operation]:
+    """The session routes, documented."""
+    tags = ("session",)
+    return [
+        Operation(
+            "POST",
+            "/login",
+            login,
+            "Sign in to the dashboard with a token",
+            None,
+            {200: LoginOut},
+            body=Login,
+            form_body=True,
+            tags=tags,
+            description="Sets the session cookie (HttpOnly, SameSite=Strict) and the readable "
+            "edgejobs_csrf cookie.",
+        ),
+        Operation(
+            "POST",
+            "/logout",
+            logout,
+            "End the dashboard session",
+            None,
+            {200: LogoutOut},
+            tags=tags,
+            description="With a live session cookie, needs the X-CSRF-Token header.",
+        ),
+    ]

@@ -1,0 +1,211 @@
+"""System routes: health, metrics, stats, the per-minute series, who-am-I, job types.
+
+``/healthz`` and ``/metrics`` need no token (``/metrics`` needs ``[server] metrics_token`` as a
+Bearer token when one is set); the rest need a viewer token and are scoped to its org.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from edgejobs.api.auth import app_of, authenticate
+from edgejobs.api.errors import ApiResponse, Unauthorized
+from edgejobs.api.metrics import CONTENT_TYPE, Metrics
+from edgejobs.api.openapi import Operation
+from edgejobs.api.schemas import Health, JobTypeList, Stats, Timeseries, Whoami
+from edgejobs.errors import EdgeJobsError
+from edgejobs.models import iso_ms
+from edgejobs.runner.maintenance import HEALTH_DB_TIMEOUT_S, extend_health
+from edgejobs.store import stats as stats_store
+
+if TYPE_CHECKING:
+    from edgejobs.app import EdgeJobs
+
+
+async def health(ej: EdgeJobs) -> tuple[int, dict[str, Any]]:
+    """Liveness and a real database query: (HTTP status, body).
+
+    200 ``{"status": "ok", ...}`` when the database answers a query over the schema; 503
+    ``{"status": "unavailable", ...}`` with the reason otherwise, or while shutting down.
+    """
+    runner = "stopping" if ej.stopping else ("running" if ej.is_runner else "not running")
+    body: dict[str, Any] = {"status": "ok", "database": "ok", "runner": runner, "details": {}}
+    try:
+        body["details"] = await asyncio.wait_for(
+            ej.store.read(stats_store.database_check), HEALTH_DB_TIMEOUT_S
+        )
+    except TimeoutError:
+        body.update(
+            status="unavailable",
+            database=f"no answer within {HEALTH_DB_TIMEOUT_S:g} s",
+        )
+    except EdgeJobsError as exc:
+        body.update(status="unavailable", database=f"{exc.code}: {exc.message}")
+    except Exception as exc:  # any failure is the answer here, not a crash
+        body.update(status="unavailable", database=f"error: {type(exc).__name__}: {exc}"[:300])
+    if ej.stopping and body["status"] == "ok":
+        body["status"] = "unavailable"
+    extend_health(ej, body)  # tick staleness, file sizes, the reasons for a 503
+    return (200 if body["status"] == "ok" else 503), body
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness and database check."""
+    status, body = await health(app_of(request))
+    return ApiResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format (no org labels)."""
+    ej = app_of(request)
+    expected = ej.config.server.metrics_token
+    if expected:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode("latin-1", "replace"), expected.encode("utf-8")
+        ):
+            raise Unauthorized("this server's /metrics needs its metrics token as a Bearer token")
+    registry: Metrics = request.app.state.metrics
+    return Response(await registry.render(ej), media_type=CONTENT_TYPE)
+
+
+async def stats(request: Request) -> Response:
+    """Counts by status and job type (a system token also gets them per org)."""
+    principal = await authenticate(request, "viewer")
+    return ApiResponse(await app_of(request).stats(org=principal.org))
+
+
+async def timeseries(request: Request) -> Response:
+    """The last hour per minute: completed, failed and queue depth (see ``minute_series``)."""
+    principal = await authenticate(request, "viewer")
+    ej = app_of(request)
+    now = ej.clock.now_ms()
+    minutes = await ej.store.read(lambda conn: stats_store.minute_series(conn, principal.org, now))
+    return ApiResponse(
+        {
+            "minutes": [
+                {
+                    "t": iso_ms(m.t),
+                    "completed": m.completed,
+                    "failed": m.failed,
+                    "queue_depth": m.queue_depth,
+                }
+                for m in minutes
+            ]
+        }
+    )
+
+
+async def whoami(request: Request) -> Response:
+    """The caller's org (``*`` for a system token), role and token id."""
+    principal = await authenticate(request, "viewer")
+    return ApiResponse(
+        {
+            "org": principal.org if principal.org is not None else "*",
+            "role": principal.role,
+            "token_id": principal.token_id,
+        }
+    )
+
+
+def job_type_items(ej: EdgeJobs) -> list[dict[str, Any]]:
+    """Registered and stored job types with effective policy, overrides and pause flag."""
+    registry = ej.registry
+    items: dict[str, dict[str, Any]] = {}
+    for declared in registry:
+        items[declared.name] = {
+            "name": declared.name,
+            "policy": registry.get(declared.name).policy(),
+            "overrides": dict(registry.overrides.get(declared.name, {})),
+            "paused": declared.name in registry.paused,
+            "registered": True,
+        }
+    for name, state in ej._stored_types.items():
+        if name in items or not state.policy:
+            continue
+        overrides = {k: v for k, v in state.overrides.items() if v is not None}
+        items[name] = {
+            "name": name,
+            "policy": {**state.policy, **overrides},
+            "overrides": overrides,
+            "paused": state.paused,
+            "registered": False,
+        }
+    return [items[name] for name in sorted(items)]
+
+
+async def job_types(request: Request) -> Response:
+    """Job types with their policy (runtime overrides applied) and whether they are paused."""
+    await authenticate(request, "viewer")
+    return ApiResponse({"items": job_type_items(app_of(request))})
+
+
+def operations(ej: EdgeJobs) -> list[Operation]:
+    """The system routes, documented."""
+    return [
+        Operation(
+            "GET",
+            "/api/v1/whoami",
+            whoami,
+            "The caller's org and role",
+            "viewer",
+            {200: Whoami},
+            tags=("system",),
+        ),
+        Operation(
+            "GET",
+            "/api/v1/stats",
+            stats,
+            "Counts by status and job type",
+            "viewer",
+            {200: Stats},
+            tags=("system",),
+        ),
+        Operation(
+            "GET",
+            "/api/v1/stats/timeseries",
+            timeseries,
+            "The last hour, per minute",
+            "viewer",
+            {200: Timeseries},
+            tags=("system",),
+            description="completed/failed by finished_at; queue_depth (queued + retrying + "
+            "scheduled) counted now for the current minute, reconstructed from the event log "
+            "for earlier ones.",
+        ),
+        Operation(
+            "GET",
+            "/api/v1/job-types",
+            job_types,
+            "Job types and their policy",
+            "viewer",
+            {200: JobTypeList},
+            tags=("job types",),
+        ),
+        Operation(
+            "GET",
+            "/healthz",
+            healthz,
+            "Liveness and database check",
+            None,
+            {200: Health, 503: Health},
+            tags=("system",),
+        ),
+        Operation(
+            "GET",
+            "/metrics",
+            metrics,
+            "Prometheus metrics",
+            None,
+            {200: "text/plain"},
+            tags=("system",),
+            security=[{}, {"bearer": []}],
+            description="Needs [server] metrics_token as a Bearer token when one is set.",
+        ),
+    ]

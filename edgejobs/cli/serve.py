@@ -1,0 +1,187 @@
+"""``edgejobs serve [--host] [--port] [--demo]``: the web app and the runner in one process.
+
+uvicorn runs inside this asyncio program (``Server.serve()``), so the HTTP server, the
+workers, the ticks and the SSE broker share one event loop; the app's lifespan owns the
+runner. Shutdown on SIGTERM or SIGINT:
+
+1. at once: the SSE streams are closed (they would otherwise hold uvicorn's connection drain
+   open until its timeout) and the runner stops claiming; running jobs keep running;
+2. uvicorn stops listening and gives open requests up to :data:`HTTP_DRAIN_S` seconds;
+3. the lifespan waits for running jobs up to ``[runner] shutdown_grace_s`` (requeuing the
+   rest) and closes the database.
+
+A second signal skips the HTTP drain; jobs still get their grace. (SIGKILL is safe too: the
+next start recovers what was running.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import uvicorn
+
+from edgejobs import demo
+from edgejobs.api.app import begin_shutdown
+from edgejobs.app import EdgeJobs
+from edgejobs.config import load_config
+
+log = logging.getLogger("edgejobs")
+
+HTTP_DRAIN_S = 5.0
+"""How long open HTTP requests may take to finish once a shutdown began."""
+
+DEMO_DATABASE = "edgejobs-demo.db"
+"""The demo's database when no database was chosen (never the user's real one)."""
+
+
+def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
+    """Add ``serve``."""
+    serve = subparsers.add_parser(
+        "serve", help="run the web app (API, SSE, dashboard) and the runner in one process"
+    )
+    common(serve)
+    serve.add_argument("--host", default=None, help="address to listen on ([server] host)")
+    serve.add_argument("--port", type=int, default=None, help="TCP port ([server] port)")
+    serve.add_argument(
+        "--demo",
+        action="store_true",
+        help="register demo job types, create a demo org token and keep submitting demo jobs",
+    )
+    serve.set_defaults(handler=run_serve)
+
+
+def _database_chosen(args: argparse.Namespace) -> bool:
+    """Whether the user named a database: a config file (flag or variable) or EDGEJOBS_DB.
+
+    An ``edgejobs.toml`` that merely sits in the current folder does not count (its other
+    settings apply, its database does not), so the demo never writes its jobs into a real
+    database by accident.
+    """
+    return bool(
+        getattr(args, "config", None)
+        or os.environ.get("EDGEJOBS_CONFIG")
+        or os.environ.get("EDGEJOBS_DB")
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Load the configuration and serve until a signal."""
+    overrides: dict[str, Any] = {"server.host": args.host, "server.port": args.port}
+    if args.demo and not _database_chosen(args):
+        overrides["database.path"] = DEMO_DATABASE
+    config = load_config(getattr(args, "config", None), overrides=overrides)
+    ej = EdgeJobs(config=config)
+    if args.demo:
+        demo.register(ej)
+    return asyncio.run(serve(ej, demo_mode=args.demo))
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server without its own signal handling: :func:`serve` installs handlers on
+    the event loop that also begin the app's shutdown (uvicorn's would only stop HTTP, and
+    re-raise the signal after serving, killing the process instead of exiting 0)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """No-op: see the class docstring."""
+        yield
+
+
+def _address(server: uvicorn.Server, host: str) -> str:
+    port = server.config.port
+    for listener in server.servers:
+        for sock in listener.sockets:
+            port = sock.getsockname()[1]
+            break
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+async def _announce(server: uvicorn.Server, ej: EdgeJobs, demo_secret: str | None) -> None:
+    # uvicorn exposes only a flag for "listening", no event to wait on.
+    while not server.started:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    url = _address(server, ej.config.server.host)
+    log.info("serving on %s (database %s)", url, ej.config.database.path)
+    if demo_secret is not None:
+        print(
+            f"edgejobs demo: open {url} and sign in with this admin token of org "
+            f"{demo.DEMO_ORG!r} (database {ej.config.database.path}):",
+            flush=True,
+        )
+        print(demo_secret, flush=True)
+
+
+async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
+    """Run the app and the runner until SIGTERM/SIGINT; returns the exit code."""
+    # Become the runner before binding the port: a second runner fails here, cleanly.
+    await ej.start()
+    app = ej.asgi_app()
+    config = uvicorn.Config(
+        app,
+        host=ej.config.server.host,
+        port=ej.config.server.port,
+        lifespan="on",
+        log_config=None,  # keep edgejobs' logging setup
+        timeout_graceful_shutdown=int(HTTP_DRAIN_S),
+        server_header=False,
+    )
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    background: list[asyncio.Task[None]] = []
+    code = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        if server.should_exit:
+            log.warning("%s again: not waiting for open HTTP requests", sig.name)
+            server.force_exit = True
+            return
+        log.info(
+            "%s: stopping; running jobs get up to %.0f s",
+            sig.name,
+            ej.config.runner.shutdown_grace_s,
+        )
+        server.should_exit = True
+        background.append(loop.create_task(begin_shutdown(app)))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        secret = None
+        if demo_mode:
+            secret = await demo.create_token(ej)
+            await demo.seed(ej)
+            background.append(loop.create_task(demo.trickle(ej), name="edgejobs-demo"))
+        background.append(loop.create_task(_announce(server, ej, secret)))
+        try:
+            await server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot listen (it logged why): end cleanly.
+            print(
+                f"edgejobs: could not serve on {ej.config.server.host}:{ej.config.server.port}",
+                file=sys.stderr,
+            )
+            code = 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # The lifespan closed everything unless uvicorn skipped it (failed start, second
+        # signal): then finish the stop here.
+        await begin_shutdown(app)
+        if app.state.runner_stop is not None:
+            await app.state.runner_stop
+        await ej.close()
+    return code

@@ -1,0 +1,259 @@
+"""``edgejobs token ...`` in-process, and ``edgejobs serve`` as a real process: a real uvicorn
+on a free loopback port, graceful on SIGTERM even with an event stream open, and the demo."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from api_support import free_port
+
+from edgejobs.cli import main
+
+
+@pytest.fixture
+def db_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    path = tmp_path / "cli.db"
+    monkeypatch.setenv("EDGEJOBS_DB", str(path))
+    monkeypatch.delenv("EDGEJOBS_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    # main() configures logging onto this test's captured stderr: undo that afterwards.
+    handlers, level = logging.root.handlers[:], logging.root.level
+    yield path
+    logging.root.handlers[:] = handlers
+    logging.root.setLevel(level)
+
+
+def test_token_create_list_revoke(db_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["token", "create", "--org", "acme", "--role", "operator", "--name", "ci"]) == 0
+    out, err = capsys.readouterr()
+    secret = out.strip().splitlines()[-1]
+    assert secret.startswith("ej_") and len(secret) > 40
+    assert "tok_" in err and secret not in err
+    token_id = err.split()[2]
+    assert main(["token", "create", "--org", "*", "--role", "admin"]) == 0
+    system_secret = capsys.readouterr()[0].strip().splitlines()[-1]
+    assert main(["token", "list", "--json"]) == 0
+    out = capsys.readouterr()[0]
+    rows = json.loads(out)
+    assert secret not in out and system_secret not in out
+    assert {(r["org"], r["role"], r["revoked"]) for r in rows} == {
+        ("acme", "operator", None),
+        ("*", "admin", None),
+    }
+    assert main(["token", "revoke", token_id]) == 0
+    capsys.readouterr()
+    assert main(["token", "list"]) == 0
+    table = capsys.readouterr()[0]
+    line = next(row for row in table.splitlines() if token_id in row)
+    assert line.split()[-1].endswith("Z")  # the revoked column is filled in
+    assert main(["token", "revoke", "tok_nope"]) == 1
+    assert "no token" in capsys.readouterr()[1]
+
+
+def test_token_create_refuses_bad_input(db_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["token", "create", "--org", "acme", "--role", "root"])
+    assert exit_info.value.code == 2
+    assert main(["token", "create", "--org", "no spaces", "--role", "viewer"]) == 1
+    assert "org must be" in capsys.readouterr()[1]
+
+
+class Serving:
+    """An ``edgejobs serve`` child process."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgejobs", "serve", "--port", str(self.port), *args],
+            env=env,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited: {self.proc.communicate()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code in (200, 503):
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError("serve did not start")
+
+    def stop(self, timeout: float = 20) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def child_env(tmp_path: Path) -> Iterator[dict[str, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEJOBS_")}
+    config = tmp_path / "edgejobs.toml"
+    config.write_text('[runner]\nshutdown_grace_s = 1.0\n[database]\npath = "served.db"\n')
+    env["EDGEJOBS_CONFIG"] = str(config)
+    yield env
+
+
+def test_serve_runs_http_and_runner_and_stops_on_sigterm_with_a_stream_open(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "edgejobs", "token", "create", "--org", "acme", "--role", "admin"],
+        env=child_env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    server = Serving([], child_env, tmp_path)
+    try:
+        server.wait_ready()
+        # A token created by another process while the server runs works at once.
+        made = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgejobs",
+                "token",
+                "create",
+                "--org",
+                "acme",
+                "--role",
+                "viewer",
+            ],
+            env=child_env,
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        viewer = made.stdout.strip().splitlines()[-1]
+        headers = {"Authorization": f"Bearer {viewer}"}
+        assert httpx.get(server.url + "/api/v1/whoami", headers=headers).json()["role"] == "viewer"
+        second = subprocess.run(
+            [sys.executable, "-m", "edgejobs", "serve", "--port", str(free_port())],
+            env=child_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert second.returncode == 3 and "already running" in second.stderr
+        # Hold an event stream open (when the SSE route exists), then stop the server.
+        streaming = threading.Event()
+        statuses: list[int] = []
+
+        def hold_stream() -> None:
+            try:
+                with httpx.stream(
+                    "GET", server.url + "/api/v1/events", headers=headers, timeout=30
+                ) as response:
+                    statuses.append(response.status_code)
+                    streaming.set()
+                    for _ in response.iter_bytes():
+                        pass
+            except httpx.HTTPError:
+                pass
+            streaming.set()
+
+        reader = threading.Thread(target=hold_stream, daemon=True)
+        reader.start()
+        streaming.wait(10)
+        assert statuses and statuses[0] in (200, 404)  # 404: no SSE route in this build
+        started = time.monotonic()
+        code, out, err = server.stop(timeout=30)
+        assert code == 0, err[-2000:]
+        assert time.monotonic() - started < 8  # not held by the open stream
+        assert "Traceback" not in err
+        reader.join(10)
+        assert not reader.is_alive()
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.communicate()
+
+
+def test_serve_demo_prints_a_token_and_keeps_jobs_moving(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    server = Serving(["--demo"], child_env, tmp_path)
+    try:
+        server.wait_ready()
+        assert server.proc.stdout is not None
+        lines = [server.proc.stdout.readline() for _ in range(2)]
+        assert f"http://127.0.0.1:{server.port}/" in lines[0]
+        token = lines[1].strip()
+        assert token.startswith("ej_")
+        headers = {"Authorization": f"Bearer {token}"}
+        me = httpx.get(server.url + "/api/v1/whoami", headers=headers).json()
+        assert (me["org"], me["role"]) == ("demo", "admin")
+        deadline = time.monotonic() + 15
+        seen: set[str] = set()
+        while time.monotonic() < deadline and not {"running", "completed"} <= seen:
+            stats = httpx.get(server.url + "/api/v1/stats", headers=headers).json()
+            seen |= {status for status, count in stats["by_status"].items() if count}
+            time.sleep(0.3)
+        assert {"running", "completed"} <= seen, seen
+        types = {
+            t["name"]
+            for t in httpx.get(server.url + "/api/v1/job-types", headers=headers).json()["items"]
+        }
+        assert {"demo.progress", "demo.flaky", "demo.doomed", "demo.chain.fetch"} <= types
+        code, _, err = server.stop(timeout=30)
+        assert code == 0, err[-2000:]
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.communicate()
+
+
+def test_demo_database_defaults_to_a_file_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from edgejobs.cli.serve import _database_chosen
+
+    for name in ("EDGEJOBS_CONFIG", "EDGEJOBS_DB"):
+        monkeypatch.delenv(name, raising=False)
+    assert not _database_chosen(argparse.Namespace())
+    assert _database_chosen(argparse.Namespace(config="x.toml"))
+    monkeypatch.setenv("EDGEJOBS_DB", "mine.db")
+    assert _database_chosen(argparse.Namespace())
+
+
+def test_serve_exits_1_when_the_port_is_taken(tmp_path: Path, child_env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "edgejobs", "serve", "--port", str(port)],
+            env=child_env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"could not serve on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
