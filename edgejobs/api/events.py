@@ -1,23 +1,297 @@
-"""Server-Sent Events routes (placeholder until the SSE work lands)."""
+"""``GET /api/v1/events``: the Server-Sent Events stream of one org's jobs.
+
+A stream carries ``job`` events (any status change; data: the job object without ``params``,
+``result`` and the error's traceback, to keep events small: fetch the job for those),
+``progress`` events (``{"job_id", "org", "progress", "progress_message", "eta_s"}``) and
+``reset`` events (the client missed events that cannot be replayed: reload). Every event has
+the event log's ``id``. Which events a stream may carry is decided by the broker
+(:mod:`edgejobs.broker`), which checks every event against its job's stored org.
+
+Resuming: a ``Last-Event-ID`` header (or a ``last_event_id`` query parameter, for clients that
+cannot set headers) replays exactly the missed events when they are within the replay window,
+then the stream goes live; otherwise the first event is a ``reset``.
+
+Every ``[events] keepalive_s`` the stream sends a keep-alive comment (when nothing else was sent)
+and checks that its token is still active (and, for the dashboard, that its session was not
+ended): a revoked token or an ended session closes the stream within one interval.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
+import anyio
+from sse_starlette import EventSourceResponse
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute
+from starlette.types import Message, Receive, Scope, Send
+
+from edgejobs.api.auth import Principal, authenticate
+from edgejobs.api.errors import BadRequest, Forbidden
+from edgejobs.api.openapi import Operation, Param
+from edgejobs.broker import Broker, Subscriber, get_broker
+from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull
+from edgejobs.store.tokens import is_active
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
 
+log = logging.getLogger("edgejobs.api.events")
+
+SHUTDOWN_GRACE_S = 1.0
+"""On server shutdown, how long a stream may take to end by itself before it is aborted."""
+ABORT_FINISH_S = 0.5
+"""After aborting a stream, how long to try to end its body cleanly (client not reading)."""
+CHUNK_EVENTS = 64
+"""At most this many queued events are written to the client at once."""
+_OPENED = b": stream open\r\n\r\n"
+_KEEPALIVE = b": keep-alive\r\n\r\n"
+
+
+def _comment(text: str) -> bytes:
+    return b": " + " ".join(text.split()).encode() + b"\r\n\r\n"
+
+
+def parse_last_event_id(request: Request) -> int | None:
+    """The ``Last-Event-ID`` header, else the ``last_event_id`` query parameter (None: absent)."""
+    raw = request.headers.get("last-event-id")
+    if raw is None or not raw.strip():
+        raw = request.query_params.get("last_event_id")
+    if raw is None or not raw.strip():
+        return None
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 19:
+        raise BadRequest(
+            f"Last-Event-ID must be an event id (a non-negative integer), got {raw!r}"[:200]
+        )
+    return int(raw)
+
+
+def stream_org(principal: Principal, requested: str | None) -> str | None:
+    """The org a stream is for: the token's own (a tenant naming another org is refused);
+    for a system token the ``org`` filter, or None for every org."""
+    if requested is not None and not requested.strip():
+        requested = None
+    if principal.org is None:
+        return requested
+    if requested is not None and requested != principal.org:
+        raise Forbidden("this token may only read the events of its own org")
+    return principal.org
+
+
+class EventStream(EventSourceResponse):
+    """One subscriber's stream: replay of the missed events, then live events and keep-alives.
+
+    The subscriber is always unregistered when the response ends, however it ends (client
+    gone, token revoked, slow client disconnected, server shutdown).
+    """
+
+    def __init__(
+        self,
+        *,
+        ej: EdgeJobs,
+        broker: Broker,
+        subscriber: Subscriber,
+        request: Request,
+        principal: Principal,
+        last_event_id: int | None,
+    ) -> None:
+        self._ej = ej
+        self._broker = broker
+        self._subscriber = subscriber
+        self._request = request
+        self._principal = principal
+        self._last_event_id = last_event_id
+        self._shutdown = anyio.Event()
+        self._response_started = False
+        self._response_done = False
+        super().__init__(
+            self._events(),
+            ping=0,  # keep-alives come from the stream itself, with the token re-check
+            shutdown_event=self._shutdown,
+            shutdown_grace_period=SHUTDOWN_GRACE_S,
+            data_sender_callable=self._end_on_shutdown,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the stream; abortable at once by the broker (slow client, shutdown)."""
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                self._response_started = True
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                self._response_done = True
+            await send(message)
+
+        try:
+            with anyio.CancelScope() as cancel_scope:
+                self._subscriber.bind_cancel(cancel_scope.cancel)
+                await super().__call__(scope, receive, tracked_send)
+            if cancel_scope.cancelled_caught and not self._response_done:
+                await self._finish_aborted(tracked_send)
+        finally:
+            self._broker.unsubscribe(self._subscriber)
+
+    async def _finish_aborted(self, send: Send) -> None:
+        # End the chunked body so the client sees a clean end of stream and reconnects; a
+        # client that does not read at all cannot take even that, and is left to the server.
+        with anyio.move_on_after(ABORT_FINISH_S):
+            if not self._response_started:
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _end_on_shutdown(self) -> None:
+        await self._shutdown.wait()
+        self._subscriber.close("the server is shutting down")
+
+    async def _events(self) -> AsyncIterator[bytes]:
+        subscriber = self._subscriber
+        yield _OPENED
+        sent_upto = subscriber.start_id
+        if self._last_event_id is not None:
+            chunk: list[bytes] = []
+            async for missed in self._broker.backlog(subscriber, self._last_event_id):
+                if subscriber.closed:
+                    return
+                if missed.kind == "reset" or subscriber.matches(missed):
+                    chunk.append(missed.encode())
+                if len(chunk) >= CHUNK_EVENTS:
+                    yield b"".join(chunk)
+                    chunk = []
+            if chunk:
+                yield b"".join(chunk)
+            sent_upto = max(sent_upto, self._last_event_id)
+        loop_time = anyio.current_time
+        interval = self._broker.keepalive_s
+        last_sent = loop_time()
+        next_check = last_sent + interval
+        while True:
+            wait = min(next_check, last_sent + interval) - loop_time()
+            events = await subscriber.take(wait, CHUNK_EVENTS)
+            if subscriber.closed:
+                yield _comment(f"closing: {subscriber.closed_reason}")
+                return
+            now = loop_time()
+            # Events queued together go out in one write; the org is checked once more here.
+            out = [e.encode() for e in events if e.id > sent_upto and subscriber.matches(e)]
+            if out:
+                yield b"".join(out)
+                last_sent = now
+            if now >= next_check:
+                reason = await self._authorization_ended()
+                if reason is not None:
+                    yield _comment(f"closing: {reason}")
+                    return
+                next_check = loop_time() + interval
+            if loop_time() - last_sent >= interval:
+                yield _KEEPALIVE
+                last_sent = loop_time()
+
+    async def _authorization_ended(self) -> str | None:
+        """Why the stream may no longer be served, or None while its credentials stand."""
+        principal = self._principal
+        try:
+            active = await self._ej.store.read(lambda conn: is_active(conn, principal.token_id))
+            if not active:
+                return "the token was revoked"
+            if principal.via_cookie:
+                again = await authenticate(self._request, principal.role)
+                if again.token_id != principal.token_id:
+                    return "the session changed"
+        except (DatabaseBusy, StorageFull):
+            return None  # a busy database is no reason to drop a client; check again later
+        except EdgeJobsError as exc:
+            return f"the session ended ({exc.code})"
+        return None
+
+
+async def open_stream(ej: EdgeJobs, request: Request) -> Response:
+    """Authenticate (role viewer), resolve the filters and open the caller's stream."""
+    principal = await authenticate(request, "viewer")
+    org = stream_org(principal, request.query_params.get("org"))
+    job_id = request.query_params.get("job_id") or None
+    last_event_id = parse_last_event_id(request)
+    if job_id is not None:
+        # Another org's job is "not found", exactly like GET /api/v1/jobs/{id}.
+        await ej.get(job_id, org=org)
+    broker = get_broker(ej)
+    await broker.ensure_started()
+    subscriber = broker.subscribe(org=org, job_id=job_id)
+    return EventStream(
+        ej=ej,
+        broker=broker,
+        subscriber=subscriber,
+        request=request,
+        principal=principal,
+        last_event_id=last_event_id,
+    )
+
+
+_PARAMS = (
+    Param("job_id", {"type": "string", "minLength": 1}, "only the events of this job"),
+    Param("org", {"type": "string", "minLength": 1}, "system tokens: only this org's events"),
+    Param(
+        "Last-Event-ID",
+        {"type": "string", "pattern": "^[0-9]+$"},
+        "resume after this event id (replays the missed events, or sends `reset`)",
+        location="header",
+    ),
+    Param(
+        "last_event_id",
+        {"type": "string", "pattern": "^[0-9]+$"},
+        "the same as the Last-Event-ID header, for clients that cannot set headers",
+    ),
+)
+
+
+def operations(ej: EdgeJobs) -> list[Operation]:
+    """The SSE route, documented for ``/api/v1/openapi.json``."""
+
+    async def stream_events(request: Request) -> Response:
+        return await open_stream(ej, request)
+
+    return [
+        Operation(
+            "GET",
+            "/api/v1/events",
+            stream_events,
+            "Stream this org's job and progress events (Server-Sent Events)",
+            "viewer",
+            {200: "text/event-stream"},
+            params=_PARAMS,
+            tags=("events",),
+            description=(
+                "Events `job` (data: the job object without params, result and traceback),"
+                " `progress` (data: job_id, org, progress, progress_message, eta_s) and"
+                " `reset` (missed events beyond the replay window: reload). Every event has"
+                " an `id`; keep-alive comments every `[events] keepalive_s`."
+            ),
+        )
+    ]
+
 
 def routes(ej: EdgeJobs) -> list[BaseRoute]:
     """Routes this module serves."""
-    return []
+    return [op.route() for op in operations(ej)]
 
 
 async def on_startup(ej: EdgeJobs) -> None:
-    """Called from the app's lifespan after the runner started."""
+    """Called from the app's lifespan after the runner started: start the event tailer."""
+    await get_broker(ej).start()
 
 
 async def on_shutdown(ej: EdgeJobs) -> None:
-    """Called from the app's lifespan before the runner stops (close open streams here)."""
+    """End every open stream (a client that stopped reading: aborted after a second) and stop
+    the tailer; new streams are refused with 503 from then on.
+
+    uvicorn runs the lifespan's shutdown only after open connections ended, so this must run
+    when shutdown *begins* (``edgejobs serve`` calls it on the signal). As a fallback, every
+    stream also watches uvicorn's exit flag (``sse_starlette``) and ends by itself when the
+    server was stopped some other way, so a shutdown never waits on a stream.
+    """
+    await get_broker(ej).close()

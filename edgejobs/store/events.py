@@ -1,0 +1,129 @@
+"""Reading the event log: tailing new rows and replaying a window for ``Last-Event-ID``.
+
+Event rows are written by :mod:`edgejobs.store.transitions` in the transaction of every status
+change and progress write; this module only reads them. Every row comes back together with the
+org of its job *as stored in the jobs table* (``job_org``, NULL once the job was deleted), so
+the broker can check that an event belongs to the org it claims before any stream sees it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+
+from edgejobs.store.rows import render_job_event
+
+_TAIL = (
+    "SELECT e.id, e.org, e.job_id, e.kind, e.data, e.created_at, j.org AS job_org"
+    " FROM events e LEFT JOIN jobs j ON j.id = e.job_id"
+    " WHERE e.id > :after ORDER BY e.id LIMIT :limit"
+)
+
+# One static statement for every filter combination: the id range keeps it a primary-key
+# range scan, and a NULL filter matches everything.
+_REPLAY = (
+    "SELECT e.id, e.org, e.job_id, e.kind, e.data, e.created_at, j.org AS job_org"
+    " FROM events e LEFT JOIN jobs j ON j.id = e.job_id"
+    " WHERE e.id > :after AND e.id <= :upto"
+    " AND (:org IS NULL OR e.org = :org) AND (:job_id IS NULL OR e.job_id = :job_id)"
+    " ORDER BY e.id LIMIT :limit"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventRow:
+    """One row of the event log, with the org of its job as stored (None: job deleted)."""
+
+    id: int
+    org: str
+    job_id: str
+    kind: str
+    data: str
+    created_at: int
+    job_org: str | None
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[EventRow]:
+    return [
+        EventRow(
+            id=int(r["id"]),
+            org=r["org"],
+            job_id=r["job_id"],
+            kind=r["kind"],
+            data=render_job_event(r["data"]) if r["kind"] == "job" else r["data"],
+            created_at=int(r["created_at"]),
+            job_org=r["job_org"],
+        )
+        for r in cursor
+    ]
+
+
+def last_event_id(conn: sqlite3.Connection) -> int:
+    """The id of the newest event (0 when the log is empty)."""
+    # sqlite_sequence keeps the AUTOINCREMENT high-water mark even when every row was pruned.
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    newest = conn.execute("SELECT max(id) FROM events").fetchone()
+    values = [int(v) for v in (row[0] if row else None, newest[0]) if v is not None]
+    return max(values, default=0)
+
+
+def tail(conn: sqlite3.Connection, *, after: int, limit: int) -> list[EventRow]:
+    """Up to ``limit`` events with an id greater than ``after``, oldest first (every org)."""
+    return _rows(conn.execute(_TAIL, {"after": after, "limit": limit}))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WindowCheck:
+    """Whether the events after a client's ``Last-Event-ID`` can still be replayed."""
+
+    replayable: bool
+    reason: str | None = None
+
+
+def check_window(
+    conn: sqlite3.Connection,
+    *,
+    after: int,
+    upto: int,
+    max_events: int,
+    min_created_at: int,
+) -> WindowCheck:
+    """Decide whether every event in ``(after, upto]`` is still in the log and in the window.
+
+    The window is the last ``max_events`` events up to ``upto`` and nothing created before
+    ``min_created_at``. Retention deletes the oldest events first, so "the event right after
+    ``after`` still exists" means none of the missed ones was pruned.
+    """
+    if after >= upto:
+        return WindowCheck(True)
+    if upto - after > max_events:
+        return WindowCheck(False, f"more than {max_events} events were missed")
+    first = conn.execute(
+        "SELECT id, created_at FROM events WHERE id > ? ORDER BY id LIMIT 1", (after,)
+    ).fetchone()
+    if first is None or int(first["id"]) != after + 1:
+        return WindowCheck(False, "some missed events were already deleted")
+    if int(first["created_at"]) < min_created_at:
+        return WindowCheck(False, "the missed events are older than the replay window")
+    return WindowCheck(True)
+
+
+def replay(
+    conn: sqlite3.Connection,
+    *,
+    after: int,
+    upto: int,
+    org: str | None,
+    job_id: str | None,
+    limit: int,
+) -> list[EventRow]:
+    """Up to ``limit`` events in ``(after, upto]`` of ``org`` (every org when None), oldest
+    first, optionally of one job only."""
+    params = {"after": after, "upto": upto, "org": org, "job_id": job_id, "limit": limit}
+    return _rows(conn.execute(_REPLAY, params))
+
+
+def job_org(conn: sqlite3.Connection, job_id: str) -> str | None:
+    """The org of a job as stored (None when no such job exists)."""
+    row = conn.execute("SELECT org FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return str(row[0]) if row else None

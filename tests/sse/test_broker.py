@@ -1,0 +1,150 @@
+"""The broker alone (no HTTP): which queue each event reaches, the org check, bounded queues,
+and closing."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sse_support import make_config, register_job_types, wait_for
+
+from edgejobs import EdgeJobs
+from edgejobs.app import JobSpec
+from edgejobs.broker import Broker, Event, Subscriber, get_broker
+from edgejobs.errors import ShuttingDown
+from edgejobs.store.db import WriteTx
+
+
+@pytest.fixture
+async def ej(tmp_path: Path) -> AsyncIterator[EdgeJobs]:
+    """A runner whose jobs are stepped by the test (``drain``)."""
+    ej = EdgeJobs(database=tmp_path / "jobs.db", config=make_config(buffer=8))
+    register_job_types(ej)
+    await ej.start(run_workers=False)
+    try:
+        yield ej
+    finally:
+        await get_broker(ej).close()
+        await ej.close()
+
+
+def _drain_queue(subscriber: Subscriber) -> list[Event]:
+    events = []
+    while subscriber.qsize:
+        event = subscriber._queue.popleft()
+        events.append(event)
+    return events
+
+
+async def _settle(broker: Broker, ej: EdgeJobs) -> None:
+    newest = await ej.store.read(
+        lambda conn: conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+    )
+    await wait_for(lambda: broker.last_id >= newest, "the tailer to read every event")
+
+
+async def test_each_event_reaches_only_the_queues_of_its_org_and_job(ej: EdgeJobs) -> None:
+    broker = get_broker(ej)
+    await broker.start()
+    acme = broker.subscribe(org="acme")
+    globex = broker.subscribe(org="globex")
+    everyone = broker.subscribe(org=None)
+    job_a, job_b = await ej.submit_many([JobSpec("quick", "acme"), JobSpec("quick", "globex")])
+    one_job = broker.subscribe(org="acme", job_id=job_a.id)
+    await ej.drain(timeout=30)
+    await _settle(broker, ej)
+
+    assert {(e.org, e.job_id) for e in _drain_queue(acme)} == {("acme", job_a.id)}
+    assert {(e.org, e.job_id) for e in _drain_queue(globex)} == {("globex", job_b.id)}
+    assert {e.job_id for e in _drain_queue(one_job)} == {job_a.id}
+    seen = _drain_queue(everyone)
+    assert {e.org for e in seen} == {"acme", "globex"}
+    assert [e.id for e in seen] == sorted(e.id for e in seen)
+    assert broker.dropped == 0
+
+
+async def test_an_event_naming_another_org_than_its_jobs_is_dropped(ej: EdgeJobs) -> None:
+    broker = get_broker(ej)
+    await broker.start()
+    acme = broker.subscribe(org="acme")
+    everyone = broker.subscribe(org=None)
+    victim = await ej.submit("quick", org="globex")
+
+    def forge(conn: sqlite3.Connection, tx: WriteTx) -> None:
+        conn.execute(
+            "INSERT INTO events (org, job_id, kind, data, created_at) VALUES (?, ?, 'progress', ?, 0)",
+            ("acme", victim.id, '{"progress": 1}'),
+        )
+        tx.events += 1
+
+    await ej.store.write(forge)
+    await _settle(broker, ej)
+    assert broker.dropped == 1
+    assert all(e.job_id != victim.id for e in _drain_queue(acme))
+    assert [e.kind for e in _drain_queue(everyone)] == ["job"]  # the real submit event only
+
+
+async def test_a_full_queue_disconnects_that_subscriber_only(ej: EdgeJobs) -> None:
+    broker = get_broker(ej)
+    await broker.start()
+    slow = broker.subscribe(org="acme")
+    reader = broker.subscribe(org="acme")
+    cancelled: list[bool] = []
+    slow.bind_cancel(lambda: cancelled.append(True))
+
+    async def read() -> int:
+        count = 0
+        while not reader.closed:
+            count += len(await reader.take(0.05, limit=3))
+        return count
+
+    reading = asyncio.create_task(read())
+    # 3 x 10 submissions: more than the queue of 8 holds, in bursts bigger than it.
+    for _ in range(3):
+        await ej.submit_many([JobSpec("quick", "acme") for _ in range(10)])
+        await asyncio.sleep(0)
+    await _settle(broker, ej)
+    assert slow.closed and cancelled == [True]
+    assert slow.qsize == 0
+    assert broker.subscribers() == [reader]
+    assert broker.disconnected == 1
+    assert max(broker.queue_sizes()) <= 8
+    reader.close("test over")
+    assert await reading == 30
+
+
+async def test_close_ends_every_stream_and_refuses_new_ones(ej: EdgeJobs) -> None:
+    broker = get_broker(ej)
+    await broker.start()
+    subscribers = [broker.subscribe(org="acme") for _ in range(3)]
+    waiting = [asyncio.create_task(s.take(60)) for s in subscribers]
+    await asyncio.sleep(0)
+    await broker.close(grace_s=0.1)
+    assert await asyncio.gather(*waiting) == [[], [], []]
+    assert all(s.closed for s in subscribers)
+    assert broker.subscriber_count == 0 and not broker.running
+    with pytest.raises(ShuttingDown):
+        broker.subscribe(org="acme")
+    await broker.ensure_started()  # closed for shutdown: stays closed
+    assert not broker.running
+    await broker.start()  # an explicit start reopens it
+    assert broker.running
+
+
+async def test_replay_window_of_the_broker(ej: EdgeJobs) -> None:
+    broker = get_broker(ej)
+    await broker.start()
+    await ej.submit_many([JobSpec("quick", "acme") for _ in range(3)])
+    await _settle(broker, ej)
+    sub = broker.subscribe(org="acme")
+    missed = [e async for e in broker.backlog(sub, 0)]
+    assert [e.id for e in missed] == [1, 2, 3]
+    assert [e.kind for e in [x async for x in broker.backlog(sub, 3)]] == []
+    reset = [e async for e in broker.backlog(sub, 99)]
+    assert [(e.kind, e.id) for e in reset] == [("reset", 3)]
+    await ej.store.write(lambda conn, tx: conn.execute("DELETE FROM events WHERE id = 1"))
+    assert [e.kind for e in [x async for x in broker.backlog(sub, 0)]] == ["reset"]
+    assert [e.id for e in [x async for x in broker.backlog(sub, 1)]] == [2, 3]

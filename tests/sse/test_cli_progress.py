@@ -1,0 +1,143 @@
+"""``edgejobs submit --wait``: a live progress display that follows the job through the
+database (another process runs it), and exit code 0 only when the job completed."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from sse_support import REPO, make_config, register_job_types
+
+from edgejobs import EdgeJobs
+from edgejobs.cli.progress_bar import bar_line, describe, follow_job, format_eta
+from edgejobs.runner.context import JobContext
+
+
+async def _runner_and_client(path: Path) -> tuple[EdgeJobs, EdgeJobs]:
+    runner = EdgeJobs(database=path, config=make_config())
+    register_job_types(runner)
+
+    @runner.job_type("broken", max_retries=0, dedup=False)
+    async def broken(ctx: JobContext, params: dict[str, Any]) -> None:
+        await ctx.progress(40, "almost")
+        raise RuntimeError("disk on fire")
+
+    await runner.start()
+    follower = EdgeJobs(database=path)  # like the CLI: a client of its own, on the same file
+    await follower.open()
+    return runner, follower
+
+
+async def test_follow_prints_plain_lines_and_exits_0_when_completed(tmp_path: Path) -> None:
+    runner, follower = await _runner_and_client(tmp_path / "jobs.db")
+    try:
+        job = await follower.submit(
+            "steps", org="acme", params={"steps": [25, 50, 75], "pause_s": 0.3}
+        )
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.wait_for(follow_job(follower, job.id, out=out, err=err), 30)
+    finally:
+        await follower.close()
+        await runner.close()
+    lines = out.getvalue().splitlines()
+    assert code == 0
+    assert lines[-1] == "completed"
+    assert any("25.0%" in line and "step 25" in line for line in lines)
+    assert any("75.0%" in line and "step 75" in line for line in lines)
+    assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()  # not a terminal
+    assert err.getvalue() == ""
+
+
+async def test_follow_exits_1_with_the_error_when_the_job_failed(tmp_path: Path) -> None:
+    runner, follower = await _runner_and_client(tmp_path / "jobs.db")
+    try:
+        job = await follower.submit("broken", org="acme")
+        out, err = io.StringIO(), io.StringIO()
+        code = await asyncio.wait_for(follow_job(follower, job.id, out=out, err=err, tty=True), 30)
+    finally:
+        await follower.close()
+        await runner.close()
+    assert code == 1
+    text = out.getvalue()
+    assert text.startswith("\r\x1b[2K[")  # a terminal: one line redrawn in place
+    assert text.endswith("\nfailed\n")
+    assert "RuntimeError: disk on fire" in err.getvalue()
+
+
+def test_line_formats() -> None:
+    assert [format_eta(s) for s in (None, 0.4, 12, 185, 3725)] == [
+        "",
+        "0s",
+        "12s",
+        "3m05s",
+        "1h02m",
+    ]
+
+    class FakeJob:
+        progress = 45.0
+        status = type("S", (), {"value": "running"})()
+        eta_s = 12.0
+        progress_message = "copying\nfiles"
+        is_terminal = False
+
+    job: Any = FakeJob()
+    assert describe(job) == " 45.0%  running  ETA 12s  copying\nfiles"
+    line = bar_line(job, 200)
+    assert line.startswith("[###########-------------]  45.0%  running  ETA 12s")
+    assert "\n" not in line
+    assert len(bar_line(job, 30)) == 29
+
+
+def test_submit_wait_command_follows_a_job_run_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    config = tmp_path / "edgejobs.toml"
+    config.write_text(f'[database]\npath = "{path.name}"\n')
+
+    async def scenario() -> subprocess.CompletedProcess[str]:
+        runner = EdgeJobs(database=path, config=make_config())
+        register_job_types(runner)
+        await runner.start()
+        try:
+            command = [
+                sys.executable,
+                "-m",
+                "edgejobs",
+                "submit",
+                "steps",
+                "--org",
+                "acme",
+                "--params",
+                '{"steps": [20, 40, 60, 80], "pause_s": 0.2}',
+                "--wait",
+                "--config",
+                str(config),
+            ]
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                cwd=tmp_path,
+            )
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode is not None
+            return subprocess.CompletedProcess(command, proc.returncode, out.decode(), err.decode())
+        finally:
+            await runner.close()
+
+    result = asyncio.run(scenario())
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    with closing(sqlite3.connect(str(path))) as conn:  # the job id comes first
+        assert conn.execute("SELECT status FROM jobs WHERE id = ?", (lines[0],)).fetchone() == (
+            "completed",
+        )
+    assert lines[-1] == "completed"
+    assert any("40.0%" in line and "step 40" in line for line in lines[1:-1])

@@ -1,0 +1,125 @@
+"""Many subscribers: all of them get every event; one that stops reading is disconnected and
+the server's buffering stays bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from conftest import Serve
+from sse_support import (
+    GUARD_S,
+    client,
+    is_final,
+    make_config,
+    make_token,
+    open_stream,
+    wait_for,
+)
+
+from edgejobs.app import JobSpec
+
+
+async def test_200_concurrent_subscribers_all_receive_the_final_event(serve: Serve) -> None:
+    server = await serve()
+    ej = server.ej
+    token = await make_token(ej, "acme")
+    subscribers = 200
+    opened = asyncio.Event()
+    results: list[list[int]] = []
+
+    async with client() as http:
+
+        async def subscribe(final: asyncio.Future[str]) -> None:
+            async with open_stream(http, server, token) as stream:
+                if server.broker.subscriber_count >= subscribers:
+                    opened.set()
+                job_id = await final
+                seen = await stream.until(is_final(job_id))
+                results.append([e.id for e in seen if e.id is not None])
+
+        final: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        tasks = [asyncio.create_task(subscribe(final)) for _ in range(subscribers)]
+        async with asyncio.timeout(GUARD_S):
+            await opened.wait()
+        job = await ej.submit("steps", org="acme", params={"steps": [10, 20, 30, 40, 50]})
+        final.set_result(job.id)
+        async with asyncio.timeout(GUARD_S):
+            await asyncio.gather(*tasks)
+
+    assert len(results) == subscribers
+    # Everyone saw the same events, in the same order.
+    assert all(ids == results[0] for ids in results)
+    assert len(results[0]) == 8  # queued, running, 5 x progress, completed
+    await wait_for(lambda: server.broker.subscriber_count == 0, "streams to be released")
+
+
+def _raw_stream(port: int, secret: str) -> socket.socket:
+    """A client that sends the request, then never reads: with a tiny receive buffer the
+    server soon cannot write to it at all."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        (
+            "GET /api/v1/events HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {secret}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        ).encode()
+    )
+    return sock
+
+
+async def test_a_subscriber_that_stops_reading_is_disconnected_and_buffering_is_bounded(
+    serve: Serve,
+) -> None:
+    buffer = 20
+    server = await serve(make_config(buffer=buffer))
+    ej = server.ej
+    broker = server.broker
+    token = await make_token(ej, "acme")
+    stalled = _raw_stream(server.port, token.secret)
+    stalled.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        async with client() as http, open_stream(http, server, token) as healthy:
+            await wait_for(lambda: broker.subscriber_count == 2, "both streams to subscribe")
+            subscribers = broker.subscribers()
+            marker: asyncio.Future[str] = loop.create_future()
+            # The healthy client keeps reading all along, up to a marker job sent at the end.
+            reader = asyncio.create_task(
+                healthy.until(lambda e: marker.done() and is_final(marker.result())(e))
+            )
+            # Big progress events (1 kB messages) until the stalled client is disconnected:
+            # its socket buffers fill up first, then its bounded queue in the broker.
+            largest_queue = 0
+            rounds = 0
+            while broker.subscriber_count == 2:
+                rounds += 1
+                assert rounds < 300, "the stalled subscriber was never disconnected"
+                await ej.submit_many(
+                    [
+                        JobSpec("steps", "acme", {"steps": [50], "message": "x" * 1000})
+                        for _ in range(50)
+                    ]
+                )
+                largest_queue = max([largest_queue, *broker.queue_sizes()])
+                await asyncio.sleep(0.02)
+            closed = [s for s in subscribers if s.closed]
+            assert len(closed) == 1 and broker.disconnected == 1
+            assert closed[0].qsize == 0  # its queue was released at once
+            assert largest_queue <= buffer
+            assert broker.subscriber_count == 1  # the healthy stream is still served
+            job = await ej.submit("quick", org="acme")
+            marker.set_result(job.id)
+            async with asyncio.timeout(GUARD_S):
+                seen = await reader
+            assert seen[-1].data["id"] == job.id
+            # The server closed the stalled connection: after the bytes it managed to send,
+            # the client reads the end of the stream.
+            async with asyncio.timeout(GUARD_S):
+                while await loop.sock_recv(stalled, 65536):
+                    pass
+    finally:
+        stalled.close()

@@ -1,0 +1,169 @@
+"""Resuming with ``Last-Event-ID``: exactly the missed events, in order; beyond the window, a
+``reset`` first; then the stream is live."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+from conftest import Serve
+from sse_support import (
+    SSE,
+    client,
+    event_rows,
+    is_final,
+    make_config,
+    make_token,
+    open_stream,
+)
+
+from edgejobs.app import JobSpec
+from edgejobs.store.retention import delete_old_events
+from edgejobs.store.rows import render_job_event
+from edgejobs.testing import FakeClock
+
+
+async def _run_jobs(server: object, org: str, count: int) -> list[str]:
+    ej = server.ej  # type: ignore[attr-defined]
+    jobs = await ej.submit_many([JobSpec("steps", org, {"steps": [30, 60]}) for _ in range(count)])
+    for job in jobs:
+        await ej.wait(job.id, timeout=30)
+    return [job.id for job in jobs]
+
+
+async def test_reconnect_with_last_event_id_replays_exactly_the_missed_events(
+    serve: Serve,
+) -> None:
+    server = await serve()
+    ej = server.ej
+    token = await make_token(ej, "acme")
+    async with client() as http:
+        async with open_stream(http, server, token) as stream:
+            first = await ej.submit("steps", org="acme")
+            seen = await stream.until(is_final(first.id))
+        last_id = seen[-1].id
+        assert last_id is not None
+
+        # While disconnected: jobs of both orgs run (events of org B are interleaved).
+        await _run_jobs(server, "acme", 5)
+        await _run_jobs(server, "globex", 5)
+        await _run_jobs(server, "acme", 3)
+        missed = event_rows(ej.store.path, where="org = 'acme' AND id > ?", args=(last_id,))
+        assert len(missed) == 8 * 5  # queued, running, 2 x progress, completed
+
+        async with open_stream(
+            http, server, token, headers={"Last-Event-ID": str(last_id)}
+        ) as resumed:
+            replayed = [await resumed.next() for _ in missed]
+            # ... then live.
+            live = await ej.submit("quick", org="acme")
+            after = await resumed.until(is_final(live.id))
+
+    assert [e.id for e in replayed if e] == [row["id"] for row in missed]
+    assert [(e.event, e.data) for e in replayed if e] == [
+        (
+            row["kind"],
+            json.loads(render_job_event(row["data"]) if row["kind"] == "job" else row["data"]),
+        )
+        for row in missed
+    ]
+    assert {e.data["org"] for e in after} == {"acme"}
+    assert after[0].id is not None and after[0].id > missed[-1]["id"]
+    assert not any(e.event == "reset" for e in replayed + after if e)
+
+
+async def test_last_event_id_query_parameter_and_nothing_missed(serve: Serve) -> None:
+    server = await serve()
+    ej = server.ej
+    token = await make_token(ej, "acme")
+    await _run_jobs(server, "acme", 2)
+    rows = event_rows(ej.store.path)
+    middle = rows[len(rows) // 2 - 1]["id"]
+    async with client() as http:
+        async with open_stream(
+            http, server, token, params={"last_event_id": str(middle)}
+        ) as resumed:
+            marker = await ej.submit("quick", org="acme")
+            seen = await resumed.until(is_final(marker.id))
+        assert [e.id for e in seen][: len(rows) - len(rows) // 2] == [
+            r["id"] for r in rows[len(rows) // 2 :]
+        ]
+        # Up to date: nothing to replay, no reset, straight to live.
+        newest = seen[-1].id
+        async with open_stream(
+            http, server, token, headers={"Last-Event-ID": str(newest)}
+        ) as resumed:
+            marker2 = await ej.submit("quick", org="acme")
+            seen2 = await resumed.until(is_final(marker2.id))
+        assert seen2[0].data["id"] == marker2.id and seen2[0].data["status"] == "queued"
+
+
+async def _first_event(server: object, token: object, last_id: int) -> SSE:
+    async with client() as http:
+        async with open_stream(
+            http,
+            server,  # type: ignore[arg-type]
+            token,  # type: ignore[arg-type]
+            headers={"Last-Event-ID": str(last_id)},
+        ) as stream:
+            event = await stream.next()
+    assert event is not None
+    return event
+
+
+async def test_beyond_the_event_count_window_sends_reset(serve: Serve) -> None:
+    server = await serve(make_config(replay_max_events=20))
+    ej = server.ej
+    token = await make_token(ej, "acme")
+    await _run_jobs(server, "acme", 5)  # 25 events
+    newest = event_rows(ej.store.path)[-1]["id"]
+    reset = await _first_event(server, token, newest - 21)
+    assert reset.event == "reset"
+    assert reset.id == newest
+    assert reset.data["last_event_id"] == newest
+    # Within the window: a replay, not a reset.
+    replayed = await _first_event(server, token, newest - 20)
+    assert replayed.event != "reset" and replayed.id == newest - 19
+
+
+async def test_older_than_the_age_window_sends_reset(serve: Serve) -> None:
+    clock = FakeClock()
+    server = await serve(make_config(replay_max_age_s=600), clock=clock)
+    ej = server.ej
+    token = await make_token(ej, "acme")
+    await _run_jobs(server, "acme", 1)
+    first = event_rows(ej.store.path)[0]["id"]
+    assert (await _first_event(server, token, first)).event != "reset"
+    clock.advance(601)
+    assert (await _first_event(server, token, first)).event == "reset"
+
+
+async def test_pruned_or_unknown_event_ids_send_reset(serve: Serve) -> None:
+    clock = FakeClock()
+    server = await serve(clock=clock)
+    ej = server.ej
+    token = await make_token(ej, "acme")
+    await _run_jobs(server, "acme", 2)
+    clock.advance(10)
+    await _run_jobs(server, "acme", 1)
+    rows = event_rows(ej.store.path)
+    # Retention deletes the oldest events: a client that last saw one of them missed some.
+    cutoff = rows[5]["created_at"] + 1
+    deleted = await ej.store.write(partial(delete_old_events, cutoff_ms=cutoff, batch=1000))
+    assert deleted == 10
+    assert (await _first_event(server, token, rows[0]["id"])).event == "reset"
+    # The oldest event still stored follows right after the client's: nothing was lost.
+    assert (await _first_event(server, token, rows[9]["id"])).id == rows[10]["id"]
+    # An id this database never issued (a client of another, newer database).
+    reset = await _first_event(server, token, rows[-1]["id"] + 1000)
+    assert reset.event == "reset" and reset.id == rows[-1]["id"]
+
+
+async def test_malformed_last_event_id_is_a_bad_request(serve: Serve) -> None:
+    server = await serve()
+    token = await make_token(server.ej, "acme")
+    async with client() as http:
+        for bad in ("abc", "-1", "1.5"):
+            async with open_stream(http, server, token, headers={"Last-Event-ID": bad}, expect=400):
+                pass
+    assert server.broker.subscriber_count == 0
