@@ -1,0 +1,228 @@
+"""Database upkeep: WAL checkpoints, file sizes, incremental vacuum and online backups.
+
+Everything here is plain synchronous SQLite; the runner's maintenance module decides when to
+call it and on which thread. Two rules shape it:
+
+* ``PRAGMA wal_checkpoint`` cannot run inside a transaction, and the writer wraps every
+  operation in ``BEGIN IMMEDIATE``. Checkpoints therefore run on their own short-lived
+  connection (:func:`open_checkpointer`). A PASSIVE checkpoint never waits for anybody; a
+  TRUNCATE takes the write lock, so that connection gets a short busy timeout and simply
+  reports ``busy`` when the database is in use.
+* Python's ``sqlite3`` steps a row-less statement once, and ``PRAGMA incremental_vacuum(N)``
+  gives back one page per step, so :func:`vacuum_step` runs it once per page (each run is a few
+  microseconds). Each call is bounded, so the write lock is never held for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+from edgejobs.errors import EdgeJobsError
+from edgejobs.store.db import Pragmas, WriteTx, connect
+
+CHECKPOINT_MODES = frozenset({"PASSIVE", "FULL", "RESTART", "TRUNCATE"})
+
+
+class BackupError(EdgeJobsError):
+    """A backup could not be written (the target exists, or the copy failed verification)."""
+
+    code = "backup_failed"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The result of ``PRAGMA wal_checkpoint``: SQLite's (busy, log, checkpointed) triple."""
+
+    mode: str
+    busy: bool
+    """A FULL/RESTART/TRUNCATE checkpoint could not get its locks (a writer or a reader)."""
+    log_frames: int
+    """Frames in the WAL (-1 when the database is not in WAL mode)."""
+    checkpointed_frames: int
+    """Frames copied back into the database file (-1 when not in WAL mode)."""
+
+    @property
+    def complete(self) -> bool:
+        """Every frame of the WAL is in the database file: no reader needs an older snapshot."""
+        return (
+            not self.busy and self.log_frames >= 0 and self.checkpointed_frames == self.log_frames
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FileSizes:
+    """Bytes on disk of the database file and its WAL."""
+
+    database_bytes: int
+    wal_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PageStats:
+    """Page geometry of the database (the WAL included)."""
+
+    page_size: int
+    page_count: int
+    freelist_count: int
+
+    @property
+    def free_bytes(self) -> int:
+        """Bytes held by free pages, which an incremental vacuum can give back."""
+        return self.page_size * self.freelist_count
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackupResult:
+    """What :func:`backup_database` wrote."""
+
+    path: Path
+    bytes: int
+    jobs: int
+    seconds: float
+
+
+def wal_path(path: Path) -> Path:
+    """The WAL file that belongs to the database at ``path``."""
+    return path.with_name(path.name + "-wal")
+
+
+def file_sizes(path: Path) -> FileSizes:
+    """Sizes of the database file and its WAL (0 for a file that does not exist)."""
+
+    def size(file: Path) -> int:
+        try:
+            return file.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    return FileSizes(database_bytes=size(path), wal_bytes=size(wal_path(path)))
+
+
+def page_stats(conn: sqlite3.Connection) -> PageStats:
+    """Page size, page count and free pages, as the connection's snapshot sees them."""
+    return PageStats(
+        page_size=int(conn.execute("PRAGMA page_size").fetchone()[0]),
+        page_count=int(conn.execute("PRAGMA page_count").fetchone()[0]),
+        freelist_count=int(conn.execute("PRAGMA freelist_count").fetchone()[0]),
+    )
+
+
+def open_checkpointer(path: Path, pragmas: Pragmas, *, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A connection for checkpoints, with its own (short) busy timeout.
+
+    Close it after use: a long-lived idle connection is harmless, but a short-lived one never
+    outlives the store.
+    """
+    return connect(path, dataclasses.replace(pragmas, busy_timeout_ms=busy_timeout_ms))
+
+
+def checkpoint(conn: sqlite3.Connection, mode: str = "PASSIVE") -> Checkpoint:
+    """Run ``PRAGMA wal_checkpoint(mode)`` outside any transaction.
+
+    PASSIVE copies what it can without waiting; TRUNCATE additionally waits (up to the busy
+    timeout) for the writer and every reader, then empties the WAL file.
+    """
+    mode = mode.upper()
+    if mode not in CHECKPOINT_MODES:
+        raise ValueError(f"unknown checkpoint mode {mode!r}")
+    if conn.in_transaction:
+        raise EdgeJobsError("a WAL checkpoint cannot run inside a transaction")
+    # The mode is one of four constants checked above, never user input.
+    busy, log, done = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+    return Checkpoint(mode, bool(busy), int(log), int(done))
+
+
+def vacuum_step(conn: sqlite3.Connection, tx: WriteTx, *, max_pages: int) -> int:
+    """Give up to ``max_pages`` free pages back to the file system; return how many.
+
+    Runs as a write operation (inside the writer's transaction). The file itself shrinks when
+    the next checkpoint copies the shortened database back from the WAL.
+    """
+    free = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    pages = min(free, max(0, max_pages))
+    for _ in range(pages):
+        # One page per statement step; see the module docstring.
+        conn.execute("PRAGMA incremental_vacuum(1)")
+    return free - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
+def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResult:
+    """Write a consistent copy of the database at ``source`` to ``target``, online.
+
+    ``VACUUM INTO`` copies one read snapshot (every transaction committed before it began,
+    nothing after) without blocking the writer, and compacts the copy on the way. The copy is
+    written next to ``target`` under a temporary name, flushed to disk, verified with
+    ``PRAGMA integrity_check``, and only then linked to ``target`` — atomically, and never over
+    an existing file. A failed or interrupted backup leaves no file at ``target``.
+    """
+    started = time.monotonic()
+    source = Path(source)
+    target = Path(target).absolute()
+    if target.exists() or target.is_symlink():
+        raise BackupError(f"{target} already exists; not overwriting it")
+    if not source.is_file():
+        raise BackupError(f"there is no database at {source}")
+    if not target.parent.is_dir():
+        raise BackupError(f"the folder {target.parent} does not exist")
+    partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+    try:
+        conn = connect(source, pragmas)
+        try:
+            conn.execute("VACUUM INTO ?", (str(partial),))
+        except sqlite3.Error as exc:
+            raise BackupError(f"could not copy the database: {exc}") from exc
+        finally:
+            conn.close()
+        _fsync(partial)
+        jobs = _verify(partial)
+        try:
+            os.link(partial, target)  # fails if target appeared meanwhile: never overwrite
+        except FileExistsError:
+            raise BackupError(f"{target} already exists; not overwriting it") from None
+        except OSError:
+            # A file system without hard links: check, then rename (a narrow race instead
+            # of none).
+            if target.exists():
+                raise BackupError(f"{target} already exists; not overwriting it") from None
+            os.rename(partial, target)
+        _fsync(target.parent)
+        return BackupResult(
+            path=target,
+            bytes=target.stat().st_size,
+            jobs=jobs,
+            seconds=time.monotonic() - started,
+        )
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            partial.unlink()
+
+
+def _verify(path: Path) -> int:
+    """Run ``PRAGMA integrity_check`` on a copy; return its job count."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA integrity_check").fetchall()]
+        if problems != ["ok"]:
+            raise BackupError("the copy failed PRAGMA integrity_check: " + "; ".join(problems[:5]))
+        return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise BackupError(f"could not verify the copy: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders; the data itself is flushed
+    finally:
+        os.close(fd)

@@ -1,0 +1,162 @@
+"""``edgejobs backup PATH``: an online, consistent, verified copy; restore as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from ops_support import DAY_MS, connect, insert_jobs, make_app
+
+from edgejobs import EdgeJobs
+from edgejobs.cli import main
+from edgejobs.store.maintenance import BackupError, backup_database
+from edgejobs.testing import FakeClock
+
+
+def copy_ids(path: Path) -> set[str]:
+    with closing(connect(path)) as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM jobs")}
+
+
+def check_copy(path: Path) -> None:
+    """The copy is intact and internally consistent (no half-written transaction)."""
+    with closing(connect(path)) as conn:
+        assert [r[0] for r in conn.execute("PRAGMA integrity_check")] == ["ok"]
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        # A job is never `completed` without its attempt: both are written in one transaction.
+        orphans = conn.execute(
+            "SELECT count(*) FROM jobs j WHERE status = 'completed'"
+            " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.job_seq = j.seq)"
+        ).fetchone()[0]
+        assert orphans == 0
+
+
+def restore(backup: Path, database: Path) -> None:
+    """Restore as docs/operations.md says: (runner stopped,) file replaced, -wal/-shm removed."""
+    database.parent.mkdir(exist_ok=True)
+    shutil.copyfile(backup, database)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+
+
+class Workload:
+    """Submits quick jobs without pause while the pool runs them; remembers what committed."""
+
+    def __init__(self, ej: EdgeJobs) -> None:
+        self.ej = ej
+        self.committed: list[str] = []
+        self._stop = asyncio.Event()
+        self._started = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            job = await self.ej.submit("quick", org="acme", params={"n": n})
+            self.committed.append(job.id)  # submit returns after COMMIT
+            if len(self.committed) >= 20:
+                self._started.set()
+            n += 1
+            await asyncio.sleep(0.001)
+
+    async def __aenter__(self) -> Workload:
+        self._task = asyncio.create_task(self._run())
+        await self._started.wait()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await self._task
+
+
+async def test_a_backup_during_a_running_workload_holds_every_job_committed_before_it(
+    db_path: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    ej = make_app(db_path, clock, runner={"workers": 4})
+    await ej.open()
+    old = clock.now_ms() - DAY_MS
+    insert_jobs(db_path, 50_000, prefix="old", status="completed", created_at=old, finished_at=old)
+    target = tmp_path / "backups" / "copy.db"
+    target.parent.mkdir()
+    async with ej, Workload(ej) as work:
+        before = list(work.committed)
+        commits = ej.store.writer.commits
+        result = await asyncio.to_thread(backup_database, db_path, target, ej.store.pragmas)
+        # The runner kept committing while the copy was being written.
+        assert ej.store.writer.commits > commits
+    check_copy(target)
+    ids = copy_ids(target)
+    assert set(before) <= ids
+    assert result.jobs == len(ids) >= 50_000 + len(before)
+    assert result.bytes == target.stat().st_size
+    # The copy is a snapshot: it misses what committed after it began.
+    assert len(ids) < 50_000 + len(work.committed)
+    assert not list(target.parent.glob("*.partial"))
+
+
+async def test_the_backup_command_works_from_another_process_and_never_overwrites(
+    db_path: Path, tmp_path: Path, restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "edgejobs.toml"
+    config.write_text(f'[database]\npath = "{db_path.name}"\n', encoding="utf-8")
+    ej = make_app(db_path, runner={"workers": 2})
+    target = tmp_path / "copy.db"
+    async with ej, Workload(ej) as work:
+        before = list(work.committed)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edgejobs",
+            "backup",
+            str(target),
+            "--config",
+            str(config),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "EDGEJOBS_CONFIG": ""},
+        )
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    check_copy(target)
+    ids = copy_ids(target)
+    assert set(before) <= ids
+    assert f"{len(ids)} jobs" in out.decode()
+    assert "integrity ok" in out.decode()
+
+    # A second backup to the same path is refused; the first copy stays as it was.
+    stamp = target.stat().st_mtime_ns, target.stat().st_size
+    capsys.readouterr()
+    assert main(["backup", str(target), "--config", str(config)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert (target.stat().st_mtime_ns, target.stat().st_size) == stamp
+    with pytest.raises(BackupError, match="no database"):
+        backup_database(tmp_path / "missing.db", tmp_path / "other.db", ej.store.pragmas)
+    assert not (tmp_path / "missing.db").exists()
+
+
+async def test_a_restored_backup_runs_like_the_original(
+    db_path: Path, clock: FakeClock, tmp_path: Path
+) -> None:
+    ej = make_app(db_path, clock)
+    async with ej:
+        done = await ej.submit("quick", org="acme", params={"n": 1})
+        await ej.drain()
+        waiting = await ej.submit("quick", org="acme", params={"n": 2}, delay_s=60)
+        backup_database(db_path, tmp_path / "copy.db", ej.store.pragmas)
+    restored = tmp_path / "restored" / "jobs.db"
+    restore(tmp_path / "copy.db", restored)
+    again = make_app(restored, clock)
+    async with again:
+        assert (await again.get(done.id)).status == "completed"
+        clock.advance(61)
+        assert again.ticker is not None
+        await again.ticker.tick()
+        await again.drain()
+        assert (await again.get(waiting.id)).status == "completed"

@@ -1,0 +1,173 @@
+"""``/healthz`` (a real query and a ticking runner) and the storage figures in ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from ops_support import DAY_MS, insert_jobs, make_app
+
+import edgejobs.runner.ticks as ticks_module
+from edgejobs import EdgeJobs
+from edgejobs.runner.maintenance import runner_health
+from edgejobs.store.maintenance import file_sizes
+from edgejobs.testing import FakeClock
+
+INTERVAL_S = 1.0
+
+
+@pytest.fixture
+async def ej(db_path: Path, clock: FakeClock) -> AsyncIterator[EdgeJobs]:
+    """A runner with its background tasks, on a fake clock (ticks come every real second)."""
+    app = make_app(db_path, clock, runner={"tick_interval_s": INTERVAL_S})
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.close()
+
+
+@pytest.fixture
+async def client(ej: EdgeJobs) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the app (its metrics started as the lifespan would)."""
+    async with http_client(ej) as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def http_client(ej: EdgeJobs) -> AsyncIterator[httpx.AsyncClient]:
+    app = ej.asgi_app()
+    await app.state.metrics.start(ej)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+    finally:
+        await app.state.metrics.stop()
+
+
+def after_each_tick(ej: EdgeJobs) -> asyncio.Event:
+    """An event set at the end of every tick (the last tick task; the tick ends right after)."""
+    ticked = asyncio.Event()
+
+    async def mark(now_ms: int) -> None:
+        ticked.set()
+
+    assert ej.ticker is not None
+    ej.ticker.extra_tasks.append(mark)
+    return ticked
+
+
+async def test_a_stuck_tick_loop_turns_healthz_503_with_the_reason(
+    db_path: Path, clock: FakeClock
+) -> None:
+    ej = make_app(db_path, clock, runner={"tick_interval_s": INTERVAL_S})
+    await ej.start()
+    assert ej.ticker is not None
+    # The first tick hangs in a tick task: the loop stops ticking while time goes on.
+    hanging, release = asyncio.Event(), asyncio.Event()
+
+    async def hang(now_ms: int) -> None:
+        hanging.set()
+        await release.wait()
+
+    ej.ticker.extra_tasks.append(hang)
+    ticked = after_each_tick(ej)
+    try:
+        async with http_client(ej) as client:
+            response = await client.get("/healthz")
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["status"] == "ok" and body["reasons"] == []
+            details = body["details"]
+            assert details["database_bytes"] == file_sizes(ej.store.path).database_bytes > 0
+            assert {"wal_bytes", "last_tick_age_s", "running", "running_here"} <= details.keys()
+
+            await hanging.wait()
+            clock.advance(2.5 * INTERVAL_S)
+            assert (await client.get("/healthz")).status_code == 200  # within 3 intervals
+            clock.advance(1.0 * INTERVAL_S)
+            response = await client.get("/healthz")
+            assert response.status_code == 503
+            body = response.json()
+            assert body["status"] == "unavailable" and body["runner"] == "stalled"
+            assert body["database"] == "ok"  # the database answers; the runner does not tick
+            assert any("tick loop has not run for 3.5 s" in r for r in body["reasons"])
+            assert body["details"]["last_tick_age_s"] == pytest.approx(3.5)
+
+            release.set()
+            await ticked.wait()
+            assert (await client.get("/healthz")).status_code == 200
+    finally:
+        await ej.close()
+
+
+async def test_healthz_is_503_while_shutting_down(ej: EdgeJobs, client: httpx.AsyncClient) -> None:
+    await ej.stop(grace_s=0)
+    response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert "the runner is shutting down" in response.json()["reasons"]
+
+
+async def test_a_long_retention_run_counts_as_progress_not_as_a_stall(
+    clock: FakeClock, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ej = make_app(db_path, clock, runner={"tick_interval_s": INTERVAL_S})
+    await ej.open()
+    old = clock.now_ms() - 40 * DAY_MS
+    insert_jobs(db_path, 3000, prefix="old", status="completed", created_at=old, finished_at=old)
+    real_delete = ticks_module.delete_old_jobs
+
+    def slow_delete(conn: Any, tx: Any, **kwargs: Any) -> int:
+        clock.advance(INTERVAL_S)  # every batch "takes" a whole tick interval
+        result: int = real_delete(conn, tx, **kwargs)
+        return result
+
+    monkeypatch.setattr(ticks_module, "delete_old_jobs", slow_delete)
+    seen: list[tuple[str, ...]] = []
+    ej.add_commit_listener(lambda tx: seen.append(runner_health(ej).reasons))
+    await ej.start()  # retention is due at the first tick: 7 batches, 7 "seconds"
+    try:
+        await after_each_tick(ej).wait()
+        assert ej.ticker is not None and ej.ticker.last_progress_monotonic is not None
+        assert len(seen) >= 7 and all(reasons == () for reasons in seen), seen
+        clock.advance(3.5 * INTERVAL_S)  # the check is still live: it can fail
+        assert runner_health(ej).reasons
+    finally:
+        await ej.close()
+
+
+async def test_a_runner_stepped_by_tests_is_not_judged_by_its_ticks(
+    db_path: Path, clock: FakeClock
+) -> None:
+    ej = make_app(db_path, clock)
+    await ej.start(run_workers=False)
+    try:
+        clock.advance(3600)
+        health = runner_health(ej)
+        assert health.ok and health.details["last_tick_age_s"] is None
+    finally:
+        await ej.close()
+
+
+async def test_metrics_show_database_and_wal_sizes(ej: EdgeJobs, client: httpx.AsyncClient) -> None:
+    await ej.submit("quick", org="acme", params={"n": 1})
+    assert ej.ticker is not None
+    await ej.ticker.tick()
+    text = (await client.get("/metrics")).text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    sizes = file_sizes(ej.store.path)
+    assert values["edgejobs_database_size_bytes"] == sizes.database_bytes > 0
+    assert values["edgejobs_wal_size_bytes"] == sizes.wal_bytes
+    assert "edgejobs_tick_age_seconds" in values
+    assert values['edgejobs_wal_checkpoints_total{mode="passive",outcome="complete"}'] >= 1
+    assert "edgejobs_database_free_bytes" in values

@@ -1,0 +1,202 @@
+"""Logs: human or JSON lines, job fields on job lines, escaped user data, no secret ever."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from ops_support import make_app
+
+from edgejobs import logs
+from edgejobs.cli import main
+from edgejobs.store import tokens
+from edgejobs.testing import FakeClock
+
+pytestmark = pytest.mark.usefixtures("restore_logging")
+
+log = logging.getLogger("edgejobs.test")
+
+
+def capture(fmt: str = "human", level: str = "DEBUG") -> io.StringIO:
+    stream = io.StringIO()
+    logs.configure(fmt, level, stream)
+    return stream
+
+
+def test_human_lines_are_one_line_each_with_user_data_escaped() -> None:
+    out = capture()
+    log.info(
+        "job says %s",
+        "done\n2026-01-01T00:00:00.000Z ERROR edgejobs: forged\r\x1b[31mred\u2028",
+        extra=logs.job_fields("J1", "acme", "reports.build", 2),
+    )
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1
+    line = lines[0]
+    assert " INFO edgejobs.test: job says done\\n2026-01-01T00:00:00.000Z ERROR" in line
+    assert "\\r\\x1b[31mred\\u2028" in line
+    assert "\u2028" not in line and "\x1b" not in line and "\r" not in line
+    assert line.endswith("job_id=J1 org=acme job_type=reports.build attempt=2")
+
+
+def test_a_traceback_stays_under_its_record() -> None:
+    out = capture()
+    try:
+        raise ValueError("bad input\nFAKE RECORD")
+    except ValueError:
+        log.exception("handler failed")
+    first, *rest = out.getvalue().rstrip("\n").split("\n")
+    assert first.endswith("ERROR edgejobs.test: handler failed")
+    assert rest and all(line.startswith("    ") for line in rest)
+    assert "    FAKE RECORD" in rest
+
+
+def test_json_lines_carry_the_job_fields() -> None:
+    out = capture("json")
+    logs.job_logger(log, "J2", "beta", "mail.send").warning("slow\nsmtp", extra={"ms": 1200})
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.error("failed", exc_info=True)
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["message"] == "slow\nsmtp" and first["level"] == "WARNING"
+    assert (first["job_id"], first["org"], first["job_type"], first["ms"]) == (
+        "J2",
+        "beta",
+        "mail.send",
+        1200,
+    )
+    assert first["ts"].endswith("Z") and first["logger"] == "edgejobs.test"
+    assert "RuntimeError: boom" in second["exc"]
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("token ej_" + "A" * 43 + " used", "ej_" + "A" * 43),
+        ("Authorization: Bearer abc.def-ghi", "abc.def-ghi"),
+        ("headers={'authorization': 'Basic dXNlcjpwYXNz'}", "dXNlcjpwYXNz"),
+        ('login body {"token": "s3cr3t-value"}', "s3cr3t-value"),
+        ("cookie: edgejobs_session=abc123; edgejobs_csrf=def456", "abc123"),
+        ("cookie: edgejobs_session=abc123; edgejobs_csrf=def456", "def456"),
+        ("x-csrf-token: 0123456789abcdef", "0123456789abcdef"),
+        ("metrics_token = m-secret", "m-secret"),
+    ],
+)
+def test_credentials_are_redacted(text: str, secret: str) -> None:
+    out = capture()
+    log.info("%s", text)
+    log.info("extra", extra={"header": text})
+    try:
+        raise PermissionError(text)
+    except PermissionError:
+        log.exception("failed")
+    assert secret not in out.getvalue()
+    assert out.getvalue().count("[redacted]") >= 3
+
+
+def test_ids_and_ordinary_words_are_not_redacted() -> None:
+    out = capture()
+    log.info("token tok_0123456789abcdef revoked; Authorization header missing; ej_short")
+    assert "tok_0123456789abcdef revoked; Authorization header missing; ej_short" in out.getvalue()
+
+
+def test_configure_replaces_its_own_handler_and_survives_a_bad_level() -> None:
+    first = capture()
+    second = capture("human", "chatty")
+    log.info("once")
+    assert "once" not in first.getvalue()
+    assert "unknown log level 'chatty'; using INFO" in second.getvalue()
+    assert second.getvalue().count("once") == 1
+    assert logging.getLogger().level == logging.INFO
+    with pytest.raises(ValueError):
+        logs.configure("xml", "INFO", io.StringIO())
+
+
+async def test_attempt_lines_name_the_job_org_and_type(db_path: Path, clock: FakeClock) -> None:
+    out = capture("json")
+    ej = make_app(db_path, clock)
+
+    @ej.job_type("fails", max_retries=0)
+    async def fails(ctx: Any, params: dict[str, Any]) -> None:
+        raise RuntimeError("no such\nprinter")
+
+    async with ej:
+        job = await ej.submit("fails", org="acme", params={})
+        await ej.drain()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    ended = [line for line in lines if line.get("job_id") == job.id]
+    assert ended, out.getvalue()
+    assert ended[0]["org"] == "acme" and ended[0]["job_type"] == "fails"
+    assert ended[0]["attempt"] == 1
+    assert "RuntimeError: no such\nprinter" in ended[0]["message"]
+
+
+async def test_a_token_created_and_used_in_a_run_never_reaches_the_logs(
+    db_path: Path, clock: FakeClock
+) -> None:
+    out = capture("human", "DEBUG")
+    ej = make_app(db_path, clock)
+
+    @ej.job_type("leaky", max_retries=0)
+    async def leaky(ctx: Any, params: dict[str, Any]) -> None:
+        logging.getLogger("myapp.jobs").info("calling upstream with %s", params["auth"])
+        raise RuntimeError(f"upstream refused {params['auth']}")
+
+    await ej.start(run_workers=False)
+    try:
+        new = await ej.store.write(
+            partial(tokens.create_token, org="acme", role="admin", name="ops", now=clock.now_ms())
+        )
+        secret = new.secret
+        assert secret.startswith("ej_")
+        app = ej.asgi_app()
+        bearer = {"Authorization": f"Bearer {secret}"}
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            assert (await http.get("/api/v1/jobs", headers=bearer)).status_code == 200
+            submitted = await http.post(
+                "/api/v1/jobs",
+                headers=bearer,
+                json={"job_type": "leaky", "params": {"auth": f"Bearer {secret}"}},
+            )
+            assert submitted.status_code == 201, submitted.text
+            await http.post("/login", json={"token": secret})
+            await http.get(f"/api/v1/jobs?token={secret}")
+            await http.post("/api/v1/jobs", headers=bearer, content=b"{not json " + secret.encode())
+        await ej.drain()
+        # Log it outright, as careless code might.
+        logging.getLogger("myapp").warning("debug dump: token=%s headers=%s", secret, bearer)
+    finally:
+        await ej.close()
+    text = out.getvalue()
+    assert "calling upstream with" in text and "upstream refused" in text
+    assert "debug dump" in text
+    assert secret not in text
+    assert secret[3:] not in text  # not even without its prefix
+    assert text.count("[redacted]") >= 4
+
+
+async def test_the_command_line_switches_to_json_lines(
+    db_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "edgejobs.toml"
+    config.write_text(f'[database]\npath = "{db_path.name}"\n', encoding="utf-8")
+    ej = make_app(db_path)
+    async with ej:
+        await ej.submit("quick", org="acme", params={})
+        await ej.drain()
+    capsys.readouterr()
+    argv = ["--log-format", "json", "prune", "--older-than-days", "0", "--config", str(config)]
+    assert await asyncio.to_thread(main, argv) == 0
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.err.splitlines()]
+    assert any(r["message"] == "retention deleted 1 jobs and 0 events" for r in records), records
+    assert "deleted 1 jobs" in captured.out

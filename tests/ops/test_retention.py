@@ -1,0 +1,247 @@
+"""Retention on a working runner (SPEC §4 ``[retention]``): batches, what is kept, vacuum."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from ops_support import (
+    DAY_MS,
+    WriteTrace,
+    add_dependency,
+    existing_ids,
+    insert_jobs,
+    make_app,
+    scalar,
+)
+
+import edgejobs.runner.maintenance as maintenance_module
+import edgejobs.runner.ticks as ticks_module
+from edgejobs.store.maintenance import file_sizes
+from edgejobs.testing import FakeClock
+
+OLD_JOBS = 100_000
+BATCH = 500
+
+
+def ids(prefix: str, seqs: list[int]) -> list[str]:
+    return [f"{prefix}-{seq:09d}" for seq in seqs]
+
+
+async def test_pruning_100k_old_jobs_in_batches_while_the_runner_keeps_claiming(
+    db_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ej = make_app(
+        db_path, clock, runner={"workers": 4}, retention={"days": 30, "batch_size": BATCH}
+    )
+    await ej.open()
+    now = clock.now_ms()
+    old = now - 40 * DAY_MS
+    # The jobs retention must delete, and every kind it must keep.
+    insert_jobs(
+        db_path, OLD_JOBS, prefix="old", status="completed", created_at=old, finished_at=old
+    )
+    young = ids(
+        "young",
+        insert_jobs(
+            db_path,
+            50,
+            prefix="young",
+            status="failed",
+            created_at=now - DAY_MS,
+            finished_at=now - DAY_MS,
+        ),
+    )
+    waiting = ids(
+        "waiting",
+        insert_jobs(
+            db_path,
+            20,
+            prefix="waiting",
+            status="scheduled",
+            created_at=old,
+            finished_at=None,
+            run_at=now + 365 * DAY_MS,
+        ),
+    )
+    retrying = ids(
+        "retrying",
+        insert_jobs(
+            db_path,
+            20,
+            prefix="retrying",
+            status="retrying",
+            created_at=old,
+            finished_at=None,
+            next_retry_at=now + 365 * DAY_MS,
+        ),
+    )
+    # An old finished parent whose child still waits (for a second, future parent) stays.
+    parent = insert_jobs(
+        db_path, 1, prefix="parent", status="completed", created_at=old, finished_at=old
+    )
+    child = insert_jobs(
+        db_path, 1, prefix="child", status="blocked", created_at=old, finished_at=None
+    )
+    add_dependency(db_path, child[0], parent[0])
+    add_dependency(
+        db_path, child[0], scalar(db_path, "SELECT seq FROM jobs WHERE id = ?", waiting[0])
+    )
+    keep = young + waiting + retrying + ids("parent", parent) + ids("child", child)
+    size_before = file_sizes(db_path).database_bytes
+
+    trace = WriteTrace(ej)
+    real_delete = ticks_module.delete_old_jobs
+    real_vacuum = maintenance_module.vacuum_step
+
+    def traced_delete(conn, tx, **kwargs):  # type: ignore[no-untyped-def]
+        trace.mark("prune")
+        return real_delete(conn, tx, **kwargs)
+
+    def traced_vacuum(conn, tx, **kwargs):  # type: ignore[no-untyped-def]
+        trace.mark("vacuum")
+        return real_vacuum(conn, tx, **kwargs)
+
+    monkeypatch.setattr(ticks_module, "delete_old_jobs", traced_delete)
+    monkeypatch.setattr(maintenance_module, "vacuum_step", traced_vacuum)
+
+    # The pool claims in the background; the tick loop does not run (the test prunes).
+    await ej.start(run_workers=False)
+    assert ej.pool is not None
+    pool_task = asyncio.create_task(ej.pool.run())
+    submitted: list[str] = []
+    stop = asyncio.Event()
+
+    async def feed() -> None:
+        n = 0
+        while not stop.is_set():
+            for _ in range(5):
+                job = await ej.submit("quick", org="acme", params={"n": n})
+                submitted.append(job.id)
+                n += 1
+            await asyncio.sleep(0.002)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        await asyncio.sleep(0.05)
+        report = await ej.prune()
+    finally:
+        stop.set()
+        await feeder
+    await ej.drain(timeout=30)
+    await ej.stop(grace_s=5)
+    pool_task.cancel()
+
+    # Everything old and finished went, in batches of at most `batch_size`, one per commit.
+    assert report.jobs == OLD_JOBS
+    runs = trace.runs()
+    prunes = [position for position, _, kind in runs if kind == "prune"]
+    assert len(prunes) == report.batches >= OLD_JOBS // BATCH
+    assert scalar(db_path, "SELECT count(*) FROM jobs WHERE id LIKE 'old-%'") == 0
+    assert (
+        scalar(
+            db_path,
+            "SELECT count(*) FROM attempts a LEFT JOIN jobs j ON j.seq = a.job_seq"
+            " WHERE j.seq IS NULL",
+        )
+        == 0
+    )
+
+    # The runner kept claiming throughout: no claim waited behind more than one prune batch
+    # (or vacuum step), and claims committed between the batches all along the prune.
+    waits = trace.waits({"prune", "vacuum"})
+    assert waits and max(waits) <= 1, f"a claim waited for {max(waits)} batches"
+    claims = [position for position, _, kind in runs if kind == "claim"]
+    gaps_with_claims = sum(
+        1 for a, b in zip(prunes, prunes[1:], strict=False) if any(a < c < b for c in claims)
+    )
+    assert gaps_with_claims >= len(prunes) // 4, (gaps_with_claims, len(prunes))
+    tenth = len(prunes) // 10
+    for start in range(0, len(prunes) - tenth, tenth):  # no stretch of 10 % without claims
+        window = (prunes[start], prunes[start + tenth])
+        assert any(window[0] < c < window[1] for c in claims), f"no claim in batches {start}+"
+    assert any(kind == "vacuum" for _, _, kind in runs)
+
+    # Nothing young, waiting, or needed by a waiting child was deleted; every new job ran.
+    assert existing_ids(db_path, keep) == set(keep)
+    assert existing_ids(db_path, submitted) == set(submitted)
+    assert scalar(
+        db_path,
+        f"SELECT count(*) FROM jobs WHERE status = 'completed' AND id IN"
+        f" ({','.join('?' * len(submitted))})",
+        *submitted,
+    ) == len(submitted)
+
+    # The freed pages went back to the file system: the file shrank.
+    await ej.maintenance.checkpoint(truncate=True)
+    await ej.close()
+    size_after = file_sizes(db_path).database_bytes
+    assert size_after < size_before * 0.3, (size_before, size_after)
+    assert scalar(db_path, "PRAGMA freelist_count") < 1024
+
+
+async def test_prune_now_with_zero_days_deletes_every_terminal_job_and_keeps_open_ones(
+    db_path: Path, clock: FakeClock
+) -> None:
+    ej = make_app(db_path, clock)
+    async with ej:
+        done = await ej.submit("quick", org="acme", params={"n": 1})
+        await ej.drain()
+        later = await ej.submit("quick", org="acme", params={"n": 2}, delay_s=3600)
+        clock.advance(1)
+        report = await ej.prune(older_than_days=0)
+    assert report.jobs == 1
+    assert existing_ids(db_path, [done.id, later.id]) == {later.id}
+
+
+async def test_the_tick_vacuums_a_large_free_list_in_bounded_steps(
+    db_path: Path, clock: FakeClock
+) -> None:
+    ej = make_app(db_path, clock, retention={"days": 30, "interval_s": 3600})
+    await ej.open()
+    old = clock.now_ms() - 40 * DAY_MS
+    insert_jobs(db_path, 20_000, prefix="old", status="completed", created_at=old, finished_at=old)
+    await ej.start(run_workers=False)  # the tick runs when the test calls it
+    assert ej.ticker is not None
+    ej.maintenance.settings = maintenance_settings = type(ej.maintenance.settings)(
+        vacuum_step_pages=64, vacuum_steps_per_tick=4, vacuum_min_free_bytes=1024 * 1024
+    )
+    await ej.ticker.tick()  # retention is due at the first tick: it deletes, then vacuums
+    step_cap = maintenance_settings.vacuum_step_pages * maintenance_settings.vacuum_steps_per_tick
+    first = ej.maintenance.vacuumed_pages_total
+    assert 0 < first <= step_cap  # bounded per tick ...
+    for _ in range(200):
+        before = ej.maintenance.vacuumed_pages_total
+        await ej.ticker.tick()
+        if ej.maintenance.vacuumed_pages_total == before:
+            break
+    stats = await ej.maintenance.page_stats()
+    assert not ej.maintenance.needs_vacuum(stats)  # ... and continued until small
+    assert ej.maintenance.vacuumed_pages_total > step_cap
+    await ej.close()
+
+
+async def test_the_event_log_is_trimmed_to_its_replay_window_every_minute(
+    db_path: Path, clock: FakeClock
+) -> None:
+    ej = make_app(db_path, clock, events={"replay_max_events": 100}, retention={"batch_size": 50})
+    await ej.start(run_workers=False)
+    assert ej.ticker is not None
+    try:
+        await ej.ticker.tick()  # the first tick also runs retention; the next ones do not
+        for n in range(200):
+            await ej.submit("quick", org="acme", params={"n": n})
+        await ej.drain()
+        events = scalar(db_path, "SELECT count(*) FROM events")
+        assert events >= 600  # queued, running, completed
+        clock.advance(30)
+        await ej.ticker.tick()  # not a minute yet
+        assert scalar(db_path, "SELECT count(*) FROM events") == events
+        clock.advance(31)
+        await ej.ticker.tick()
+        assert scalar(db_path, "SELECT count(*) FROM events") == 100
+        newest = scalar(db_path, "SELECT max(id) FROM events")
+        assert scalar(db_path, "SELECT min(id) FROM events") == newest - 99
+    finally:
+        await ej.close()
