@@ -1,0 +1,188 @@
+"""The scheduler: a tick task that submits the jobs of ``[[schedules]]`` at their due times.
+
+Due times come from croniter on aware datetimes of the schedule's IANA zone (see
+``docs/schedules.md`` for what happens in the hours that daylight saving time skips or
+repeats). The state of every schedule lives in the ``schedules`` table; each firing and its
+job are one transaction (see :mod:`edgejobs.store.schedules`), so a due time fires at most
+once, across restarts and crashes too.
+
+A due time seen more than the grace period after it passed (the runner was down, the machine
+slept) counts as *missed*: missed due times are never replayed one by one; the schedule's
+``catch_up`` decides whether the latest of them runs once (``"once"``) or not (``"skip"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from functools import partial
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from edgejobs.app import EdgeJobs, JobSpec, check_org
+from edgejobs.config import ScheduleConfig
+from edgejobs.errors import ConfigError, EdgeJobsError
+from edgejobs.models import iso_ms
+from edgejobs.store.jobs import NewJob
+from edgejobs.store.schedules import (
+    Fired,
+    Firing,
+    ScheduleSeed,
+    ScheduleState,
+    due_schedules,
+    fire,
+    sync_schedules,
+)
+
+log = logging.getLogger("edgejobs.schedules")
+
+MIN_GRACE_MS = 60_000
+"""A due time is on time (not missed) while it is at most this late (or 3 ticks, if longer)."""
+
+
+def next_due_after(cron: str, timezone: str, after_ms: int) -> int:
+    """The first due time of ``cron`` (read in ``timezone``) strictly after ``after_ms``."""
+    base = datetime.fromtimestamp(after_ms / 1000, ZoneInfo(timezone))
+    due: datetime = croniter(cron, base).get_next(datetime)
+    return round(due.timestamp() * 1000)
+
+
+def latest_due_at_or_before(cron: str, timezone: str, at_ms: int) -> int:
+    """The last due time of ``cron`` (read in ``timezone``) at or before ``at_ms``."""
+    base = datetime.fromtimestamp((at_ms + 1) / 1000, ZoneInfo(timezone))
+    due: datetime = croniter(cron, base).get_prev(datetime)
+    return round(due.timestamp() * 1000)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with a due schedule: fire ``fire_at`` (None: fire nothing), then wait for
+    ``next_fire_at``. ``missed`` tells whether the latest due time was missed."""
+
+    fire_at: int | None
+    next_fire_at: int
+    missed: bool
+
+
+def decide(schedule: ScheduleConfig, state: ScheduleState, now: int, *, grace_ms: int) -> Decision:
+    """Decide what a due schedule does at ``now`` (a pure function of its state)."""
+    after = next_due_after(schedule.cron, schedule.timezone, now)
+    # The latest due time that has come; never earlier than the stored one, which is due.
+    latest = max(state.next_fire_at, latest_due_at_or_before(schedule.cron, schedule.timezone, now))
+    missed = now - latest > grace_ms
+    if missed and schedule.catch_up == "skip":
+        return Decision(fire_at=None, next_fire_at=after, missed=True)
+    return Decision(fire_at=latest, next_fire_at=after, missed=missed)
+
+
+class Scheduler:
+    """Fires the configured schedules of one runner (a :class:`~edgejobs.runner.ticks.Ticker`
+    task: call :meth:`tick` with the clock's ``now``)."""
+
+    def __init__(self, ej: EdgeJobs, schedules: Sequence[ScheduleConfig], *, grace_ms: int) -> None:
+        self._ej = ej
+        self._schedules = {schedule.name: schedule for schedule in schedules}
+        self.grace_ms = grace_ms
+        self.fired = 0
+        """Firings applied by this instance (a job submitted or reused)."""
+
+    @property
+    def schedules(self) -> dict[str, ScheduleConfig]:
+        """The configured schedules by name."""
+        return dict(self._schedules)
+
+    def validate(self) -> None:
+        """Refuse schedules whose job type this runner does not serve or whose org is invalid."""
+        for index, schedule in enumerate(self._schedules.values(), start=1):
+            where = f"[[schedules]] #{index} ({schedule.name})"
+            if schedule.job_type not in self._ej.registry:
+                raise ConfigError(
+                    f"{where} job_type: expected a registered job type, got {schedule.job_type!r}"
+                )
+            try:
+                check_org(schedule.org)
+            except EdgeJobsError as exc:
+                raise ConfigError(f"{where} org: {exc.message}") from None
+
+    async def sync(self, now: int) -> None:
+        """Store the configured schedules (new ones start at their first due time >= now)."""
+        seeds = [
+            ScheduleSeed(
+                name=s.name,
+                cron=s.cron,
+                timezone=s.timezone,
+                org=s.org,
+                next_fire_at=next_due_after(s.cron, s.timezone, now - 1),
+            )
+            for s in self._schedules.values()
+        ]
+        await self._ej.store.write(partial(sync_schedules, seeds=seeds, now=now))
+
+    def _job(self, schedule: ScheduleConfig, now: int) -> NewJob:
+        spec = JobSpec(
+            job_type=schedule.job_type,
+            org=schedule.org,
+            params=schedule.params,
+            priority=schedule.priority,
+        )
+        # The facade's own validation (policy overrides, dedup hash, max_retries) applies, so a
+        # schedule's job is an ordinary job.
+        return self._ej._new_job(spec, {}, now)
+
+    async def tick(self, now: int) -> None:
+        """Fire every schedule that is due at ``now`` (the :class:`Ticker` calls this)."""
+        if not self._schedules:
+            return
+        due = await self._ej.store.read(partial(due_schedules, now=now))
+        fired_any = False
+        for state in due:
+            schedule = self._schedules.get(state.name)
+            if schedule is None:
+                continue
+            try:
+                result = await self._step(schedule, state, now)
+            except EdgeJobsError as exc:
+                log.warning("schedule %s could not fire: %s", schedule.name, exc)
+                continue
+            except Exception:
+                log.exception("schedule %s could not fire", schedule.name)
+                continue
+            if result.job_id is not None:
+                fired_any = True
+        if fired_any and self._ej.pool is not None:
+            self._ej.pool.wake()
+
+    async def _step(self, schedule: ScheduleConfig, state: ScheduleState, now: int) -> Fired:
+        decision = decide(schedule, state, now, grace_ms=self.grace_ms)
+        job = self._job(schedule, now) if decision.fire_at is not None else None
+        firing = Firing(
+            name=schedule.name,
+            expected_last=state.last_fire_at,
+            expected_next=state.next_fire_at,
+            fire_at=decision.fire_at,
+            next_fire_at=decision.next_fire_at,
+            job=job,
+        )
+        result = await self._ej.store.write(partial(fire, firing=firing, now=now))
+        if not result.applied:
+            return result
+        if decision.fire_at is None:
+            log.info(
+                "schedule %s: missed due time skipped (catch_up = skip); next at %s",
+                schedule.name,
+                iso_ms(decision.next_fire_at),
+            )
+        else:
+            self.fired += 1
+            log.info(
+                "schedule %s fired for %s%s: job %s%s",
+                schedule.name,
+                iso_ms(decision.fire_at),
+                " (missed, caught up once)" if decision.missed else "",
+                result.job_id,
+                " (deduplicated)" if result.deduplicated else "",
+            )
+        return result
