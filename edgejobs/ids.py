@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import os
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_FROM_RFC4648 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET)
 
 
 def new_job_id(now_ms: int) -> str:
@@ -14,11 +16,10 @@ def new_job_id(now_ms: int) -> str:
     nothing about other jobs or other orgs.
     """
     value = (now_ms & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    # 128 bits → 26 base32 digits: pad to 130 bits (two leading zero bits), encode 17 bytes
+    # (the last byte only carries padding) and map RFC 4648 letters to Crockford's alphabet.
+    encoded = base64.b32encode((value << 8).to_bytes(17, "big")).decode("ascii")
+    return encoded[:26].translate(_FROM_RFC4648)
 
 
 def looks_like_job_id(text: str) -> bool:

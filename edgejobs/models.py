@@ -48,6 +48,7 @@ ALLOWED_TRANSITIONS: dict[Status, frozenset[Status]] = {
             Status.DEAD_LETTER,
             Status.RETRYING,
             Status.CANCELED,
+            Status.QUEUED,  # a graceful shutdown requeues an interrupted attempt
         }
     ),
     Status.RETRYING: frozenset({Status.QUEUED, Status.CANCELED}),
@@ -55,7 +56,8 @@ ALLOWED_TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.FAILED: frozenset({Status.QUEUED}),
     Status.TIMED_OUT: frozenset({Status.QUEUED}),
     Status.DEAD_LETTER: frozenset({Status.QUEUED}),
-    Status.CANCELED: frozenset({Status.QUEUED}),
+    # A manual retry of a child canceled while a parent is still pending waits for it again.
+    Status.CANCELED: frozenset({Status.QUEUED, Status.BLOCKED}),
 }
 """The one state machine. Every write in the store checks its move against this table."""
 
@@ -98,15 +100,22 @@ class Outcome(StrEnum):
     LOST = "lost"
 
 
+_iso_seconds: dict[int, str] = {}
+
+
 def iso_ms(ms: int | None) -> str | None:
     """Integer unix milliseconds as ISO 8601 UTC with ``Z`` (the API's time format)."""
     if ms is None:
         return None
-    return (
-        datetime.fromtimestamp(ms / 1000, tz=UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    second, millis = divmod(ms, 1000)
+    prefix = _iso_seconds.get(second)
+    if prefix is None:
+        # Formatting is the costly part and a burst of jobs shares a few seconds: cache them.
+        if len(_iso_seconds) > 4096:
+            _iso_seconds.clear()
+        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _iso_seconds[second] = prefix
+    return f"{prefix}.{millis:03d}Z"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

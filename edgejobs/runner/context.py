@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -48,15 +47,17 @@ class BaseContext:
         self.parent_results = parent_results
         """Results of the jobs this one depends on, by parent id."""
         self._sink = sink
-        self._cancelled = threading.Event()
+        # A plain flag: set once by the runner, read by the handler's thread; assigning a bool
+        # is atomic, and a threading.Event per attempt costs more than a no-op job.
+        self._cancelled = False
 
     @property
     def cancelled(self) -> bool:
         """True once the job was canceled or timed out; long sync handlers should check it."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def _cancel(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True
 
 
 class JobContext(BaseContext):

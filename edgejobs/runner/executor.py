@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import json
 import multiprocessing
 import threading
@@ -105,24 +106,45 @@ async def _guarded(handler: Any, ctx: BaseContext, params: dict[str, Any]) -> An
 
 
 async def _race(
-    work: asyncio.Future[Any], abort: asyncio.Event, timeout_s: float
+    work: asyncio.Future[Any], abort: asyncio.Future[str], timeout_s: float
 ) -> tuple[str, Any]:
-    """Wait for the work, an abort or the deadline; ("done"|"abort"|"timeout", value)."""
-    aborter = asyncio.ensure_future(abort.wait())
+    """Wait for the work, an abort or the deadline; ("done"|"abort"|"timeout", value).
+
+    Built from callbacks on one future rather than ``asyncio.wait`` on helper tasks: this
+    runs once per attempt, and on the hot path those extra tasks cost more than the job.
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[str] = loop.create_future()
+
+    def settle(state: str) -> None:
+        if not outcome.done():
+            outcome.set_result(state)
+
+    def on_work(_: asyncio.Future[Any]) -> None:
+        settle("done")
+
+    def on_abort(_: asyncio.Future[str]) -> None:
+        settle("abort")
+
+    if work.done():
+        return "done", work
+    work.add_done_callback(on_work)
+    abort.add_done_callback(on_abort)
+    timer = loop.call_later(timeout_s, settle, "timeout")
     try:
-        done, _ = await asyncio.wait(
-            {work, aborter}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-        )
+        state = await outcome
     except asyncio.CancelledError:
         work.cancel()
         work.add_done_callback(_consume)
         raise
     finally:
-        aborter.cancel()
-    if work in done:
+        timer.cancel()
+        abort.remove_done_callback(on_abort)
+        work.remove_done_callback(on_work)
+    if state == "done":
         return "done", work
     work.add_done_callback(_consume)
-    return ("abort" if aborter in done else "timeout"), None
+    return state, None
 
 
 def _timed_out(timeout_s: float) -> Execution:
@@ -137,7 +159,7 @@ async def execute(
     ctx: BaseContext,
     params: dict[str, Any],
     *,
-    abort: asyncio.Event,
+    abort: asyncio.Future[str],
     max_result_bytes: int,
     timeout_s: float | None = None,
 ) -> Execution:
@@ -149,8 +171,10 @@ async def execute(
         return _failure(exc)
     if job_type.isolation == "process":
         return await _execute_in_process(job_type, ctx, params, abort, max_result_bytes, timeout)
-    if job_type.is_async:
-        work: asyncio.Future[Any] = asyncio.ensure_future(_guarded(handler, ctx, params))
+    if inspect.iscoroutinefunction(handler):
+        work: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
+            _guarded(handler, ctx, params)
+        )
     else:
         work = _start_thread(handler, ctx, params)
     state, finished = await _race(work, abort, timeout)
@@ -252,7 +276,7 @@ async def _execute_in_process(
     job_type: JobType,
     ctx: BaseContext,
     params: dict[str, Any],
-    abort: asyncio.Event,
+    abort: asyncio.Future[str],
     max_result_bytes: int,
     timeout: float,
 ) -> Execution:

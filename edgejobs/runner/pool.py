@@ -22,6 +22,7 @@ from typing import Any
 
 from edgejobs.clock import Clock
 from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull
+from edgejobs.logs import job_fields
 from edgejobs.models import Outcome, Status
 from edgejobs.retry import RetryPolicy
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
@@ -30,7 +31,7 @@ from edgejobs.runner.progress import ProgressCoalescer
 from edgejobs.runner.registry import Registry
 from edgejobs.store import Store
 from edgejobs.store.claim import ClaimLimits, claim_ready, parent_results, renew_leases
-from edgejobs.store.db import WriteTx
+from edgejobs.store.db import WriteTx, translate
 from edgejobs.store.jobs import eta_for_row, running_attempts
 from edgejobs.store.transitions import (
     complete_attempt,
@@ -60,10 +61,53 @@ class _Attempt:
     number: int
     job_type: str
     org: str
-    abort: asyncio.Event
+    abort: asyncio.Future[str]
     task: asyncio.Task[None] | None = None
     aborted_by: str | None = None  # "cancel" | "lost" | "shutdown"
     holds_slot: bool = True
+
+
+def _log_fields(attempt: _Attempt) -> dict[str, Any]:
+    """``extra=`` of a log line about one attempt: job id, org, job type, attempt number."""
+    return job_fields(attempt.job_id, attempt.org, attempt.job_type, attempt.number)
+
+
+@dataclasses.dataclass(slots=True)
+class _Finish:
+    attempt: _Attempt
+    execution: Execution
+    policy: RetryPolicy
+    future: asyncio.Future[sqlite3.Row | None]
+
+
+def _write_outcome(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: int) -> Any:
+    """Write one attempt's outcome (fenced); an error is returned, not raised, so one bad
+    outcome does not undo the others of the cycle (each runs in its own savepoint)."""
+    attempt, execution = item.attempt, item.execution
+    conn.execute("SAVEPOINT outcome")
+    try:
+        if attempt.aborted_by == "shutdown" or execution.outcome is Outcome.CANCELED:
+            row = requeue_interrupted(conn, tx, seq=attempt.seq, attempt=attempt.number, now=now)
+        elif execution.outcome is Outcome.COMPLETED:
+            assert execution.result_json is not None
+            row = complete_attempt(
+                conn, tx, seq=attempt.seq, attempt=attempt.number,
+                result_json=execution.result_json, now=now,
+            )
+        else:
+            assert execution.error is not None
+            row = fail_attempt(
+                conn, tx, seq=attempt.seq, attempt=attempt.number, outcome=execution.outcome,
+                error=execution.error, permanent=execution.permanent, now=now, policy=item.policy,
+            )
+    except Exception as exc:
+        conn.execute("ROLLBACK TO outcome")
+        conn.execute("RELEASE outcome")
+        if isinstance(exc, sqlite3.Error) and isinstance(translate(exc), StorageFull):
+            raise  # nothing can be written: the whole cycle is retried
+        return exc
+    conn.execute("RELEASE outcome")
+    return row
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -100,6 +144,11 @@ class Pool:
         self._stopping = False
         self._next_due: int | None = None
         self._pending_writes: set[asyncio.Future[Any]] = set()
+        self._finishes: list[_Finish] = []
+        self._loop_running = False
+        self._flush_task: asyncio.Task[None] | None = None
+        # Aborts that arrived while a claim was in flight, for attempts not started yet.
+        self._early_aborts: dict[tuple[str, int], str] = {}
         self._on_attempt_done = on_attempt_done
         self.claimed_total = 0
 
@@ -158,10 +207,16 @@ class Pool:
     def abort(self, job_id: str, number: int, reason: str) -> None:
         """Stop a local attempt (the database already says how it ended)."""
         attempt = self._attempts.get(job_id)
+        if attempt is None and self._claim_lock.locked():
+            # The claim of this attempt may be committed but not started yet: its result comes
+            # back after the listeners of a later commit (a cancel) ran. Stop it at its start.
+            self._early_aborts[(job_id, number)] = reason
+            return
         if attempt is None or attempt.number != number or attempt.aborted_by is not None:
             return
         attempt.aborted_by = reason
-        attempt.abort.set()
+        if not attempt.abort.done():
+            attempt.abort.set_result(reason)
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -186,56 +241,105 @@ class Pool:
         )
 
     async def claim_once(self) -> int:
-        """Claim for every free slot now and start the attempts; return how many started."""
+        """Record buffered outcomes and claim for every free slot now; return how many started."""
+        return await self.cycle(claim=True)
+
+    async def cycle(self, *, claim: bool = True) -> int:
+        """One write: the outcomes finished attempts left in the buffer, then a claim.
+
+        Outcomes go first in the same operation, so the slots they free are claimed again in
+        the very same transaction; the database never shows more than ``workers`` running.
+        """
         async with self._claim_lock:
-            free = self.settings.workers - self._occupied
-            if self._stopping:
+            finishes, self._finishes = self._finishes, []
+            free = self.settings.workers - self._occupied if claim and not self._stopping else 0
+            if not finishes and free <= 0:
                 return 0
             now = self._clock.now_ms()
             lease_ms = int(self.settings.lease_s * 1000)
-            limits = self._limits()
+            limits = self._limits() if free > 0 else ClaimLimits()
 
-            def op(conn: sqlite3.Connection, tx: WriteTx) -> _Claimed:
+            def op(conn: sqlite3.Connection, tx: WriteTx) -> tuple[list[Any], _Claimed]:
+                written = [_write_outcome(conn, tx, item, now) for item in finishes]
+                if free <= 0:
+                    return written, _Claimed([], {}, None)
                 rows = claim_ready(conn, tx, now=now, slots=free, lease_ms=lease_ms, limits=limits)
-                with_parents = [r["seq"] for r in rows]
-                parents = parent_results(conn, with_parents) if rows else {}
+                parents = parent_results(conn, [r["seq"] for r in rows]) if rows else {}
                 due = next_due_ms(conn) if len(rows) < free else None
-                return _Claimed(rows, parents, due)
+                return written, _Claimed(rows, parents, due)
 
-            claimed = await self._store.write(op)
-            self._next_due = claimed.next_due
+            try:
+                written, claimed = await self._store.write(op)
+            except BaseException:
+                self._finishes[:0] = finishes  # keep the outcomes; they are written on retry
+                raise
+            for item, result in zip(finishes, written, strict=True):
+                if item.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    item.future.set_exception(result)
+                else:
+                    item.future.set_result(result)
+            if claim:
+                self._next_due = claimed.next_due
             for row in claimed.rows:
                 self._start(row, claimed.parents.get(row["seq"], {}))
+                early = self._early_aborts.pop((row["id"], row["attempts"]), None)
+                if early is not None:
+                    self.abort(row["id"], row["attempts"], early)
+            self._early_aborts.clear()
             self.claimed_total += len(claimed.rows)
             if claimed.rows and len(claimed.rows) == free:
                 self._wake.set()  # there may be more ready jobs
             return len(claimed.rows)
 
     async def run(self) -> None:
-        """The claim loop; returns when :meth:`stop` is called."""
-        while not self._stopping:
-            timeout = None
-            if self._next_due is not None:
-                timeout = max(0.0, (self._next_due - self._clock.now_ms()) / 1000)
-            if not self._wake.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await self._wake.wait()
-            self._wake.clear()
-            if self._stopping:
-                break
-            if self._occupied >= self.settings.workers:
-                continue
+        """The claim loop; returns once :meth:`stop` was called and every outcome is written."""
+        self._loop_running = True
+        try:
+            while not (self._stopping and not self._attempts and not self._finishes):
+                timeout = None
+                if self._next_due is not None:
+                    timeout = max(0.0, (self._next_due - self._clock.now_ms()) / 1000)
+                if not self._wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(timeout):
+                            await self._wake.wait()
+                self._wake.clear()
+                if self._occupied >= self.settings.workers and not self._finishes:
+                    continue
+                try:
+                    await self.cycle()
+                except (DatabaseBusy, StorageFull) as exc:
+                    log.warning("database write failed, retrying shortly: %s", exc)
+                    await asyncio.sleep(0.5)
+                    self._wake.set()
+                except Exception:
+                    log.exception("claim cycle failed")
+                    await asyncio.sleep(1)
+                    self._wake.set()
+        finally:
+            self._loop_running = False
+
+    def _schedule_flush(self) -> None:
+        """Without the background loop (a stepped runner), write outcomes on the next turn."""
+        if self._loop_running or self._flush_task is not None:
+            return
+
+        async def flush() -> None:
+            delay = 0.05
             try:
-                await self.claim_once()
-            except (DatabaseBusy, StorageFull) as exc:
-                log.warning("claim failed, retrying shortly: %s", exc)
-                await asyncio.sleep(0.5)
-                self._wake.set()
-            except Exception:
-                log.exception("claim failed")
-                await asyncio.sleep(1)
-                self._wake.set()
+                while self._finishes:
+                    try:
+                        await self.cycle(claim=False)
+                    except (DatabaseBusy, StorageFull) as exc:
+                        log.warning("database write failed, retrying shortly: %s", exc)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+            finally:
+                self._flush_task = None
+
+        self._flush_task = asyncio.get_running_loop().create_task(flush())
 
     # -- attempts -------------------------------------------------------------------------
 
@@ -246,7 +350,7 @@ class Pool:
             number=row["attempts"],
             job_type=row["job_type"],
             org=row["org"],
-            abort=asyncio.Event(),
+            abort=asyncio.get_running_loop().create_future(),
         )
         self._attempts[attempt.job_id] = attempt
         self._occupied += 1
@@ -342,52 +446,48 @@ class Pool:
                 return  # the database already recorded how this attempt ended
             await self._finish(attempt, execution, job_type.retry)
         except Exception:
-            log.exception("attempt of job %s crashed the runner's bookkeeping", attempt.job_id)
+            log.exception(
+                "attempt of job %s crashed the runner's bookkeeping",
+                attempt.job_id,
+                extra=_log_fields(attempt),
+            )
         finally:
             self._forget(attempt)
 
     async def _finish(self, attempt: _Attempt, execution: Execution, policy: RetryPolicy) -> None:
-        delay = 0.1
-        while True:
-            now = self._clock.now_ms()
-            op: Callable[[sqlite3.Connection, WriteTx], Any]
-            if attempt.aborted_by == "shutdown" or execution.outcome is Outcome.CANCELED:
-                op = partial(requeue_interrupted, seq=attempt.seq, attempt=attempt.number, now=now)
-            elif execution.outcome is Outcome.COMPLETED:
-                assert execution.result_json is not None
-                op = partial(
-                    complete_attempt,
-                    seq=attempt.seq,
-                    attempt=attempt.number,
-                    result_json=execution.result_json,
-                    now=now,
-                )
-            else:
-                assert execution.error is not None
-                op = partial(
-                    fail_attempt,
-                    seq=attempt.seq,
-                    attempt=attempt.number,
-                    outcome=execution.outcome,
-                    error=execution.error,
-                    permanent=execution.permanent,
-                    now=now,
-                    policy=policy,
-                )
-            future = self._store.writer.submit_nowait(op)
-            self._release_slot(attempt)  # the next claim queues behind this write
-            try:
-                row = await future
-            except (DatabaseBusy, StorageFull) as exc:
-                # Keep the outcome and write it once the database takes writes again; the lease
-                # is not renewed meanwhile, so a crash here still recovers the job.
-                log.warning("could not record the outcome of job %s yet: %s", attempt.job_id, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if row is None:
-                log.info("late result of job %s attempt %d ignored", attempt.job_id, attempt.number)
+        """Hand the outcome to the next cycle and wait until it is committed."""
+        future: asyncio.Future[sqlite3.Row | None] = asyncio.get_running_loop().create_future()
+        self._finishes.append(_Finish(attempt, execution, policy, future))
+        self._release_slot(attempt)  # the claim of the same cycle may reuse the slot
+        self._schedule_flush()
+        try:
+            row = await future
+        except EdgeJobsError as exc:
+            log.error(
+                "could not record the outcome of job %s: %s",
+                attempt.job_id,
+                exc,
+                extra=_log_fields(attempt),
+            )
             return
+        if row is None:
+            log.info(
+                "late result of job %s attempt %d ignored",
+                attempt.job_id,
+                attempt.number,
+                extra=_log_fields(attempt),
+            )
+        else:
+            # One line per attempt: failures at INFO (operators look for them), the rest DEBUG.
+            log.log(
+                logging.DEBUG if execution.outcome is Outcome.COMPLETED else logging.INFO,
+                "job %s attempt %d ended: %s%s",
+                attempt.job_id,
+                attempt.number,
+                execution.outcome.value,
+                f" ({execution.error.type}: {execution.error.message})" if execution.error else "",
+                extra=_log_fields(attempt),
+            )
 
     # -- leases and shutdown ------------------------------------------------------------------
 

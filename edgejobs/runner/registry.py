@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import inspect
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -58,7 +60,7 @@ class JobType:
     @property
     def is_async(self) -> bool:
         """Whether the handler is a coroutine function."""
-        return inspect.iscoroutinefunction(self.handler())
+        return _is_async(self.handler())
 
     def policy(self) -> dict[str, Any]:
         """The policy as a JSON-ready dict (declared in the database, shown by the API)."""
@@ -86,6 +88,22 @@ class JobType:
         return dataclasses.replace(self, **changes) if changes else self
 
 
+_async_cache: weakref.WeakKeyDictionary[Handler, bool] = weakref.WeakKeyDictionary()
+
+
+def _is_async(handler: Handler) -> bool:
+    # inspect's check walks wrappers and flags; it runs once per attempt, so remember it.
+    try:
+        known = _async_cache.get(handler)
+    except TypeError:  # not weak-referenceable (e.g. a builtin): just ask
+        return inspect.iscoroutinefunction(handler)
+    if known is None:
+        known = inspect.iscoroutinefunction(handler)
+        _async_cache[handler] = known
+    return known
+
+
+@functools.lru_cache(maxsize=512)
 def import_handler(path: str) -> Handler:
     """Import ``package.module:function`` (a clear error when it cannot be found)."""
     module_name, _, attr = path.partition(":")

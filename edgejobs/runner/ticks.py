@@ -65,6 +65,10 @@ class Ticker:
         self._last_retention_ms: int | None = None
         self.extra_tasks: list[TickTask] = []
         self.last_tick_monotonic: float | None = None
+        self.last_progress_monotonic: float | None = None
+        """When a retention batch last committed: a long prune is progress, not a hang."""
+        self.looping = False
+        """Whether :meth:`run` has started (a stepped ticker is not judged by ``/healthz``)."""
         self.ticks = 0
 
     async def tick(self) -> None:
@@ -124,6 +128,7 @@ class Ticker:
             )
             report.jobs += deleted
             report.batches += 1
+            self.last_progress_monotonic = self._clock.monotonic()
             if deleted < batch:
                 break
         event_cutoff = now - int(self.settings.events_max_age_s * 1000)
@@ -135,6 +140,7 @@ class Ticker:
                 )
             )
             report.events += deleted
+            self.last_progress_monotonic = self._clock.monotonic()
             if deleted < batch:
                 break
         if report.jobs:
@@ -143,6 +149,7 @@ class Ticker:
 
     async def run(self) -> None:
         """Tick until :meth:`stop`."""
+        self.looping = True
         while not self._stopping.is_set():
             try:
                 await self.tick()

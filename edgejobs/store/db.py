@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from edgejobs import faults
 from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull, StoreTooOld
 
 log = logging.getLogger("edgejobs.store")
@@ -87,6 +88,8 @@ def connect(path: Path, pragmas: Pragmas, *, readonly: bool = False) -> sqlite3.
         if str(actual).lower() != str(expected).lower():
             conn.close()
             raise EdgeJobsError(f"could not set PRAGMA {name} = {value} on {path} (got {actual})")
+    if not readonly:
+        faults.limit_pages(conn)  # test-only; inert unless EDGEJOBS_TEST_MAX_PAGE_COUNT is set
     if readonly:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":
@@ -109,20 +112,62 @@ def translate(exc: sqlite3.Error) -> EdgeJobsError | None:
 
 @dataclasses.dataclass(slots=True)
 class WriteTx:
-    """What the operations of one transaction report for after COMMIT.
+    """What the operations of one transaction leave for the writer and for after COMMIT.
 
     ``jobs_changed`` maps job ids to their new status (for waiters and the pool);
     ``events`` counts event rows written (the broker tails the table when it is non-zero).
+    Event rows and run durations are staged here and written once per transaction, just
+    before COMMIT, with one ``executemany`` each: ids still follow the order of the changes.
     """
 
     now_ms: int = 0
     jobs_changed: dict[str, str] = dataclasses.field(default_factory=dict)
     events: int = 0
     canceled_running: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    pending_events: list[tuple[str, str, str, str, int]] = dataclasses.field(default_factory=list)
+    durations: list[tuple[str, int]] = dataclasses.field(default_factory=list)
 
     def changed(self, job_id: str, status: str) -> None:
         """Record that ``job_id`` moved to ``status`` in this transaction."""
         self.jobs_changed[job_id] = status
+
+    def add_event(self, org: str, job_id: str, kind: str, data: str, created_at: int) -> None:
+        """Stage one event row (written before COMMIT, in order)."""
+        self.pending_events.append((org, job_id, kind, data, created_at))
+        self.events += 1
+
+    def mark(self) -> tuple[int, int]:
+        """A point to roll staged rows back to when an operation's savepoint is rolled back."""
+        return len(self.pending_events), len(self.durations)
+
+    def rollback_to(self, mark: tuple[int, int]) -> None:
+        """Forget what was staged after ``mark``."""
+        del self.pending_events[mark[0]:]
+        del self.durations[mark[1]:]
+        self.events = len(self.pending_events)
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """Write the staged event rows and run durations (called just before COMMIT)."""
+        if self.pending_events:
+            conn.executemany(
+                "INSERT INTO events (org, job_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)",
+                self.pending_events,
+            )
+            self.pending_events = []
+        if self.durations:
+            totals: dict[str, list[int]] = {}
+            for job_type, duration in self.durations:
+                totals.setdefault(job_type, []).append(duration)
+            # An exponentially weighted mean (alpha 0.2 per run) follows drift without history;
+            # a batch of n runs is folded in as n steps of the same mean.
+            conn.executemany(
+                "INSERT INTO job_type_stats (job_type, runs, mean_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (job_type) DO UPDATE SET runs = runs + excluded.runs,"
+                " mean_ms = mean_ms * power(0.8, excluded.runs)"
+                " + excluded.mean_ms * (1 - power(0.8, excluded.runs))",
+                [(t, len(d), sum(d) / len(d)) for t, d in totals.items()],
+            )
+            self.durations = []
 
 
 WriteOp = Callable[[sqlite3.Connection, WriteTx], T]
@@ -179,6 +224,7 @@ class Writer:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 result = op(conn, tx)
+                tx.flush(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -281,9 +327,15 @@ class Writer:
             for index, pending in enumerate(batch):
                 savepoint = f"op{index}"
                 conn.execute(f"SAVEPOINT {savepoint}")
+                mark = tx.mark()
                 try:
                     result = pending.op(conn, tx)
                 except BaseException as exc:
+                    tx.rollback_to(mark)
+                    if not conn.in_transaction:
+                        # SQLite already rolled the whole transaction back (it may on
+                        # SQLITE_FULL): no savepoint is left; fail the batch with the cause.
+                        raise
                     conn.execute(f"ROLLBACK TO {savepoint}")
                     conn.execute(f"RELEASE {savepoint}")
                     if isinstance(exc, sqlite3.Error):
@@ -295,6 +347,7 @@ class Writer:
                 else:
                     conn.execute(f"RELEASE {savepoint}")
                     outcomes.append((True, result))
+            tx.flush(conn)
             self.commits += 1
             if self.fault_hook is not None:
                 self.fault_hook("before_commit", self.commits)

@@ -7,12 +7,13 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from edgejobs.errors import NotFound, UnknownParent, ValidationError
 from edgejobs.ids import new_job_id
 from edgejobs.models import UNSUCCESSFUL, Attempt, Job, Status
 from edgejobs.store.db import WriteTx
-from edgejobs.store.rows import attempt_from_row, estimate_eta_s, job_from_row
+from edgejobs.store.rows import RowLike, attempt_from_row, estimate_eta_s, job_from_row
 from edgejobs.store.transitions import record_job_event
 
 
@@ -47,8 +48,9 @@ def dedup_hash(org: str, job_type: str, key: str) -> str:
 class Inserted:
     """One submission's outcome: the stored row, and whether it was an existing duplicate."""
 
-    row: sqlite3.Row
+    row: RowLike
     deduplicated: bool
+    parent_ids: tuple[str, ...] = ()
 
 
 def insert_jobs(
@@ -57,7 +59,7 @@ def insert_jobs(
     """Insert a batch of jobs all or nothing (the writer runs this in one savepoint)."""
     inserted: list[Inserted] = []
     for index, job in enumerate(jobs):
-        parents: list[sqlite3.Row] = []
+        parents: list[RowLike] = []
         for ref in job.depends_on:
             if isinstance(ref, int):
                 if not 0 <= ref < index:
@@ -77,6 +79,8 @@ def insert_jobs(
                     raise UnknownParent(f"unknown parent job {ref}")
                 parents.append(parent)
         if job.dedup_hash is not None:
+            if parents:
+                job = dataclasses.replace(job, dedup_hash=_after_parents(job.dedup_hash, parents))
             existing = conn.execute(
                 "SELECT * FROM jobs WHERE dedup_hash = ? AND status NOT IN"
                 " ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')",
@@ -85,13 +89,30 @@ def insert_jobs(
             if existing is not None:
                 inserted.append(Inserted(existing, True))
                 continue
-        inserted.append(Inserted(_insert_one(conn, tx, job, parents, now), False))
+        row = _insert_one(conn, tx, job, parents, now)
+        parent_ids = tuple(dict.fromkeys(p["id"] for p in parents))
+        inserted.append(Inserted(row, False, parent_ids))
     return inserted
 
 
+def _after_parents(key_hash: str, parents: Sequence[RowLike]) -> str:
+    # A job that waits for parents duplicates only a job waiting for the same parents:
+    # answering it with an equal job that does not wait for them would drop the dependency
+    # and run the work too early. Deterministic, so a resubmitted workflow still deduplicates.
+    return dedup_hash(key_hash, "depends_on", ",".join(sorted({p["id"] for p in parents})))
+
+
+_INSERT_JOB = (
+    "INSERT INTO jobs (id, org, job_type, status, priority, params, max_retries, run_at,"
+    " dedup_hash, pending_parents, created_at, updated_at, cancel_reason, finished_at)"
+    " VALUES (:id, :org, :job_type, :status, :priority, :params, :max_retries, :run_at,"
+    " :dedup_hash, :pending_parents, :created_at, :updated_at, :cancel_reason, :finished_at)"
+)
+
+
 def _insert_one(
-    conn: sqlite3.Connection, tx: WriteTx, job: NewJob, parents: list[sqlite3.Row], now: int
-) -> sqlite3.Row:
+    conn: sqlite3.Connection, tx: WriteTx, job: NewJob, parents: list[RowLike], now: int
+) -> RowLike:
     unique_parents = {p["seq"]: p for p in parents}
     failed = [p for p in unique_parents.values() if p["status"] in {s.value for s in UNSUCCESSFUL}]
     pending = sum(1 for p in unique_parents.values() if p["status"] != Status.COMPLETED.value)
@@ -110,31 +131,43 @@ def _insert_one(
         status = Status.SCHEDULED
     else:
         status = Status.QUEUED
-    row: sqlite3.Row = conn.execute(
-        "INSERT INTO jobs (id, org, job_type, status, priority, params, max_retries, run_at,"
-        " dedup_hash, pending_parents, created_at, updated_at, cancel_reason, finished_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
-        (
-            new_job_id(now),
-            job.org,
-            job.job_type,
-            status.value,
-            job.priority_rank,
-            job.params_json,
-            job.max_retries,
-            run_at,
-            job.dedup_hash if status is not Status.CANCELED else None,
-            pending,
-            now,
-            now,
-            cancel_reason,
-            finished_at,
-        ),
-    ).fetchone()
+    # No RETURNING: every column of a new row is known here, and RETURNING costs about as much
+    # as the INSERT itself on this hot path.
+    row: dict[str, Any] = {
+        "id": new_job_id(now),
+        "org": job.org,
+        "job_type": job.job_type,
+        "status": status.value,
+        "priority": job.priority_rank,
+        "params": job.params_json,
+        "result": None,
+        "error": None,
+        "progress": 0.0,
+        "progress_message": None,
+        "attempts": 0,
+        "max_retries": job.max_retries,
+        "retry_base": 0,
+        "run_at": run_at,
+        "next_retry_at": None,
+        "lease_expires_at": None,
+        "dedup_hash": job.dedup_hash if status is not Status.CANCELED else None,
+        "pending_parents": pending,
+        "has_dependents": 0,
+        "created_at": now,
+        "started_at": None,
+        "finished_at": finished_at,
+        "updated_at": now,
+        "cancel_reason": cancel_reason,
+    }
+    row["seq"] = conn.execute(_INSERT_JOB, row).lastrowid
     if unique_parents:
         conn.executemany(
             "INSERT INTO job_deps (child_seq, parent_seq) VALUES (?, ?)",
             [(row["seq"], parent_seq) for parent_seq in unique_parents],
+        )
+        conn.executemany(
+            "UPDATE jobs SET has_dependents = 1 WHERE seq = ? AND has_dependents = 0",
+            [(parent_seq,) for parent_seq in unique_parents],
         )
     record_job_event(conn, tx, row)
     return row
@@ -150,13 +183,38 @@ def _mean_ms(conn: sqlite3.Connection, job_type: str) -> float | None:
     return float(row[0]) if row else None
 
 
-def eta_for_row(conn: sqlite3.Connection, row: sqlite3.Row, now: int) -> float | None:
+def eta_for_row(conn: sqlite3.Connection, row: RowLike, now: int) -> float | None:
     """The ETA of one job row (see :func:`estimate_eta_s`)."""
     return estimate_eta_s(row, _mean_ms(conn, row["job_type"]), now)
 
 
+def submitted_jobs(conn: sqlite3.Connection, inserted: Sequence[Inserted], now: int) -> list[Job]:
+    """The :class:`Job` objects of a submission, without re-reading what the insert knows.
+
+    A new job has no children yet and its parents are the ones just resolved; only a
+    deduplicated (existing) job is loaded in full.
+    """
+    means: dict[str, float | None] = {}
+    jobs: list[Job] = []
+    for item in inserted:
+        if item.deduplicated:
+            jobs.append(load_job(conn, item.row, now, deduplicated=True))
+            continue
+        job_type = item.row["job_type"]
+        if job_type not in means:
+            means[job_type] = _mean_ms(conn, job_type)
+        jobs.append(
+            job_from_row(
+                item.row,
+                depends_on=item.parent_ids,
+                eta_s=estimate_eta_s(item.row, means[job_type], now),
+            )
+        )
+    return jobs
+
+
 def load_job(
-    conn: sqlite3.Connection, row: sqlite3.Row, now: int, deduplicated: bool = False
+    conn: sqlite3.Connection, row: RowLike, now: int, deduplicated: bool = False
 ) -> Job:
     """A full :class:`Job` (parents, children and ETA included) from its row."""
     parents = tuple(

@@ -6,16 +6,18 @@ import sqlite3
 
 from edgejobs.store.db import WriteTx
 
-# A job is deletable when it is terminal, finished before the cutoff, and no child of it is
-# still waiting or running (a child's parents must stay readable until it ends).
+# A job is deletable when it is terminal, finished before the cutoff, and every child of it
+# has completed. A child that has not — waiting, running, or ended unsuccessfully and so still
+# retryable — needs its parents: their statuses decide whether it may run (a retry of a child
+# whose parent failed is refused until the parent is retried) and their results are its
+# ``ctx.parent_results``. Deleting such a parent would let a retried child run without it.
 _DELETE_JOBS = (
     "DELETE FROM jobs WHERE seq IN ("
     " SELECT j.seq FROM jobs j"
     " WHERE j.status IN ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')"
     " AND j.finished_at < :cutoff"
     " AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs c ON c.seq = d.child_seq"
-    "  WHERE d.parent_seq = j.seq AND c.status NOT IN"
-    "  ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled'))"
+    "  WHERE d.parent_seq = j.seq AND c.status != 'completed')"
     " ORDER BY j.finished_at LIMIT :batch)"
 )
 
@@ -28,9 +30,18 @@ _DELETE_EVENTS = (
 def delete_old_jobs(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, batch: int) -> int:
     """Delete up to ``batch`` terminal jobs finished before ``cutoff_ms``; return how many.
 
-    Attempts and dependency rows go with them (ON DELETE CASCADE).
+    Attempts and dependency rows go with them (ON DELETE CASCADE). Children go before their
+    parents: each round deletes what nothing holds any more, which may free the parents for
+    the next round, all in this one transaction, so a run that deletes fewer than ``batch``
+    jobs has deleted every deletable job (also whole old graphs).
     """
-    return conn.execute(_DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch}).rowcount
+    deleted = 0
+    while deleted < batch:
+        count = conn.execute(_DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch - deleted}).rowcount
+        if count <= 0:
+            break
+        deleted += count
+    return deleted
 
 
 def delete_old_events(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, batch: int) -> int:

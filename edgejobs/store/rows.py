@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any
+from typing import Any, Protocol
 
 from edgejobs.models import Attempt, Job, JobError, Outcome, Priority, Status, iso_ms
+
+
+class RowLike(Protocol):
+    """A stored row: a :class:`sqlite3.Row` or a dict with the same column names."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
 
 
 def dumps(value: Any) -> str:
@@ -21,7 +27,7 @@ def _error(text: str | None) -> JobError | None:
     return JobError(type=data["type"], message=data["message"], traceback=data.get("traceback"))
 
 
-def estimate_eta_s(row: sqlite3.Row, mean_ms: float | None, now_ms: int) -> float | None:
+def estimate_eta_s(row: RowLike, mean_ms: float | None, now_ms: int) -> float | None:
     """Seconds left for a job, or None when there is nothing to base an estimate on.
 
     A running job that reports progress is extrapolated from its own rate
@@ -45,7 +51,7 @@ def estimate_eta_s(row: sqlite3.Row, mean_ms: float | None, now_ms: int) -> floa
 
 
 def job_from_row(
-    row: sqlite3.Row,
+    row: RowLike,
     *,
     depends_on: tuple[str, ...] = (),
     dependents: tuple[str, ...] = (),
@@ -80,32 +86,54 @@ def job_from_row(
     )
 
 
-def job_event_payload(row: sqlite3.Row) -> dict[str, Any]:
-    """The data of a ``job`` event: the job object without params, result and traceback.
+_EVENT_TIME_FIELDS = (
+    "run_at", "next_retry_at", "created_at", "started_at", "finished_at", "updated_at",
+)
 
-    Events are written in the transaction of every status change, so they stay small; a client
-    that needs params or the result fetches the job.
+
+def job_event_payload(row: RowLike) -> dict[str, Any]:
+    """What a ``job`` event stores: the job object without params, result and traceback.
+
+    Events are written in the transaction of every status change, so they stay small and
+    cheap: times are kept as integer milliseconds here and turned into ISO strings only when
+    an event is read (:func:`render_job_event`).
     """
-    error = _error(row["error"])
+    error = row["error"]
+    if error is not None:
+        parsed = json.loads(error)
+        error = {"type": parsed["type"], "message": parsed["message"]}
     return {
         "id": row["id"],
         "org": row["org"],
         "job_type": row["job_type"],
         "status": row["status"],
-        "priority": Priority.from_rank(row["priority"]).value,
-        "error": {"type": error.type, "message": error.message} if error else None,
+        "priority": _PRIORITY_NAMES[row["priority"]],
+        "error": error,
         "progress": float(row["progress"]),
         "progress_message": row["progress_message"],
         "attempts": row["attempts"],
         "max_retries": row["max_retries"],
-        "run_at": iso_ms(row["run_at"]),
-        "next_retry_at": iso_ms(row["next_retry_at"]),
-        "created_at": iso_ms(row["created_at"]),
-        "started_at": iso_ms(row["started_at"]),
-        "finished_at": iso_ms(row["finished_at"]),
-        "updated_at": iso_ms(row["updated_at"]),
+        "run_at": row["run_at"],
+        "next_retry_at": row["next_retry_at"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "updated_at": row["updated_at"],
         "cancel_reason": row["cancel_reason"],
     }
+
+
+def render_job_event(data: str) -> str:
+    """The API form (SPEC §6 job object, ISO times) of a stored ``job`` event's data."""
+    payload = json.loads(data)
+    for field in _EVENT_TIME_FIELDS:
+        value = payload.get(field)
+        if isinstance(value, int):
+            payload[field] = iso_ms(value)
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+_PRIORITY_NAMES = {p.rank: p.value for p in Priority}
 
 
 def attempt_from_row(job_id: str, row: sqlite3.Row) -> Attempt:

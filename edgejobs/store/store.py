@@ -39,6 +39,10 @@ class Store:
             if migrations.current_version(conn) == 0:
                 # Only possible before the first table exists: lets retention give pages back.
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                # connect() switched to WAL, which already wrote the file header; the setting
+                # only reaches the header through a VACUUM (instant on a file without tables).
+                if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is None:
+                    conn.execute("VACUUM")
             return migrations.migrate(conn)
         finally:
             conn.close()

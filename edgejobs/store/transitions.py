@@ -20,7 +20,7 @@ from edgejobs.errors import Conflict, NotFound
 from edgejobs.models import UNSUCCESSFUL, JobError, Outcome, Status, is_allowed
 from edgejobs.retry import RetryPolicy, after_failure, backoff_delay_s
 from edgejobs.store.db import WriteTx
-from edgejobs.store.rows import dumps, job_event_payload
+from edgejobs.store.rows import RowLike, dumps, job_event_payload
 
 log = logging.getLogger("edgejobs.store")
 
@@ -28,15 +28,14 @@ PolicyFor = Callable[[str], RetryPolicy]
 """Looks up the retry policy of a job type (runtime overrides included)."""
 
 _rng = random.Random()
+_event_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-def record_job_event(conn: sqlite3.Connection, tx: WriteTx, row: sqlite3.Row) -> None:
+def record_job_event(conn: sqlite3.Connection, tx: WriteTx, row: RowLike) -> None:
     """Append a ``job`` event for the row's new state and note the change for waiters."""
-    conn.execute(
-        "INSERT INTO events (org, job_id, kind, data, created_at) VALUES (?, ?, 'job', ?, ?)",
-        (row["org"], row["id"], dumps(job_event_payload(row)), row["updated_at"]),
+    tx.add_event(
+        row["org"], row["id"], "job", _event_json(job_event_payload(row)), row["updated_at"]
     )
-    tx.events += 1
     tx.changed(row["id"], row["status"])
 
 
@@ -51,11 +50,7 @@ def record_progress_event(
         "progress_message": row["progress_message"],
         "eta_s": eta_s,
     }
-    conn.execute(
-        "INSERT INTO events (org, job_id, kind, data, created_at) VALUES (?, ?, 'progress', ?, ?)",
-        (row["org"], row["id"], dumps(data), row["updated_at"]),
-    )
-    tx.events += 1
+    tx.add_event(row["org"], row["id"], "progress", _event_json(data), row["updated_at"])
 
 
 def _error_json(error: JobError) -> str:
@@ -105,20 +100,10 @@ def complete_attempt(
         return None
     _finish_attempt_row(conn, seq, attempt, now, Outcome.COMPLETED, None)
     if row["started_at"] is not None:
-        _record_duration(conn, row["job_type"], now - row["started_at"])
+        tx.durations.append((row["job_type"], now - row["started_at"]))
     record_job_event(conn, tx, row)
     on_parent_terminal(conn, tx, row, now)
     return row
-
-
-def _record_duration(conn: sqlite3.Connection, job_type: str, duration_ms: int) -> None:
-    # An exponentially weighted mean (alpha 0.2) follows drift without storing history.
-    conn.execute(
-        "INSERT INTO job_type_stats (job_type, runs, mean_ms) VALUES (?, 1, ?)"
-        " ON CONFLICT (job_type) DO UPDATE SET runs = runs + 1,"
-        " mean_ms = mean_ms * 0.8 + excluded.mean_ms * 0.2",
-        (job_type, float(duration_ms)),
-    )
 
 
 def fail_attempt(
@@ -367,30 +352,36 @@ def next_due_ms(conn: sqlite3.Connection) -> int | None:
 
 
 def on_parent_terminal(
-    conn: sqlite3.Connection, tx: WriteTx, parent: sqlite3.Row, now: int
+    conn: sqlite3.Connection, tx: WriteTx, parent: RowLike, now: int
 ) -> None:
     """Apply a parent's terminal status to its blocked children, in the same transaction.
 
     completed: each child loses one pending parent; at zero it becomes queued (or scheduled).
     anything else: every blocked descendant is canceled with a reason naming the parent.
     """
+    if not parent["has_dependents"]:
+        return  # most jobs have no children: skip the lookups
     if parent["status"] == Status.COMPLETED.value:
         children = conn.execute(
             "UPDATE jobs SET pending_parents = pending_parents - 1, updated_at = ?"
             " WHERE status = 'blocked'"
             " AND seq IN (SELECT child_seq FROM job_deps WHERE parent_seq = ?)"
-            " RETURNING seq, pending_parents, run_at",
+            " RETURNING seq, pending_parents, run_at, created_at",
             (now, parent["seq"]),
         ).fetchall()
         for child in children:
             if child["pending_parents"] <= 0:
-                _unblock(conn, tx, child["seq"], child["run_at"], now)
+                _unblock(conn, tx, child["seq"], child["run_at"], child["created_at"], now)
     elif parent["status"] in {s.value for s in UNSUCCESSFUL}:
         _cascade_cancel(conn, tx, parent, now)
 
 
-def _unblock(conn: sqlite3.Connection, tx: WriteTx, seq: int, run_at: int, now: int) -> None:
-    target = Status.SCHEDULED if run_at > now else Status.QUEUED
+def _unblock(
+    conn: sqlite3.Connection, tx: WriteTx, seq: int, run_at: int, created_at: int, now: int
+) -> None:
+    # Only a job submitted with a later run_at waits for it; one without (run_at is its
+    # creation time) is ready at once, whatever clock skew there is between processes.
+    target = Status.SCHEDULED if run_at > now and run_at > created_at else Status.QUEUED
     row = conn.execute(
         "UPDATE jobs SET status = ?, pending_parents = 0, updated_at = ?"
         " WHERE seq = ? AND status = 'blocked' RETURNING *",
@@ -400,10 +391,10 @@ def _unblock(conn: sqlite3.Connection, tx: WriteTx, seq: int, run_at: int, now: 
         record_job_event(conn, tx, row)
 
 
-def _cascade_cancel(conn: sqlite3.Connection, tx: WriteTx, parent: sqlite3.Row, now: int) -> None:
+def _cascade_cancel(conn: sqlite3.Connection, tx: WriteTx, parent: RowLike, now: int) -> None:
     # Iterative walk down the graph: every blocked descendant is canceled, each naming the
     # job whose failure reached it.
-    stack = [parent]
+    stack: list[RowLike] = [parent]
     while stack:
         current = stack.pop()
         reason = f"parent {current['id']} ended {current['status']}"
@@ -425,7 +416,8 @@ def resolve_stuck_blocked(conn: sqlite3.Connection, tx: WriteTx, *, now: int) ->
     so the caller logs a warning for each.
     """
     stuck = conn.execute(
-        "SELECT j.seq, j.id, j.run_at FROM jobs j WHERE j.status = 'blocked' AND NOT EXISTS ("
+        "SELECT j.seq, j.id, j.run_at, j.created_at FROM jobs j WHERE j.status = 'blocked'"
+        " AND NOT EXISTS ("
         " SELECT 1 FROM job_deps d JOIN jobs p ON p.seq = d.parent_seq"
         " WHERE d.child_seq = j.seq AND p.status IN"
         " ('blocked', 'scheduled', 'queued', 'running', 'retrying'))"
@@ -438,7 +430,7 @@ def resolve_stuck_blocked(conn: sqlite3.Connection, tx: WriteTx, *, now: int) ->
             (job["seq"],),
         ).fetchone()
         if failed_parent is None:
-            _unblock(conn, tx, job["seq"], job["run_at"], now)
+            _unblock(conn, tx, job["seq"], job["run_at"], job["created_at"], now)
         else:
             reason = f"parent {failed_parent['id']} ended {failed_parent['status']}"
             row = conn.execute(
