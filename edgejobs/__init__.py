@@ -22,6 +22,7 @@ from edgejobs.errors import (
 )
 from edgejobs.models import Attempt, Job, JobError, Outcome, Priority, Status
 from edgejobs.runner.context import JobContext, SyncJobContext
+from edgejobs.workflows import Workflow
 
 __version__ = "0.1.0"
 
@@ -48,5 +49,6 @@ __all__ = [
     "UnknownJobType",
     "UnknownParent",
     "ValidationError",
+    "Workflow",
     "__version__",
 ]

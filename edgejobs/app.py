@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from edgejobs import faults
 from edgejobs.clock import Clock, SystemClock
 from edgejobs.config import Config, load_config, parse_rate_limit
 from edgejobs.errors import (
@@ -31,11 +32,13 @@ from edgejobs.errors import (
 from edgejobs.models import TERMINAL, Attempt, Job, Priority, Status
 from edgejobs.retry import RetryPolicy
 from edgejobs.runner.lock import RunnerLock
+from edgejobs.runner.maintenance import Maintenance, MaintenanceSettings
 from edgejobs.runner.pool import Pool, PoolSettings
 from edgejobs.runner.registry import JobType, Registry
 from edgejobs.runner.ticks import PruneReport, Ticker, TickSettings
 from edgejobs.store import Store
 from edgejobs.store import job_types as job_type_store
+from edgejobs.store.audit import Actor, record_job_action
 from edgejobs.store.db import Pragmas, WriteTx
 from edgejobs.store.jobs import (
     JobFilter,
@@ -48,6 +51,7 @@ from edgejobs.store.jobs import (
     insert_jobs,
     list_jobs,
     load_job,
+    submitted_jobs,
 )
 from edgejobs.store.rows import dumps
 from edgejobs.store.transitions import cancel_job, recover_running, retry_job
@@ -189,6 +193,7 @@ class EdgeJobs:
             )
         self.pool: Pool | None = None
         self.ticker: Ticker | None = None
+        self.maintenance = Maintenance(self.store, MaintenanceSettings.from_config(config))
         self._lock: RunnerLock | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._waiters: dict[str, set[asyncio.Event]] = {}
@@ -198,6 +203,7 @@ class EdgeJobs:
         self._rates = _RateWindow()
         self._stopping = False
         self._opened = False
+        self._open_lock = asyncio.Lock()
         self.started_monotonic: float | None = None
 
     # -- construction -----------------------------------------------------------------------
@@ -275,14 +281,19 @@ class EdgeJobs:
 
     async def open(self) -> None:
         """Open the database (creating and migrating it) without running any worker."""
-        if self._opened:
+        if self._opened and not self._open_lock.locked():
             return
-        await self.store.open()
-        self.store.writer.add_commit_listener(self._on_commit)
-        self.store.writer.add_foreign_listener(self._on_foreign_change)
-        self._opened = True
-        self._stored_types = await self.store.read(job_type_store.load_states)
-        self._apply_stored_types()
+        # Concurrent first calls (e.g. a gather of submits on a fresh client) must open the
+        # store once: each open would start another writer thread that close() never stops.
+        async with self._open_lock:
+            if self._opened:
+                return
+            await self.store.open()
+            self.store.writer.add_commit_listener(self._on_commit)
+            self.store.writer.add_foreign_listener(self._on_foreign_change)
+            self._opened = True
+            self._stored_types = await self.store.read(job_type_store.load_states)
+            self._apply_stored_types()
 
     def _apply_stored_types(self) -> None:
         self.registry.paused = frozenset(
@@ -308,6 +319,7 @@ class EdgeJobs:
         self._lock = lock
         try:
             await self.open()
+            faults.install_crash_hook(self.store.writer)  # test-only; inert unless set
             now = self.clock.now_ms()
             policies = {t.name: t.policy() for t in self.registry}
             await self.store.write(partial(job_type_store.declare, policies=policies, now=now))
@@ -320,6 +332,11 @@ class EdgeJobs:
                     reason="the runner process died while the attempt was running",
                 )
             )
+            # Schedules and audit retention; imported here because edgejobs.control imports
+            # this module.
+            from edgejobs.control import prepare_runner
+
+            control_tasks = await prepare_runner(self, now)
         except BaseException:
             lock.release()
             self._lock = None
@@ -352,6 +369,8 @@ class EdgeJobs:
             ),
             after_change=self.pool.wake,
         )
+        self.ticker.extra_tasks.extend(control_tasks)
+        self.ticker.extra_tasks.extend(self.maintenance.tick_tasks())
         self.started_monotonic = self.clock.monotonic()
         if run_workers:
             self._tasks = [
@@ -583,8 +602,7 @@ class EdgeJobs:
         self._check_rates(new_jobs, now)
 
         def op(conn: sqlite3.Connection, tx: WriteTx) -> list[Job]:
-            inserted = insert_jobs(conn, tx, jobs=new_jobs, now=now)
-            return [load_job(conn, item.row, now, item.deduplicated) for item in inserted]
+            return submitted_jobs(conn, insert_jobs(conn, tx, jobs=new_jobs, now=now), now)
 
         jobs = await self.store.write(op)
         if self.pool is not None:
@@ -634,26 +652,42 @@ class EdgeJobs:
         return await self.store.read(lambda conn: list_jobs(conn, flt, now))
 
     async def cancel(
-        self, job_id: str, *, org: str | None = None, reason: str | None = None
+        self,
+        job_id: str,
+        *,
+        org: str | None = None,
+        reason: str | None = None,
+        actor: Actor | None = None,
     ) -> Job:
-        """Cancel a job that has not ended; a running handler is stopped (SPEC §2 rule 5)."""
+        """Cancel a job that has not ended; a running handler is stopped (SPEC §2 rule 5).
+
+        With an ``actor`` (an operator's token, or the CLI), the audit entry is written in the
+        same transaction as the cancel.
+        """
         await self.open()
         now = self.clock.now_ms()
         text = reason or "canceled by a user"
 
         def op(conn: sqlite3.Connection, tx: WriteTx) -> Job:
             row = cancel_job(conn, tx, job_id=job_id, org=org, now=now, reason=text)
+            if actor is not None:
+                record_job_action(conn, tx, actor, "cancel", row, now, {"reason": text})
             return load_job(conn, row, now)
 
         return await self.store.write(op)
 
-    async def retry(self, job_id: str, *, org: str | None = None) -> Job:
-        """Manually retry a failed, timed-out, dead-lettered or canceled job."""
+    async def retry(
+        self, job_id: str, *, org: str | None = None, actor: Actor | None = None
+    ) -> Job:
+        """Manually retry a failed, timed-out, dead-lettered or canceled job (audited like
+        :meth:`cancel` when an ``actor`` is given)."""
         await self.open()
         now = self.clock.now_ms()
 
         def op(conn: sqlite3.Connection, tx: WriteTx) -> Job:
             row = retry_job(conn, tx, job_id=job_id, org=org, now=now)
+            if actor is not None:
+                record_job_action(conn, tx, actor, "retry", row, now)
             return load_job(conn, row, now)
 
         job = await self.store.write(op)
@@ -728,7 +762,10 @@ class EdgeJobs:
                 events_max_age_s=self.config.events.replay_max_age_s,
             ),
         )
-        return await ticker.prune(older_than_days=older_than_days)
+        report = await ticker.prune(older_than_days=older_than_days)
+        if report.jobs or report.events:
+            await self.maintenance.shrink()  # give the freed pages back: the file shrinks
+        return report
 
     def asgi_app(self) -> Starlette:
         """The Starlette app (API, SSE, dashboard) bound to this instance."""
