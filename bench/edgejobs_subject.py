@@ -1,0 +1,278 @@
+"""edgejobs as one more subject of the shared SQLite-queue bench (one JSON line on stdout).
+
+Figures (issue "Performance"): end-to-end no-op jobs/s (50 concurrent submitters, one
+``submit_many``, and the first with ``synchronous = "full"``), pickup latency on an idle
+runner (submit → handler start) and ``ej.wait()`` latency, idle CPU, claim cost with
+1,000,000 terminal jobs vs an empty table, and resident memory idle / with 100,000 queued.
+
+Run through ``bench/run`` (which also runs the peers); alone:
+``BENCH_SCALE=0.1 python bench/edgejobs_subject.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PEERS = Path(os.environ.get("EDGEJOBS_PEER_BENCH", HERE.parent.parent / "shared" / "bench"))
+sys.path.insert(0, str(PEERS))
+
+import benchlib  # noqa: E402  (the shared harness: Report, scaled, REPEATS)
+
+from edgejobs import EdgeJobs, JobSpec  # noqa: E402
+from edgejobs.config import Config  # noqa: E402
+
+
+def _config(path: Path, *, synchronous: str = "normal", workers: int = 16) -> Config:
+    base = Config()
+    return base.model_copy(
+        update={
+            "database": base.database.model_copy(update={"path": path, "synchronous": synchronous}),
+            "runner": base.runner.model_copy(update={"workers": workers}),
+            "limits": base.limits.model_copy(update={"max_batch": 1_000_000}),
+        }
+    )
+
+
+def _app(path: Path, **kw: Any) -> EdgeJobs:
+    ej = EdgeJobs(config=_config(path, **kw))
+    ej.register("noop", _noop, dedup=False)
+    return ej
+
+
+async def _noop(ctx: Any, params: dict[str, Any]) -> None:
+    return None
+
+
+def _completion_counter(ej: EdgeJobs, n: int) -> asyncio.Event:
+    """An event set once ``n`` jobs were committed as completed (counted from commits, so the
+    measurement adds no query to the workload)."""
+    done = asyncio.Event()
+    seen = 0
+
+    def count(tx: Any) -> None:
+        nonlocal seen
+        seen += sum(1 for status in tx.jobs_changed.values() if status == "completed")
+        if seen >= n:
+            done.set()
+
+    ej.add_commit_listener(count)
+    return done
+
+
+def end_to_end(n: int, *, mode: str, synchronous: str = "normal") -> float:
+    """Seconds from the first submit until all ``n`` no-op jobs completed."""
+
+    async def main() -> float:
+        with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
+            ej = _app(Path(tmp) / "e2e.db", synchronous=synchronous)
+            async with ej:
+                finished = _completion_counter(ej, n)
+                start = time.perf_counter()
+                if mode == "submit_many":
+                    await ej.submit_many([JobSpec("noop", "bench", {"i": i}) for i in range(n)])
+                else:
+                    pending = list(range(n))
+
+                    async def client() -> None:
+                        while pending:
+                            i = pending.pop()
+                            await ej.submit("noop", org="bench", params={"i": i})
+
+                    await asyncio.gather(*(client() for _ in range(50)))
+                await finished.wait()
+                return time.perf_counter() - start
+
+    return asyncio.run(main())
+
+
+def pickup_latency(samples: int) -> dict[str, float]:
+    """Idle runner: submit → handler start, and submit → ``wait()`` returns (ms); idle CPU."""
+
+    async def main() -> dict[str, float]:
+        started: dict[str, float] = {}
+
+        async def mark(ctx: Any, params: dict[str, Any]) -> None:
+            started[ctx.job_id] = time.perf_counter()
+
+        with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
+            ej = EdgeJobs(config=_config(Path(tmp) / "lat.db"))
+            ej.register("mark", mark, dedup=False)
+            pickup: list[float] = []
+            waited: list[float] = []
+            async with ej:
+                await asyncio.sleep(0.2)
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                await asyncio.sleep(2.0)  # idle: no job, no polling loop should burn CPU
+                idle_cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0) * 100
+                for _ in range(samples):
+                    await asyncio.sleep(0.02)  # let the runner go idle between samples
+                    t0 = time.perf_counter()
+                    job = await ej.submit("mark", org="bench")
+                    await ej.wait(job.id, timeout=10)
+                    t1 = time.perf_counter()
+                    pickup.append((started[job.id] - t0) * 1000)
+                    waited.append((t1 - t0) * 1000)
+            q = statistics.quantiles
+            return {
+                "pickup_p50": statistics.median(pickup),
+                "pickup_p99": q(pickup, n=100)[98],
+                "wait_p50": statistics.median(waited),
+                "wait_p99": q(waited, n=100)[98],
+                "idle_cpu": idle_cpu,
+            }
+
+    return asyncio.run(main())
+
+
+def claim_cost(claims: int, history: int) -> float:
+    """Claims per second with ``history`` terminal jobs in the table (one claim per tx)."""
+    from edgejobs.store.claim import ClaimLimits, claim_ready
+    from edgejobs.store.db import WriteTx, connect
+    from edgejobs.store.store import Store
+
+    with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
+        store = Store(Path(tmp) / "claim.db")
+        store.prepare()
+        conn = connect(store.path, store.pragmas)
+        rows = [
+            (f"H{i:025d}", "bench", "noop", "completed", 2, "{}", 3, 0, 0, 0, 0)
+            for i in range(history)
+        ]
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(
+            "INSERT INTO jobs (id, org, job_type, status, priority, params, max_retries, run_at,"
+            " created_at, updated_at, finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            rows,
+        )
+        conn.executemany(
+            "INSERT INTO jobs (id, org, job_type, status, priority, params, max_retries, run_at,"
+            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [(f"Q{i:025d}", "bench", "noop", "queued", 2, "{}", 3, 0, 0, 0) for i in range(claims)],
+        )
+        conn.execute("COMMIT")
+        conn.execute("ANALYZE")
+        limits = ClaimLimits(types=frozenset({"noop"}))
+        start = time.perf_counter()
+        for _ in range(claims):
+            conn.execute("BEGIN IMMEDIATE")
+            claim_ready(conn, WriteTx(), now=1, slots=1, lease_ms=30_000, limits=limits)
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        conn.close()
+        return claims / elapsed
+
+
+_RSS_CHILD = r"""
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, {here!r})
+from edgejobs_subject import _app, _config
+from edgejobs import EdgeJobs, JobSpec
+async def main():
+    ej = _app(Path({db!r}))
+    await ej.open()
+    n = {queued}
+    for start in range(0, n, 10000):
+        await ej.submit_many(
+            [JobSpec("noop", "bench", {{"i": i}}) for i in range(start, min(n, start + 10000))]
+        )
+    await ej.close()
+    # The measured runner knows no job type, so the queue stays full while it idles.
+    runner = EdgeJobs(config=_config(Path({db!r})))
+    async with runner:
+        await asyncio.sleep(1.0)
+        with open("/proc/self/status") as f:
+            rss_kib = [line for line in f if line.startswith("VmRSS")][0].split()[1]
+        print(int(rss_kib) / 1024)
+asyncio.run(main())
+"""
+
+
+def resident_mb(queued: int) -> float:
+    """Resident memory (MiB) of a runner process, idle, with ``queued`` jobs waiting."""
+    with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
+        code = _RSS_CHILD.format(here=str(HERE), db=str(Path(tmp) / "rss.db"), queued=queued)
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    import edgejobs
+
+    report = benchlib.Report("edgejobs", edgejobs_version=edgejobs.__version__)
+    n = benchlib.scaled(20_000, 100)
+    cond = "edgejobs, WAL, workers=16, async no-op handler, attempt log + event log on"
+    report.rate(
+        "e2e_submit_50_normal",
+        "jobs/s",
+        lambda k: end_to_end(k, mode="concurrent"),
+        n,
+        f"{cond}, synchronous=NORMAL, 50 coroutines each awaiting one submit at a time",
+    )
+    report.rate(
+        "e2e_submit_many_normal",
+        "jobs/s",
+        lambda k: end_to_end(k, mode="submit_many"),
+        n,
+        f"{cond}, synchronous=NORMAL, one submit_many of all N",
+    )
+    report.rate(
+        "e2e_submit_50_full",
+        "jobs/s",
+        lambda k: end_to_end(k, mode="concurrent", synchronous="full"),
+        n,
+        f"{cond}, synchronous=FULL, 50 coroutines each awaiting one submit at a time",
+    )
+    samples = benchlib.scaled(300, 10)
+    runs = [pickup_latency(samples) for _ in range(benchlib.REPEATS)]
+    for key, unit, text in (
+        ("pickup_p50", "ms", "idle runner, submit() → handler starts"),
+        ("pickup_p99", "ms", "idle runner, submit() → handler starts"),
+        ("wait_p50", "ms", "idle runner, submit() → ej.wait() returns"),
+        ("wait_p99", "ms", "idle runner, submit() → ej.wait() returns"),
+        ("idle_cpu", "% of one core", "runner process CPU over 2 s with an empty queue"),
+    ):
+        report.add(key, unit, [r[key] for r in runs], n=samples, conditions=text)
+    claims = benchlib.scaled(20_000, 100)
+    history = benchlib.scaled(1_000_000, 1000)
+    empty = [claim_cost(claims, 0) for _ in range(benchlib.REPEATS)]
+    full = [claim_cost(claims, history) for _ in range(benchlib.REPEATS)]
+    report.add("claim_empty", "claims/s", empty, n=claims, conditions="1 claim per tx, no history")
+    report.add(
+        "claim_1M",
+        "claims/s",
+        full,
+        n=claims,
+        conditions=f"1 claim per tx, {history:,} terminal jobs in the table",
+    )
+    report.add(
+        "claim_cost_ratio_1M_vs_empty",
+        "ratio",
+        [e / f for e, f in zip(empty, full, strict=True)],
+        n=claims,
+        conditions="time per claim with history / without (target <= 1.5)",
+    )
+    report.add("rss_idle", "MiB", [resident_mb(0)], conditions="runner process, empty database")
+    queued = benchlib.scaled(100_000, 1000)
+    report.add(
+        "rss_100k_queued",
+        "MiB",
+        [resident_mb(queued)],
+        conditions=f"runner process, {queued:,} jobs queued (type paused)",
+    )
+    report.emit()
+
+
+if __name__ == "__main__":
+    main()

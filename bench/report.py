@@ -1,0 +1,117 @@
+"""Print the bench results of one run as a table, with edgejobs' figures as ratios to the
+peers and to the SQLite ceiling measured in the same run, against the targets."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+
+
+def _figures(lines: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in lines:
+        for figure in record.get("figures", []):
+            found[(record["subject"], figure["figure"])] = figure
+    return found
+
+
+# (edgejobs figure, what it is compared with, comparison figure, target text, check)
+COMPARISONS: list[tuple[str, str, tuple[str, str] | None, str, Any]] = [
+    (
+        "e2e_submit_many_normal",
+        "huey enqueue+drain (serial equivalent)",
+        ("peer_huey", "serial"),
+        ">= 20,000 jobs/s and >= 2x huey",
+        lambda v, r: v >= 20000 and (r is None or r >= 2),
+    ),
+    (
+        "e2e_submit_50_normal",
+        "huey enqueue+drain (serial equivalent)",
+        ("peer_huey", "serial"),
+        ">= 10,000 jobs/s",
+        lambda v, r: v >= 10000,
+    ),
+    (
+        "e2e_submit_50_full",
+        "stock huey end to end (FULL)",
+        ("peer_huey", "end_to_end_full"),
+        ">= 2x stock huey",
+        lambda v, r: r is not None and r >= 2,
+    ),
+    (
+        "pickup_p50",
+        "huey latency p50 (1 ms polling)",
+        ("peer_huey", "latency_p50"),
+        "<= 1 ms",
+        lambda v, r: v <= 1,
+    ),
+    ("pickup_p99", "-", None, "<= 10 ms", lambda v, r: v <= 10),
+    (
+        "wait_p50",
+        "huey Result.get p50",
+        ("peer_huey", "latency_api_p50"),
+        "<= 2 ms",
+        lambda v, r: v <= 2,
+    ),
+    ("idle_cpu", "huey idle CPU", ("peer_huey", "idle_cpu"), "<= 0.5 %", lambda v, r: v <= 0.5),
+    ("claim_cost_ratio_1M_vs_empty", "-", None, "<= 1.5", lambda v, r: v <= 1.5),
+    ("rss_idle", "-", None, "<= 60 MiB", lambda v, r: v <= 60),
+    ("rss_100k_queued", "-", None, "<= 150 MiB", lambda v, r: v <= 150),
+]
+
+
+def main() -> None:
+    path = sys.argv[1]
+    with open(path) as handle:
+        lines = [json.loads(line) for line in handle if line.strip()]
+    figures = _figures(lines)
+    enq = figures.get(("peer_huey", "enqueue_normal"))
+    e2e = figures.get(("peer_huey", "end_to_end_normal"))
+    if enq and e2e:
+        serial = 1 / (1 / enq["median"] + 1 / e2e["median"])
+        figures[("peer_huey", "serial")] = {"median": serial, "unit": "tasks/s"}
+    ceiling = figures.get(("sqlite_ceiling", "lifecycle_3tx"))
+    print("| edgejobs figure | median | unit | compared with | its value | ratio | target | met |")
+    print("|---|---:|---|---|---:|---:|---|---|")
+    for name, label, ref, target, check in COMPARISONS:
+        mine = figures.get(("edgejobs", name))
+        if mine is None:
+            continue
+        other = figures.get(ref) if ref else None
+        ratio = None
+        if other:
+            ratio = mine["median"] / other["median"]
+        met = "yes" if check(mine["median"], ratio) else "no"
+        print(
+            f"| {name} | {_fmt(mine['median'])} | {mine['unit']} | {label} "
+            f"| {_fmt(other['median']) if other else '-'} | {_fmt(ratio) if ratio else '-'} "
+            f"| {target} | {met} |"
+        )
+    if ceiling:
+        mine = figures.get(("edgejobs", "e2e_submit_many_normal"))
+        if mine:
+            print(
+                f"\nSQLite ceiling, 3 transactions per job (same run): {_fmt(ceiling['median'])} "
+                f"jobs/s; edgejobs submit_many end to end is {mine['median'] / ceiling['median']:.2f}x it."
+            )
+    print("\nEvery figure of the run:\n")
+    print("| subject | figure | median | unit | runs | conditions |")
+    print("|---|---|---:|---|---|---|")
+    for record in lines:
+        for fig in record.get("figures", []):
+            runs = " / ".join(_fmt(v) for v in fig["runs"])
+            print(
+                f"| {record['subject']} | {fig['figure']} | {_fmt(fig['median'])} | {fig['unit']} "
+                f"| {runs} | {fig.get('conditions', '')} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
