@@ -49,13 +49,13 @@
     clockOffsetMs: 0,         // server time minus browser time, from the Date header
     route: { view: "jobs", filters: emptyFilters() },
     list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map() },
-    detail: { seq: 0, id: null, job: null, attemptsSeq: 0 },
+    detail: { seq: 0, id: null, job: null, attemptsSeq: 0, refreshSeq: 0 },
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set() },
     series: [],               // [{t: ms, completed, failed, queue_depth}], oldest first
     counted: new Set(),       // terminal job events already added to the chart
     stats: { timer: null, last: 0 },
     chartTimer: null,
-    events: { source: null, timer: null, retryMs: 1000, reloadOnOpen: false },
+    events: { source: null, timer: null, retryMs: 1000, reloadOnOpen: false, lastId: "", dropped: false },
     messageTimer: null,
   };
 
@@ -341,6 +341,8 @@
     state.me = null;
     state.csrf = null;
     closeEvents();
+    state.events.lastId = "";
+    state.events.reloadOnOpen = false;
     setLive("closed");
     clearTimeout(state.stats.timer);
     state.stats.timer = null;
@@ -673,20 +675,62 @@
     Boolean(known && incoming.updated_at && known.updated_at &&
       Date.parse(incoming.updated_at) < Date.parse(known.updated_at));
 
+  /** `job` events leave out params, result, the traceback and the dependency lists (to stay
+   * small); action answers and GETs carry the whole job. */
+  const isFullJob = (job) => Object.prototype.hasOwnProperty.call(job, "params");
+
+  /** What is known about a job after an event: the event's fields over the known ones. */
+  function mergeJob(known, incoming) {
+    if (!known || isFullJob(incoming)) return incoming;
+    const merged = Object.assign({}, known, incoming);
+    const oldError = known.error;
+    const newError = incoming.error;
+    if (newError && oldError && oldError.type === newError.type && oldError.message === newError.message) {
+      merged.error = oldError;   // same error: keep the traceback already shown
+    }
+    return merged;
+  }
+
   function listOnJob(job) {
     const list = state.list;
     if (state.route.view !== "jobs") return;
     const row = list.rows.get(job.id);
     if (row) {
-      if (isOlder(job, list.jobs.get(job.id))) return;
-      const fresh = buildJobRow(job, null);
+      const known = list.jobs.get(job.id);
+      if (isOlder(job, known)) return;
+      const merged = mergeJob(known, job);
+      const fresh = buildJobRow(merged, null);
       row.replaceWith(fresh);
       list.rows.set(job.id, fresh);
-      list.jobs.set(job.id, job);
+      list.jobs.set(job.id, merged);
       return;
     }
     // New jobs appear at the top of the first page only.
-    if (list.cursor || list.rows.size >= MAX_LIVE_ROWS || !matchesFilters(job, state.route.filters)) return;
+    if (list.cursor || list.rows.size >= MAX_LIVE_ROWS) return;
+    if (state.route.filters.q && !isFullJob(job)) {
+      listAddSearched(job.id);   // the text search needs the params the event leaves out
+      return;
+    }
+    if (!matchesFilters(job, state.route.filters)) return;
+    listPrepend(job);
+  }
+
+  /** A new job while a text search is active: fetch it whole, then show it if it matches. */
+  async function listAddSearched(id) {
+    const list = state.list;
+    const seq = list.seq;
+    let job;
+    try {
+      job = await api("GET", "/api/v1/jobs/" + enc(id));
+    } catch (err) {
+      return;   // gone (pruned) or signed out: nothing to show
+    }
+    if (seq !== list.seq || state.route.view !== "jobs" || list.rows.has(id) || list.cursor) return;
+    if (matchesFilters(job, state.route.filters)) listPrepend(job);
+  }
+
+  function listPrepend(job) {
+    const list = state.list;
     const fresh = buildJobRow(job, null);
     $("jobs-body").prepend(fresh);
     list.rows.set(job.id, fresh);
@@ -732,6 +776,7 @@
   function clearDetailView() {
     state.detail.seq++;
     state.detail.attemptsSeq++;
+    state.detail.refreshSeq++;
     state.detail.id = null;
     state.detail.job = null;
     $("view-detail").replaceChildren();
@@ -854,8 +899,25 @@
     if (state.route.view !== "detail" || detail.id !== job.id || !detail.job) return;
     if (isOlder(job, detail.job)) return;
     const statusChanged = job.status !== detail.job.status || job.attempts !== detail.job.attempts;
-    renderDetail(job);
+    renderDetail(mergeJob(detail.job, job));
+    // An event has no params, result, traceback or dependency lists: fetch the whole job.
+    if (!isFullJob(job)) refreshDetail(job.id);
     if (statusChanged) loadAttempts(job.id);
+  }
+
+  async function refreshDetail(id) {
+    const detail = state.detail;
+    const seq = ++detail.refreshSeq;
+    let job;
+    try {
+      job = await api("GET", "/api/v1/jobs/" + enc(id));
+    } catch (err) {
+      if (err.status !== 401) console.warn("job", err);
+      return;
+    }
+    if (seq !== detail.refreshSeq || state.route.view !== "detail" || detail.id !== id || !detail.job) return;
+    if (isOlder(job, detail.job)) return;
+    renderDetail(job);
   }
 
   function detailOnProgress(event) {
@@ -997,9 +1059,11 @@
     if (state.route.view !== "dead") return;
     const row = dead.rows.get(job.id);
     if (row) {
-      if (isOlder(job, dead.jobs.get(job.id))) return;
-      dead.jobs.set(job.id, job);
-      const fresh = buildDeadRow(job);
+      const known = dead.jobs.get(job.id);
+      if (isOlder(job, known)) return;
+      const merged = mergeJob(known, job);
+      dead.jobs.set(job.id, merged);
+      const fresh = buildDeadRow(merged);
       row.replaceWith(fresh);
       dead.rows.set(job.id, fresh);
     } else if (job.status === "dead_letter") {
@@ -1165,21 +1229,34 @@
   function openEvents() {
     closeEvents();
     setLive("reconnecting", "connecting…");
-    const source = new EventSource("/api/v1/events");
-    state.events.source = source;
+    const events = state.events;
+    // A new EventSource sends no Last-Event-ID header: resume through the query parameter.
+    const resume = events.lastId ? "?last_event_id=" + enc(events.lastId) : "";
+    if (resume) events.reloadOnOpen = false;
+    const source = new EventSource("/api/v1/events" + resume);
+    events.source = source;
+    events.dropped = false;
     source.addEventListener("open", () => {
-      if (source !== state.events.source) return;
+      if (source !== events.source) return;
       setLive("open");
-      state.events.retryMs = 1000;
-      if (state.events.reloadOnOpen) {
-        state.events.reloadOnOpen = false;
-        reloadAll();   // a new EventSource cannot resume with Last-Event-ID: reload instead
+      events.retryMs = 1000;
+      // The browser resumes a dropped stream with Last-Event-ID by itself; without any event
+      // id seen yet there is nothing to resume from, so whatever was missed is reloaded.
+      const missed = events.dropped && !events.lastId;
+      events.dropped = false;
+      if (events.reloadOnOpen || missed) {
+        events.reloadOnOpen = false;
+        reloadAll();
       }
     });
     source.addEventListener("error", () => onEventsError(source));
     source.addEventListener("job", (ev) => dispatch(ev, applyJob, true));
     source.addEventListener("progress", (ev) => dispatch(ev, applyProgress, false));
-    source.addEventListener("reset", () => reloadAll());
+    source.addEventListener("reset", (ev) => { noteEventId(ev); reloadAll(); });
+  }
+
+  function noteEventId(event) {
+    if (event.lastEventId) state.events.lastId = event.lastEventId;
   }
 
   function closeEvents() {
@@ -1193,6 +1270,7 @@
   /** The browser retries (with Last-Event-ID) by itself unless the stream is CLOSED. */
   function onEventsError(source) {
     if (source !== state.events.source || !state.started) return;
+    state.events.dropped = true;
     setLive("reconnecting");
     if (source.readyState !== EventSource.CLOSED) return;
     source.close();
@@ -1209,8 +1287,9 @@
       try {
         await api("GET", "/api/v1/whoami");   // a 401 here shows the login form
         if (!state.started) return;
+        const resumable = Boolean(state.events.lastId);
         openEvents();
-        state.events.reloadOnOpen = true;
+        state.events.reloadOnOpen = !resumable;
       } catch (err) {
         if (err.status === 401 || !state.started) return;
         events.retryMs = Math.min(events.retryMs * 2, 30000);
@@ -1220,6 +1299,7 @@
   }
 
   function dispatch(event, handler, refreshCounts) {
+    noteEventId(event);
     let data;
     try {
       data = JSON.parse(event.data);

@@ -1,0 +1,427 @@
+"""The dashboard in a real headless Chromium against a real ``edgejobs serve``.
+
+Every assertion on the page auto-waits (Playwright's ``expect``), so a test sees the page
+change by itself: jobs move because SSE events arrived, never because the test reloaded. A
+marker set on ``window`` after sign-in proves that no reload happened.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_support import Org, Server
+from playwright.sync_api import Page, expect
+
+pytestmark = pytest.mark.browser
+
+NewPage = Any
+XSS = "<img src=x onerror=alert(1)>"
+DOCS_IMG = Path(__file__).resolve().parent.parent.parent / "docs" / "img"
+
+
+def row(page: Page, job_id: str) -> Any:
+    """The job's row in the visible list."""
+    return page.get_by_test_id(f"job-row-{job_id}")
+
+
+def sign_in(page: Page, token: str, hash_route: str = "#/jobs", base: str = "") -> None:
+    """Sign in through the form and wait for the live stream; mark the window so a later
+    reload would show (the marker would be gone)."""
+    page.goto(base + "/" + hash_route)
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    page.get_by_test_id("login-token").fill(token)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("live-indicator")).to_have_attribute("data-state", "open")
+    expect(page.get_by_test_id("login-form")).to_be_hidden()
+    page.evaluate("window.__e2eNoReload = true")
+
+
+def assert_not_reloaded(page: Page) -> None:
+    """The page is the one signed in earlier (no navigation or reload happened since)."""
+    assert page.evaluate("window.__e2eNoReload === true"), "the page reloaded"
+
+
+def progress_of(locator: Any) -> float:
+    """The numeric ``data-progress`` of a progress bar."""
+    return float(locator.get_attribute("data-progress") or 0)
+
+
+def test_login_live_list_progress_and_logout(new_page: NewPage, org: Org, server: Server) -> None:
+    """A job submitted through the API appears, waits queued, runs with an advancing progress
+    bar and completes, all on screen without a reload; counts follow; logout ends the session."""
+    api = org.api()
+    page, _ = new_page()
+    list_requests: list[str] = []
+    page.on(
+        "request",
+        lambda r: list_requests.append(r.url) if "/api/v1/jobs?" in r.url else None,
+    )
+    sign_in(page, org.token("operator"))
+    expect(page.get_by_test_id("count-completed")).to_have_text("0")
+    requests_after_load = len(list_requests)
+
+    # reports.build runs one at a time: the second job visibly waits queued.
+    blocker = api.submit("reports.build", {"month": "2026-04"}, priority="high")
+    job_id = api.submit("reports.build", {"month": "2026-05"})
+    expect(row(page, blocker)).to_have_attribute("data-status", "running")
+    expect(row(page, job_id)).to_have_attribute("data-status", "queued")
+    expect(page.get_by_test_id("count-queued")).to_have_text("1")
+    expect(page.get_by_test_id("count-running")).to_have_text("1")
+
+    for step in range(1, 5):
+        server.release(blocker, f"step{step}")
+    expect(row(page, blocker)).to_have_attribute("data-status", "completed")
+    expect(row(page, job_id)).to_have_attribute("data-status", "running")
+
+    bar = row(page, job_id).get_by_role("progressbar")
+    seen = [progress_of(bar)]
+    for step, expected in ((1, "25"), (2, "50"), (3, "75")):
+        server.release(job_id, f"step{step}")
+        expect(bar).to_have_attribute("data-progress", re.compile(rf"^{expected}(\.0+)?$"))
+        seen.append(progress_of(bar))
+    assert seen == sorted(seen) and len(set(seen)) == len(seen), seen
+    server.release(job_id, "step4")
+    expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+    expect(page.get_by_test_id("count-completed")).to_have_text("2")
+    expect(page.get_by_test_id("count-queued")).to_have_text("0")
+    expect(page.get_by_test_id("chart-throughput")).to_have_attribute("data-completed", "2")
+    assert api.status(job_id) == "completed"
+    assert_not_reloaded(page)
+    assert len(list_requests) == requests_after_load, "the list was fetched again (polling?)"
+
+    page.get_by_test_id("logout").click()
+    expect(page.get_by_test_id("login-form")).to_be_visible()
+    expect(page.get_by_test_id("live-indicator")).to_have_attribute("data-state", "closed")
+    status = page.evaluate("fetch('/api/v1/whoami').then((r) => r.status)")
+    assert status == 401
+
+
+def test_detail_progress_eta_cancel_and_retry(new_page: NewPage, org: Org, server: Server) -> None:
+    """The detail view shows a running job's live progress and ETA; Cancel and Retry act on
+    the job (on screen and in the API); error, traceback and every attempt are shown."""
+    api = org.api()
+    # One finished build gives the job type a past duration, hence an ETA.
+    first = api.submit("reports.build", {"month": "2026-03"})
+    for step in range(1, 5):
+        server.release(first, f"step{step}")
+    api.wait_status(first, "completed")
+
+    page, _ = new_page()
+    job_id = api.submit("reports.build", {"month": "2026-06", "format": "pdf"})
+    sign_in(page, org.token("operator"), f"#/jobs/{job_id}")
+    expect(page.get_by_test_id("job-status")).to_have_text("running")
+    expect(page.get_by_test_id("job-params")).to_contain_text('"month": "2026-06"')
+    server.release(job_id, "step1")
+    bar = page.get_by_test_id("job-progress")
+    expect(bar).to_have_attribute("data-progress", "25")
+    expect(page.get_by_test_id("job-progress-text")).to_have_text("25% — section 1 of 4")
+    expect(page.get_by_test_id("job-eta")).to_have_text(re.compile(r"left$"))
+    server.release(job_id, "step2")
+    expect(bar).to_have_attribute("data-progress", "50")
+    expect(page.get_by_test_id("btn-retry")).to_have_count(0)
+
+    page.get_by_test_id("btn-cancel").click()
+    expect(page.get_by_test_id("job-status")).to_have_text("canceled")
+    expect(page.get_by_test_id("btn-cancel")).to_have_count(0)
+    assert api.status(job_id) == "canceled"
+    expect(page.get_by_test_id("attempts-table").locator("tbody tr")).to_have_count(1)
+
+    page.get_by_test_id("btn-retry").click()
+    expect(page.get_by_test_id("job-status")).to_have_text(re.compile(r"^(queued|running)$"))
+    assert api.status(job_id) in ("queued", "running")
+    expect(page.get_by_test_id("job-status")).to_have_text("running")
+    for step in range(1, 5):
+        server.release(job_id, f"step{step}")
+    expect(page.get_by_test_id("job-status")).to_have_text("completed")
+    expect(page.get_by_test_id("job-result")).to_contain_text('"sections": 4')
+    expect(page.get_by_test_id("attempts-table").locator("tbody tr")).to_have_count(2)
+
+    # A failed job: its error with the traceback and its attempt.
+    failed = api.submit("billing.sync", {"invoice": "INV-2026-0042"})
+    page.evaluate(f"location.hash = '#/jobs/{failed}'")
+    expect(page.get_by_test_id("job-status")).to_have_text("failed")
+    error = page.get_by_test_id("job-error")
+    expect(error).to_contain_text("ConnectionError: upstream answered 502 Bad Gateway")
+    expect(error).to_contain_text("Traceback (most recent call last)")
+    expect(page.get_by_test_id("attempts-table")).to_contain_text("ConnectionError")
+    expect(page.get_by_test_id("btn-retry")).to_be_visible()
+    assert_not_reloaded(page)
+
+
+def test_viewer_sees_no_actions_and_is_refused(new_page: NewPage, org: Org, server: Server) -> None:
+    """A viewer gets no Cancel/Retry/bulk-retry controls, and its own POST with the session
+    cookie and a valid CSRF token is refused with 403; state changes need the CSRF header."""
+    api = org.api()
+    running = api.submit("exports.archive", {"bucket": "backups"})
+    failed = api.submit("billing.sync", {"invoice": "INV-7"})
+    api.wait_status(failed, "failed")
+    api.wait_status(running, "running")
+
+    page, _ = new_page()
+    sign_in(page, org.token("viewer"), f"#/jobs/{running}")
+    expect(page.get_by_test_id("job-status")).to_have_text("running")
+    expect(page.get_by_test_id("btn-cancel")).to_have_count(0)
+    page.evaluate(f"location.hash = '#/jobs/{failed}'")
+    expect(page.get_by_test_id("job-status")).to_have_text("failed")
+    expect(page.get_by_test_id("btn-retry")).to_have_count(0)
+    page.evaluate("location.hash = '#/dead'")
+    expect(page.get_by_test_id("dead-retry-selected")).to_be_hidden()
+    expect(page.get_by_test_id("dead-select-all")).to_be_hidden()
+
+    post = """async ([id, withCsrf]) => {
+        const csrf = document.cookie.split('; ').find((c) => c.startsWith('edgejobs_csrf='));
+        const headers = withCsrf ? {'X-CSRF-Token': decodeURIComponent(csrf.split('=')[1])} : {};
+        const r = await fetch(`/api/v1/jobs/${id}/cancel`, {method: 'POST', headers});
+        return [r.status, (await r.json()).error.code];
+    }"""
+    assert page.evaluate(post, [running, True]) == [403, "forbidden"]
+    assert page.evaluate(post, [running, False])[0] == 403
+    assert api.status(running) == "running"
+
+    # An operator's session without the CSRF header is refused too.
+    operator, _ = new_page()
+    sign_in(operator, org.token("operator"))
+    assert operator.evaluate(post, [running, False]) == [403, "csrf_failed"]
+    assert api.status(running) == "running"
+    server.release(running)
+    api.wait_status(running, "completed")
+
+
+def test_params_render_as_text_only(new_page: NewPage, org: Org) -> None:
+    """Params holding markup show that markup as text and run no script (no dialog, no
+    <img> element, no CSP violation: the page fixture checks the last two for every test)."""
+    api = org.api()
+    job_id = api.submit("emails.send", {"subject": XSS, "to": "ops@example.com"})
+    api.wait_status(job_id, "completed")
+    page, watch = new_page()
+    sign_in(page, org.token("operator"))
+    expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+    page.get_by_test_id("search").fill("onerror")
+    page.get_by_test_id("search").press("Enter")
+    expect(page.locator("#jobs-body tr")).to_have_count(1)
+    row(page, job_id).get_by_role("link", name=job_id).click()
+    params = page.get_by_test_id("job-params")
+    expect(params).to_contain_text(XSS)
+    assert params.locator("img").count() == 0
+    assert page.locator("img").count() == 0
+    assert watch.dialogs == [] and watch.csp_errors == []
+
+
+def test_search_filters_and_pages(new_page: NewPage, org: Org) -> None:
+    """Search by id opens the job, search by text narrows to it, the status, type and
+    priority filters narrow the list, and the pager walks through more than one page."""
+    api = org.api()
+    batch = [
+        {"job_type": "images.resize", "params": {"image": f"photo-{n:03}.jpg"}} for n in range(52)
+    ]
+    response = api.client.post("/api/v1/jobs/batch", json={"jobs": batch})
+    assert response.status_code == 201, response.text
+    resized = [job["id"] for job in response.json()["jobs"]]
+    mail = api.submit("emails.send", {"to": "invoice-4711@example.com"}, priority="critical")
+    failed = api.submit("billing.sync", {"invoice": "INV-9"})
+    for job_id in (*resized, mail):
+        api.wait_status(job_id, "completed")
+    api.wait_status(failed, "failed")
+
+    page, _ = new_page()
+    sign_in(page, org.token("operator"))
+    rows = page.locator("#jobs-body tr")
+    expect(rows).to_have_count(50)
+    expect(page.get_by_test_id("first-page")).to_be_disabled()
+    page.get_by_test_id("next-page").click()
+    expect(rows).to_have_count(4)
+    expect(page.get_by_test_id("next-page")).to_be_disabled()
+    expect(row(page, resized[0])).to_be_visible()
+    page.get_by_test_id("first-page").click()
+    expect(rows).to_have_count(50)
+    expect(row(page, failed)).to_be_visible()
+
+    page.get_by_test_id("filter-status").select_option(["failed"])
+    expect(rows).to_have_count(1)
+    expect(row(page, failed)).to_have_attribute("data-status", "failed")
+    page.get_by_test_id("filter-status").select_option([])
+    expect(rows).to_have_count(50)
+
+    page.get_by_test_id("filter-type").select_option("emails.send")
+    expect(rows).to_have_count(1)
+    expect(row(page, mail)).to_be_visible()
+    page.get_by_test_id("filter-type").select_option("")
+    page.get_by_test_id("filter-priority").select_option("low")
+    expect(rows).to_have_count(50)
+    expect(row(page, mail)).to_have_count(0)
+    page.get_by_test_id("filter-priority").select_option("critical")
+    expect(rows).to_have_count(1)
+    page.get_by_test_id("filter-priority").select_option("")
+
+    page.get_by_test_id("search").fill("invoice-4711")
+    page.get_by_test_id("search").press("Enter")
+    expect(rows).to_have_count(1)
+    expect(row(page, mail)).to_be_visible()
+    assert "q=invoice-4711" in page.url
+
+    page.get_by_test_id("search").fill(failed)
+    page.get_by_test_id("search").press("Enter")
+    expect(page).to_have_url(re.compile(rf"#/jobs/{failed}$"))
+    expect(page.get_by_test_id("job-status")).to_have_text("failed")
+    assert_not_reloaded(page)
+
+
+def test_dead_letter_bulk_retry(new_page: NewPage, org: Org, server: Server) -> None:
+    """Jobs reaching dead_letter appear live in the dead-letter view; retrying the selected
+    ones requeues exactly those (they then complete), the others stay dead."""
+    api = org.api()
+    page, _ = new_page()
+    sign_in(page, org.token("operator"), "#/dead")
+    ids = [
+        api.submit("webhooks.deliver", {"url": f"https://hooks.example.com/{n}"}) for n in range(3)
+    ]
+    for job_id in ids:
+        expect(row(page, job_id)).to_have_attribute("data-status", "dead_letter")
+    expect(page.get_by_test_id("dead-retry-selected")).to_be_disabled()
+    chosen, left = ids[:2], ids[2]
+    for job_id in chosen:
+        server.release(job_id, "fixed")
+        page.get_by_test_id(f"dead-select-{job_id}").check()
+    expect(page.get_by_test_id("dead-retry-selected")).to_have_text("Retry selected (2)")
+    page.get_by_test_id("dead-retry-selected").click()
+    expect(page.get_by_test_id("message")).to_contain_text("Retried 2 jobs")
+    for job_id in chosen:
+        expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+        job = api.job(job_id)
+        assert job["status"] == "completed" and job["attempts"] == 3
+    assert api.status(left) == "dead_letter"
+    expect(row(page, left)).to_have_attribute("data-status", "dead_letter")
+
+    # Select all picks every dead-letter job shown.
+    page.get_by_test_id("dead-select-all").check()
+    expect(page.get_by_test_id("dead-retry-selected")).to_have_text("Retry selected (1)")
+    expect(page.get_by_test_id(f"dead-select-{left}")).to_be_checked()
+    assert_not_reloaded(page)
+
+
+def test_resume_with_last_event_id_and_reload_on_reset(new_page: NewPage, tmp_path: Path) -> None:
+    """When the stream drops, the browser resumes with Last-Event-ID and the missed events
+    arrive without reloading any data; with no event id to resume from, or with missed events
+    beyond the replay window (the server's ``reset``), the dashboard reloads its data."""
+    own = Server(tmp_path).start()
+    try:
+        tenant = Org("resume", own)
+        api = tenant.api()
+        ids = [
+            api.submit("emails.send", {"to": f"user{n}@example.com"}, delay_s=3600)
+            for n in range(4)
+        ]
+        page, _ = new_page()
+        events: list[Any] = []
+        lists: list[str] = []
+
+        def on_request(request: Any) -> None:
+            if "/api/v1/events" in request.url:
+                events.append(request)
+            elif "/api/v1/jobs?" in request.url:
+                lists.append(request.url)
+
+        page.on("request", on_request)
+        sign_in(page, tenant.token("operator"), base=own.url)
+        for job_id in ids:
+            expect(row(page, job_id)).to_have_attribute("data-status", "scheduled")
+
+        def restart(*cancel: str) -> None:
+            own.stop()
+            expect(page.get_by_test_id("live-indicator")).to_have_attribute(
+                "data-state", "reconnecting"
+            )
+            for job_id in cancel:
+                own.cli("jobs", "cancel", job_id)
+            own.start()
+
+        # 1. No event seen yet, so nothing to resume from: the view reloads on reconnect.
+        loaded = len(lists)
+        restart(ids[0])
+        expect(row(page, ids[0])).to_have_attribute("data-status", "canceled", timeout=15000)
+        assert len(lists) > loaded, "missed events were neither resumed nor reloaded"
+
+        # 2. With an event id seen, missed events are replayed on the resumed stream.
+        fresh = api.submit("emails.send", {"to": "late@example.com"}, delay_s=3600)
+        expect(row(page, fresh)).to_have_attribute("data-status", "scheduled")
+        loaded, streams = len(lists), len(events)
+        restart(ids[1])
+        expect(row(page, ids[1])).to_have_attribute("data-status", "canceled", timeout=15000)
+        expect(page.get_by_test_id("live-indicator")).to_have_attribute("data-state", "open")
+        resumed = [
+            r.url
+            for r in events[streams:]
+            if "last-event-id" in r.all_headers() or "last_event_id=" in r.url
+        ]
+        assert resumed, "the stream was not resumed from the last event id"
+        assert len(lists) == loaded, "the list was reloaded instead of resumed"
+
+        # 3. More missed events than the replay window holds: `reset`, and the data reloads.
+        own.extra_config = "\n[events]\nreplay_max_events = 1\n"
+        restart(ids[2], ids[3])
+        for job_id in ids[2:]:
+            expect(row(page, job_id)).to_have_attribute("data-status", "canceled", timeout=15000)
+        assert len(lists) > loaded, "the reset did not reload the list"
+        assert_not_reloaded(page)
+    finally:
+        own.stop()
+
+
+def test_screenshots(new_page: NewPage, server: Server, artifacts: Path) -> None:
+    """Screenshots of the job list and of a running job's detail, with realistic data, into
+    test-artifacts/ (the README's docs/img/ copies come from here)."""
+    acme = Org("acme", server)
+    api = acme.api()
+    done = api.submit("reports.build", {"month": "2026-09", "format": "pdf"})
+    for step in range(1, 5):
+        server.release(done, f"step{step}")
+    api.wait_status(done, "completed")
+    for n, (to, priority) in enumerate(
+        [("ana@example.com", "high"), ("ops@example.com", "normal"), ("li@example.com", "low")]
+    ):
+        api.submit("emails.send", {"to": to, "template": "welcome", "n": n}, priority=priority)
+    for name in ("hero.jpg", "team.png", "logo.svg"):
+        api.submit("images.resize", {"image": name, "width": 640})
+    failed = api.submit("billing.sync", {"invoice": "INV-2026-0042", "amount_eur": 1290})
+    dead = api.submit("webhooks.deliver", {"url": "https://hooks.example.com/orders"})
+    archive = api.submit("exports.archive", {"bucket": "backups", "prefix": "2026/11/"})
+    report = api.submit("reports.build", {"month": "2026-10", "format": "pdf"}, priority="high")
+    waiting = api.submit("reports.build", {"month": "2026-11", "format": "csv"})
+    api.submit(
+        "emails.send",
+        {"to": "cfo@example.com", "template": "monthly-report"},
+        depends_on=[report],
+    )
+    api.submit("images.resize", {"image": "banner.webp", "width": 1920}, delay_s=3600)
+    api.wait_status(failed, "failed")
+    api.wait_status(dead, "dead_letter")
+    api.wait_status(archive, "running")
+    server.release(report, "step1")
+    server.release(report, "step2")
+
+    page, _ = new_page()
+    sign_in(page, acme.token("operator"))
+    expect(row(page, report).get_by_role("progressbar")).to_have_attribute("data-progress", "50")
+    expect(row(page, waiting)).to_have_attribute("data-status", "queued")
+    expect(page.get_by_test_id("count-completed")).to_have_text("7")
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(artifacts / "dashboard-jobs.png"))
+
+    page.evaluate(f"location.hash = '#/jobs/{report}'")
+    expect(page.get_by_test_id("job-status")).to_have_text("running")
+    expect(page.get_by_test_id("job-eta")).to_have_text(re.compile(r"left$"))
+    expect(page.get_by_test_id("job-children").get_by_role("link")).to_have_count(1)
+    expect(page.get_by_test_id("attempts-table").locator("tbody tr")).to_have_count(1)
+    page.screenshot(path=str(artifacts / "dashboard-detail.png"))
+
+    for step in (3, 4):
+        server.release(report, f"step{step}")
+    for step in range(1, 5):
+        server.release(waiting, f"step{step}")
+    server.release(archive)
+    api.wait_status(waiting, "completed")
+    for name in ("dashboard-jobs.png", "dashboard-detail.png"):
+        assert (artifacts / name).stat().st_size > 10_000
