@@ -36,6 +36,7 @@ from edgejobs.runner.maintenance import Maintenance, MaintenanceSettings
 from edgejobs.runner.pool import Pool, PoolSettings
 from edgejobs.runner.registry import JobType, Registry
 from edgejobs.runner.ticks import PruneReport, Ticker, TickSettings
+from edgejobs.runner.watchdog import LoopWatchdog
 from edgejobs.store import Store
 from edgejobs.store import job_types as job_type_store
 from edgejobs.store.audit import Actor, record_job_action
@@ -193,6 +194,7 @@ class EdgeJobs:
             )
         self.pool: Pool | None = None
         self.ticker: Ticker | None = None
+        self.watchdog = LoopWatchdog(lambda: self.pool.running_ids if self.pool else [])
         self.maintenance = Maintenance(self.store, MaintenanceSettings.from_config(config))
         self._lock: RunnerLock | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -366,8 +368,10 @@ class EdgeJobs:
                 retention_batch=cfg.retention.batch_size,
                 events_max=cfg.events.replay_max_events,
                 events_max_age_s=cfg.events.replay_max_age_s,
+                lease_s=cfg.runner.lease_s,
             ),
             after_change=self.pool.wake,
+            healthy_leases=self.pool.healthy_leases,
         )
         self.ticker.extra_tasks.extend(control_tasks)
         self.ticker.extra_tasks.extend(self.maintenance.tick_tasks())
@@ -377,6 +381,7 @@ class EdgeJobs:
                 asyncio.create_task(self.pool.run(), name="edgejobs-pool"),
                 asyncio.create_task(self.pool.renew_leases_forever(), name="edgejobs-leases"),
                 asyncio.create_task(self.ticker.run(), name="edgejobs-ticks"),
+                asyncio.create_task(self.watchdog.run(), name="edgejobs-watchdog"),
             ]
             self.pool.wake()
 

@@ -31,11 +31,15 @@ class _Parser(argparse.ArgumentParser):
 def _common(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS keeps a value given before the command name from being reset by the subparser.
     parser.add_argument(
-        "--config", metavar="PATH", default=argparse.SUPPRESS,
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
         help="edgejobs.toml to read (default: $EDGEJOBS_CONFIG or ./edgejobs.toml)",
     )
     parser.add_argument(
-        "--log-format", choices=["human", "json"], default=argparse.SUPPRESS,
+        "--log-format",
+        choices=["human", "json"],
+        default=argparse.SUPPRESS,
         help="log line format (default: human)",
     )
     parser.add_argument(

@@ -57,7 +57,10 @@ async def serve_until_signal(ej: EdgeJobs, extra: Callable[[], Any] | None = Non
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("stopping: no new claims; waiting up to %.0f s for running jobs", ej.config.runner.shutdown_grace_s)
+    log.info(
+        "stopping: no new claims; waiting up to %.0f s for running jobs",
+        ej.config.runner.shutdown_grace_s,
+    )
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -69,7 +72,9 @@ def run_worker(args: argparse.Namespace) -> int:
         await ej.start()
         log.info(
             "worker running on %s with %d workers (pid %d)",
-            ej.config.database.path, ej.config.runner.workers, __import__("os").getpid(),
+            ej.config.database.path,
+            ej.config.runner.workers,
+            __import__("os").getpid(),
         )
         try:
             await serve_until_signal(ej)

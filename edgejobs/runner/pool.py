@@ -65,6 +65,7 @@ class _Attempt:
     task: asyncio.Task[None] | None = None
     aborted_by: str | None = None  # "cancel" | "lost" | "shutdown"
     holds_slot: bool = True
+    leased_at: float = 0.0  # monotonic time of the claim or the last lease renewal
 
 
 def _log_fields(attempt: _Attempt) -> dict[str, Any]:
@@ -91,14 +92,25 @@ def _write_outcome(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: in
         elif execution.outcome is Outcome.COMPLETED:
             assert execution.result_json is not None
             row = complete_attempt(
-                conn, tx, seq=attempt.seq, attempt=attempt.number,
-                result_json=execution.result_json, now=now,
+                conn,
+                tx,
+                seq=attempt.seq,
+                attempt=attempt.number,
+                result_json=execution.result_json,
+                now=now,
             )
         else:
             assert execution.error is not None
             row = fail_attempt(
-                conn, tx, seq=attempt.seq, attempt=attempt.number, outcome=execution.outcome,
-                error=execution.error, permanent=execution.permanent, now=now, policy=item.policy,
+                conn,
+                tx,
+                seq=attempt.seq,
+                attempt=attempt.number,
+                outcome=execution.outcome,
+                error=execution.error,
+                permanent=execution.permanent,
+                now=now,
+                policy=item.policy,
             )
     except Exception as exc:
         conn.execute("ROLLBACK TO outcome")
@@ -357,6 +369,7 @@ class Pool:
         self._per_type[attempt.job_type] += 1
         self._per_type_org[(attempt.job_type, attempt.org)] += 1
         self._idle.clear()
+        attempt.leased_at = self._clock.monotonic()
         attempt.task = asyncio.create_task(
             self._run_attempt(attempt, json.loads(row["params"]), parent_results),
             name=f"edgejobs-attempt-{attempt.job_id}",
@@ -496,14 +509,35 @@ class Pool:
         interval = self.settings.lease_s / 3
         while not self._stopping:
             await asyncio.sleep(interval)
-            running = {a.seq: a.number for a in self._attempts.values() if a.aborted_by is None}
-            if not running:
+            live = [a for a in self._attempts.values() if a.aborted_by is None]
+            if not live:
                 continue
             until = self._clock.now_ms() + int(self.settings.lease_s * 1000)
+            renewed_at = self._clock.monotonic()
+            running = {a.seq: a.number for a in live}
             try:
                 await self._store.write(partial(renew_leases, running=running, until=until))
             except EdgeJobsError as exc:
                 log.warning("lease renewal failed: %s", exc)
+            else:
+                for attempt in live:
+                    attempt.leased_at = renewed_at
+
+    def healthy_leases(self) -> dict[int, int]:
+        """Attempts (seq → attempt number) whose lease this process renewed less than
+        ``lease_s`` ago by the monotonic clock.
+
+        The database stores lease expiry as wall-clock time, so a wall-clock jump forward
+        makes every lease look expired at once; by the monotonic clock these attempts are
+        healthy, and the tick renews them before it looks for expired leases. An attempt this
+        process really failed to renew for ``lease_s`` (a stalled loop) is not included.
+        """
+        now = self._clock.monotonic()
+        return {
+            a.seq: a.number
+            for a in self._attempts.values()
+            if a.aborted_by is None and now - a.leased_at < self.settings.lease_s
+        }
 
     async def wait_idle(self) -> None:
         """Return when no attempt is running in this process."""

@@ -95,7 +95,8 @@ class Scheduler:
         return dict(self._schedules)
 
     def validate(self) -> None:
-        """Refuse schedules whose job type this runner does not serve or whose org is invalid."""
+        """Refuse schedules whose job type this runner does not serve, whose org is invalid or
+        whose cron expression never matches a date."""
         for index, schedule in enumerate(self._schedules.values(), start=1):
             where = f"[[schedules]] #{index} ({schedule.name})"
             if schedule.job_type not in self._ej.registry:
@@ -106,6 +107,10 @@ class Scheduler:
                 check_org(schedule.org)
             except EdgeJobsError as exc:
                 raise ConfigError(f"{where} org: {exc.message}") from None
+            try:
+                next_due_after(schedule.cron, schedule.timezone, self._ej.clock.now_ms())
+            except ValueError:  # croniter's "failed to find next date" (e.g. 30 February)
+                raise ConfigError(f"{where} cron: {schedule.cron!r} never matches a date") from None
 
     async def sync(self, now: int) -> None:
         """Store the configured schedules (new ones start at their first due time >= now)."""

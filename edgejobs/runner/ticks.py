@@ -8,12 +8,14 @@ import asyncio
 import dataclasses
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from edgejobs.clock import Clock
 from edgejobs.errors import EdgeJobsError
 from edgejobs.runner.registry import Registry
 from edgejobs.store import Store
+from edgejobs.store.claim import renew_leases
+from edgejobs.store.clock_skew import shift_pending_retries
 from edgejobs.store.db import WriteTx
 from edgejobs.store.retention import delete_old_events, delete_old_jobs, trim_events
 from edgejobs.store.transitions import promote_due, recover_running, resolve_stuck_blocked
@@ -33,6 +35,14 @@ class TickSettings:
     retention_batch: int = 500
     events_max: int = 10000
     events_max_age_s: float = 3600.0
+    lease_s: float = 30.0
+
+
+CLOCK_JUMP_MIN_S = 1.0
+"""Wall time and monotonic time that drift apart by more than this between two ticks (and
+more than two tick intervals) count as a wall-clock jump."""
+RETENTION_HOLD_FRACTION = 0.1
+"""A forward jump larger than this fraction of the retention period holds retention back."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -55,12 +65,18 @@ class Ticker:
         settings: TickSettings,
         *,
         after_change: Callable[[], None] | None = None,
+        healthy_leases: Callable[[], Mapping[int, int]] | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._clock = clock
         self.settings = settings
         self._after_change = after_change
+        self._healthy_leases = healthy_leases
+        self._last_wall_ms: int | None = None
+        self._last_monotonic = 0.0
+        self.retention_held_until: float | None = None
+        """Monotonic time until which ticks skip retention after a forward wall-clock jump."""
         self._stopping = asyncio.Event()
         self._last_retention_ms: int | None = None
         self.extra_tasks: list[TickTask] = []
@@ -74,8 +90,17 @@ class Ticker:
     async def tick(self) -> None:
         """One pass of every tick task."""
         now = self._clock.now_ms()
+        jump_ms = self._wall_clock_jump(now)
+        healthy = dict(self._healthy_leases()) if self._healthy_leases is not None else {}
+        lease_until = now + int(self.settings.lease_s * 1000)
 
         def maintain(conn: sqlite3.Connection, tx: WriteTx) -> tuple[int, int, list[str]]:
+            if jump_ms < 0:
+                shift_pending_retries(conn, tx, by_ms=jump_ms, now=now)
+            if healthy:
+                # Leases are wall-clock instants: renew the ones this process is renewing in
+                # time by the monotonic clock, so a wall-clock jump does not expire them.
+                renew_leases(conn, tx, running=healthy, until=lease_until)
             promoted = promote_due(conn, tx, now=now)
             lost = recover_running(
                 conn,
@@ -102,7 +127,10 @@ class Ticker:
         due = self._last_retention_ms is None or (
             now - self._last_retention_ms >= self.settings.retention_interval_s * 1000
         )
-        if due:
+        held = self.retention_held_until is not None and (
+            self._clock.monotonic() < self.retention_held_until
+        )
+        if due and not held:
             self._last_retention_ms = now
             await self.prune(now=now)
         for task in self.extra_tasks:
@@ -112,6 +140,44 @@ class Ticker:
                 log.warning("tick task failed: %s", exc)
         self.ticks += 1
         self.last_tick_monotonic = self._clock.monotonic()
+
+    def _wall_clock_jump(self, now: int) -> int:
+        """How far the wall clock jumped since the last tick against the monotonic clock
+        (ms; 0 when it did not), warning about jumps and holding retention after forward ones.
+
+        Why hold retention: ``finished_at`` is wall-clock time, so after a jump forward of a
+        year every job looks a year older and one pass would delete young jobs. Retention
+        waits one retention period (by the monotonic clock) instead: by then every job that
+        finished before the jump really is that old. ``edgejobs prune`` still works.
+        """
+        monotonic = self._clock.monotonic()
+        last_wall, last_monotonic = self._last_wall_ms, self._last_monotonic
+        self._last_wall_ms, self._last_monotonic = now, monotonic
+        if last_wall is None:
+            return 0
+        drift_ms = (now - last_wall) - round((monotonic - last_monotonic) * 1000)
+        threshold_ms = 1000 * max(CLOCK_JUMP_MIN_S, 2 * self.settings.interval_s)
+        if abs(drift_ms) <= threshold_ms:
+            return 0
+        if drift_ms > 0:
+            hold_ms = self.settings.retention_days * 86_400_000 * RETENTION_HOLD_FRACTION
+            if drift_ms > max(threshold_ms, hold_ms):
+                self.retention_held_until = monotonic + self.settings.retention_days * 86_400
+                log.warning(
+                    "the wall clock jumped forward by %.0f s: retention is held for %g days so"
+                    " that no job is deleted for looking older than it is",
+                    drift_ms / 1000,
+                    self.settings.retention_days,
+                )
+            else:
+                log.warning("the wall clock jumped forward by %.0f s", drift_ms / 1000)
+        else:
+            self._last_retention_ms = now
+            log.warning(
+                "the wall clock jumped back by %.0f s: pending retries are moved back as much",
+                -drift_ms / 1000,
+            )
+        return drift_ms
 
     async def prune(
         self, *, now: int | None = None, older_than_days: float | None = None

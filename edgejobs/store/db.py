@@ -142,8 +142,8 @@ class WriteTx:
 
     def rollback_to(self, mark: tuple[int, int]) -> None:
         """Forget what was staged after ``mark``."""
-        del self.pending_events[mark[0]:]
-        del self.durations[mark[1]:]
+        del self.pending_events[mark[0] :]
+        del self.durations[mark[1] :]
         self.events = len(self.pending_events)
 
     def flush(self, conn: sqlite3.Connection) -> None:

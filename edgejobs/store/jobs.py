@@ -213,9 +213,7 @@ def submitted_jobs(conn: sqlite3.Connection, inserted: Sequence[Inserted], now: 
     return jobs
 
 
-def load_job(
-    conn: sqlite3.Connection, row: RowLike, now: int, deduplicated: bool = False
-) -> Job:
+def load_job(conn: sqlite3.Connection, row: RowLike, now: int, deduplicated: bool = False) -> Job:
     """A full :class:`Job` (parents, children and ETA included) from its row."""
     parents = tuple(
         r[0]

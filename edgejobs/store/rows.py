@@ -87,7 +87,12 @@ def job_from_row(
 
 
 _EVENT_TIME_FIELDS = (
-    "run_at", "next_retry_at", "created_at", "started_at", "finished_at", "updated_at",
+    "run_at",
+    "next_retry_at",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
 )
 
 

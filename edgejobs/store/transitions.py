@@ -351,9 +351,7 @@ def next_due_ms(conn: sqlite3.Connection) -> int | None:
 # -- dependencies ----------------------------------------------------------------------------
 
 
-def on_parent_terminal(
-    conn: sqlite3.Connection, tx: WriteTx, parent: RowLike, now: int
-) -> None:
+def on_parent_terminal(conn: sqlite3.Connection, tx: WriteTx, parent: RowLike, now: int) -> None:
     """Apply a parent's terminal status to its blocked children, in the same transaction.
 
     completed: each child loses one pending parent; at zero it becomes queued (or scheduled).

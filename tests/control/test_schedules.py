@@ -16,6 +16,7 @@ import pytest
 from control_support import Factory, build, query
 
 from edgejobs import EdgeJobs, Status
+from edgejobs.config import ScheduleConfig
 from edgejobs.control import list_schedules, scheduler_of
 from edgejobs.errors import ConfigError
 from edgejobs.runner.schedules import Scheduler, next_due_after
@@ -343,6 +344,26 @@ async def test_schedule_of_an_unknown_job_type_is_refused_at_start(
     # The runner lock was released: a fixed configuration starts.
     ej = build(db_path, clock, schedules=[schedule()])
     await ej.start(run_workers=False)
+    await ej.close()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cron": "0 0 30 2 *"}, r"cron: '0 0 30 2 \*' never matches a date"),
+        ({"org": "no spaces"}, r"org: org must be"),
+    ],
+)
+async def test_impossible_schedules_are_refused_at_start(
+    clock: FakeClock, db_path: Path, changes: dict[str, str], message: str
+) -> None:
+    # Built without the config's own validation (which already refuses 30 February), as
+    # code may do: the runner still refuses it with a clear message.
+    fields = {"timezone": "UTC", "params": {}, "priority": None, "catch_up": "once"}
+    invalid = ScheduleConfig.model_construct(**{**fields, **schedule(**changes)})
+    ej = build(db_path, clock, schedules=[invalid])
+    with pytest.raises(ConfigError, match=message):
+        await ej.start(run_workers=False)
     await ej.close()
 
 
