@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -82,4 +82,40 @@ def run_worker(args: argparse.Namespace) -> int:
             await ej.close()
         return 0
 
-    return asyncio.run(main())
+    return run_abandoning(main())
+
+
+EXIT_GRACE_S = 2.0
+
+
+def run_abandoning(main: Coroutine[Any, Any, int], grace_s: float = EXIT_GRACE_S) -> int:
+    """Like :func:`asyncio.run`, except that tasks still ignoring cancellation ``grace_s``
+    after the runner closed are left behind instead of waited for.
+
+    Why: an async handler that swallows ``CancelledError`` is abandoned at its timeout, and
+    its task lives on; ``asyncio.run`` would wait for it forever at exit, so SIGTERM would
+    never end the process. By then the database is closed and every outcome written.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        asyncio.set_event_loop(loop)
+        result = loop.run_until_complete(main)
+        left = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in left:
+            task.cancel()
+        if left:
+            _, pending = loop.run_until_complete(asyncio.wait(left, timeout=grace_s))
+            if pending:
+                log.warning(
+                    "exiting without %d task(s) that ignored cancellation: %s",
+                    len(pending),
+                    ", ".join(sorted(task.get_name() for task in pending)),
+                )
+                for task in pending:
+                    # Said once above; asyncio would add an error per task at interpreter exit.
+                    setattr(task, "_log_destroy_pending", False)  # noqa: B010
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        return result
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

@@ -173,7 +173,7 @@ async def execute(
         return await _execute_in_process(job_type, ctx, params, abort, max_result_bytes, timeout)
     if inspect.iscoroutinefunction(handler):
         work: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
-            _guarded(handler, ctx, params)
+            _guarded(handler, ctx, params), name=f"edgejobs-handler-{ctx.job_id}"
         )
     else:
         work = _start_thread(handler, ctx, params)

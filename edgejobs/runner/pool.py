@@ -113,10 +113,12 @@ def _write_outcome(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: in
                 policy=item.policy,
             )
     except Exception as exc:
+        if not conn.in_transaction or (
+            isinstance(exc, sqlite3.Error) and isinstance(translate(exc), StorageFull)
+        ):
+            raise  # nothing can be written (SQLite may have rolled back): retry the cycle
         conn.execute("ROLLBACK TO outcome")
         conn.execute("RELEASE outcome")
-        if isinstance(exc, sqlite3.Error) and isinstance(translate(exc), StorageFull):
-            raise  # nothing can be written: the whole cycle is retried
         return exc
     conn.execute("RELEASE outcome")
     return row
