@@ -31,6 +31,7 @@ import uvicorn
 from edgejobs import demo
 from edgejobs.api.app import begin_shutdown
 from edgejobs.app import EdgeJobs
+from edgejobs.cli.runner import run_abandoning
 from edgejobs.config import load_config
 
 log = logging.getLogger("edgejobs")
@@ -81,7 +82,9 @@ def run_serve(args: argparse.Namespace) -> int:
     ej = EdgeJobs(config=config)
     if args.demo:
         demo.register(ej)
-    return asyncio.run(serve(ej, demo_mode=args.demo))
+    # Like asyncio.run, but a handler task that swallows cancellation cannot keep the
+    # process alive after SIGTERM.
+    return run_abandoning(serve(ej, demo_mode=args.demo))
 
 
 class _Server(uvicorn.Server):

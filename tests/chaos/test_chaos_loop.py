@@ -1,0 +1,140 @@
+"""The chaos loop: a real ``edgejobs worker`` runs a mixed workload and is SIGKILLed at a random
+moment, round after round, while another process keeps submitting; at the end every
+acknowledged job is terminal and the invariants of SPEC §9 hold.
+
+20 rounds by default; ``EDGEJOBS_LONG=1`` runs 500. ``EDGEJOBS_CHAOS_SEED`` replays a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chaos_support import (
+    LONG,
+    MAX_RETRIES,
+    Worker,
+    check_invariants,
+    config_text,
+    setup_folder,
+    unfinished,
+    wait_for,
+)
+
+from edgejobs import EdgeJobs
+from edgejobs.app import JobSpec
+from edgejobs.workflows import Workflow
+
+ROUNDS = 500 if LONG else 20
+
+
+def _one_job(rng: random.Random, n: int) -> tuple[str, dict[str, Any]]:
+    kind = rng.choices(
+        ["c.fast", "c.slow", "c.flaky", "c.fail", "c.sync"], weights=[5, 3, 3, 1, 2]
+    )[0]
+    params: dict[str, Any] = {"n": n}
+    if kind == "c.slow":
+        params.update(mode="slow", seconds=round(rng.uniform(0.2, 1.5), 2))
+    elif kind == "c.flaky":
+        params.update(mode="flaky", fail_attempts=rng.randint(1, 2))
+    elif kind == "c.fail":
+        params.update(mode="fail")
+    elif kind == "c.sync":
+        params.update(seconds=round(rng.uniform(0.1, 0.6), 2))
+    return kind, params
+
+
+async def _submit_some(client: EdgeJobs, rng: random.Random, counter: list[int]) -> list[str]:
+    """One submission of a random shape; the ids it acknowledged."""
+    counter[0] += 1
+    n = counter[0]
+    shape = rng.random()
+    if shape < 0.6:
+        kind, params = _one_job(rng, n)
+        return [(await client.submit(kind, org="acme", params=params, dedup=False)).id]
+    if shape < 0.85:
+        # A chain and a fan-in through submit_many, all or nothing.
+        specs: list[JobSpec] = []
+        for i in range(rng.randint(2, 4)):
+            kind, params = _one_job(rng, n * 100 + i)
+            after = [specs[-1]] if specs else []
+            if len(specs) >= 2 and rng.random() < 0.5:
+                after.append(specs[0])
+            specs.append(JobSpec(kind, "acme", params, depends_on=after, dedup=False))
+        return [job.id for job in await client.submit_many(specs)]
+    flow = Workflow("acme")
+    first = flow.add("c.fast", params={"n": n, "step": "extract"}, name="extract", dedup=False)
+    mids = [
+        flow.add("c.sync", params={"n": n, "part": p, "seconds": 0.1}, after=first, dedup=False)
+        for p in range(2)
+    ]
+    flow.add(
+        "c.slow",
+        params={"n": n, "mode": "slow", "seconds": 0.3},
+        after=mids,
+        name="load",
+        dedup=False,
+    )
+    jobs = await flow.submit(client)
+    return [job.id for job in jobs.values()]
+
+
+async def _keep_submitting(
+    client: EdgeJobs, rng: random.Random, acknowledged: list[str], stop: asyncio.Event
+) -> None:
+    counter = [0]
+    while not stop.is_set():
+        acknowledged.extend(await _submit_some(client, rng, counter))
+        await asyncio.sleep(rng.uniform(0.02, 0.15))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600 if LONG else 150)
+async def test_sigkill_rounds_lose_nothing_and_complete_nothing_twice(tmp_path: Path) -> None:
+    seed = int(os.environ.get("EDGEJOBS_CHAOS_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    config = setup_folder(tmp_path, config_text())
+    db, effects = tmp_path / "jobs.db", tmp_path / "effects.db"
+    client = EdgeJobs.from_config(config, environ={})
+    await client.open()
+    acknowledged: list[str] = []
+    stop = asyncio.Event()
+    submitter = asyncio.create_task(_keep_submitting(client, rng, acknowledged, stop))
+    kills_while_running = 0
+    try:
+        for round_no in range(ROUNDS):
+            with Worker(config, f"worker{round_no}") as worker:
+                # Random moment: often before the runner even finished starting, often mid-job.
+                await asyncio.sleep(rng.uniform(0.2, 1.3))
+                assert worker.alive(), worker.output()
+                running = query_running(db)
+                kills_while_running += running > 0
+                worker.kill()
+        stop.set()
+        await submitter
+        with Worker(config, "final") as final:
+            await wait_for(
+                lambda: not unfinished(db, acknowledged), 120, "every job terminal", final
+            )
+            assert await final.stop() == 0, final.output()[-4000:]
+    finally:
+        stop.set()
+        if not submitter.done():
+            submitter.cancel()
+        await client.close()
+    report = check_invariants(db, effects, acknowledged, max_retries=MAX_RETRIES)
+    print(f"seed={seed} rounds={ROUNDS} kills_while_running={kills_while_running} {report}")
+    assert report["jobs"] == len(acknowledged) > ROUNDS
+    assert kills_while_running > 0  # the kills did hit running work
+    assert report["lost_attempts"] > 0
+
+
+def query_running(db: Path) -> int:
+    """How many jobs the database shows running now."""
+    from chaos_support import query
+
+    return int(query(db, "SELECT count(*) AS n FROM jobs WHERE status = 'running'")[0]["n"])
