@@ -609,10 +609,13 @@ class EdgeJobs:
         def op(conn: sqlite3.Connection, tx: WriteTx) -> list[Job]:
             return submitted_jobs(conn, insert_jobs(conn, tx, jobs=new_jobs, now=now), now)
 
-        jobs = await self.store.write(op)
+        written = self.store.writer.submit_nowait(op)
         if self.pool is not None:
+            # Wake the pool now, not after the commit: its claim is queued right behind this
+            # insert and often shares its transaction, which saves a whole commit of latency.
+            # (Queued behind it, the claim can only see the new rows if they were written.)
             self.pool.wake()
-        return jobs
+        return await written
 
     # -- reading and acting -------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 MIN_SQLITE = (3, 35, 0)
 MAX_BATCH_OPS = 512
-IDLE_POLL_S = 0.05
+IDLE_POLL_S = 0.1
 """How often an idle writer looks at ``PRAGMA data_version`` for other processes' commits."""
 
 
