@@ -12,6 +12,7 @@ Run through ``bench/run`` (which also runs the peers); alone:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import subprocess
@@ -197,6 +198,16 @@ asyncio.run(main())
 """
 
 
+def _fresh_process(call: str) -> Any:
+    """Run ``edgejobs_subject.<call>`` in a new interpreter and return its JSON result."""
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(HERE)!r}); import edgejobs_subject as s; "
+        f"print(json.dumps(s.{call}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def resident_mb(queued: int) -> float:
     """Resident memory (MiB) of a runner process, idle, with ``queued`` jobs waiting."""
     with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
@@ -235,7 +246,9 @@ def main() -> None:
         f"{cond}, synchronous=FULL, 50 coroutines each awaiting one submit at a time",
     )
     samples = benchlib.scaled(300, 10)
-    runs = [pickup_latency(samples) for _ in range(benchlib.REPEATS)]
+    # Each repetition in a fresh process: an idle runner's cost, not the aftermath of the
+    # throughput runs above in this one.
+    runs = [_fresh_process(f"pickup_latency({samples})") for _ in range(benchlib.REPEATS)]
     for key, unit, text in (
         ("pickup_p50", "ms", "idle runner, submit() → handler starts"),
         ("pickup_p99", "ms", "idle runner, submit() → handler starts"),

@@ -361,15 +361,7 @@ class EdgeJobs:
             self.store,
             self.registry,
             self.clock,
-            TickSettings(
-                interval_s=cfg.runner.tick_interval_s,
-                retention_days=cfg.retention.days,
-                retention_interval_s=cfg.retention.interval_s,
-                retention_batch=cfg.retention.batch_size,
-                events_max=cfg.events.replay_max_events,
-                events_max_age_s=cfg.events.replay_max_age_s,
-                lease_s=cfg.runner.lease_s,
-            ),
+            self._tick_settings(),
             after_change=self.pool.wake,
             healthy_leases=self.pool.healthy_leases,
         )
@@ -384,6 +376,18 @@ class EdgeJobs:
                 asyncio.create_task(self.watchdog.run(), name="edgejobs-watchdog"),
             ]
             self.pool.wake()
+
+    def _tick_settings(self) -> TickSettings:
+        cfg = self.config
+        return TickSettings(
+            interval_s=cfg.runner.tick_interval_s,
+            retention_days=cfg.retention.days,
+            retention_interval_s=cfg.retention.interval_s,
+            retention_batch=cfg.retention.batch_size,
+            events_max=cfg.events.replay_max_events,
+            events_max_age_s=cfg.events.replay_max_age_s,
+            lease_s=cfg.runner.lease_s,
+        )
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop claiming, let running attempts finish for ``grace_s`` (default from config),
@@ -763,12 +767,7 @@ class EdgeJobs:
             self.store,
             self.registry,
             self.clock,
-            TickSettings(
-                retention_days=self.config.retention.days,
-                retention_batch=self.config.retention.batch_size,
-                events_max=self.config.events.replay_max_events,
-                events_max_age_s=self.config.events.replay_max_age_s,
-            ),
+            self._tick_settings(),
         )
         report = await ticker.prune(older_than_days=older_than_days)
         if report.jobs or report.events:

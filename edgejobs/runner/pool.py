@@ -86,6 +86,7 @@ def _write_outcome(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: in
     outcome does not undo the others of the cycle (each runs in its own savepoint)."""
     attempt, execution = item.attempt, item.execution
     conn.execute("SAVEPOINT outcome")
+    mark = tx.mark()
     try:
         if attempt.aborted_by == "shutdown" or execution.outcome is Outcome.CANCELED:
             row = requeue_interrupted(conn, tx, seq=attempt.seq, attempt=attempt.number, now=now)
@@ -117,6 +118,7 @@ def _write_outcome(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: in
             isinstance(exc, sqlite3.Error) and isinstance(translate(exc), StorageFull)
         ):
             raise  # nothing can be written (SQLite may have rolled back): retry the cycle
+        tx.rollback_to(mark)
         conn.execute("ROLLBACK TO outcome")
         conn.execute("RELEASE outcome")
         return exc

@@ -126,25 +126,30 @@ class WriteTx:
     canceled_running: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     pending_events: list[tuple[str, str, str, str, int]] = dataclasses.field(default_factory=list)
     durations: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+    _change_log: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def changed(self, job_id: str, status: str) -> None:
         """Record that ``job_id`` moved to ``status`` in this transaction."""
         self.jobs_changed[job_id] = status
+        self._change_log.append((job_id, status))
 
     def add_event(self, org: str, job_id: str, kind: str, data: str, created_at: int) -> None:
         """Stage one event row (written before COMMIT, in order)."""
         self.pending_events.append((org, job_id, kind, data, created_at))
         self.events += 1
 
-    def mark(self) -> tuple[int, int]:
+    def mark(self) -> tuple[int, int, int]:
         """A point to roll staged rows back to when an operation's savepoint is rolled back."""
-        return len(self.pending_events), len(self.durations)
+        return len(self.pending_events), len(self.durations), len(self._change_log)
 
-    def rollback_to(self, mark: tuple[int, int]) -> None:
-        """Forget what was staged after ``mark``."""
+    def rollback_to(self, mark: tuple[int, int, int]) -> None:
+        """Forget what was staged and reported after ``mark`` (its savepoint was undone)."""
         del self.pending_events[mark[0] :]
         del self.durations[mark[1] :]
         self.events = len(self.pending_events)
+        if len(self._change_log) > mark[2]:
+            del self._change_log[mark[2] :]
+            self.jobs_changed = dict(self._change_log)
 
     def flush(self, conn: sqlite3.Connection) -> None:
         """Write the staged event rows and run durations (called just before COMMIT)."""
