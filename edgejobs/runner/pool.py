@@ -161,6 +161,7 @@ class Pool:
         self._next_due: int | None = None
         self._pending_writes: set[asyncio.Future[Any]] = set()
         self._finishes: list[_Finish] = []
+        self._renew_pass_at = float("-inf")  # monotonic time of the last lease-renewal pass
         self._loop_running = False
         self._flush_task: asyncio.Task[None] | None = None
         # Aborts that arrived while a claim was in flight, for attempts not started yet.
@@ -513,6 +514,7 @@ class Pool:
         interval = self.settings.lease_s / 3
         while not self._stopping:
             await asyncio.sleep(interval)
+            self._renew_pass_at = self._clock.monotonic()
             live = [a for a in self._attempts.values() if a.aborted_by is None]
             if not live:
                 continue
@@ -533,14 +535,18 @@ class Pool:
 
         The database stores lease expiry as wall-clock time, so a wall-clock jump forward
         makes every lease look expired at once; by the monotonic clock these attempts are
-        healthy, and the tick renews them before it looks for expired leases. An attempt this
-        process really failed to renew for ``lease_s`` (a stalled loop) is not included.
+        healthy, and the tick renews them before it looks for expired leases. While the renewal
+        loop keeps running (the event loop is alive), every attempt this process still tracks is
+        healthy, even if its renewals failed because another process held the database lock:
+        its handler is running here, or its outcome waits in memory to be written. Only a
+        stalled loop (no renewal pass for ``lease_s``) lets stale attempts be recovered.
         """
         now = self._clock.monotonic()
+        loop_alive = now - self._renew_pass_at < self.settings.lease_s
         return {
             a.seq: a.number
             for a in self._attempts.values()
-            if a.aborted_by is None and now - a.leased_at < self.settings.lease_s
+            if a.aborted_by is None and (loop_alive or now - a.leased_at < self.settings.lease_s)
         }
 
     async def wait_idle(self) -> None:
