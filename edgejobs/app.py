@@ -294,8 +294,12 @@ class EdgeJobs:
             self.store.writer.add_commit_listener(self._on_commit)
             self.store.writer.add_foreign_listener(self._on_foreign_change)
             self._opened = True
-            self._stored_types = await self.store.read(job_type_store.load_states)
-            self._apply_stored_types()
+            self.set_stored_types(await self.store.read(job_type_store.load_states))
+
+    def set_stored_types(self, states: dict[str, job_type_store.JobTypeState]) -> None:
+        """Take the job types' stored state (pause flags, overrides) as the one in force."""
+        self._stored_types = states
+        self._apply_stored_types()
 
     def _apply_stored_types(self) -> None:
         self.registry.paused = frozenset(
@@ -362,6 +366,7 @@ class EdgeJobs:
             self.registry,
             self.clock,
             self._tick_settings(),
+            trim_events=self.maintenance.trim_events,
             after_change=self.pool.wake,
             healthy_leases=self.pool.healthy_leases,
         )
@@ -384,8 +389,6 @@ class EdgeJobs:
             retention_days=cfg.retention.days,
             retention_interval_s=cfg.retention.interval_s,
             retention_batch=cfg.retention.batch_size,
-            events_max=cfg.events.replay_max_events,
-            events_max_age_s=cfg.events.replay_max_age_s,
             lease_s=cfg.runner.lease_s,
         )
 
@@ -466,8 +469,7 @@ class EdgeJobs:
 
     async def _refresh_job_types(self) -> None:
         with contextlib.suppress(EdgeJobsError):
-            self._stored_types = await self.store.read(job_type_store.load_states)
-            self._apply_stored_types()
+            self.set_stored_types(await self.store.read(job_type_store.load_states))
 
     # -- submitting ---------------------------------------------------------------------------
 
@@ -478,10 +480,7 @@ class EdgeJobs:
             return self.registry.get(name)
         stored = self._stored_types.get(name)
         if stored is not None and stored.policy:
-            policy = {
-                **stored.policy,
-                **{k: v for k, v in stored.overrides.items() if v is not None},
-            }
+            policy = stored.effective_policy
             return JobType(
                 name=name,
                 handler_ref="unknown:unknown",
@@ -768,6 +767,7 @@ class EdgeJobs:
             self.registry,
             self.clock,
             self._tick_settings(),
+            trim_events=self.maintenance.trim_events,
         )
         report = await ticker.prune(older_than_days=older_than_days)
         if report.jobs or report.events:

@@ -163,7 +163,7 @@ def _views(ej: EdgeJobs, states: Mapping[str, job_type_store.JobTypeState]) -> l
             policy = declared_type.with_overrides(overrides).policy()
         else:
             declared = dict(state.policy) if state else {}
-            policy = {**declared, **{k: v for k, v in overrides.items() if v is not None}}
+            policy = state.effective_policy if state else {}
         views.append(
             JobTypeView(
                 name=name,
@@ -218,8 +218,7 @@ async def _change(ej: EdgeJobs, name: str, apply: Change) -> JobTypeView:
 
     states = await ej.store.write(op)
     # The in-process registry changes at once (the pool reads it at its next claim).
-    ej._stored_types = states
-    ej._apply_stored_types()
+    ej.set_stored_types(states)
     if ej.pool is not None:
         ej.pool.wake()
     return next(view for view in _views(ej, states) if view.name == name)

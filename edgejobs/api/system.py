@@ -129,11 +129,10 @@ def job_type_items(ej: EdgeJobs) -> list[dict[str, Any]]:
     for name, state in ej._stored_types.items():
         if name in items or not state.policy:
             continue
-        overrides = {k: v for k, v in state.overrides.items() if v is not None}
         items[name] = {
             "name": name,
-            "policy": {**state.policy, **overrides},
-            "overrides": overrides,
+            "policy": state.effective_policy,
+            "overrides": dict(state.overrides),
             "paused": state.paused,
             "registered": False,
         }

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import json
 import multiprocessing
 import threading
@@ -161,17 +160,16 @@ async def execute(
     *,
     abort: asyncio.Future[str],
     max_result_bytes: int,
-    timeout_s: float | None = None,
 ) -> Execution:
     """Run one attempt of ``job_type``'s handler and say how it ended."""
-    timeout = job_type.timeout_s if timeout_s is None else timeout_s
+    timeout = job_type.timeout_s
     try:
         handler = job_type.handler()
     except Exception as exc:
         return _failure(exc)
     if job_type.isolation == "process":
         return await _execute_in_process(job_type, ctx, params, abort, max_result_bytes, timeout)
-    if inspect.iscoroutinefunction(handler):
+    if job_type.is_async:  # cached per handler: this runs once per attempt
         work: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
             _guarded(handler, ctx, params), name=f"edgejobs-handler-{ctx.job_id}"
         )

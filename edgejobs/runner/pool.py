@@ -167,7 +167,6 @@ class Pool:
         # Aborts that arrived while a claim was in flight, for attempts not started yet.
         self._early_aborts: dict[tuple[str, int], str] = {}
         self._on_attempt_done = on_attempt_done
-        self.claimed_total = 0
 
     # -- wake-ups -------------------------------------------------------------------------
 
@@ -305,7 +304,6 @@ class Pool:
                 if early is not None:
                     self.abort(row["id"], row["attempts"], early)
             self._early_aborts.clear()
-            self.claimed_total += len(claimed.rows)
             if claimed.rows and len(claimed.rows) == free:
                 self._wake.set()  # there may be more ready jobs
             return len(claimed.rows)

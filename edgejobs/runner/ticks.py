@@ -17,7 +17,7 @@ from edgejobs.store import Store
 from edgejobs.store.claim import renew_leases
 from edgejobs.store.clock_skew import shift_pending_retries
 from edgejobs.store.db import WriteTx
-from edgejobs.store.retention import delete_old_events, delete_old_jobs, trim_events
+from edgejobs.store.retention import delete_old_jobs
 from edgejobs.store.transitions import promote_due, recover_running, resolve_stuck_blocked
 
 log = logging.getLogger("edgejobs.ticks")
@@ -33,8 +33,6 @@ class TickSettings:
     retention_days: float = 30.0
     retention_interval_s: float = 3600.0
     retention_batch: int = 500
-    events_max: int = 10000
-    events_max_age_s: float = 3600.0
     lease_s: float = 30.0
 
 
@@ -64,6 +62,7 @@ class Ticker:
         clock: Clock,
         settings: TickSettings,
         *,
+        trim_events: Callable[[int], Awaitable[int]],
         after_change: Callable[[], None] | None = None,
         healthy_leases: Callable[[], Mapping[int, int]] | None = None,
     ) -> None:
@@ -71,6 +70,7 @@ class Ticker:
         self._registry = registry
         self._clock = clock
         self.settings = settings
+        self._trim_events = trim_events
         self._after_change = after_change
         self._healthy_leases = healthy_leases
         self._last_wall_ms: int | None = None
@@ -82,10 +82,11 @@ class Ticker:
         self.extra_tasks: list[TickTask] = []
         self.last_tick_monotonic: float | None = None
         self.last_progress_monotonic: float | None = None
+        self.ticks = 0
+        """Completed ticks (tests and health checks count them)."""
         """When a retention batch last committed: a long prune is progress, not a hang."""
         self.looping = False
         """Whether :meth:`run` has started (a stepped ticker is not judged by ``/healthz``)."""
-        self.ticks = 0
 
     async def tick(self) -> None:
         """One pass of every tick task."""
@@ -197,18 +198,8 @@ class Ticker:
             self.last_progress_monotonic = self._clock.monotonic()
             if deleted < batch:
                 break
-        event_cutoff = now - int(self.settings.events_max_age_s * 1000)
-        while True:
-            deleted = await self._store.write(
-                lambda conn, tx: (
-                    delete_old_events(conn, tx, cutoff_ms=event_cutoff, batch=batch)
-                    + trim_events(conn, tx, keep=self.settings.events_max, batch=batch)
-                )
-            )
-            report.events += deleted
-            self.last_progress_monotonic = self._clock.monotonic()
-            if deleted < batch:
-                break
+        report.events = await self._trim_events(now)  # the event log's own retention
+        self.last_progress_monotonic = self._clock.monotonic()
         if report.jobs:
             log.info("retention deleted %d jobs and %d events", report.jobs, report.events)
         return report

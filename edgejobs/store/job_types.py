@@ -21,6 +21,11 @@ class JobTypeState:
     paused: bool
     overrides: dict[str, Any]
 
+    @property
+    def effective_policy(self) -> dict[str, Any]:
+        """The declared policy with the overrides applied (removed overrides are not stored)."""
+        return {**self.policy, **self.overrides}
+
 
 def declare(
     conn: sqlite3.Connection, tx: WriteTx, *, policies: Mapping[str, Mapping[str, Any]], now: int

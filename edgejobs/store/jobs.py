@@ -114,7 +114,7 @@ def _insert_one(
     conn: sqlite3.Connection, tx: WriteTx, job: NewJob, parents: list[RowLike], now: int
 ) -> RowLike:
     unique_parents = {p["seq"]: p for p in parents}
-    failed = [p for p in unique_parents.values() if p["status"] in {s.value for s in UNSUCCESSFUL}]
+    failed = [p for p in unique_parents.values() if p["status"] in UNSUCCESSFUL]
     pending = sum(1 for p in unique_parents.values() if p["status"] != Status.COMPLETED.value)
     run_at = job.run_at if job.run_at is not None else now
     cancel_reason = None

@@ -59,10 +59,3 @@ def trim_events(conn: sqlite3.Connection, tx: WriteTx, *, keep: int, batch: int)
         "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= ? ORDER BY id LIMIT ?)",
         (floor, batch),
     ).rowcount
-
-
-def incremental_vacuum(conn: sqlite3.Connection, pages: int = 0) -> None:
-    """Return free pages to the file system (``auto_vacuum = INCREMENTAL`` databases)."""
-    conn.execute(
-        "PRAGMA incremental_vacuum" if pages <= 0 else f"PRAGMA incremental_vacuum({int(pages)})"
-    )

@@ -14,7 +14,6 @@ import logging
 import random
 import sqlite3
 from collections.abc import Callable
-from typing import Any
 
 from edgejobs.errors import Conflict, NotFound
 from edgejobs.models import UNSUCCESSFUL, JobError, Outcome, Status, is_allowed
@@ -259,7 +258,7 @@ def retry_job(
         (current["seq"],),
     ).fetchall()
     for parent in parents:
-        if parent["status"] in {s.value for s in UNSUCCESSFUL}:
+        if parent["status"] in UNSUCCESSFUL:
             raise Conflict(
                 f"parent {parent['id']} of job {job_id} is {parent['status']}; retry the parent first"
             )
@@ -370,7 +369,7 @@ def on_parent_terminal(conn: sqlite3.Connection, tx: WriteTx, parent: RowLike, n
         for child in children:
             if child["pending_parents"] <= 0:
                 _unblock(conn, tx, child["seq"], child["run_at"], child["created_at"], now)
-    elif parent["status"] in {s.value for s in UNSUCCESSFUL}:
+    elif parent["status"] in UNSUCCESSFUL:
         _cascade_cancel(conn, tx, parent, now)
 
 
@@ -441,11 +440,6 @@ def resolve_stuck_blocked(conn: sqlite3.Connection, tx: WriteTx, *, now: int) ->
                 _cascade_cancel(conn, tx, row, now)
         fixed.append(job["id"])
     return fixed
-
-
-def decode_json(text: str | None) -> Any:
-    """Parse a JSON column (None stays None)."""
-    return json.loads(text) if text is not None else None
 
 
 def requeue_interrupted(
