@@ -81,6 +81,15 @@ def _bearer(header: str) -> str:
     return value
 
 
+def check_csrf(request: Request, expected: str) -> None:
+    """Refuse a cookie-authenticated change without the session's ``X-CSRF-Token`` (403)."""
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not sent or not hmac.compare_digest(
+        sent.encode("latin-1", "replace"), expected.encode("latin-1", "replace")
+    ):
+        raise CsrfFailed("missing or wrong X-CSRF-Token header for this session")
+
+
 async def authenticate(request: Request, min_role: str) -> Principal:
     """The caller of ``request``, who must hold ``min_role`` or above.
 
@@ -108,11 +117,7 @@ async def authenticate(request: Request, min_role: str) -> Principal:
         info, csrf = found
         principal = Principal(info.id, info.org, info.role, via_cookie=True)
         if request.method not in SAFE_METHODS:
-            sent = request.headers.get(CSRF_HEADER, "")
-            if not sent or not hmac.compare_digest(
-                sent.encode("latin-1", "replace"), csrf.encode("latin-1", "replace")
-            ):
-                raise CsrfFailed("missing or wrong X-CSRF-Token header for this session")
+            check_csrf(request, csrf)
     if not principal.has_role(min_role):
         raise Forbidden(f"this needs the {min_role} role or above; the token is {principal.role}")
     request.state.principal = principal

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from edgejobs.api.auth import Principal, authenticate
-from edgejobs.api.errors import BadRequest, Forbidden
+from edgejobs.api.errors import BadRequest, Forbidden, Unauthorized
 from edgejobs.api.openapi import Operation, Param
 from edgejobs.broker import Broker, Subscriber, get_broker
 from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull
@@ -196,13 +196,16 @@ class EventStream(EventSourceResponse):
         """Why the stream may no longer be served, or None while its credentials stand."""
         principal = self._principal
         try:
-            active = await self._ej.store.read(lambda conn: is_active(conn, principal.token_id))
-            if not active:
-                return "the token was revoked"
             if principal.via_cookie:
-                again = await authenticate(self._request, principal.role)
+                # One read: the session lookup already requires its token not to be revoked.
+                try:
+                    again = await authenticate(self._request, principal.role)
+                except Unauthorized:
+                    return "the token was revoked or the session ended"
                 if again.token_id != principal.token_id:
                     return "the session changed"
+            elif not await self._ej.store.read(lambda conn: is_active(conn, principal.token_id)):
+                return "the token was revoked"
         except (DatabaseBusy, StorageFull):
             return None  # a busy database is no reason to drop a client; check again later
         except EdgeJobsError as exc:

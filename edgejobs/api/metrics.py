@@ -158,7 +158,7 @@ class Metrics:
                 for item in batch:
                     self._account(item)
                     self._last_event = item.event_id
-                if len(batch) < 2000:
+                if len(batch) < stats_store.ACTIVITY_BATCH:
                     return
 
     def _account(self, item: stats_store.Activity) -> None:

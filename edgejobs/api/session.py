@@ -9,7 +9,6 @@ dashboard to echo in ``X-CSRF-Token``.
 
 from __future__ import annotations
 
-import hmac
 from functools import partial
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
@@ -17,7 +16,12 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from edgejobs.api.auth import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, CsrfFailed, app_of
+from edgejobs.api.auth import (
+    CSRF_COOKIE,
+    SESSION_COOKIE,
+    app_of,
+    check_csrf,
+)
 from edgejobs.api.body import parse_json, validate
 from edgejobs.api.errors import ApiResponse, BadRequest, Unauthorized
 from edgejobs.api.openapi import Operation
@@ -106,11 +110,7 @@ async def logout(request: Request) -> Response:
         found = await ej.store.read(lambda conn: tokens.lookup_session(conn, session_id, now))
         if found is not None:
             _, csrf = found
-            sent = request.headers.get(CSRF_HEADER, "")
-            if not sent or not hmac.compare_digest(
-                sent.encode("latin-1", "replace"), csrf.encode("latin-1", "replace")
-            ):
-                raise CsrfFailed("missing or wrong X-CSRF-Token header for this session")
+            check_csrf(request, csrf)
             await ej.store.write(partial(tokens.delete_session, session_id=session_id))
     response = ApiResponse({"ok": True})
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")

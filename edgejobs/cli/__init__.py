@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -49,20 +48,15 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (every subcommand module registered)."""
-    from edgejobs.cli import admin, jobs, runner
+    # Imported here, not at the top: the command modules import helpers from this package.
+    from edgejobs.cli import admin, jobs, ops, runner, serve, tokens, types
 
     parser = _Parser(prog="edgejobs", description="A job runner for one machine, on SQLite.")
     _common(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    for module in (runner, jobs, admin):
+    for module in (runner, jobs, admin, serve, tokens, types, ops):
         module.register(subparsers, _common)
-    for name in ("serve", "tokens", "types", "ops"):
-        try:
-            extra = __import__(f"edgejobs.cli.{name}", fromlist=["register"])
-        except ImportError:
-            continue
-        extra.register(subparsers, _common)
     return parser
 
 
@@ -70,11 +64,8 @@ def setup_logging(args: argparse.Namespace) -> None:
     """Configure stdlib logging from ``--log-format`` / ``--log-level``."""
     level = getattr(args, "log_level", "INFO").upper()
     fmt = getattr(args, "log_format", "human")
-    try:
-        from edgejobs.logs import configure
-    except ImportError:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        return
+    from edgejobs.logs import configure
+
     configure(fmt, level)
 
 

@@ -49,7 +49,7 @@ def run_init(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve_until_signal(ej: EdgeJobs, extra: Callable[[], Any] | None = None) -> None:
+async def serve_until_signal(ej: EdgeJobs) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -15,13 +15,13 @@ from typing import Any, TypeVar
 
 from edgejobs.app import check_org
 from edgejobs.cli import print_json, print_table
+from edgejobs.cli.runner import app_from_args
 from edgejobs.clock import SystemClock
-from edgejobs.config import load_config
 from edgejobs.models import iso_ms
 from edgejobs.store import Store
 from edgejobs.store import tokens as token_store
 from edgejobs.store.audit import CLI_ACTOR, create_token_audited, revoke_token_audited
-from edgejobs.store.db import Pragmas, WriteOp
+from edgejobs.store.db import WriteOp
 
 T = TypeVar("T")
 
@@ -52,15 +52,8 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
 
 
 def _store(args: argparse.Namespace) -> Store:
-    config = load_config(getattr(args, "config", None))
-    return Store(
-        config.database.path,
-        Pragmas(
-            synchronous=config.database.synchronous,
-            busy_timeout_ms=config.database.busy_timeout_ms,
-            journal_size_limit_bytes=config.database.journal_size_limit_bytes,
-        ),
-    )
+    # The facade builds the store from the config (path, PRAGMAs); no runner, no writer thread.
+    return app_from_args(args).store
 
 
 def _write(args: argparse.Namespace, op: WriteOp[T]) -> T:

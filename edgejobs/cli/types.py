@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from edgejobs.app import EdgeJobs
 from edgejobs.cli import print_json, print_table
-from edgejobs.cli.runner import app_from_args
+from edgejobs.cli.jobs import open_client
 from edgejobs.control import (
     CLI_ACTOR,
     JobTypeOverrides,
@@ -96,14 +96,9 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
 
 
 def _with_app(args: argparse.Namespace, action: Callable[[EdgeJobs], Awaitable[T]]) -> T:
-    ej = app_from_args(args)
-
     async def main() -> T:
-        await ej.open()
-        try:
+        async with open_client(args) as ej:
             return await action(ej)
-        finally:
-            await ej.close()
 
     return asyncio.run(main())
 

@@ -150,7 +150,13 @@ def last_event_id(conn: sqlite3.Connection) -> int:
     return int(row[0] or 0)
 
 
-def activity_since(conn: sqlite3.Connection, after_id: int, limit: int = 2000) -> list[Activity]:
+ACTIVITY_BATCH = 2000
+"""How many events :func:`activity_since` returns at most (a shorter page is the last one)."""
+
+
+def activity_since(
+    conn: sqlite3.Connection, after_id: int, limit: int = ACTIVITY_BATCH
+) -> list[Activity]:
     """``job`` events newer than ``after_id`` (oldest first) joined to the attempt each names.
 
     The attempt row is the job's attempt numbered as in the event; its outcome and times are
