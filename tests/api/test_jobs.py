@@ -157,8 +157,9 @@ async def test_cancel_racing_completion_has_exactly_one_winner(api: Api) -> None
         cancel = asyncio.create_task(
             api.client.post(f"/api/v1/jobs/{job.id}/cancel", headers=api.auth("operator"))
         )
-        for _ in range(round_number % 4):  # vary the interleaving
-            await asyncio.sleep(0)
+        # Vary the interleaving: release the handler at once or up to 2.5 ms later, so the
+        # cancel (an auth read, then its write) sometimes gets there first and sometimes not.
+        await asyncio.sleep(0.0005 * (round_number % 6))
         api.gates.event(key).set()
         response = await cancel
         await api.ej.pool.wait_idle()

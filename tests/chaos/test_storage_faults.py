@@ -123,7 +123,11 @@ async def test_disk_full_refuses_submits_keeps_outcomes_and_loses_nothing(
             await live.ej.submit("c.fast", org="acme", params=BIG_PARAMS, dedup=False)
 
         gate.touch()  # the handler returns a 30 kB result that cannot be written now
-        await asyncio.sleep(1.5)
+        await wait_for(
+            lambda: any("database write failed" in r.getMessage() for r in caplog.records),
+            20,
+            "the failed outcome write logged",
+        )
         assert _status(db, job_id) == "running"  # not lost, not failed: waiting for space
         assert any("database write failed" in r.getMessage() for r in caplog.records)
 

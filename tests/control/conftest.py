@@ -22,18 +22,6 @@ from edgejobs.testing import FakeClock  # noqa: E402
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock at 2026-01-01T00:00:00Z."""
-    return FakeClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    """A database file that does not exist yet."""
-    return tmp_path / "jobs.db"
-
-
-@pytest.fixture
 async def runner(db_path: Path, clock: FakeClock) -> AsyncIterator[Factory]:
     """``await runner(schedules=..., types=...)``: a started runner on ``db_path`` without
     background tasks (the test steps it); everything started is closed at the end."""

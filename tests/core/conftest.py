@@ -20,18 +20,6 @@ from edgejobs.testing import FakeClock  # noqa: E402
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock at a fixed time."""
-    return FakeClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    """A database file that does not exist yet."""
-    return tmp_path / "jobs.db"
-
-
-@pytest.fixture
 async def kit(db_path: Path, clock: FakeClock) -> AsyncIterator[CoreKit]:
     """The standard job types on a stepped runner (see :class:`core_support.CoreKit`)."""
     kit = await CoreKit(db_path, clock).start()

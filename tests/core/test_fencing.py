@@ -3,6 +3,7 @@ renews its lease names that attempt; a late result of an abandoned attempt is ig
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from functools import partial
@@ -175,6 +176,10 @@ async def test_abandoned_sync_handler_returning_late_changes_nothing(kit: CoreKi
     await wait_until(lambda: kit.pool.running_count == 0)  # the slot is free at once
     recovered = kit.row(job.id)
     assert recovered["status"] == "retrying"
+    (handler_thread,) = [t for t in threading.enumerate() if t.name == f"edgejobs-job-{job.id}"]
     release.set()
+    # Wait until the abandoned handler really returned, so its late result had its chance.
+    await asyncio.to_thread(handler_thread.join, 5)
+    assert not handler_thread.is_alive()
     await kit.settle()
     assert kit.row(job.id) == recovered

@@ -272,12 +272,6 @@ async def stop_harness(harness: Harness) -> None:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock at a fixed instant."""
-    return FakeClock()
-
-
-@pytest.fixture
 async def h(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Harness]:
     """A started, stepped runner with scripted handlers; fails the test on any graph violation
     seen after any commit, or on any start of a job before its parents completed."""

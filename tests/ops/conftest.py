@@ -14,20 +14,6 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from edgejobs.testing import FakeClock  # noqa: E402
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    """A fake clock at a fixed time."""
-    return FakeClock()
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    """A database file that does not exist yet."""
-    return tmp_path / "jobs.db"
-
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
