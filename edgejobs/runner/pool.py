@@ -35,6 +35,7 @@ from edgejobs.store.db import WriteTx, translate
 from edgejobs.store.jobs import eta_for_row, running_attempts
 from edgejobs.store.transitions import (
     complete_attempt,
+    complete_attempts,
     fail_attempt,
     next_due_ms,
     requeue_interrupted,
@@ -124,6 +125,52 @@ def _write_outcome(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: in
         return exc
     conn.execute("RELEASE outcome")
     return row
+
+
+def _is_plain_completion(item: _Finish) -> bool:
+    return item.execution.outcome is Outcome.COMPLETED and item.attempt.aborted_by != "shutdown"
+
+
+def _write_outcomes(
+    conn: sqlite3.Connection, tx: WriteTx, finishes: list[_Finish], now: int
+) -> list[Any]:
+    """Write the outcomes of a cycle; per item, its row (None: abandoned) or its error.
+
+    Completions, the common case, are written together by one UPDATE (in their own
+    savepoint); should that fail, each is written alone like every other outcome, so one bad
+    outcome still cannot undo the others.
+    """
+    written: dict[int, Any] = {}
+    completions = [item for item in finishes if _is_plain_completion(item)]
+    if len(completions) > 1:
+        conn.execute("SAVEPOINT completions")
+        mark = tx.mark()
+        try:
+            rows = complete_attempts(
+                conn,
+                tx,
+                items=[
+                    (item.attempt.seq, item.attempt.number, item.execution.result_json or "null")
+                    for item in completions
+                ],
+                now=now,
+            )
+        except Exception as exc:
+            if not conn.in_transaction or (
+                isinstance(exc, sqlite3.Error) and isinstance(translate(exc), StorageFull)
+            ):
+                raise  # nothing can be written (SQLite may have rolled back): retry the cycle
+            tx.rollback_to(mark)
+            conn.execute("ROLLBACK TO completions")
+            log.warning("writing completions together failed (%s); writing them one by one", exc)
+        else:
+            for item in completions:
+                written[id(item)] = rows.get(item.attempt.seq)
+        conn.execute("RELEASE completions")
+    return [
+        written[id(item)] if id(item) in written else _write_outcome(conn, tx, item, now)
+        for item in finishes
+    ]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -276,7 +323,7 @@ class Pool:
             limits = self._limits() if free > 0 else ClaimLimits()
 
             def op(conn: sqlite3.Connection, tx: WriteTx) -> tuple[list[Any], _Claimed]:
-                written = [_write_outcome(conn, tx, item, now) for item in finishes]
+                written = _write_outcomes(conn, tx, finishes, now)
                 if free <= 0:
                     return written, _Claimed([], {}, None)
                 rows = claim_ready(conn, tx, now=now, slots=free, lease_ms=lease_ms, limits=limits)
