@@ -172,6 +172,48 @@ def claim_cost(claims: int, history: int) -> float:
         return claims / elapsed
 
 
+def write_plan_floor(n: int, *, batch: int = 16) -> float:
+    """Seconds for the engine's own writes alone: ``n`` jobs inserted in one transaction, then
+    claimed ``batch`` at a time and completed in the next transaction, as the pool does with
+    ``workers = batch`` (attempt rows, event rows and all), by the store's own functions
+    called in a plain loop on one thread: no event loop, no writer thread, no handler.
+
+    The end-to-end figures cannot beat it; their ratio to it is what the engine adds.
+    """
+    from edgejobs.store.claim import ClaimLimits, claim_ready
+    from edgejobs.store.db import WriteTx, connect
+    from edgejobs.store.jobs import NewJob, insert_jobs
+    from edgejobs.store.store import Store
+    from edgejobs.store.transitions import complete_attempts
+
+    with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
+        store = Store(Path(tmp) / "floor.db")
+        store.prepare()
+        conn = connect(store.path, store.pragmas)
+        now = int(time.time() * 1000)
+        jobs = [NewJob("bench", "noop", json.dumps({"i": i}), 2, None, 3, None) for i in range(n)]
+        limits = ClaimLimits(types=frozenset({"noop"}))
+        start = time.perf_counter()
+        tx = WriteTx()
+        conn.execute("BEGIN IMMEDIATE")
+        insert_jobs(conn, tx, jobs=jobs, now=now)
+        tx.flush(conn)
+        conn.execute("COMMIT")
+        running: list[Any] = []
+        done = 0
+        while done < n:
+            tx = WriteTx()
+            conn.execute("BEGIN IMMEDIATE")
+            items = [(row["seq"], row["attempts"], "null") for row in running]
+            done += len(complete_attempts(conn, tx, items=items, now=now))
+            running = claim_ready(conn, tx, now=now, slots=batch, lease_ms=30_000, limits=limits)
+            tx.flush(conn)
+            conn.execute("COMMIT")
+        elapsed = time.perf_counter() - start
+        conn.close()
+        return elapsed
+
+
 _RSS_CHILD = r"""
 import asyncio, sys
 from pathlib import Path
@@ -244,6 +286,14 @@ def main() -> None:
         lambda k: end_to_end(k, mode="concurrent", synchronous="full"),
         n,
         f"{cond}, synchronous=FULL, 50 coroutines each awaiting one submit at a time",
+    )
+    report.rate(
+        "write_plan_floor",
+        "jobs/s",
+        write_plan_floor,
+        n,
+        "the store's writes for each job (insert, claim 16 per transaction, complete) called"
+        " in a plain loop on one thread: no event loop, writer thread or handler",
     )
     samples = benchlib.scaled(300, 10)
     # Each repetition in a fresh process: an idle runner's cost, not the aftermath of the

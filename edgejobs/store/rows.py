@@ -15,9 +15,18 @@ class RowLike(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
 
+_canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(value: Any) -> str:
-    """Canonical compact JSON: sorted keys, no spaces (also what dedup hashes)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Canonical compact JSON: sorted keys, no spaces (also what dedup hashes).
+
+    One encoder for every call: ``json.dumps`` with options builds a new encoder each time,
+    which costs more than encoding a small object (this runs for every submit and result).
+    """
+    if value is None:
+        return "null"  # what most handlers return
+    return _canonical_json(value)
 
 
 def _error(text: str | None) -> JobError | None:
