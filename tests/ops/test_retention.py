@@ -112,6 +112,7 @@ async def test_pruning_100k_old_jobs_in_batches_while_the_runner_keeps_claiming(
     pool_task = asyncio.create_task(ej.pool.run())
     submitted: list[str] = []
     stop = asyncio.Event()
+    flowing = asyncio.Event()  # set once new work is being submitted and claimed
 
     async def feed() -> None:
         n = 0
@@ -120,11 +121,13 @@ async def test_pruning_100k_old_jobs_in_batches_while_the_runner_keeps_claiming(
                 job = await ej.submit("quick", org="acme", params={"n": n})
                 submitted.append(job.id)
                 n += 1
+            if n >= 20:
+                flowing.set()
             await asyncio.sleep(0.002)
 
     feeder = asyncio.create_task(feed())
     try:
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(flowing.wait(), timeout=10)
         report = await ej.prune()
     finally:
         stop.set()
