@@ -82,49 +82,54 @@ class _Finish:
     future: asyncio.Future[sqlite3.Row | None]
 
 
-def _write_outcome(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: int) -> Any:
-    """Write one attempt's outcome (fenced); an error is returned, not raised, so one bad
-    outcome does not undo the others of the cycle (each runs in its own savepoint)."""
-    attempt, execution = item.attempt, item.execution
+def _in_savepoint(conn: sqlite3.Connection, tx: WriteTx, write: Callable[[], Any]) -> Any:
+    """``write()`` inside a savepoint; an error is rolled back and returned, not raised, so
+    one bad outcome does not undo the others of the cycle. Only what leaves nothing writable
+    (SQLite rolled the transaction back, or the disk is full) is raised: the cycle retries."""
     conn.execute("SAVEPOINT outcome")
     mark = tx.mark()
     try:
-        if attempt.aborted_by == "shutdown" or execution.outcome is Outcome.CANCELED:
-            row = requeue_interrupted(conn, tx, seq=attempt.seq, attempt=attempt.number, now=now)
-        elif execution.outcome is Outcome.COMPLETED:
-            assert execution.result_json is not None
-            row = complete_attempt(
-                conn,
-                tx,
-                seq=attempt.seq,
-                attempt=attempt.number,
-                result_json=execution.result_json,
-                now=now,
-            )
-        else:
-            assert execution.error is not None
-            row = fail_attempt(
-                conn,
-                tx,
-                seq=attempt.seq,
-                attempt=attempt.number,
-                outcome=execution.outcome,
-                error=execution.error,
-                permanent=execution.permanent,
-                now=now,
-                policy=item.policy,
-            )
+        result = write()
     except Exception as exc:
         if not conn.in_transaction or (
             isinstance(exc, sqlite3.Error) and isinstance(translate(exc), StorageFull)
         ):
-            raise  # nothing can be written (SQLite may have rolled back): retry the cycle
+            raise
         tx.rollback_to(mark)
         conn.execute("ROLLBACK TO outcome")
         conn.execute("RELEASE outcome")
-        return exc
+        return (translate(exc) if isinstance(exc, sqlite3.Error) else None) or exc
     conn.execute("RELEASE outcome")
-    return row
+    return result
+
+
+def _outcome_row(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: int) -> Any:
+    """Write one attempt's outcome (fenced); its row, or None when the attempt was abandoned."""
+    attempt, execution = item.attempt, item.execution
+    if attempt.aborted_by == "shutdown" or execution.outcome is Outcome.CANCELED:
+        return requeue_interrupted(conn, tx, seq=attempt.seq, attempt=attempt.number, now=now)
+    if execution.outcome is Outcome.COMPLETED:
+        assert execution.result_json is not None
+        return complete_attempt(
+            conn,
+            tx,
+            seq=attempt.seq,
+            attempt=attempt.number,
+            result_json=execution.result_json,
+            now=now,
+        )
+    assert execution.error is not None
+    return fail_attempt(
+        conn,
+        tx,
+        seq=attempt.seq,
+        attempt=attempt.number,
+        outcome=execution.outcome,
+        error=execution.error,
+        permanent=execution.permanent,
+        now=now,
+        policy=item.policy,
+    )
 
 
 def _is_plain_completion(item: _Finish) -> bool:
@@ -136,39 +141,26 @@ def _write_outcomes(
 ) -> list[Any]:
     """Write the outcomes of a cycle; per item, its row (None: abandoned) or its error.
 
-    Completions, the common case, are written together by one UPDATE (in their own
-    savepoint); should that fail, each is written alone like every other outcome, so one bad
-    outcome still cannot undo the others.
+    Completions, the common case, are written together by one UPDATE (in one savepoint);
+    should that fail, each is written alone like every other outcome, each in its own
+    savepoint, so one bad outcome still cannot undo the others.
     """
     written: dict[int, Any] = {}
     completions = [item for item in finishes if _is_plain_completion(item)]
     if len(completions) > 1:
-        conn.execute("SAVEPOINT completions")
-        mark = tx.mark()
-        try:
-            rows = complete_attempts(
-                conn,
-                tx,
-                items=[
-                    (item.attempt.seq, item.attempt.number, item.execution.result_json or "null")
-                    for item in completions
-                ],
-                now=now,
-            )
-        except Exception as exc:
-            if not conn.in_transaction or (
-                isinstance(exc, sqlite3.Error) and isinstance(translate(exc), StorageFull)
-            ):
-                raise  # nothing can be written (SQLite may have rolled back): retry the cycle
-            tx.rollback_to(mark)
-            conn.execute("ROLLBACK TO completions")
-            log.warning("writing completions together failed (%s); writing them one by one", exc)
+        items = [
+            (item.attempt.seq, item.attempt.number, item.execution.result_json or "null")
+            for item in completions
+        ]
+        rows = _in_savepoint(conn, tx, lambda: complete_attempts(conn, tx, items=items, now=now))
+        if isinstance(rows, Exception):
+            log.warning("writing completions together failed (%s); writing them one by one", rows)
         else:
-            for item in completions:
-                written[id(item)] = rows.get(item.attempt.seq)
-        conn.execute("RELEASE completions")
+            written = {id(item): rows.get(item.attempt.seq) for item in completions}
     return [
-        written[id(item)] if id(item) in written else _write_outcome(conn, tx, item, now)
+        written[id(item)]
+        if id(item) in written
+        else _in_savepoint(conn, tx, partial(_outcome_row, conn, tx, item, now))
         for item in finishes
     ]
 
@@ -525,7 +517,7 @@ class Pool:
         self._schedule_flush()
         try:
             row = await future
-        except EdgeJobsError as exc:
+        except (EdgeJobsError, sqlite3.Error) as exc:
             log.error(
                 "could not record the outcome of job %s: %s",
                 attempt.job_id,
