@@ -5,19 +5,44 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import closing
+from typing import Any
 
 import pytest
 from core_support import CoreKit
 
 from edgejobs.models import Status
+from edgejobs.store.db import WriteTx
+
+BATCH_MARK = "FROM (SELECT json_extract(value, '$[0]')"
+
+
+async def _trace_writer(kit: CoreKit) -> list[str]:
+    """Every statement the writer's connection runs from now on (SQLite's trace callback)."""
+    statements: list[str] = []
+
+    def install(conn: sqlite3.Connection, tx: WriteTx) -> None:
+        conn.set_trace_callback(statements.append)
+
+    await kit.write(install)
+    return statements
+
+
+async def _run_gated(kit: CoreKit, count: int) -> list[Any]:
+    """Submit ``count`` gated jobs, start them all, then let them finish together."""
+    jobs = [await kit.submit(params={"mode": "gate", "gate": "go", "n": n}) for n in range(count)]
+    assert await kit.pool.claim_once() == count
+    kit.gates["go"].set()
+    await kit.settle()
+    return jobs
 
 
 async def test_completions_of_one_cycle_share_one_statement(kit: CoreKit) -> None:
-    jobs = [await kit.submit(params={"n": n}) for n in range(6)]
-    assert await kit.harness.run_once() == 6
-    await kit.settle()
-    await kit.harness.run_once()  # the cycle that writes the six outcomes
-    await kit.settle()
+    statements = await _trace_writer(kit)
+    jobs = await _run_gated(kit, 6)
+    # One statement in one savepoint completed all six (a single completion would run the
+    # same statement alone, in a savepoint of its own).
+    assert len([s for s in statements if BATCH_MARK in s]) == 1, statements
+    assert statements.count("SAVEPOINT outcome") == 1, statements
     for job in jobs:
         assert kit.status(job.id) is Status.COMPLETED
         assert kit.row(job.id)["result"] == '{"attempt":1}'
@@ -28,10 +53,11 @@ async def test_completions_of_one_cycle_share_one_statement(kit: CoreKit) -> Non
 async def test_a_refused_completion_does_not_undo_the_others_of_its_cycle(
     kit: CoreKit, caplog: pytest.LogCaptureFixture
 ) -> None:
-    jobs = [await kit.submit(params={"n": n}) for n in range(5)]
+    statements = await _trace_writer(kit)
+    jobs = [await kit.submit(params={"mode": "gate", "gate": "go", "n": n}) for n in range(5)]
     refused = jobs[2]
-    # The database itself refuses one completion (as a constraint or a full page would):
-    # the statement that completes all five fails, and so must the fallback for that job only.
+    # The database itself refuses one completion (as a constraint would): the statement that
+    # completes all five fails, and then only that job's own write.
     with closing(sqlite3.connect(kit.path)) as conn:
         # A trigger body cannot take bound parameters; the id is one the engine generated.
         conn.execute(
@@ -40,10 +66,12 @@ async def test_a_refused_completion_does_not_undo_the_others_of_its_cycle(
             " BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
         )
         conn.commit()
-    assert await kit.harness.run_once() == 5
+    assert await kit.pool.claim_once() == 5
+    kit.gates["go"].set()
     await kit.settle()
-    await kit.harness.run_once()
-    await kit.settle()
+    # A savepoint for the statement for all five, then one for each job written alone.
+    assert statements.count("SAVEPOINT outcome") == 1 + len(jobs), statements
+    assert statements.count("ROLLBACK TO outcome") == 2, statements  # all five, then the one
     for job in jobs:
         expected = Status.RUNNING if job is refused else Status.COMPLETED
         assert kit.status(job.id) is expected, job.id
