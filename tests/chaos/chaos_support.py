@@ -195,6 +195,38 @@ def unfinished(db: Path, ids: list[str]) -> list[str]:
     return [i for i in ids if found.get(i) not in TERMINAL]
 
 
+async def wait_until_finished(
+    db: Path, ids: list[str], worker: Worker, *, stall_s: float = 60, interval: float = 0.5
+) -> None:
+    """Wait until every job of ``ids`` is terminal, for as long as jobs keep finishing.
+
+    The backlog a long chaos run leaves behind takes minutes of real handler time, so a fixed
+    deadline would fail a healthy run; what must not happen is a stall: ``stall_s`` without
+    one more job finishing fails with the jobs that are left and the worker's log.
+    """
+    left = unfinished(db, ids)
+    progress_at = time.monotonic()
+    while left:
+        if not worker.alive():
+            raise AssertionError(f"worker exited with {worker.proc.returncode}\n{worker.output()}")
+        if time.monotonic() - progress_at > stall_s:
+            statuses = query(
+                db,
+                "SELECT status, count(*) AS n FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+                " GROUP BY status",
+                (json.dumps(left),),
+            )
+            raise AssertionError(
+                f"{len(left)} jobs not finished and none finished for {stall_s} s: "
+                f"{[(r['status'], r['n']) for r in statuses]}\n{worker.output()[-4000:]}"
+            )
+        await asyncio.sleep(interval)
+        now_left = unfinished(db, left)
+        if len(now_left) < len(left):
+            progress_at = time.monotonic()
+        left = now_left
+
+
 async def wait_for(
     predicate: Callable[[], bool],
     timeout: float,

@@ -21,8 +21,7 @@ from chaos_support import (
     check_invariants,
     config_text,
     setup_folder,
-    unfinished,
-    wait_for,
+    wait_until_finished,
 )
 
 from edgejobs import EdgeJobs
@@ -117,9 +116,9 @@ async def test_sigkill_rounds_lose_nothing_and_complete_nothing_twice(tmp_path: 
         stop.set()
         await submitter
         with Worker(config, "final") as final:
-            await wait_for(
-                lambda: not unfinished(db, acknowledged), 120, "every job terminal", final
-            )
+            # 20 rounds leave a backlog of seconds, 500 one of minutes (handlers sleep for real):
+            # wait while jobs keep finishing, fail on a stall.
+            await wait_until_finished(db, acknowledged, final)
             assert await final.stop() == 0, final.output()[-4000:]
     finally:
         stop.set()
