@@ -117,7 +117,9 @@ def complete_attempts(
     if not items:
         return {}
     rows = conn.execute(
-        _COMPLETE_MANY, {"now": now, "items": json.dumps(items, separators=(",", ":"))}
+        _COMPLETE_MANY,
+        # Non-ASCII as is: no \u escapes (surrogate pairs) for older SQLite JSON code to decode.
+        {"now": now, "items": json.dumps(items, separators=(",", ":"), ensure_ascii=False)},
     ).fetchall()
     rows.sort(key=lambda row: row["seq"])  # RETURNING promises no order; events follow seq
     conn.executemany(

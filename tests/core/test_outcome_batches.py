@@ -12,6 +12,7 @@ from core_support import CoreKit
 
 from edgejobs.models import Status
 from edgejobs.store.db import WriteTx
+from edgejobs.store.transitions import complete_attempts
 
 BATCH_MARK = "FROM (SELECT json_extract(value, '$[0]')"
 
@@ -81,3 +82,25 @@ async def test_a_refused_completion_does_not_undo_the_others_of_its_cycle(
     # The refused job's attempt stays open: its lease will expire and recovery retries it.
     [attempt] = kit.attempt_rows(refused.id)
     assert attempt["outcome"] is None
+
+
+async def test_results_are_stored_exactly_as_encoded(kit: CoreKit) -> None:
+    """Results travel inside a JSON array to the batch statement: every character must come
+    out as it went in (quotes, backslashes, control characters, non-BMP characters)."""
+    jobs = [await kit.submit(params={"mode": "gate", "gate": "never", "n": n}) for n in range(4)]
+    assert await kit.pool.claim_once() == 4
+    results = [
+        '{"text":"🚀 ünïcode 日本"}',
+        '{"quote":"say \\"hi\\"","slash":"a\\\\b","nl":"x\\ny","sep":"\u2028"}',
+        "null",
+        "[1,2.5,true]",
+    ]
+    items = [(kit.row(job.id)["seq"], 1, result) for job, result in zip(jobs, results, strict=True)]
+
+    def complete(conn: sqlite3.Connection, tx: WriteTx) -> dict[int, Any]:
+        return complete_attempts(conn, tx, items=items, now=kit.clock.now_ms())
+
+    assert len(await kit.write(complete)) == 4
+    for job, result in zip(jobs, results, strict=True):
+        assert kit.status(job.id) is Status.COMPLETED
+        assert kit.row(job.id)["result"] == result
