@@ -100,8 +100,9 @@ class Ticker:
                 shift_pending_retries(conn, tx, by_ms=jump_ms, now=now)
             if healthy:
                 # Leases are wall-clock instants: renew the ones this process is renewing in
-                # time by the monotonic clock, so a wall-clock jump does not expire them.
-                renew_leases(conn, tx, running=healthy, until=lease_until)
+                # time by the monotonic clock, so a wall-clock jump does not expire them. Only
+                # those the recovery below would take; the renewal loop keeps the rest.
+                renew_leases(conn, tx, running=healthy, until=lease_until, expiring_before=now)
             promoted = promote_due(conn, tx, now=now)
             lost = recover_running(
                 conn,
