@@ -134,6 +134,9 @@ class Maintenance:
                 conn, tx, keep=settings.events_keep, batch=batch
             )
 
+        # Noted here, not in the tick task: a prune that trims (retention, `edgejobs prune`)
+        # counts too, so the tick task does not trim again right after it.
+        self._events_trimmed_at = now_ms
         total = 0
         while True:
             deleted = await self._store.write(op)
@@ -146,7 +149,6 @@ class Maintenance:
         last = self._events_trimmed_at
         if last is not None and now_ms - last < self.settings.events_trim_interval_s * 1000:
             return
-        self._events_trimmed_at = now_ms
         await self.trim_events(now_ms)
 
     # -- sizes --------------------------------------------------------------------------------
