@@ -31,7 +31,7 @@ from edgejobs.runner.progress import ProgressCoalescer
 from edgejobs.runner.registry import Registry
 from edgejobs.store import Store
 from edgejobs.store.claim import ClaimLimits, claim_ready, parent_results, renew_leases
-from edgejobs.store.db import WriteTx, translate
+from edgejobs.store.db import WriteTx, run_in_savepoint
 from edgejobs.store.jobs import eta_for_row, running_attempts
 from edgejobs.store.transitions import (
     complete_attempt,
@@ -80,27 +80,6 @@ class _Finish:
     execution: Execution
     policy: RetryPolicy
     future: asyncio.Future[sqlite3.Row | None]
-
-
-def _in_savepoint(conn: sqlite3.Connection, tx: WriteTx, write: Callable[[], Any]) -> Any:
-    """``write()`` inside a savepoint; an error is rolled back and returned, not raised, so
-    one bad outcome does not undo the others of the cycle. Only what leaves nothing writable
-    (SQLite rolled the transaction back, or the disk is full) is raised: the cycle retries."""
-    conn.execute("SAVEPOINT outcome")
-    mark = tx.mark()
-    try:
-        result = write()
-    except Exception as exc:
-        if not conn.in_transaction or (
-            isinstance(exc, sqlite3.Error) and isinstance(translate(exc), StorageFull)
-        ):
-            raise
-        tx.rollback_to(mark)
-        conn.execute("ROLLBACK TO outcome")
-        conn.execute("RELEASE outcome")
-        return (translate(exc) if isinstance(exc, sqlite3.Error) else None) or exc
-    conn.execute("RELEASE outcome")
-    return result
 
 
 def _outcome_row(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: int) -> Any:
@@ -152,15 +131,17 @@ def _write_outcomes(
             (item.attempt.seq, item.attempt.number, item.execution.result_json or "null")
             for item in completions
         ]
-        rows = _in_savepoint(conn, tx, lambda: complete_attempts(conn, tx, items=items, now=now))
-        if isinstance(rows, Exception):
-            log.warning("writing completions together failed (%s); writing them one by one", rows)
-        else:
+        ok, rows = run_in_savepoint(
+            conn, tx, "outcome", lambda: complete_attempts(conn, tx, items=items, now=now)
+        )
+        if ok:
             written = {id(item): rows.get(item.attempt.seq) for item in completions}
+        else:
+            log.warning("writing completions together failed (%s); writing them one by one", rows)
     return [
         written[id(item)]
         if id(item) in written
-        else _in_savepoint(conn, tx, partial(_outcome_row, conn, tx, item, now))
+        else run_in_savepoint(conn, tx, "outcome", partial(_outcome_row, conn, tx, item, now))[1]
         for item in finishes
     ]
 

@@ -20,8 +20,9 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from edgejobs import faults
 from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull, StoreTooOld
@@ -120,7 +121,6 @@ class WriteTx:
     before COMMIT, with one ``executemany`` each: ids still follow the order of the changes.
     """
 
-    now_ms: int = 0
     jobs_changed: dict[str, str] = dataclasses.field(default_factory=dict)
     events: int = 0
     canceled_running: list[tuple[str, int]] = dataclasses.field(default_factory=list)
@@ -176,6 +176,45 @@ class WriteTx:
 
 
 WriteOp = Callable[[sqlite3.Connection, WriteTx], T]
+
+SavepointName = Literal["op", "outcome"]
+_SAVEPOINT_SQL: dict[str, tuple[str, str, str]] = {
+    name: (f"SAVEPOINT {name}", f"ROLLBACK TO {name}", f"RELEASE {name}")
+    for name in ("op", "outcome")
+}
+"""Savepoint statements, built once from these constant names (they cannot be parameters)."""
+
+
+def run_in_savepoint(
+    conn: sqlite3.Connection, tx: WriteTx, name: SavepointName, write: Callable[[], T]
+) -> tuple[bool, Any]:
+    """``write()`` inside a savepoint: ``(True, result)``, or ``(False, error)`` with the
+    savepoint and what ``tx`` staged since rolled back, so that one failing operation does not
+    undo the others of its transaction (the writer's per-operation savepoints, the pool's per
+    outcome ones nested in them).
+
+    Raised instead of returned: what leaves nothing to write — SQLite rolled the whole
+    transaction back (it may on SQLITE_FULL), or the disk is full.
+    """
+    begin, rollback, release = _SAVEPOINT_SQL[name]
+    conn.execute(begin)
+    mark = tx.mark()
+    try:
+        result = write()
+    except BaseException as exc:
+        tx.rollback_to(mark)
+        if not conn.in_transaction:
+            raise  # no savepoint is left: fail the whole transaction with the cause
+        conn.execute(rollback)
+        conn.execute(release)
+        if isinstance(exc, sqlite3.Error):
+            translated = translate(exc)
+            if isinstance(translated, StorageFull):
+                raise  # the whole transaction cannot proceed
+            return False, translated or exc
+        return False, exc
+    conn.execute(release)
+    return True, result
 
 
 @dataclasses.dataclass(slots=True)
@@ -329,29 +368,8 @@ class Writer:
             self._resolve_all_failed(batch, translate(exc) or exc)
             return
         try:
-            for index, pending in enumerate(batch):
-                savepoint = f"op{index}"
-                conn.execute(f"SAVEPOINT {savepoint}")
-                mark = tx.mark()
-                try:
-                    result = pending.op(conn, tx)
-                except BaseException as exc:
-                    tx.rollback_to(mark)
-                    if not conn.in_transaction:
-                        # SQLite already rolled the whole transaction back (it may on
-                        # SQLITE_FULL): no savepoint is left; fail the batch with the cause.
-                        raise
-                    conn.execute(f"ROLLBACK TO {savepoint}")
-                    conn.execute(f"RELEASE {savepoint}")
-                    if isinstance(exc, sqlite3.Error):
-                        translated = translate(exc)
-                        if isinstance(translated, StorageFull):
-                            raise  # the whole transaction cannot proceed
-                        exc = translated or exc
-                    outcomes.append((False, exc))
-                else:
-                    conn.execute(f"RELEASE {savepoint}")
-                    outcomes.append((True, result))
+            for pending in batch:
+                outcomes.append(run_in_savepoint(conn, tx, "op", partial(pending.op, conn, tx)))
             tx.flush(conn)
             self.commits += 1
             if self.fault_hook is not None:
