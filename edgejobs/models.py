@@ -31,11 +31,6 @@ TERMINAL: frozenset[Status] = frozenset(
 UNSUCCESSFUL: frozenset[Status] = TERMINAL - {Status.COMPLETED}
 """Terminal statuses that cascade-cancel children and allow a manual retry."""
 
-WAITING: frozenset[Status] = frozenset(
-    {Status.BLOCKED, Status.SCHEDULED, Status.QUEUED, Status.RETRYING}
-)
-"""Non-terminal statuses without a running attempt: a cancel ends them at once."""
-
 ALLOWED_TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.BLOCKED: frozenset({Status.QUEUED, Status.SCHEDULED, Status.CANCELED}),
     Status.SCHEDULED: frozenset({Status.QUEUED, Status.CANCELED}),

@@ -121,9 +121,3 @@ def replay(
     first, optionally of one job only."""
     params = {"after": after, "upto": upto, "org": org, "job_id": job_id, "limit": limit}
     return _rows(conn.execute(_REPLAY, params))
-
-
-def job_org(conn: sqlite3.Connection, job_id: str) -> str | None:
-    """The org of a job as stored (None when no such job exists)."""
-    row = conn.execute("SELECT org FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return str(row[0]) if row else None

@@ -9,12 +9,12 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from edgejobs.errors import NotFound, UnknownParent, ValidationError
+from edgejobs.errors import UnknownParent, ValidationError
 from edgejobs.ids import new_job_id
 from edgejobs.models import UNSUCCESSFUL, Attempt, Job, Status
 from edgejobs.store.db import WriteTx
 from edgejobs.store.rows import RowLike, attempt_from_row, estimate_eta_s, job_from_row
-from edgejobs.store.transitions import record_job_event
+from edgejobs.store.transitions import job_row, record_job_event
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -242,25 +242,12 @@ def load_job(conn: sqlite3.Connection, row: RowLike, now: int, deduplicated: boo
 
 def get_job(conn: sqlite3.Connection, job_id: str, org: str | None, now: int) -> Job:
     """One job of ``org`` (any org when None); :class:`NotFound` otherwise."""
-    if org is None:
-        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    else:
-        row = conn.execute("SELECT * FROM jobs WHERE id = ? AND org = ?", (job_id, org)).fetchone()
-    if row is None:
-        raise NotFound(f"no job {job_id}")
-    return load_job(conn, row, now)
+    return load_job(conn, job_row(conn, job_id, org), now)
 
 
 def get_attempts(conn: sqlite3.Connection, job_id: str, org: str | None) -> list[Attempt]:
     """The execution log of one job, oldest first."""
-    if org is None:
-        job = conn.execute("SELECT seq FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    else:
-        job = conn.execute(
-            "SELECT seq FROM jobs WHERE id = ? AND org = ?", (job_id, org)
-        ).fetchone()
-    if job is None:
-        raise NotFound(f"no job {job_id}")
+    job = job_row(conn, job_id, org)
     rows = conn.execute(
         "SELECT * FROM attempts WHERE job_seq = ? ORDER BY number", (job["seq"],)
     ).fetchall()

@@ -222,7 +222,9 @@ def set_progress(
     return True
 
 
-def _job_by_id(conn: sqlite3.Connection, job_id: str, org: str | None) -> sqlite3.Row:
+def job_row(conn: sqlite3.Connection, job_id: str, org: str | None) -> sqlite3.Row:
+    """The stored row of a job of ``org`` (any org when None); :class:`NotFound` otherwise,
+    so another org's job is indistinguishable from a missing one."""
     if org is None:
         row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
     else:
@@ -246,7 +248,7 @@ def cancel_job(
     The read and the compare-and-set UPDATE share this transaction, so a cancel racing a
     claim or a completion either wins completely or fails with a conflict.
     """
-    current = _job_by_id(conn, job_id, org)
+    current = job_row(conn, job_id, org)
     status = Status(current["status"])
     if not is_allowed(status, Status.CANCELED):
         raise Conflict(
@@ -275,7 +277,7 @@ def retry_job(
     without completing makes the retry a conflict (retry the parent first), so a child never
     runs before its parents completed.
     """
-    current = _job_by_id(conn, job_id, org)
+    current = job_row(conn, job_id, org)
     status = Status(current["status"])
     if status not in UNSUCCESSFUL:
         raise Conflict(
