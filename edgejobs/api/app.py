@@ -6,7 +6,7 @@ parsing). Starlette's own exception middleware then maps :class:`EdgeJobsError` 
 errors inside the routes (see :mod:`edgejobs.api.errors`).
 
 The lifespan makes the app the runner: startup starts :class:`EdgeJobs` (workers and ticks in
-this event loop), then the SSE and runtime-control modules; shutdown closes the SSE streams
+this event loop), then the SSE module; shutdown closes the SSE streams
 first (so the server is not kept waiting by them), stops the runner with its grace period and
 closes the database. :func:`begin_shutdown` runs that first step early when a signal arrives.
 """
@@ -59,16 +59,6 @@ def web_dir() -> Path | None:
     return None
 
 
-def _external_operations(ej: EdgeJobs) -> list[Operation]:
-    """Documentation offered by the modules other routes come from (optional)."""
-    found: list[Operation] = []
-    for module in (events, control):
-        provider = getattr(module, "operations", None)
-        if provider is not None:
-            found.extend(provider(ej))
-    return found
-
-
 async def begin_shutdown(app: Starlette) -> None:
     """The first step of a graceful stop: close the SSE streams and stop the runner claiming
     new jobs (running jobs get ``[runner] shutdown_grace_s`` to finish). Every caller awaits
@@ -96,7 +86,9 @@ def create_app(ej: EdgeJobs) -> Starlette:
         *jobs.operations(ej),
         *system.operations(ej),
     ]
-    documented = [*own, *_external_operations(ej)]
+    # Built once: the same objects give the routes and the OpenAPI document.
+    external: list[Operation] = [*events.operations(ej), *control.operations(ej)]
+    documented = [*own, *external]
     document: dict[str, Any] = {}
 
     async def openapi(request: Request) -> Response:
@@ -130,9 +122,7 @@ def create_app(ej: EdgeJobs) -> Starlette:
         ),
     ]
     documented.extend(meta)
-    routes: list[BaseRoute] = [op.route() for op in [*own, *meta]]
-    routes.extend(events.routes(ej))
-    routes.extend(control.routes(ej))
+    routes: list[BaseRoute] = [op.route() for op in [*own, *meta, *external]]
     if web is not None:
         routes.append(Mount("/static", app=StaticFiles(directory=web), name="static"))
 
@@ -141,15 +131,10 @@ def create_app(ej: EdgeJobs) -> Starlette:
         await ej.start()
         try:
             await events.on_startup(ej)
-            await control.on_startup(ej)
             await metrics.start(ej)
             yield
         finally:
             await begin_shutdown(app)
-            try:
-                await control.on_shutdown(ej)
-            except Exception:
-                log.exception("runtime-control shutdown failed")
             await metrics.stop()
             if app.state.runner_stop is not None:
                 await app.state.runner_stop

@@ -57,11 +57,6 @@ class Principal:
     role: str
     via_cookie: bool
 
-    @property
-    def is_system(self) -> bool:
-        """Whether this is a system token (sees every org)."""
-        return self.org is None
-
     def has_role(self, role: str) -> bool:
         """Whether the caller's role is ``role`` or above."""
         return ROLE_RANK[self.role] >= ROLE_RANK[role]
@@ -120,7 +115,6 @@ async def authenticate(request: Request, min_role: str) -> Principal:
             check_csrf(request, csrf)
     if not principal.has_role(min_role):
         raise Forbidden(f"this needs the {min_role} role or above; the token is {principal.role}")
-    request.state.principal = principal
     return principal
 
 

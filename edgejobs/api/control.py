@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 
 from edgejobs import control
 from edgejobs.api.auth import Principal, acting_org, app_of, authenticate
 from edgejobs.api.body import read_model
 from edgejobs.api.errors import ApiResponse, BadRequest, Forbidden
 from edgejobs.api.openapi import Operation, Param
+from edgejobs.api.schemas import JobTypeOut
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
@@ -38,15 +38,10 @@ class _Out(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class JobTypeStateOut(_Out):
+class JobTypeStateOut(JobTypeOut):
     """A job type after a change: effective policy, the overrides alone, the declared policy
     (what applies again when an override is removed) and whether it is paused."""
 
-    name: str
-    policy: dict[str, Any]
-    overrides: dict[str, Any]
-    paused: bool
-    registered: bool = Field(description="whether this process has the handler")
     declared: dict[str, Any]
 
 
@@ -271,17 +266,3 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             " An org's admin reads the entries concerning its org; a system admin all.",
         ),
     ]
-
-
-def routes(ej: EdgeJobs) -> list[BaseRoute]:
-    """Routes this module serves."""
-    return [op.route() for op in operations(ej)]
-
-
-async def on_startup(ej: EdgeJobs) -> None:
-    """Called from the app's lifespan after the runner started (nothing to start here: the
-    scheduler and audit retention run as tick tasks of the runner)."""
-
-
-async def on_shutdown(ej: EdgeJobs) -> None:
-    """Called from the app's lifespan before the runner stops (nothing to close here)."""

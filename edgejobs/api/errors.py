@@ -48,6 +48,12 @@ class BadRequest(EdgeJobsError):
     http_status = 400
 
 
+class InvalidCursor(BadRequest):
+    """A listing cursor that is malformed, tampered with or from another query (HTTP 400)."""
+
+    code = "invalid_cursor"
+
+
 def _finite(value: Any) -> Any:
     """``value`` with NaN and infinities replaced by None (JSON has no spelling for them)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -134,8 +140,6 @@ async def handle_edgejobs_error(request: Request, exc: Exception) -> Response:
 
 _HTTP_CODES = {
     400: ("bad_request", "the request is malformed"),
-    404: ("not_found", "no such route"),
-    405: ("method_not_allowed", "this route does not accept this method"),
     413: ("payload_too_large", "the request body is too large"),
 }
 
@@ -143,11 +147,13 @@ _HTTP_CODES = {
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     """Exception handler for Starlette's routing errors (unknown route, wrong method...)."""
     assert isinstance(exc, HTTPException)
-    code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
     if exc.status_code == 404:
-        message = f"no route {request.method} {request.url.path[:200]}"
+        code, message = "not_found", f"no route {request.method} {request.url.path[:200]}"
     elif exc.status_code == 405:
+        code = "method_not_allowed"
         message = f"{request.url.path[:200]} does not accept {request.method}"
+    else:
+        code, message = _HTTP_CODES.get(exc.status_code, ("http_error", str(exc.detail)))
     return error_response(exc.status_code, code, message, headers=exc.headers)
 
 

@@ -26,7 +26,6 @@ import anyio
 from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 from starlette.types import Message, Receive, Scope, Send
 
 from edgejobs.api.auth import Principal, authenticate
@@ -276,11 +275,6 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             ),
         )
     ]
-
-
-def routes(ej: EdgeJobs) -> list[BaseRoute]:
-    """Routes this module serves."""
-    return [op.route() for op in operations(ej)]
 
 
 async def on_startup(ej: EdgeJobs) -> None:

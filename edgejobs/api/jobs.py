@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from edgejobs.api.auth import Principal, acting_org, app_of, authenticate
 from edgejobs.api.body import read_model
-from edgejobs.api.errors import ApiResponse, BadRequest
+from edgejobs.api.errors import ApiResponse, BadRequest, InvalidCursor
 from edgejobs.api.openapi import Operation, Param
 from edgejobs.api.schemas import (
     AttemptList,
@@ -69,13 +69,13 @@ def _submit_org(principal: Principal, requested: str | None) -> str:
     return org
 
 
-def _spec(body: SubmitJob, org: str, depends_on: tuple[str | int, ...]) -> JobSpec:
+def _spec(body: SubmitJob, org: str) -> JobSpec:
     return JobSpec(
         job_type=body.job_type,
         org=org,
         params=body.params,
         priority=body.priority,
-        depends_on=depends_on,
+        depends_on=tuple(body.depends_on),
         run_at=body.run_at,
         delay_s=body.delay_s,
         dedup=body.dedup,
@@ -121,23 +121,24 @@ def encode_cursor(seq: int, query: ListQuery) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
+_INVALID_CURSOR = "invalid cursor: start again from the first page"
+
+
 def decode_cursor(cursor: str, query: ListQuery) -> int:
-    """The seq inside a cursor of this very query; :class:`BadRequest` for anything else.
+    """The seq inside a cursor of this very query; :class:`InvalidCursor` for anything else.
 
     The check is about integrity, not secrecy: the listing is scoped by org whatever the
     cursor says, so a forged seq could only page through the caller's own jobs.
     """
-    invalid = BadRequest("invalid cursor: start again from the first page")
-    invalid.code = "invalid_cursor"
     if not _B64URL.fullmatch(cursor):
-        raise invalid
+        raise InvalidCursor(_INVALID_CURSOR)
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, ValueError):
-        raise invalid from None
+        raise InvalidCursor(_INVALID_CURSOR) from None
     match = _CURSOR.fullmatch(text)
     if match is None or match.group(2) != query.fingerprint():
-        raise invalid
+        raise InvalidCursor(_INVALID_CURSOR)
     return int(match.group(1))
 
 
@@ -234,7 +235,7 @@ async def submit_job(request: Request) -> Response:
     body = await read_model(request, SubmitJob)
     org = _submit_org(principal, body.org)
     ej = app_of(request)
-    [job] = await ej.submit_many([_spec(body, org, tuple(body.depends_on))])
+    [job] = await ej.submit_many([_spec(body, org)])
     return ApiResponse(job.to_dict(), status_code=200 if job.deduplicated else 201)
 
 
@@ -246,9 +247,7 @@ async def submit_batch(request: Request) -> Response:
     limit = ej.config.limits.max_batch
     if len(body.jobs) > limit:
         raise PayloadTooLarge(f"a batch holds at most {limit} jobs; this one has {len(body.jobs)}")
-    specs = [
-        _spec(job, _submit_org(principal, job.org), tuple(job.depends_on)) for job in body.jobs
-    ]
+    specs = [_spec(job, _submit_org(principal, job.org)) for job in body.jobs]
     jobs = await ej.submit_many(specs)
     return ApiResponse({"jobs": [job.to_dict() for job in jobs]}, status_code=201)
 

@@ -3,7 +3,6 @@
 Each API module lists its :class:`Operation` objects; the app turns them into Starlette routes
 and this module turns the same objects into ``/api/v1/openapi.json``, with the schemas taken
 from the pydantic models (``models_json_schema``), so the document cannot drift from the code.
-A module owned elsewhere may expose ``operations(ej) -> list[Operation]`` to be documented too.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ class Param:
     schema: dict[str, Any]
     description: str = ""
     location: Literal["query", "path", "header"] = "query"
-    required: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -58,7 +56,6 @@ class Operation:
     params: Sequence[Param] = ()
     tags: Sequence[str] = ()
     description: str = ""
-    documented: bool = True
     security: Sequence[dict[str, list[str]]] | None = None
 
     @property
@@ -104,7 +101,7 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {
             "name": param.name,
             "in": param.location,
-            "required": param.required or param.location == "path",
+            "required": param.location == "path",
             "schema": param.schema,
         }
         if param.description:
@@ -118,11 +115,10 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
 
 def build_document(operations: Sequence[Operation], *, title: str, version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``operations``."""
-    documented = [op for op in operations if op.documented]
-    refs, components = _schemas(documented)
+    refs, components = _schemas(operations)
     error_ref = refs[(ErrorBody, "serialization")]
     paths: dict[str, dict[str, Any]] = {}
-    for op in documented:
+    for op in operations:
         path = _PATH_PARAM.sub(r"{\1}", op.path)
         entry: dict[str, Any] = {
             "operationId": op.operation_id,
