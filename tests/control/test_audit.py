@@ -138,16 +138,36 @@ async def test_pages_go_back_in_time(runner: Factory) -> None:
 async def test_retention_prunes_old_entries(
     runner: Factory, clock: FakeClock, db_path: Path
 ) -> None:
-    ej = await runner(types=[("work", {})], retention=RetentionConfig(days=2, batch_size=2))
+    day_ms = 86_400_000
+    ej = await runner(
+        types=[("work", {})],
+        retention=RetentionConfig(days=2, interval_s=2 * 86_400, batch_size=2),
+    )
     for _ in range(5):
         await pause_job_type(ej, "work", actor=ROOT)
     clock.advance(86_400)
     await resume_job_type(ej, "work", actor=ROOT)
+    (resumed_at,) = query(db_path, "SELECT at FROM audit_log WHERE action = 'resume'")[0]
     clock.advance(86_400 + 1)
     assert ej.ticker is not None
     await ej.ticker.tick()  # the retention task is registered with the runner
+    # Only what is older than `days` goes (the five pauses, in batches of two).
     assert query(db_path, "SELECT action FROM audit_log") == [("resume",)]
-    # It runs once per retention interval, like job retention.
+    # It runs once per retention interval, like job retention: a day later the resume is
+    # older than the cutoff too, but the interval (two days) has not passed, so it stays.
     clock.advance(86_400)
+    assert resumed_at < clock.now_ms() - 2 * day_ms
+    await ej.ticker.tick()
+    assert query(db_path, "SELECT action FROM audit_log") == [("resume",)]
+    clock.advance(86_400 - 0.001)  # one millisecond short of the interval
+    await ej.ticker.tick()
+    assert query(db_path, "SELECT action FROM audit_log") == [("resume",)]
+    clock.advance(0.001)  # the interval has passed since the first run
+    await ej.ticker.tick()
+    assert query(db_path, "SELECT action FROM audit_log") == []
+    # prune() itself deletes by age only, whenever it is called.
+    await resume_job_type(ej, "work", actor=ROOT)
     retention = AuditRetention(ej)
+    assert await retention.prune(clock.now_ms()) == 0
+    clock.advance(2 * 86_400 + 1)
     assert await retention.prune(clock.now_ms()) == 1

@@ -66,8 +66,17 @@ async def test_harness_runs_the_apps_job_types_on_a_temporary_database() -> None
         folder = h.path.parent
         assert h.path != Path("never-opened.db") and h.ej is not app
         job = await h.submit("reports.build", org="acme", params={"month": "bad"})
-        await asyncio.sleep(0.05)
-        assert (await h.get(job.id)).status is Status.QUEUED  # nothing runs by itself
+        for _ in range(5):
+            await asyncio.sleep(0)  # let anything started in the background have its turn
+        # Nothing runs by itself: no background task, no claim, no tick.
+        background = [t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not [name for name in background if name.startswith("edgejobs-")]
+        assert h.ej.pool is not None and h.ej.ticker is not None
+        assert h.ej.pool.running_count == 0 and h.ej.pool.running_ids == []
+        assert h.ej.ticker.ticks == 0 and not h.ej.ticker.looping
+        assert h.ej.ticker.last_tick_monotonic is None
+        assert (await h.get(job.id)).status is Status.QUEUED
+        assert await h.attempts(job.id) == []
         assert await h.run_once() == 1
         job = await h.get(job.id)
         assert job.status is Status.RETRYING

@@ -5,7 +5,7 @@ response), and the helper modules of this folder on ``sys.path``."""
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from sse_support import Server, make_config, start_ej  # noqa: E402
+from sse_support import Serve, Server, make_config, start_ej  # noqa: E402
 
 from edgejobs.config import Config  # noqa: E402
-
-Serve = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import socket
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
@@ -148,6 +148,10 @@ class Server:
         async with asyncio.timeout(GUARD_S):
             await self.task
         self.task = None
+
+
+Serve = Callable[..., Awaitable[Server]]
+"""The type of the ``serve`` fixture (conftest.py): ``await serve(config=..., clock=...)``."""
 
 
 def client(**kwargs: Any) -> httpx.AsyncClient:

@@ -4,25 +4,39 @@ database (another process runs it), and exit code 0 only when the job completed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from sse_support import REPO, make_config, register_job_types
+from sse_support import GUARD_S, REPO, make_config, register_job_types, wait_for
 
 from edgejobs import EdgeJobs
 from edgejobs.cli.progress_bar import bar_line, describe, follow_job, format_eta
 from edgejobs.runner.context import JobContext
 
 
-async def _runner_and_client(path: Path) -> tuple[EdgeJobs, EdgeJobs]:
+async def _runner_and_client(
+    path: Path, gates: Mapping[int, asyncio.Event] | None = None
+) -> tuple[EdgeJobs, EdgeJobs]:
+    """A started runner and a follower on ``path``; the runner's ``gated`` job reports each
+    percent of ``gates`` in turn and waits for its gate before going on."""
     runner = EdgeJobs(database=path, config=make_config())
     register_job_types(runner)
+    step_gates = dict(gates or {})
+
+    @runner.job_type("gated", max_retries=0, dedup=False)
+    async def gated(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+        for percent, gate in step_gates.items():
+            await ctx.progress(percent, f"step {percent}")
+            await gate.wait()
+        return {"ok": True}
 
     @runner.job_type("broken", max_retries=0, dedup=False)
     async def broken(ctx: JobContext, params: dict[str, Any]) -> None:
@@ -36,13 +50,33 @@ async def _runner_and_client(path: Path) -> tuple[EdgeJobs, EdgeJobs]:
 
 
 async def test_follow_prints_plain_lines_and_exits_0_when_completed(tmp_path: Path) -> None:
-    runner, follower = await _runner_and_client(tmp_path / "jobs.db")
-    try:
-        job = await follower.submit(
-            "steps", org="acme", params={"steps": [25, 50, 75], "pause_s": 0.3}
+    # The job waits at each step until the follower has printed it: no timing involved.
+    gates = {percent: asyncio.Event() for percent in (25, 50, 75)}
+    runner, follower = await _runner_and_client(tmp_path / "jobs.db", gates)
+    out, err = io.StringIO(), io.StringIO()
+
+    def printed(percent: int) -> bool:
+        return any(
+            f"{percent}.0%" in line and f"step {percent}" in line
+            for line in out.getvalue().splitlines()
         )
-        out, err = io.StringIO(), io.StringIO()
-        code = await asyncio.wait_for(follow_job(follower, job.id, out=out, err=err), 30)
+
+    try:
+        job = await follower.submit("gated", org="acme")
+        follow = asyncio.create_task(follow_job(follower, job.id, out=out, err=err))
+        try:
+            for percent, gate in gates.items():
+                await wait_for(lambda p=percent: printed(p) or follow.done(), f"step {percent}")
+                assert printed(percent), (out.getvalue(), follow)
+                gate.set()
+            code = await asyncio.wait_for(follow, GUARD_S)
+        finally:
+            for gate in gates.values():
+                gate.set()  # let the job end whatever happened
+            if not follow.done():
+                follow.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follow
     finally:
         await follower.close()
         await runner.close()

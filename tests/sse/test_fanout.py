@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from conftest import Serve
 from sse_support import (
     GUARD_S,
+    Serve,
     client,
     is_final,
     make_config,

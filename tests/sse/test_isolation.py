@@ -6,9 +6,9 @@ import json
 import sqlite3
 from functools import partial
 
-from conftest import Serve
 from sse_support import (
     SSE,
+    Serve,
     client,
     event_rows,
     is_final,

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import Serve
 from sse_support import (
     GUARD_S,
     REPO,
+    Serve,
     Stream,
     client,
     free_port,

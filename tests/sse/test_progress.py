@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Serve
-from sse_support import client, event_rows, is_final, make_config, make_token, open_stream, wait_for
+from sse_support import (
+    Serve,
+    client,
+    event_rows,
+    is_final,
+    make_config,
+    make_token,
+    open_stream,
+    wait_for,
+)
 
 from edgejobs import EdgeJobs, Status
 from edgejobs.errors import ValidationError

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from functools import partial
 
-from conftest import Serve
 from sse_support import (
     SSE,
+    Serve,
     client,
     event_rows,
     is_final,
