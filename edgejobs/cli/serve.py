@@ -31,8 +31,7 @@ import uvicorn
 from edgejobs import demo
 from edgejobs.api.app import begin_shutdown
 from edgejobs.app import EdgeJobs
-from edgejobs.cli.runner import run_abandoning
-from edgejobs.config import load_config
+from edgejobs.cli.runner import app_from_args, run_abandoning
 
 log = logging.getLogger("edgejobs")
 
@@ -78,8 +77,7 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {"server.host": args.host, "server.port": args.port}
     if args.demo and not _database_chosen(args):
         overrides["database.path"] = DEMO_DATABASE
-    config = load_config(getattr(args, "config", None), overrides=overrides)
-    ej = EdgeJobs(config=config)
+    ej = app_from_args(args, **overrides)
     if args.demo:
         demo.register(ej)
     # Like asyncio.run, but a handler task that swallows cancellation cannot keep the

@@ -30,17 +30,11 @@ from edgejobs.control import (
 )
 from edgejobs.errors import ValidationError
 from edgejobs.models import iso_ms
+from edgejobs.runner.registry import OVERRIDABLE
 
 T = TypeVar("T")
 
-_POLICY_COLUMNS = (
-    "timeout_s",
-    "max_retries",
-    "priority",
-    "concurrency",
-    "org_concurrency",
-    "rate_limit",
-)
+_POLICY_COLUMNS = OVERRIDABLE  # the table shows the keys an operator can set at runtime
 
 
 def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
