@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from edgejobs.errors import EdgeJobsError
 from edgejobs.runner.maintenance import StorageCollector
+from edgejobs.store import events as event_store
 from edgejobs.store import stats as stats_store
 from edgejobs.store.jobs import count_by_status
 
@@ -115,7 +116,7 @@ class Metrics:
         """Begin counting from now: remember the newest event, follow commits."""
         self._ej = ej
         self.storage.ej = ej
-        self._last_event = await ej.store.read(stats_store.last_event_id)
+        self._last_event = await ej.store.read(event_store.last_event_id)
         ej.add_commit_listener(self._on_commit)
         ej.add_foreign_listener(self._dirty.set)
         self._task = asyncio.create_task(self._follow(), name="edgejobs-metrics-tail")

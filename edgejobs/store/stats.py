@@ -144,12 +144,6 @@ class Activity:
     attempt_finished_at: int | None
 
 
-def last_event_id(conn: sqlite3.Connection) -> int:
-    """The newest event id (0 when there is none)."""
-    row = conn.execute("SELECT max(id) FROM events").fetchone()
-    return int(row[0] or 0)
-
-
 ACTIVITY_BATCH = 2000
 """How many events :func:`activity_since` returns at most (a shorter page is the last one)."""
 
