@@ -33,6 +33,7 @@ from sse_starlette import ServerSentEvent
 from edgejobs.errors import ShuttingDown
 from edgejobs.store import events as event_store
 from edgejobs.store.db import WriteTx
+from edgejobs.store.rows import render_job_event
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
@@ -66,9 +67,14 @@ class Event:
         self._encoded: bytes | None = None
 
     def encode(self) -> bytes:
-        """The SSE wire form: ``id``, ``event`` (the kind) and ``data`` (JSON) lines."""
+        """The SSE wire form: ``id``, ``event`` (the kind) and ``data`` (JSON) lines.
+
+        A ``job`` event is stored with integer times; it is rendered to the API's form here,
+        once, and only for events some stream actually sends.
+        """
         if self._encoded is None:
-            self._encoded = ServerSentEvent(self.data, event=self.kind, id=str(self.id)).encode()
+            data = render_job_event(self.data) if self.kind == "job" else self.data
+            self._encoded = ServerSentEvent(data, event=self.kind, id=str(self.id)).encode()
         return self._encoded
 
     def __repr__(self) -> str:

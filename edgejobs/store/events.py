@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 
-from edgejobs.store.rows import render_job_event
-
 _TAIL = (
     "SELECT e.id, e.org, e.job_id, e.kind, e.data, e.created_at, j.org AS job_org"
     " FROM events e LEFT JOIN jobs j ON j.id = e.job_id"
@@ -32,7 +30,11 @@ _REPLAY = (
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EventRow:
-    """One row of the event log, with the org of its job as stored (None: job deleted)."""
+    """One row of the event log, with the org of its job as stored (None: job deleted).
+
+    ``data`` is as stored: a ``job`` event's times are integers until the broker renders the
+    event for a stream (:meth:`edgejobs.broker.Event.encode`).
+    """
 
     id: int
     org: str
@@ -50,7 +52,7 @@ def _rows(cursor: sqlite3.Cursor) -> list[EventRow]:
             org=r["org"],
             job_id=r["job_id"],
             kind=r["kind"],
-            data=render_job_event(r["data"]) if r["kind"] == "job" else r["data"],
+            data=r["data"],
             created_at=int(r["created_at"]),
             job_org=r["job_org"],
         )
