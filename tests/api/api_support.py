@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from functools import partial
@@ -159,14 +158,6 @@ async def make_api(
     await api.make_token("revoked", ORG_A, "admin")
     await api.revoke("revoked")
     return api
-
-
-def free_port() -> int:
-    """A free TCP port on loopback (bound and released: good enough for tests)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ThreadedServer:

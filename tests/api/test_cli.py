@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import free_port
+from ej_testkit import free_port
 
 from edgejobs.cli import main
 

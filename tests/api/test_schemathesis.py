@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import schemathesis
-from api_support import Api, ThreadedServer, free_port, make_api
+from api_support import Api, ThreadedServer, make_api
+from ej_testkit import free_port
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode

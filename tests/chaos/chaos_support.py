@@ -17,6 +17,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from ej_testkit import poll_until
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 LONG = os.environ.get("EDGEJOBS_LONG") == "1"
@@ -236,14 +238,16 @@ async def wait_for(
 ) -> None:
     """Poll the database-backed ``predicate`` until it holds (AssertionError after
     ``timeout``, with the worker's log; also when the worker died meanwhile)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            log = worker.output()[-4000:] if worker is not None else ""
-            raise AssertionError(f"{what}: not within {timeout} s\n{log}")
+
+    def message() -> str:
+        log = worker.output()[-4000:] if worker is not None else ""
+        return f"{what}: not within {timeout} s\n{log}"
+
+    def check() -> None:
         if worker is not None and not worker.alive():
             raise AssertionError(f"worker exited with {worker.proc.returncode}\n{worker.output()}")
-        await asyncio.sleep(interval)
+
+    await poll_until(predicate, timeout=timeout, interval=interval, message=message, check=check)
 
 
 def check_invariants(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from ej_testkit import poll_until
 
 from edgejobs import EdgeJobs
 from edgejobs.config import Config, RunnerConfig, ScheduleConfig
@@ -59,8 +60,6 @@ def query(db_path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     """Poll ``predicate`` (for a change another connection makes) until true, or fail."""
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"not true within {timeout} s")
+    await poll_until(
+        predicate, timeout=timeout, interval=0.01, message=f"not true within {timeout} s"
+    )

@@ -10,11 +10,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+
+from ej_testkit import poll_until
 
 from edgejobs import EdgeJobs, Job, PermanentError, Status
 from edgejobs.config import Config, RetryConfig, RunnerConfig
@@ -97,11 +98,12 @@ async def wait_until(
     predicate: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.01
 ) -> None:
     """Poll ``predicate`` until it holds (AssertionError after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
+    await poll_until(
+        predicate,
+        timeout=timeout,
+        interval=interval,
+        message=f"condition not met within {timeout} s",
+    )
 
 
 # -- the standard job types on a stepped runner ---------------------------------------------------

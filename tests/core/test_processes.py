@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from core_support import Worker, cli_env, db_attempts, edgejobs_cmd, rows, run_cli, write_config
+from ej_testkit import poll_until
 
 from edgejobs import EdgeJobs, RunnerAlreadyActive, Status
 
@@ -51,14 +51,15 @@ def _statuses(db: Path, ids: list[str]) -> list[str]:
 async def _until(
     predicate: Callable[[], bool], timeout: float, what: str, worker: Worker | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            log = worker.output() if worker is not None else ""
-            raise AssertionError(f"{what} not within {timeout} s\n{log}")
+    def message() -> str:
+        log = worker.output() if worker is not None else ""
+        return f"{what} not within {timeout} s\n{log}"
+
+    def check() -> None:
         if worker is not None and worker.proc.poll() is not None:
             raise AssertionError(f"worker exited with {worker.proc.returncode}\n{worker.output()}")
-        await asyncio.sleep(0.05)
+
+    await poll_until(predicate, timeout=timeout, interval=0.05, message=message, check=check)
 
 
 async def test_sigkilled_runner_loses_attempts_and_the_next_one_finishes_them(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from ej_testkit import free_port
 
 from edgejobs.clock import SystemClock
 from edgejobs.store import Store
@@ -90,14 +90,6 @@ handler = "e2e_jobs:broken"
 max_retries = 1
 dedup = false
 """
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

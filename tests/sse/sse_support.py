@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import closing
@@ -17,6 +16,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from ej_testkit import free_port, poll_until
 
 from edgejobs import EdgeJobs
 from edgejobs.broker import Broker, get_broker
@@ -29,13 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 GUARD_S = 30.0
 """Hang guard for every wait in these tests (never a performance bound)."""
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_config(
@@ -270,12 +263,9 @@ def event_rows(path: Path, *, where: str = "1", args: tuple[Any, ...] = ()) -> l
 
 async def wait_for(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` until it holds (hang-guarded)."""
-    try:
-        async with asyncio.timeout(GUARD_S):
-            while not condition():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await poll_until(
+        condition, timeout=GUARD_S, interval=0.01, message=f"timed out waiting for {what}"
+    )
 
 
 async def start_ej(path: Path, config: Config, **kwargs: Any) -> EdgeJobs:

@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import httpx
+from ej_testkit import free_port
 from sse_support import (
     GUARD_S,
     REPO,
     Serve,
     Stream,
     client,
-    free_port,
     is_final,
     make_config,
     make_token,

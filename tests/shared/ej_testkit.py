@@ -1,0 +1,45 @@
+"""Helpers every test area shares (imported as ``ej_testkit``; ``tests/conftest.py`` puts this
+folder on ``sys.path``).
+
+Only for the test processes themselves: handler modules that runner subprocesses import
+(``core_handlers``, ``chaos_handlers``, ``e2e_jobs``) must not import this module, since those
+processes get their own ``PYTHONPATH``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (bound and released: good enough for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def poll_until(
+    predicate: Callable[[], bool],
+    *,
+    timeout: float,
+    interval: float,
+    message: str | Callable[[], str],
+    check: Callable[[], None] | None = None,
+) -> None:
+    """Poll ``predicate`` every ``interval`` seconds until it holds.
+
+    Once ``timeout`` seconds have passed without it holding, raise :class:`AssertionError` with
+    ``message`` (called first if callable, e.g. to attach a worker's log). ``check``, if given,
+    runs before each sleep and may raise to fail early (e.g. when a worker process died).
+    """
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(message() if callable(message) else message)
+        if check is not None:
+            check()
+        await asyncio.sleep(interval)
