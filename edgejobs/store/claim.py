@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Mapping
 
 from edgejobs.store.db import WriteTx
-from edgejobs.store.transitions import promote_due, record_job_event
+from edgejobs.store.transitions import promote_due, record_job_events
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -90,8 +90,7 @@ def claim_ready(
             "INSERT INTO attempts (job_seq, number, started_at) VALUES (?, ?, ?)",
             [(row["seq"], row["attempts"], now) for row in rows],
         )
-        for row in rows:
-            record_job_event(conn, tx, row)
+        record_job_events(conn, tx, rows)
     # RETURNING gives rows in no promised order; hand them out in claim order.
     return sorted(rows, key=lambda r: (r["priority"], r["run_at"], r["seq"]))
 

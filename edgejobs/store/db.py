@@ -89,6 +89,10 @@ def connect(path: Path, pragmas: Pragmas, *, readonly: bool = False) -> sqlite3.
         if str(actual).lower() != str(expected).lower():
             conn.close()
             raise EdgeJobsError(f"could not set PRAGMA {name} = {value} on {path} (got {actual})")
+    import os
+
+    if not readonly and os.environ.get("EXP_NOCKPT"):
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
     if not readonly:
         faults.limit_pages(conn)  # test-only; inert unless EDGEJOBS_TEST_MAX_PAGE_COUNT is set
     if readonly:
@@ -117,14 +121,14 @@ class WriteTx:
 
     ``jobs_changed`` maps job ids to their new status (for waiters and the pool);
     ``events`` counts event rows written (the broker tails the table when it is non-zero).
-    Event rows and run durations are staged here and written once per transaction, just
-    before COMMIT, with one ``executemany`` each: ids still follow the order of the changes.
+    Event rows go straight into the table, in the statement order of the changes, so their
+    ids follow the order of the changes and a rolled-back savepoint takes its events with it.
+    Run durations are staged here and written once per transaction, just before COMMIT.
     """
 
     jobs_changed: dict[str, str] = dataclasses.field(default_factory=dict)
     events: int = 0
     canceled_running: list[tuple[str, int]] = dataclasses.field(default_factory=list)
-    pending_events: list[tuple[str, str, str, str, int]] = dataclasses.field(default_factory=list)
     durations: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     _change_log: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
@@ -133,32 +137,20 @@ class WriteTx:
         self.jobs_changed[job_id] = status
         self._change_log.append((job_id, status))
 
-    def add_event(self, org: str, job_id: str, kind: str, data: str, created_at: int) -> None:
-        """Stage one event row (written before COMMIT, in order)."""
-        self.pending_events.append((org, job_id, kind, data, created_at))
-        self.events += 1
-
     def mark(self) -> tuple[int, int, int]:
         """A point to roll staged rows back to when an operation's savepoint is rolled back."""
-        return len(self.pending_events), len(self.durations), len(self._change_log)
+        return self.events, len(self.durations), len(self._change_log)
 
     def rollback_to(self, mark: tuple[int, int, int]) -> None:
         """Forget what was staged and reported after ``mark`` (its savepoint was undone)."""
-        del self.pending_events[mark[0] :]
+        self.events = mark[0]
         del self.durations[mark[1] :]
-        self.events = len(self.pending_events)
         if len(self._change_log) > mark[2]:
             del self._change_log[mark[2] :]
             self.jobs_changed = dict(self._change_log)
 
     def flush(self, conn: sqlite3.Connection) -> None:
-        """Write the staged event rows and run durations (called just before COMMIT)."""
-        if self.pending_events:
-            conn.executemany(
-                "INSERT INTO events (org, job_id, kind, data, created_at) VALUES (?, ?, ?, ?, ?)",
-                self.pending_events,
-            )
-            self.pending_events = []
+        """Write the staged run durations (called just before COMMIT)."""
         if self.durations:
             totals: dict[str, list[int]] = {}
             for job_type, duration in self.durations:

@@ -14,7 +14,7 @@ from edgejobs.ids import new_job_id
 from edgejobs.models import UNSUCCESSFUL, Attempt, Job, Status
 from edgejobs.store.db import WriteTx
 from edgejobs.store.rows import RowLike, attempt_from_row, estimate_eta_s, job_from_row
-from edgejobs.store.transitions import job_row, record_job_event
+from edgejobs.store.transitions import job_row, record_job_events
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -92,6 +92,7 @@ def insert_jobs(
         row = _insert_one(conn, tx, job, parents, now)
         parent_ids = tuple(dict.fromkeys(p["id"] for p in parents))
         inserted.append(Inserted(row, False, parent_ids))
+    record_job_events(conn, tx, [item.row for item in inserted if not item.deduplicated])
     return inserted
 
 
@@ -169,7 +170,6 @@ def _insert_one(
             "UPDATE jobs SET has_dependents = 1 WHERE seq = ? AND has_dependents = 0",
             [(parent_seq,) for parent_seq in unique_parents],
         )
-    record_job_event(conn, tx, row)
     return row
 
 

@@ -95,9 +95,6 @@ def job_from_row(
     )
 
 
-_json_string = json.encoder.encode_basestring
-"""A str as a JSON string literal, non-ASCII kept (the C escaper ``json.dumps`` uses)."""
-
 _EVENT_TIME_FIELDS = (
     "run_at",
     "next_retry_at",
@@ -106,43 +103,6 @@ _EVENT_TIME_FIELDS = (
     "finished_at",
     "updated_at",
 )
-
-
-def _text(value: str | None) -> str:
-    return "null" if value is None else _json_string(value)
-
-
-def _int(value: int | None) -> str:
-    return "null" if value is None else str(int(value))
-
-
-def job_event_json(row: RowLike) -> str:
-    """What a ``job`` event stores: the job object without params, result and traceback, as
-    compact JSON.
-
-    Events are written in the transaction of every status change, three or more per job, so
-    this is on the writer's hot path: the JSON is put together directly (half the cost of
-    building a dict and encoding it), every string through the json module's own escaping.
-    Times stay integer milliseconds here and become ISO strings only when an event is read
-    (:func:`render_job_event`).
-    """
-    error = row["error"]
-    if error is not None:
-        parsed = json.loads(error)
-        error = (
-            f'{{"type":{_json_string(parsed["type"])},"message":{_json_string(parsed["message"])}}}'
-        )
-    return (
-        f'{{"id":{_json_string(row["id"])},"org":{_json_string(row["org"])},'
-        f'"job_type":{_json_string(row["job_type"])},"status":{_json_string(row["status"])},'
-        f'"priority":"{_PRIORITY_NAMES[row["priority"]]}","error":{error or "null"},'
-        f'"progress":{float(row["progress"])!r},"progress_message":{_text(row["progress_message"])},'
-        f'"attempts":{int(row["attempts"])},"max_retries":{int(row["max_retries"])},'
-        f'"run_at":{_int(row["run_at"])},"next_retry_at":{_int(row["next_retry_at"])},'
-        f'"created_at":{_int(row["created_at"])},"started_at":{_int(row["started_at"])},'
-        f'"finished_at":{_int(row["finished_at"])},"updated_at":{_int(row["updated_at"])},'
-        f'"cancel_reason":{_text(row["cancel_reason"])}}}'
-    )
 
 
 def render_job_event(data: str) -> str:

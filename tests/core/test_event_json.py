@@ -1,14 +1,20 @@
-"""The stored form of a ``job`` event: put together by hand for speed, so checked against the
-json module for every kind of value a row can hold."""
+"""The stored form of a ``job`` event: put together by SQLite from the job row (for speed, in
+the statement that appends the event), so checked against the json module for every kind of
+value a row can hold, on a real database file."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgejobs.store.rows import job_event_json, render_job_event
+from edgejobs.store.db import WriteTx, connect
+from edgejobs.store.rows import render_job_event
+from edgejobs.store.store import Store
+from edgejobs.store.transitions import record_job_event, record_job_events
 
 BASE: dict[str, Any] = {
     "id": "06H2B46H7VBH28HXPPMB8RP3M8",
@@ -50,26 +56,64 @@ VARIANTS: list[dict[str, Any]] = [
 def _expected(row: dict[str, Any]) -> dict[str, Any]:
     names = {0: "critical", 1: "high", 2: "normal", 3: "low"}
     error = json.loads(row["error"]) if row["error"] else None
-    expected = {k: v for k, v in row.items() if k not in ("params", "result")}
+    expected = {k: v for k, v in row.items() if k not in ("params", "result", "seq")}
     expected["priority"] = names[row["priority"]]
     expected["progress"] = float(row["progress"])
     expected["error"] = {"type": error["type"], "message": error["message"]} if error else None
     return expected
 
 
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    store = Store(tmp_path / "events.db")
+    store.prepare()
+    return connect(store.path, store.pragmas)
+
+
+def _store_row(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
+    columns = [name for name in row if name != "seq"]
+    cur = conn.execute(
+        "INSERT INTO jobs ("
+        + ", ".join(columns)
+        + ") VALUES ("
+        + ", ".join("?" * len(columns))
+        + ")",
+        [row[name] for name in columns],
+    )
+    return {**row, "seq": cur.lastrowid}
+
+
+def _event_data(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT data FROM events ORDER BY id")]
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_the_event_is_the_json_of_the_job_without_params_result_or_traceback(
-    variant: dict[str, Any],
+    conn: sqlite3.Connection, variant: dict[str, Any]
 ) -> None:
-    row = {**BASE, **variant}
-    text = job_event_json(row)
+    row = _store_row(conn, {**BASE, **variant})
+    tx = WriteTx()
+    record_job_event(conn, tx, row)
+    (text,) = _event_data(conn)
     assert json.loads(text) == _expected(row)
-    # Byte for byte what the json module would write, so stored events stay one format.
-    assert text == json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=False)
+    assert type(json.loads(text)["progress"]) is float
     assert "secret" not in text and "Tb..." not in text
+    assert tx.events == 1 and tx.jobs_changed == {row["id"]: row["status"]}
 
 
-def test_a_read_event_has_iso_times() -> None:
-    rendered = json.loads(render_job_event(job_event_json(BASE)))
+def test_many_events_are_written_in_seq_order_by_one_call(conn: sqlite3.Connection) -> None:
+    rows = [
+        _store_row(conn, {**BASE, **variant, "id": f"06H2B46H7VBH28HXPPMB8RP3M{i}"})
+        for i, variant in enumerate(VARIANTS)
+    ]
+    tx = WriteTx()
+    record_job_events(conn, tx, list(reversed(rows)))
+    assert [json.loads(text) for text in _event_data(conn)] == [_expected(r) for r in rows]
+    assert tx.events == len(rows) and list(tx.jobs_changed) == [r["id"] for r in rows]
+
+
+def test_a_read_event_has_iso_times(conn: sqlite3.Connection) -> None:
+    record_job_event(conn, WriteTx(), _store_row(conn, dict(BASE)))
+    rendered = json.loads(render_job_event(_event_data(conn)[0]))
     assert rendered["created_at"] == "2025-11-29T04:20:00.000Z"
     assert rendered["next_retry_at"] is None
