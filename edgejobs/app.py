@@ -44,15 +44,14 @@ from edgejobs.store.db import Pragmas, WriteTx
 from edgejobs.store.jobs import (
     JobFilter,
     NewJob,
+    SubmitOp,
     count_by_org,
     count_by_status,
     dedup_hash,
     get_attempts,
     get_job,
-    insert_jobs,
     list_jobs,
     load_job,
-    submitted_jobs,
 )
 from edgejobs.store.rows import dumps
 from edgejobs.store.transitions import cancel_job, recover_running, retry_job
@@ -609,10 +608,7 @@ class EdgeJobs:
             refs[id(spec)] = index
         self._check_rates(new_jobs, now)
 
-        def op(conn: sqlite3.Connection, tx: WriteTx) -> list[Job]:
-            return submitted_jobs(conn, insert_jobs(conn, tx, jobs=new_jobs, now=now), now)
-
-        written = self.store.writer.submit_nowait(op)
+        written = self.store.writer.submit_nowait(SubmitOp(new_jobs, now))
         if self.pool is not None:
             # Wake the pool now, not after the commit: its claim is queued right behind this
             # insert and often shares its transaction, which saves a whole commit of latency.

@@ -169,6 +169,28 @@ class WriteTx:
 
 WriteOp = Callable[[sqlite3.Connection, WriteTx], T]
 
+
+class MergeableOp:
+    """A write operation that the writer may write together with the other operations of its
+    class in the same transaction (:meth:`write_together`), instead of one savepoint each.
+
+    Concurrent submissions are the case: fifty callers each submitting one job make fifty
+    operations, and written as one they share one savepoint and one statement per table.
+    """
+
+    def __call__(self, conn: sqlite3.Connection, tx: WriteTx) -> Any:
+        """Write this operation alone."""
+        raise NotImplementedError
+
+    @classmethod
+    def write_together(
+        cls, conn: sqlite3.Connection, tx: WriteTx, ops: list[Any]
+    ) -> list[tuple[bool, Any]]:
+        """Write ``ops`` (all of this class); per op, ``(True, result)`` or ``(False, error)``
+        exactly as :func:`run_in_savepoint` would have returned it for the op alone."""
+        raise NotImplementedError
+
+
 SavepointName = Literal["op", "outcome"]
 _SAVEPOINT_SQL: dict[str, tuple[str, str, str]] = {
     name: (f"SAVEPOINT {name}", f"ROLLBACK TO {name}", f"RELEASE {name}")
@@ -359,9 +381,22 @@ class Writer:
         except sqlite3.Error as exc:
             self._resolve_all_failed(batch, translate(exc) or exc)
             return
+        batch = _merge_order(batch)
         try:
-            for pending in batch:
-                outcomes.append(run_in_savepoint(conn, tx, "op", partial(pending.op, conn, tx)))
+            index = 0
+            while index < len(batch):
+                op = batch[index].op
+                end = index + 1
+                if isinstance(op, MergeableOp):
+                    while end < len(batch) and type(batch[end].op) is type(op):
+                        end += 1
+                    if end - index > 1:
+                        ops = [pending.op for pending in batch[index:end]]
+                        outcomes.extend(type(op).write_together(conn, tx, ops))
+                        index = end
+                        continue
+                outcomes.append(run_in_savepoint(conn, tx, "op", partial(op, conn, tx)))
+                index = end
             tx.flush(conn)
             self.commits += 1
             if self.fault_hook is not None:
@@ -405,6 +440,25 @@ class Writer:
                     pending.future.set_exception(exc)
 
         self._call_soon(resolve)
+
+
+def _merge_order(batch: list[_Pending[Any]]) -> list[_Pending[Any]]:
+    """The batch with the mergeable operations of each class moved up to the first of them, so
+    that they are written together; every other operation keeps its place."""
+    if not any(isinstance(pending.op, MergeableOp) for pending in batch):
+        return batch
+    groups: dict[type, list[_Pending[Any]]] = {}
+    ordered: list[Any] = []
+    for pending in batch:
+        if isinstance(pending.op, MergeableOp):
+            group = groups.get(type(pending.op))
+            if group is None:
+                group = groups[type(pending.op)] = []
+                ordered.append(group)
+            group.append(pending)
+        else:
+            ordered.append(pending)
+    return [p for item in ordered for p in (item if isinstance(item, list) else [item])]
 
 
 class Reader:

@@ -7,12 +7,13 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from edgejobs.errors import UnknownParent, ValidationError
 from edgejobs.ids import new_job_id
 from edgejobs.models import UNSUCCESSFUL, Attempt, Job, Status
-from edgejobs.store.db import WriteTx
+from edgejobs.store.db import MergeableOp, WriteTx, run_in_savepoint
 from edgejobs.store.rows import RowLike, attempt_from_row, estimate_eta_s, job_from_row
 from edgejobs.store.transitions import job_row, record_job_events
 
@@ -57,6 +58,59 @@ def insert_jobs(
     conn: sqlite3.Connection, tx: WriteTx, *, jobs: Sequence[NewJob], now: int
 ) -> list[Inserted]:
     """Insert a batch of jobs all or nothing (the writer runs this in one savepoint)."""
+    inserted = _insert_rows(conn, jobs, now)
+    record_job_events(conn, tx, [item.row for item in inserted if not item.deduplicated])
+    return inserted
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SubmitOp(MergeableOp):
+    """The write of one submission (a batch, all or nothing), returning its :class:`Job`\\ s.
+
+    Concurrent submissions that reach the writer together are written together
+    (:meth:`write_together`): one savepoint and one events statement for all of them rather
+    than one of each per submission. Should any of them be refused (an unknown parent, say),
+    that attempt is rolled back and each is written alone in its own savepoint, so a refused
+    submission never takes the others with it: the outcome of writing them one by one.
+    """
+
+    jobs: Sequence[NewJob]
+    now: int
+
+    def __call__(self, conn: sqlite3.Connection, tx: WriteTx) -> list[Job]:
+        """Write this submission alone."""
+        return submitted_jobs(conn, insert_jobs(conn, tx, jobs=self.jobs, now=self.now), self.now)
+
+    @classmethod
+    def write_together(
+        cls, conn: sqlite3.Connection, tx: WriteTx, ops: list[Any]
+    ) -> list[tuple[bool, Any]]:
+        """Write several submissions; per submission its jobs or the error that refused it."""
+        ok, together = run_in_savepoint(conn, tx, "op", partial(_insert_together, conn, tx, ops))
+        if ok:
+            return [
+                (True, submitted_jobs(conn, rows, op.now))
+                for op, rows in zip(ops, together, strict=True)
+            ]
+        return [run_in_savepoint(conn, tx, "op", partial(op, conn, tx)) for op in ops]
+
+
+def _insert_together(
+    conn: sqlite3.Connection, tx: WriteTx, ops: Sequence[SubmitOp]
+) -> list[list[Inserted]]:
+    results: list[list[Inserted]] = []
+    new_rows: list[RowLike] = []
+    for op in ops:
+        inserted = _insert_rows(conn, op.jobs, op.now)
+        new_rows.extend(item.row for item in inserted if not item.deduplicated)
+        results.append(inserted)
+    record_job_events(conn, tx, new_rows)
+    return results
+
+
+def _insert_rows(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) -> list[Inserted]:
+    if all(not job.depends_on and job.dedup_hash is None for job in jobs):
+        return _insert_plain(conn, jobs, now)
     inserted: list[Inserted] = []
     for index, job in enumerate(jobs):
         parents: list[RowLike] = []
@@ -89,10 +143,9 @@ def insert_jobs(
             if existing is not None:
                 inserted.append(Inserted(existing, True))
                 continue
-        row = _insert_one(conn, tx, job, parents, now)
+        row = _insert_one(conn, job, parents, now)
         parent_ids = tuple(dict.fromkeys(p["id"] for p in parents))
         inserted.append(Inserted(row, False, parent_ids))
-    record_job_events(conn, tx, [item.row for item in inserted if not item.deduplicated])
     return inserted
 
 
@@ -104,37 +157,27 @@ def _after_parents(key_hash: str, parents: Sequence[RowLike]) -> str:
 
 
 _INSERT_JOB = (
-    "INSERT INTO jobs (id, org, job_type, status, priority, params, max_retries, run_at,"
+    "INSERT INTO jobs (seq, id, org, job_type, status, priority, params, max_retries, run_at,"
     " dedup_hash, pending_parents, created_at, updated_at, cancel_reason, finished_at)"
-    " VALUES (:id, :org, :job_type, :status, :priority, :params, :max_retries, :run_at,"
+    " VALUES (:seq, :id, :org, :job_type, :status, :priority, :params, :max_retries, :run_at,"
     " :dedup_hash, :pending_parents, :created_at, :updated_at, :cancel_reason, :finished_at)"
 )
 
 
-def _insert_one(
-    conn: sqlite3.Connection, tx: WriteTx, job: NewJob, parents: list[RowLike], now: int
-) -> RowLike:
-    unique_parents = {p["seq"]: p for p in parents}
-    failed = [p for p in unique_parents.values() if p["status"] in UNSUCCESSFUL]
-    pending = sum(1 for p in unique_parents.values() if p["status"] != Status.COMPLETED.value)
-    run_at = job.run_at if job.run_at is not None else now
-    cancel_reason = None
-    finished_at = None
-    if failed:
-        # Same rule as a later cascade, so the outcome never depends on a race.
-        status = Status.CANCELED
-        cancel_reason = f"parent {failed[0]['id']} ended {failed[0]['status']}"
-        finished_at = now
-        pending = 0
-    elif pending:
-        status = Status.BLOCKED
-    elif run_at > now:
-        status = Status.SCHEDULED
-    else:
-        status = Status.QUEUED
-    # No RETURNING: every column of a new row is known here, and RETURNING costs about as much
-    # as the INSERT itself on this hot path.
-    row: dict[str, Any] = {
+def _new_row(
+    job: NewJob,
+    now: int,
+    status: Status,
+    *,
+    pending: int = 0,
+    cancel_reason: str | None = None,
+    seq: int | None = None,
+) -> dict[str, Any]:
+    # Every column of a new row is known here: no RETURNING (on this hot path it costs about
+    # as much as the INSERT itself). A NULL seq lets SQLite choose it.
+    canceled = status is Status.CANCELED
+    return {
+        "seq": seq,
         "id": new_job_id(now),
         "org": job.org,
         "job_type": job.job_type,
@@ -148,18 +191,53 @@ def _insert_one(
         "attempts": 0,
         "max_retries": job.max_retries,
         "retry_base": 0,
-        "run_at": run_at,
+        "run_at": job.run_at if job.run_at is not None else now,
         "next_retry_at": None,
         "lease_expires_at": None,
-        "dedup_hash": job.dedup_hash if status is not Status.CANCELED else None,
+        "dedup_hash": None if canceled else job.dedup_hash,
         "pending_parents": pending,
         "has_dependents": 0,
         "created_at": now,
         "started_at": None,
-        "finished_at": finished_at,
+        "finished_at": now if canceled else None,
         "updated_at": now,
         "cancel_reason": cancel_reason,
     }
+
+
+def _insert_plain(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) -> list[Inserted]:
+    """Jobs without parents or deduplication (the common case): one ``executemany``.
+
+    Their seqs are given, not read back row by row: in this write transaction nobody else
+    inserts, and max(seq) + 1 onwards is what SQLite itself would choose.
+    """
+    first = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM jobs").fetchone()[0]
+    rows = [
+        _new_row(
+            job,
+            now,
+            Status.SCHEDULED if job.run_at is not None and job.run_at > now else Status.QUEUED,
+            seq=first + offset,
+        )
+        for offset, job in enumerate(jobs)
+    ]
+    conn.executemany(_INSERT_JOB, rows)
+    return [Inserted(row, False) for row in rows]
+
+
+def _insert_one(conn: sqlite3.Connection, job: NewJob, parents: list[RowLike], now: int) -> RowLike:
+    unique_parents = {p["seq"]: p for p in parents}
+    failed = [p for p in unique_parents.values() if p["status"] in UNSUCCESSFUL]
+    pending = sum(1 for p in unique_parents.values() if p["status"] != Status.COMPLETED.value)
+    run_at = job.run_at if job.run_at is not None else now
+    if failed:
+        # Same rule as a later cascade, so the outcome never depends on a race.
+        reason = f"parent {failed[0]['id']} ended {failed[0]['status']}"
+        row = _new_row(job, now, Status.CANCELED, cancel_reason=reason)
+    elif pending:
+        row = _new_row(job, now, Status.BLOCKED, pending=pending)
+    else:
+        row = _new_row(job, now, Status.SCHEDULED if run_at > now else Status.QUEUED)
     row["seq"] = conn.execute(_INSERT_JOB, row).lastrowid
     if unique_parents:
         conn.executemany(
