@@ -18,6 +18,7 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -35,6 +36,8 @@ MIN_SQLITE = (3, 35, 0)
 MAX_BATCH_OPS = 512
 IDLE_POLL_S = 0.1
 """How often an idle writer looks at ``PRAGMA data_version`` for other processes' commits."""
+BUSY_POLL_S = 0.005
+"""How often a busy writer looks (between batches; every batch would cost a statement each)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -253,6 +256,7 @@ class Writer:
         self._commit_listeners: list[CommitListener] = []
         self._foreign_listeners: list[Callable[[], None]] = []
         self._data_version = 0
+        self._checked_foreign_at = 0.0
         self._closed = False
         self.fault_hook: Callable[[str, int], None] | None = None
         """Test hook: called with ("before_commit" | "after_commit", n) around every commit."""
@@ -348,7 +352,8 @@ class Writer:
                 batch.append(item)
             if batch:
                 self._run_batch(conn, batch)
-                self._check_foreign(conn)
+                if time.monotonic() - self._checked_foreign_at >= BUSY_POLL_S:
+                    self._check_foreign(conn)
         try:
             conn.execute("PRAGMA optimize")
         except sqlite3.Error:
@@ -357,6 +362,7 @@ class Writer:
         self._conn = None
 
     def _check_foreign(self, conn: sqlite3.Connection) -> None:
+        self._checked_foreign_at = time.monotonic()
         try:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
