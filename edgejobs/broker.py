@@ -73,7 +73,11 @@ class Event:
         once, and only for events some stream actually sends.
         """
         if self._encoded is None:
-            data = render_job_event(self.data) if self.kind == "job" else self.data
+            data = (
+                render_job_event(self.data, self.job_id, self.org)
+                if self.kind == "job"
+                else self.data
+            )
             self._encoded = ServerSentEvent(data, event=self.kind, id=str(self.id)).encode()
         return self._encoded
 

@@ -95,6 +95,31 @@ def job_from_row(
     )
 
 
+JOB_EVENT_FIELDS = (
+    "status",
+    "job_type",
+    "priority",
+    "error_type",
+    "error_message",
+    "progress",
+    "progress_message",
+    "attempts",
+    "max_retries",
+    "run_at",
+    "next_retry_at",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "updated_at",
+    "cancel_reason",
+)
+"""What a stored ``job`` event holds, in order: a JSON array of these values (the event row's
+own columns give the job's id and org). Priority is its rank, times integer milliseconds:
+compact, because an event is written for every status change (three or more per job) and its
+bytes go through the WAL of the hottest commits. Readers decode it by name
+(:func:`job_event_fields`); the API form is built when a stream sends it
+(:func:`render_job_event`)."""
+
 _EVENT_TIME_FIELDS = (
     "run_at",
     "next_retry_at",
@@ -105,13 +130,41 @@ _EVENT_TIME_FIELDS = (
 )
 
 
-def render_job_event(data: str) -> str:
-    """The API form (SPEC §6 job object, ISO times) of a stored ``job`` event's data."""
-    payload = json.loads(data)
-    for field in _EVENT_TIME_FIELDS:
-        value = payload.get(field)
-        if isinstance(value, int):
-            payload[field] = iso_ms(value)
+def job_event_fields(data: str) -> dict[str, Any]:
+    """A stored ``job`` event's values by field name (see :data:`JOB_EVENT_FIELDS`)."""
+    return dict(zip(JOB_EVENT_FIELDS, json.loads(data), strict=True))
+
+
+def render_job_event(data: str, job_id: str, org: str) -> str:
+    """The API form (SPEC §6 job object without params and result, ISO times) of a stored
+    ``job`` event of the job ``job_id`` of ``org``."""
+    fields = job_event_fields(data)
+    for name in _EVENT_TIME_FIELDS:
+        value = fields[name]
+        if value is not None:
+            fields[name] = iso_ms(value)
+    error = None
+    if fields["error_type"] is not None:
+        error = {"type": fields["error_type"], "message": fields["error_message"]}
+    payload = {
+        "id": job_id,
+        "org": org,
+        "job_type": fields["job_type"],
+        "status": fields["status"],
+        "priority": _PRIORITY_NAMES[fields["priority"]],
+        "error": error,
+        "progress": fields["progress"],
+        "progress_message": fields["progress_message"],
+        "attempts": fields["attempts"],
+        "max_retries": fields["max_retries"],
+        "run_at": fields["run_at"],
+        "next_retry_at": fields["next_retry_at"],
+        "created_at": fields["created_at"],
+        "started_at": fields["started_at"],
+        "finished_at": fields["finished_at"],
+        "updated_at": fields["updated_at"],
+        "cancel_reason": fields["cancel_reason"],
+    }
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -7,9 +7,10 @@ Every function takes ``org`` where a tenant is asking (None: every org, system c
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
 from typing import Any
+
+from edgejobs.store.rows import job_event_fields
 
 MINUTE_MS = 60_000
 
@@ -69,7 +70,7 @@ def _depth_deltas(conn: sqlite3.Connection, org: str | None, since: int) -> list
     not its creation had an unknown status before the window; it is counted as not waiting.
     """
     rows = conn.execute(
-        "SELECT job_id, created_at, json_extract(data, '$.status') FROM events"
+        "SELECT job_id, created_at, json_extract(data, '$[0]') FROM events"  # [0]: status
         " WHERE kind = 'job' AND created_at >= :since AND (:org IS NULL OR org = :org)"
         " ORDER BY id",
         {"since": since, "org": org},
@@ -161,24 +162,23 @@ def activity_since(
         " FROM events e"
         " LEFT JOIN jobs j ON j.id = e.job_id"
         " LEFT JOIN attempts a ON a.job_seq = j.seq"
-        "  AND a.number = json_extract(e.data, '$.attempts')"
+        "  AND a.number = json_extract(e.data, '$[7]')"  # [7]: attempts (rows.JOB_EVENT_FIELDS)
         " WHERE e.id > ? AND e.kind = 'job' ORDER BY e.id LIMIT ?",
         (after_id, limit),
     ).fetchall()
     found: list[Activity] = []
     for row in rows:
-        data = json.loads(row["data"])
+        data = job_event_fields(row["data"])
         found.append(
             Activity(
                 event_id=int(row["id"]),
                 job_id=row["job_id"],
-                job_type=str(data.get("job_type", "")),
-                status=str(data.get("status", "")),
+                job_type=str(data["job_type"]),
+                status=str(data["status"]),
                 at=int(row["created_at"]),
                 # The insert's event is the only one with updated_at == created_at and no
                 # attempt yet (a later change in the same millisecond is the rare exception).
-                created=data.get("attempts") == 0
-                and data.get("created_at") == data.get("updated_at"),
+                created=data["attempts"] == 0 and data["created_at"] == data["updated_at"],
                 attempt_outcome=row["outcome"],
                 attempt_started_at=row["started_at"],
                 attempt_finished_at=row["finished_at"],

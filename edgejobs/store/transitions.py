@@ -30,24 +30,17 @@ _rng = random.Random()
 _event_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-# The stored form of a ``job`` event: the job object without params, result and traceback,
-# integer-millisecond times (ISO strings only when an event is read: rows.render_job_event).
-# Built by SQLite from the row itself, in the statement that appends the event: events are
-# written for every status change, three or more per job, and putting their JSON together in
-# Python on the writer thread cost more than all the SQL of a claim. ``%!.17g`` keeps every
-# digit of a float progress (SQLite's own JSON rendering keeps 15).
+# The stored form of a ``job`` event (rows.JOB_EVENT_FIELDS, in that order), built by SQLite
+# from the row itself in the statement that appends the event: events are written for every
+# status change, three or more per job, and putting their JSON together in Python on the
+# writer thread cost more than all the SQL of a claim. ``%!.17g`` keeps every digit of a float
+# progress (SQLite's own JSON rendering keeps 15).
 _JOB_EVENTS = (
     "INSERT INTO events (org, job_id, kind, data, created_at)"
-    " SELECT org, id, 'job', json_object("
-    "'id', id, 'org', org, 'job_type', job_type, 'status', status,"
-    " 'priority', CASE priority WHEN 0 THEN 'critical' WHEN 1 THEN 'high' WHEN 2 THEN 'normal'"
-    " ELSE 'low' END,"
-    " 'error', CASE WHEN error IS NULL THEN NULL ELSE json_object("
-    "'type', json_extract(error, '$.type'), 'message', json_extract(error, '$.message')) END,"
-    " 'progress', json(printf('%!.17g', progress)), 'progress_message', progress_message,"
-    " 'attempts', attempts, 'max_retries', max_retries, 'run_at', run_at,"
-    " 'next_retry_at', next_retry_at, 'created_at', created_at, 'started_at', started_at,"
-    " 'finished_at', finished_at, 'updated_at', updated_at, 'cancel_reason', cancel_reason),"
+    " SELECT org, id, 'job', json_array(status, job_type, priority,"
+    " json_extract(error, '$.type'), json_extract(error, '$.message'),"
+    " json(printf('%!.17g', progress)), progress_message, attempts, max_retries, run_at,"
+    " next_retry_at, created_at, started_at, finished_at, updated_at, cancel_reason),"
     " updated_at FROM jobs WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq"
 )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import os
 import signal
 import sqlite3
@@ -23,6 +22,7 @@ from edgejobs.models import ALLOWED_TRANSITIONS
 from edgejobs.runner.context import JobContext
 from edgejobs.runner.pool import Pool
 from edgejobs.store.db import WriteOp
+from edgejobs.store.rows import job_event_fields
 from edgejobs.testing import FakeClock, Harness
 
 HERE = Path(__file__).resolve().parent
@@ -78,7 +78,7 @@ def illegal_moves(path: Path) -> list[str]:
     history: dict[str, list[str]] = collections.defaultdict(list)
     with closing(connect(path)) as conn:
         for row in conn.execute("SELECT job_id, data FROM events WHERE kind = 'job' ORDER BY id"):
-            history[row["job_id"]].append(json.loads(row["data"])["status"])
+            history[row["job_id"]].append(job_event_fields(row["data"])["status"])
         jobs = conn.execute("SELECT id, status FROM jobs").fetchall()
     for job in jobs:
         # Every job has a creation event, and its last event shows its current status.

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from edgejobs.store.db import WriteTx, connect
-from edgejobs.store.rows import render_job_event
+from edgejobs.store.rows import job_event_fields, render_job_event
 from edgejobs.store.store import Store
 from edgejobs.store.transitions import record_job_event, record_job_events
 
@@ -54,6 +54,7 @@ VARIANTS: list[dict[str, Any]] = [
 
 
 def _expected(row: dict[str, Any]) -> dict[str, Any]:
+    """The job object the event stands for (the API form, integer times)."""
     names = {0: "critical", 1: "high", 2: "normal", 3: "low"}
     error = json.loads(row["error"]) if row["error"] else None
     expected = {k: v for k, v in row.items() if k not in ("params", "result", "seq")}
@@ -61,6 +62,15 @@ def _expected(row: dict[str, Any]) -> dict[str, Any]:
     expected["progress"] = float(row["progress"])
     expected["error"] = {"type": error["type"], "message": error["message"]} if error else None
     return expected
+
+
+def _job_object(text: str, row: dict[str, Any]) -> dict[str, Any]:
+    """The stored event rendered as the API renders it, with its ISO times back to integers."""
+    rendered = json.loads(render_job_event(text, row["id"], row["org"]))
+    for name, value in job_event_fields(text).items():
+        if name.endswith("_at"):
+            rendered[name] = value
+    return rendered
 
 
 @pytest.fixture
@@ -95,8 +105,8 @@ def test_the_event_is_the_json_of_the_job_without_params_result_or_traceback(
     tx = WriteTx()
     record_job_event(conn, tx, row)
     (text,) = _event_data(conn)
-    assert json.loads(text) == _expected(row)
-    assert type(json.loads(text)["progress"]) is float
+    assert _job_object(text, row) == _expected(row)
+    assert type(job_event_fields(text)["progress"]) is float
     assert "secret" not in text and "Tb..." not in text
     assert tx.events == 1 and tx.jobs_changed == {row["id"]: row["status"]}
 
@@ -108,12 +118,48 @@ def test_many_events_are_written_in_seq_order_by_one_call(conn: sqlite3.Connecti
     ]
     tx = WriteTx()
     record_job_events(conn, tx, list(reversed(rows)))
-    assert [json.loads(text) for text in _event_data(conn)] == [_expected(r) for r in rows]
+    assert [_job_object(text, r) for text, r in zip(_event_data(conn), rows, strict=True)] == [
+        _expected(r) for r in rows
+    ]
     assert tx.events == len(rows) and list(tx.jobs_changed) == [r["id"] for r in rows]
 
 
 def test_a_read_event_has_iso_times(conn: sqlite3.Connection) -> None:
     record_job_event(conn, WriteTx(), _store_row(conn, dict(BASE)))
-    rendered = json.loads(render_job_event(_event_data(conn)[0]))
+    rendered = json.loads(render_job_event(_event_data(conn)[0], BASE["id"], BASE["org"]))
     assert rendered["created_at"] == "2025-11-29T04:20:00.000Z"
     assert rendered["next_retry_at"] is None
+
+
+def test_events_stored_as_objects_before_are_converted_by_the_migration(
+    conn: sqlite3.Connection,
+) -> None:
+    """Databases of earlier versions hold ``job`` events as JSON objects (a key per field,
+    priority by name); migration 0005 rewrites them, so a replay renders them like new ones."""
+    from edgejobs.store.migrations import migrate
+
+    rows = [
+        _store_row(conn, {**BASE, **variant, "id": f"06H2B46H7VBH28HXPPMB8RP3M{i}"})
+        for i, variant in enumerate(VARIANTS)
+    ]
+    for row in rows:
+        old_form = json.dumps(_expected(row), separators=(",", ":"), ensure_ascii=False)
+        conn.execute(
+            "INSERT INTO events (org, job_id, kind, data, created_at) VALUES (?, ?, 'job', ?, ?)",
+            (row["org"], row["id"], old_form, row["updated_at"]),
+        )
+    progress = '{"job_id":"x","org":"acme","progress":5.0,"progress_message":null,"eta_s":null}'
+    conn.execute(
+        "INSERT INTO events (org, job_id, kind, data, created_at) VALUES ('acme', 'x', 'progress', ?, 0)",
+        (progress,),
+    )
+    conn.execute("PRAGMA user_version = 4")
+    assert migrate(conn) >= 5
+
+    job_events = [
+        r[0] for r in conn.execute("SELECT data FROM events WHERE kind = 'job' ORDER BY id")
+    ]
+    assert [_job_object(text, r) for text, r in zip(job_events, rows, strict=True)] == [
+        _expected(r) for r in rows
+    ]
+    assert conn.execute("SELECT data FROM events WHERE kind = 'progress'").fetchone()[0] == progress

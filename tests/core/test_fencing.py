@@ -15,6 +15,7 @@ from edgejobs import Status
 from edgejobs.models import JobError, Outcome
 from edgejobs.retry import RetryPolicy
 from edgejobs.store.claim import ClaimLimits, claim_ready, renew_leases
+from edgejobs.store.rows import job_event_fields
 from edgejobs.store.transitions import (
     complete_attempt,
     fail_attempt,
@@ -26,7 +27,7 @@ from edgejobs.store.transitions import (
 
 def _job_events(kit: CoreKit, job_id: str) -> list[str]:
     return [
-        json.loads(r["data"])["status"]
+        job_event_fields(r["data"])["status"]
         for r in rows(
             kit.path,
             "SELECT data FROM events WHERE job_id = ? AND kind = 'job' ORDER BY id",

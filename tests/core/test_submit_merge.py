@@ -91,9 +91,7 @@ async def test_submissions_of_one_batch_share_one_savepoint_and_one_events_state
     assert len([s for s in statements if s.startswith(EVENTS_INSERT)]) == 1, statements
     stored = _rows(store, "SELECT id, status FROM jobs ORDER BY seq")
     assert [(r["id"], r["status"]) for r in stored] == [(job.id, "queued") for job in jobs]
-    events = _rows(
-        store, "SELECT job_id, json_extract(data, '$.status') AS s FROM events ORDER BY id"
-    )
+    events = _rows(store, "SELECT job_id, json_extract(data, '$[0]') AS s FROM events ORDER BY id")
     assert [(e["job_id"], e["s"]) for e in events] == [(job.id, "queued") for job in jobs]
 
 
