@@ -63,7 +63,11 @@ async def test_reconnect_with_last_event_id_replays_exactly_the_missed_events(
     assert [(e.event, e.data) for e in replayed if e] == [
         (
             row["kind"],
-            json.loads(render_job_event(row["data"]) if row["kind"] == "job" else row["data"]),
+            json.loads(
+                render_job_event(row["data"], row["job_id"], row["org"])
+                if row["kind"] == "job"
+                else row["data"]
+            ),
         )
         for row in missed
     ]
