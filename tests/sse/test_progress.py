@@ -56,8 +56,15 @@ async def test_ten_thousand_reports_in_a_second_are_coalesced_and_the_last_is_de
     # last one flushed before the final write.
     assert done.started_at is not None and done.finished_at is not None
     running_ms = _ms(done.finished_at) - _ms(done.started_at)
-    bound = 2 + running_ms // interval_ms
-    assert 2 <= len(rows) <= bound, (len(rows), running_ms)
+    # One interval of slack: the coalescer paces writes by the monotonic clock, the bound is
+    # read from wall-clock times in the database. Without coalescing there would be 10,000.
+    bound = 3 + running_ms // interval_ms
+    assert 2 <= len(rows) <= bound, (
+        len(rows),
+        running_ms,
+        [(r["id"], r["created_at"]) for r in rows],
+        (done.started_at, done.finished_at),
+    )
     last = json.loads(rows[-1]["data"])
     assert (last["progress"], last["progress_message"]) == (100.0, f"item {FLOOD_CALLS}")
 
