@@ -8,6 +8,7 @@ the database file directly (like every CLI command), whether or not a runner is 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -17,11 +18,12 @@ from edgejobs.app import check_org
 from edgejobs.cli import print_json, print_table
 from edgejobs.cli.runner import app_from_args
 from edgejobs.clock import SystemClock
+from edgejobs.errors import EdgeJobsError
 from edgejobs.models import iso_ms
 from edgejobs.store import Store
 from edgejobs.store import tokens as token_store
 from edgejobs.store.audit import CLI_ACTOR, create_token_audited, revoke_token_audited
-from edgejobs.store.db import WriteOp
+from edgejobs.store.db import WriteOp, translate
 
 T = TypeVar("T")
 
@@ -52,15 +54,25 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
 
 
 def _store(args: argparse.Namespace) -> Store:
+    """The configured database, prepared; one that cannot be opened or written is a user
+    error (a clear line, exit 1), like for every other command, never a traceback."""
     # The facade builds the store from the config (path, PRAGMAs); no runner, no writer thread.
-    return app_from_args(args).store
+    store = app_from_args(args).store
+    try:
+        store.prepare()
+    except (sqlite3.Error, OSError) as exc:
+        raise EdgeJobsError(f"cannot open the database {store.path}: {exc}") from None
+    return store
 
 
 def _write(args: argparse.Namespace, op: WriteOp[T]) -> T:
     store = _store(args)
-    store.prepare()
     try:
         return store.writer.run_sync(op)
+    except sqlite3.Error as exc:
+        raise translate(exc) or EdgeJobsError(
+            f"cannot write to the database {store.path}: {exc}"
+        ) from None
     finally:
         store.reader.close()
 
@@ -92,7 +104,6 @@ def run_create(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     """List tokens as a table or JSON."""
     store = _store(args)
-    store.prepare()
     try:
         found = store.reader.run_sync(token_store.list_tokens)
     finally:

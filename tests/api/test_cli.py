@@ -70,6 +70,28 @@ def test_token_create_refuses_bad_input(db_env: Path, capsys: pytest.CaptureFixt
     assert "org must be" in capsys.readouterr()[1]
 
 
+def test_token_commands_explain_a_database_they_cannot_open(
+    tmp_path: Path,
+    db_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A folder where the database file should be, and a path under a regular file.
+    (tmp_path / "a-folder.db").mkdir()
+    (tmp_path / "plain-file").write_text("not a folder")
+    for path in (tmp_path / "a-folder.db", tmp_path / "plain-file" / "x.db"):
+        monkeypatch.setenv("EDGEJOBS_DB", str(path))
+        for argv in (
+            ["token", "list"],
+            ["token", "create", "--org", "acme", "--role", "viewer"],
+            ["token", "revoke", "tok_x"],
+        ):
+            assert main(argv) == 1, argv
+            out, err = capsys.readouterr()
+            assert err.startswith("edgejobs: cannot open the database"), err
+            assert "Traceback" not in err and str(path) in err and out == ""
+
+
 class Serving:
     """An ``edgejobs serve`` child process."""
 
