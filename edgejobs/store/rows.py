@@ -120,14 +120,7 @@ bytes go through the WAL of the hottest commits. Readers decode it by name
 (:func:`job_event_fields`); the API form is built when a stream sends it
 (:func:`render_job_event`)."""
 
-_EVENT_TIME_FIELDS = (
-    "run_at",
-    "next_retry_at",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "updated_at",
-)
+_EVENT_TIME_FIELDS = tuple(name for name in JOB_EVENT_FIELDS if name.endswith("_at"))
 
 
 def job_event_fields(data: str) -> dict[str, Any]:
