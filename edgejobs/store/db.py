@@ -92,10 +92,6 @@ def connect(path: Path, pragmas: Pragmas, *, readonly: bool = False) -> sqlite3.
         if str(actual).lower() != str(expected).lower():
             conn.close()
             raise EdgeJobsError(f"could not set PRAGMA {name} = {value} on {path} (got {actual})")
-    import os
-
-    if not readonly and os.environ.get("EXP_NOCKPT"):
-        conn.execute("PRAGMA wal_autocheckpoint = 0")
     if not readonly:
         faults.limit_pages(conn)  # test-only; inert unless EDGEJOBS_TEST_MAX_PAGE_COUNT is set
     if readonly:
