@@ -82,9 +82,9 @@ class Ticker:
         self.extra_tasks: list[TickTask] = []
         self.last_tick_monotonic: float | None = None
         self.last_progress_monotonic: float | None = None
+        """When a retention batch last committed: a long prune is progress, not a hang."""
         self.ticks = 0
         """Completed ticks (tests and health checks count them)."""
-        """When a retention batch last committed: a long prune is progress, not a hang."""
         self.looping = False
         """Whether :meth:`run` has started (a stepped ticker is not judged by ``/healthz``)."""
 
