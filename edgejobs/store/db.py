@@ -383,22 +383,16 @@ class Writer:
         except sqlite3.Error as exc:
             self._resolve_all_failed(batch, translate(exc) or exc)
             return
-        batch = _merge_order(batch)
+        groups = _write_groups(batch)
+        batch = [pending for group in groups for pending in group]  # outcomes follow this order
         try:
-            index = 0
-            while index < len(batch):
-                op = batch[index].op
-                end = index + 1
-                if isinstance(op, MergeableOp):
-                    while end < len(batch) and type(batch[end].op) is type(op):
-                        end += 1
-                    if end - index > 1:
-                        ops = [pending.op for pending in batch[index:end]]
-                        outcomes.extend(type(op).write_together(conn, tx, ops))
-                        index = end
-                        continue
-                outcomes.append(run_in_savepoint(conn, tx, "op", partial(op, conn, tx)))
-                index = end
+            for group in groups:
+                first = group[0].op
+                if len(group) > 1 and isinstance(first, MergeableOp):
+                    ops = [pending.op for pending in group]
+                    outcomes.extend(type(first).write_together(conn, tx, ops))
+                else:
+                    outcomes.append(run_in_savepoint(conn, tx, "op", partial(first, conn, tx)))
             tx.flush(conn)
             self.commits += 1
             if self.fault_hook is not None:
@@ -444,23 +438,21 @@ class Writer:
         self._call_soon(resolve)
 
 
-def _merge_order(batch: list[_Pending[Any]]) -> list[_Pending[Any]]:
-    """The batch with the mergeable operations of each class moved up to the first of them, so
-    that they are written together; every other operation keeps its place."""
-    if not any(isinstance(pending.op, MergeableOp) for pending in batch):
-        return batch
-    groups: dict[type, list[_Pending[Any]]] = {}
-    ordered: list[Any] = []
+def _write_groups(batch: list[_Pending[Any]]) -> list[list[_Pending[Any]]]:
+    """The batch as the groups it is written in: every operation alone, in its place, except
+    the mergeable ones, which go together (per class) in the place of the first of them."""
+    groups: list[list[_Pending[Any]]] = []
+    merged: dict[type, list[_Pending[Any]]] = {}
     for pending in batch:
-        if isinstance(pending.op, MergeableOp):
-            group = groups.get(type(pending.op))
-            if group is None:
-                group = groups[type(pending.op)] = []
-                ordered.append(group)
-            group.append(pending)
-        else:
-            ordered.append(pending)
-    return [p for item in ordered for p in (item if isinstance(item, list) else [item])]
+        if not isinstance(pending.op, MergeableOp):
+            groups.append([pending])
+            continue
+        group = merged.get(type(pending.op))
+        if group is None:
+            group = merged[type(pending.op)] = []
+            groups.append(group)
+        group.append(pending)
+    return groups
 
 
 class Reader:
