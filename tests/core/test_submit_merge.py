@@ -118,11 +118,11 @@ async def test_a_refused_submission_does_not_undo_the_others_of_its_batch(store:
 
 
 async def test_other_operations_keep_their_place_around_merged_submissions(store: Store) -> None:
-    order: list[str] = []
+    order: list[tuple[str, int]] = []  # each marker and the jobs it saw written before it
 
     def mark(name: str) -> Any:
         def op(conn: sqlite3.Connection, tx: WriteTx) -> str:
-            order.append(name)
+            order.append((name, conn.execute("SELECT count(*) FROM jobs").fetchone()[0]))
             return name
 
         return op
@@ -136,12 +136,12 @@ async def test_other_operations_keep_their_place_around_merged_submissions(store
     ]
     outcomes, _ = await _held_batch(store, ops)
 
-    assert order == ["first", "middle", "last"]
+    # Both submissions are written together at the place of the first one: after "first",
+    # before "middle"; the other operations run in their order.
+    assert order == [("first", 0), ("middle", 2), ("last", 2)]
     assert outcomes[0] == "first" and outcomes[2] == "middle" and outcomes[4] == "last"
     assert outcomes[1][0].params == {"n": 0} and outcomes[3][0].params == {"n": 1}
-    # Merged at the place of the first submission: before "middle".
-    seqs = _rows(store, "SELECT seq FROM jobs ORDER BY seq")
-    assert len(seqs) == 2
+    assert len(_rows(store, "SELECT seq FROM jobs ORDER BY seq")) == 2
 
 
 async def test_a_submission_alone_is_written_in_its_own_savepoint(store: Store) -> None:
