@@ -205,6 +205,11 @@ def _new_row(
     }
 
 
+def _ready_status(job: NewJob, now: int) -> Status:
+    """A new job with nothing to wait for: queued, or scheduled when its run_at is later."""
+    return Status.SCHEDULED if job.run_at is not None and job.run_at > now else Status.QUEUED
+
+
 def _insert_plain(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) -> list[Inserted]:
     """Jobs without parents or deduplication (the common case): one ``executemany``.
 
@@ -213,12 +218,7 @@ def _insert_plain(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) ->
     """
     first = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM jobs").fetchone()[0]
     rows = [
-        _new_row(
-            job,
-            now,
-            Status.SCHEDULED if job.run_at is not None and job.run_at > now else Status.QUEUED,
-            seq=first + offset,
-        )
+        _new_row(job, now, _ready_status(job, now), seq=first + offset)
         for offset, job in enumerate(jobs)
     ]
     conn.executemany(_INSERT_JOB, rows)
@@ -229,7 +229,6 @@ def _insert_one(conn: sqlite3.Connection, job: NewJob, parents: list[RowLike], n
     unique_parents = {p["seq"]: p for p in parents}
     failed = [p for p in unique_parents.values() if p["status"] in UNSUCCESSFUL]
     pending = sum(1 for p in unique_parents.values() if p["status"] != Status.COMPLETED.value)
-    run_at = job.run_at if job.run_at is not None else now
     if failed:
         # Same rule as a later cascade, so the outcome never depends on a race.
         reason = f"parent {failed[0]['id']} ended {failed[0]['status']}"
@@ -237,7 +236,7 @@ def _insert_one(conn: sqlite3.Connection, job: NewJob, parents: list[RowLike], n
     elif pending:
         row = _new_row(job, now, Status.BLOCKED, pending=pending)
     else:
-        row = _new_row(job, now, Status.SCHEDULED if run_at > now else Status.QUEUED)
+        row = _new_row(job, now, _ready_status(job, now))
     row["seq"] = conn.execute(_INSERT_JOB, row).lastrowid
     if unique_parents:
         conn.executemany(
