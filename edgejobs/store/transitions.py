@@ -150,7 +150,7 @@ def complete_attempts(
         # Non-ASCII as is: no \u escapes (surrogate pairs) for older SQLite JSON code to decode.
         {"now": now, "items": json.dumps(items, separators=(",", ":"), ensure_ascii=False)},
     ).fetchall()
-    rows.sort(key=lambda row: row["seq"])  # RETURNING promises no order; events follow seq
+    rows.sort(key=lambda row: row["seq"])  # RETURNING promises no order; children follow seq
     conn.executemany(
         "UPDATE attempts SET finished_at = ?, outcome = 'completed'"
         " WHERE job_seq = ? AND number = ? AND outcome IS NULL",
