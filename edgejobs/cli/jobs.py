@@ -10,12 +10,13 @@ the runner declares its job types in the database when it starts.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from edgejobs.app import EdgeJobs
 from edgejobs.cli import print_json, print_table, run_async
@@ -23,6 +24,8 @@ from edgejobs.cli.runner import app_from_args
 from edgejobs.errors import EdgeJobsError
 from edgejobs.models import Attempt, Job, Priority, Status, iso_ms
 from edgejobs.store.audit import CLI_ACTOR
+
+T = TypeVar("T")
 
 MAX_LIST_LIMIT = 10_000
 
@@ -171,6 +174,16 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[EdgeJobs]:
         yield ej
     finally:
         await ej.close()
+
+
+def with_client(args: argparse.Namespace, action: Callable[[EdgeJobs], Awaitable[T]]) -> T:
+    """Run ``action`` on a client opened by :func:`open_client` and return its result."""
+
+    async def main() -> T:
+        async with open_client(args) as ej:
+            return await action(ej)
+
+    return asyncio.run(main())
 
 
 # -- submit -----------------------------------------------------------------------------------

@@ -8,24 +8,18 @@ the database file directly (like every CLI command), whether or not a runner is 
 from __future__ import annotations
 
 import argparse
-import sqlite3
 import sys
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 from edgejobs.app import check_org
 from edgejobs.cli import print_json, print_table
-from edgejobs.cli.runner import app_from_args
+from edgejobs.cli.jobs import with_client
 from edgejobs.clock import SystemClock
-from edgejobs.errors import EdgeJobsError
 from edgejobs.models import iso_ms
-from edgejobs.store import Store
 from edgejobs.store import tokens as token_store
 from edgejobs.store.audit import CLI_ACTOR, create_token_audited, revoke_token_audited
-from edgejobs.store.db import WriteOp, translate
-
-T = TypeVar("T")
 
 
 def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -53,44 +47,22 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     revoke.set_defaults(handler=run_revoke)
 
 
-def _store(args: argparse.Namespace) -> Store:
-    """The configured database, prepared; one that cannot be opened or written is a user
-    error (a clear line, exit 1), like for every other command, never a traceback."""
-    # The facade builds the store from the config (path, PRAGMAs); no runner, no writer thread.
-    store = app_from_args(args).store
-    try:
-        store.prepare()
-    except (sqlite3.Error, OSError) as exc:
-        raise EdgeJobsError(f"cannot open the database {store.path}: {exc}") from None
-    return store
-
-
-def _write(args: argparse.Namespace, op: WriteOp[T]) -> T:
-    store = _store(args)
-    try:
-        return store.writer.run_sync(op)
-    except sqlite3.Error as exc:
-        raise translate(exc) or EdgeJobsError(
-            f"cannot write to the database {store.path}: {exc}"
-        ) from None
-    finally:
-        store.reader.close()
-
-
 def run_create(args: argparse.Namespace) -> int:
     """Create a token; id on stderr, secret alone on stdout's last line."""
     org = None if args.org == "*" else check_org(args.org)
     now = SystemClock().now_ms()
     # The audit entry (token id ``cli``) is written in the same transaction as the token.
-    new = _write(
+    new = with_client(
         args,
-        partial(
-            create_token_audited,
-            actor=CLI_ACTOR,
-            org=org,
-            role=args.role,
-            name=args.name,
-            now=now,
+        lambda ej: ej.store.write(
+            partial(
+                create_token_audited,
+                actor=CLI_ACTOR,
+                org=org,
+                role=args.role,
+                name=args.name,
+                now=now,
+            )
         ),
     )
     scope = "every org (system token)" if org is None else f"org {org}"
@@ -103,11 +75,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 def run_list(args: argparse.Namespace) -> int:
     """List tokens as a table or JSON."""
-    store = _store(args)
-    try:
-        found = store.reader.run_sync(token_store.list_tokens)
-    finally:
-        store.reader.close()
+    found = with_client(args, lambda ej: ej.store.read(token_store.list_tokens))
     rows = [
         {
             "id": t.id,
@@ -130,8 +98,11 @@ def run_list(args: argparse.Namespace) -> int:
 def run_revoke(args: argparse.Namespace) -> int:
     """Revoke a token (its sessions end at once)."""
     now = SystemClock().now_ms()
-    info = _write(
-        args, partial(revoke_token_audited, actor=CLI_ACTOR, token_id=args.token_id, now=now)
+    info = with_client(
+        args,
+        lambda ej: ej.store.write(
+            partial(revoke_token_audited, actor=CLI_ACTOR, token_id=args.token_id, now=now)
+        ),
     )
     print(f"revoked token {info.id}", file=sys.stderr)
     return 0

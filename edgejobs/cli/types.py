@@ -8,15 +8,13 @@ and the role ``admin``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
-from edgejobs.app import EdgeJobs
 from edgejobs.cli import print_json, print_table
-from edgejobs.cli.jobs import open_client
+from edgejobs.cli.jobs import with_client
 from edgejobs.control import (
     CLI_ACTOR,
     JobTypeOverrides,
@@ -31,8 +29,6 @@ from edgejobs.control import (
 from edgejobs.errors import ValidationError
 from edgejobs.models import iso_ms
 from edgejobs.runner.registry import OVERRIDABLE
-
-T = TypeVar("T")
 
 _POLICY_COLUMNS = OVERRIDABLE  # the table shows the keys an operator can set at runtime
 
@@ -89,14 +85,6 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     audit.set_defaults(handler=run_audit)
 
 
-def _with_app(args: argparse.Namespace, action: Callable[[EdgeJobs], Awaitable[T]]) -> T:
-    async def main() -> T:
-        async with open_client(args) as ej:
-            return await action(ej)
-
-    return asyncio.run(main())
-
-
 def parse_value(text: str) -> Any:
     """A ``KEY=VALUE`` value: ``null`` removes, JSON numbers and strings as such, else text."""
     if text == "null":
@@ -138,7 +126,7 @@ def _print_types(views: list[JobTypeView]) -> None:
 
 def run_types_list(args: argparse.Namespace) -> int:
     """List job types with their effective policy, overrides and pause state."""
-    views = _with_app(args, job_type_views)
+    views = with_client(args, job_type_views)
     if args.json:
         print_json([view.to_dict() for view in views])
     else:
@@ -148,14 +136,14 @@ def run_types_list(args: argparse.Namespace) -> int:
 
 def run_types_pause(args: argparse.Namespace) -> int:
     """Pause a job type."""
-    view = _with_app(args, lambda ej: pause_job_type(ej, args.name, actor=CLI_ACTOR))
+    view = with_client(args, lambda ej: pause_job_type(ej, args.name, actor=CLI_ACTOR))
     print(f"paused {view.name}: its jobs are accepted but none starts until resumed")
     return 0
 
 
 def run_types_resume(args: argparse.Namespace) -> int:
     """Resume a job type."""
-    view = _with_app(args, lambda ej: resume_job_type(ej, args.name, actor=CLI_ACTOR))
+    view = with_client(args, lambda ej: resume_job_type(ej, args.name, actor=CLI_ACTOR))
     print(f"resumed {view.name}")
     return 0
 
@@ -168,14 +156,14 @@ def run_types_set(args: argparse.Namespace) -> int:
         print(f"edgejobs: {exc.message} (see --help)", file=sys.stderr)
         return 2
     patch = JobTypeOverrides.parse(pairs)
-    view = _with_app(args, lambda ej: override_job_type(ej, args.name, patch, actor=CLI_ACTOR))
+    view = with_client(args, lambda ej: override_job_type(ej, args.name, patch, actor=CLI_ACTOR))
     _print_types([view])
     return 0
 
 
 def run_schedules_list(args: argparse.Namespace) -> int:
     """List the configured schedules with their next and last run."""
-    views = _with_app(args, lambda ej: list_schedules(ej, org=args.org))
+    views = with_client(args, lambda ej: list_schedules(ej, org=args.org))
     if args.json:
         print_json([view.to_dict() for view in views])
         return 0
@@ -200,7 +188,7 @@ def run_schedules_list(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     """Show the newest audit entries."""
-    entries, _ = _with_app(args, lambda ej: list_audit(ej, org=args.org, limit=args.limit))
+    entries, _ = with_client(args, lambda ej: list_audit(ej, org=args.org, limit=args.limit))
     if args.json:
         print_json([entry.to_dict() for entry in entries])
         return 0
