@@ -88,29 +88,52 @@ class SubmitOp(MergeableOp):
         """Write several submissions; per submission its jobs or the error that refused it."""
         ok, together = run_in_savepoint(conn, tx, "op", partial(_insert_together, conn, tx, ops))
         if ok:
+            means: dict[str, float | None] = {}
             return [
-                (True, submitted_jobs(conn, rows, op.now))
+                (True, submitted_jobs(conn, rows, op.now, means))
                 for op, rows in zip(ops, together, strict=True)
             ]
         return [run_in_savepoint(conn, tx, "op", partial(op, conn, tx)) for op in ops]
 
 
+def _is_plain(jobs: Sequence[NewJob]) -> bool:
+    """No parent and no deduplication: nothing to look up before the insert."""
+    return all(not job.depends_on and job.dedup_hash is None for job in jobs)
+
+
 def _insert_together(
     conn: sqlite3.Connection, tx: WriteTx, ops: Sequence[SubmitOp]
 ) -> list[list[Inserted]]:
+    """The submissions of ``ops`` in their order, each as :func:`_insert_rows` would.
+
+    A run of plain submissions (the common case when many clients submit at once) is one
+    ``executemany``, not one per submission: per statement, Python costs more than SQLite.
+    """
     results: list[list[Inserted]] = []
-    new_rows: list[RowLike] = []
+    plain: list[SubmitOp] = []
+
+    def insert_plain_run() -> None:
+        if plain:
+            rows = iter(_insert_plain(conn, [(job, op.now) for op in plain for job in op.jobs]))
+            results.extend([next(rows) for _ in op.jobs] for op in plain)
+            plain.clear()
+
     for op in ops:
-        inserted = _insert_rows(conn, op.jobs, op.now)
-        new_rows.extend(item.row for item in inserted if not item.deduplicated)
-        results.append(inserted)
-    record_job_events(conn, tx, new_rows)
+        if _is_plain(op.jobs):
+            plain.append(op)
+            continue
+        insert_plain_run()
+        results.append(_insert_rows(conn, op.jobs, op.now))
+    insert_plain_run()
+    record_job_events(
+        conn, tx, [item.row for inserted in results for item in inserted if not item.deduplicated]
+    )
     return results
 
 
 def _insert_rows(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) -> list[Inserted]:
-    if all(not job.depends_on and job.dedup_hash is None for job in jobs):
-        return _insert_plain(conn, jobs, now)
+    if _is_plain(jobs):
+        return _insert_plain(conn, [(job, now) for job in jobs])
     inserted: list[Inserted] = []
     for index, job in enumerate(jobs):
         parents: list[RowLike] = []
@@ -210,8 +233,9 @@ def _ready_status(job: NewJob, now: int) -> Status:
     return Status.SCHEDULED if job.run_at is not None and job.run_at > now else Status.QUEUED
 
 
-def _insert_plain(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) -> list[Inserted]:
-    """Jobs without parents or deduplication (the common case): one ``executemany``.
+def _insert_plain(conn: sqlite3.Connection, jobs: Sequence[tuple[NewJob, int]]) -> list[Inserted]:
+    """Jobs without parents or deduplication, each with its submission time: one
+    ``executemany``.
 
     Their seqs are given, not read back row by row: in this write transaction nobody else
     inserts, and max(seq) + 1 onwards is what SQLite itself would choose.
@@ -219,7 +243,7 @@ def _insert_plain(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) ->
     first = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM jobs").fetchone()[0]
     rows = [
         _new_row(job, now, _ready_status(job, now), seq=first + offset)
-        for offset, job in enumerate(jobs)
+        for offset, (job, now) in enumerate(jobs)
     ]
     conn.executemany(_INSERT_JOB, rows)
     return [Inserted(row, False) for row in rows]
@@ -265,13 +289,20 @@ def eta_for_row(conn: sqlite3.Connection, row: RowLike, now: int) -> float | Non
     return estimate_eta_s(row, _mean_ms(conn, row["job_type"]), now)
 
 
-def submitted_jobs(conn: sqlite3.Connection, inserted: Sequence[Inserted], now: int) -> list[Job]:
+def submitted_jobs(
+    conn: sqlite3.Connection,
+    inserted: Sequence[Inserted],
+    now: int,
+    means: dict[str, float | None] | None = None,
+) -> list[Job]:
     """The :class:`Job` objects of a submission, without re-reading what the insert knows.
 
     A new job has no children yet and its parents are the ones just resolved; only a
-    deduplicated (existing) job is loaded in full.
+    deduplicated (existing) job is loaded in full. ``means`` caches the mean run time per job
+    type (for ETAs) across the submissions of one transaction.
     """
-    means: dict[str, float | None] = {}
+    if means is None:
+        means = {}
     jobs: list[Job] = []
     for item in inserted:
         if item.deduplicated:

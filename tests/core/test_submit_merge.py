@@ -21,9 +21,12 @@ from edgejobs.store.jobs import NewJob, SubmitOp
 from edgejobs.store.store import Store
 
 EVENTS_INSERT = "INSERT INTO events"
+NEXT_SEQ = "SELECT coalesce(max(seq), 0) + 1 FROM jobs"  # once per executemany of plain jobs
 
 
-def _job(n: int, *, parent: str | None = None, org: str = "acme") -> NewJob:
+def _job(
+    n: int, *, parent: str | None = None, org: str = "acme", dedup: str | None = None
+) -> NewJob:
     return NewJob(
         org=org,
         job_type="merge.test",
@@ -31,7 +34,7 @@ def _job(n: int, *, parent: str | None = None, org: str = "acme") -> NewJob:
         priority_rank=2,
         run_at=None,
         max_retries=3,
-        dedup_hash=None,
+        dedup_hash=dedup,
         depends_on=(parent,) if parent else (),
     )
 
@@ -89,10 +92,37 @@ async def test_submissions_of_one_batch_share_one_savepoint_and_one_events_state
     assert [job.created_at for job in jobs[:5]] == [1_000 + n for n in range(5)]
     assert statements.count("SAVEPOINT op") == 1, statements
     assert len([s for s in statements if s.startswith(EVENTS_INSERT)]) == 1, statements
+    # All six are plain (no parent, no deduplication): one executemany inserts them all.
+    assert statements.count(NEXT_SEQ) == 1, statements
     stored = _rows(store, "SELECT id, status FROM jobs ORDER BY seq")
     assert [(r["id"], r["status"]) for r in stored] == [(job.id, "queued") for job in jobs]
     events = _rows(store, "SELECT job_id, json_extract(data, '$[0]') AS s FROM events ORDER BY id")
     assert [(e["job_id"], e["s"]) for e in events] == [(job.id, "queued") for job in jobs]
+
+
+async def test_plain_runs_and_other_submissions_are_written_in_submission_order(
+    store: Store,
+) -> None:
+    [parent] = await store.write(SubmitOp([_job(99)], 500))
+    ops = [
+        SubmitOp([_job(0)], 1_000),
+        SubmitOp([_job(1)], 1_001),
+        SubmitOp([_job(2, parent=parent.id)], 1_002),  # looks its parent up: written alone
+        SubmitOp([_job(3, dedup="d3")], 1_003),  # looks for a twin: written alone
+        SubmitOp([_job(4)], 1_004),
+        SubmitOp([_job(5)], 1_005),
+    ]
+    outcomes, statements = await _held_batch(store, ops)
+
+    jobs: list[Job] = [out[0] for out in outcomes]
+    assert [job.params for job in jobs] == [{"n": n} for n in range(6)]
+    assert [job.created_at for job in jobs] == [1_000 + n for n in range(6)]
+    assert jobs[2].depends_on == (parent.id,)
+    # Two runs of plain submissions, one executemany each, in one savepoint.
+    assert statements.count(NEXT_SEQ) == 2, statements
+    assert statements.count("SAVEPOINT op") == 1, statements
+    stored = _rows(store, "SELECT id FROM jobs WHERE seq > ? ORDER BY seq", 1)
+    assert [r["id"] for r in stored] == [job.id for job in jobs]
 
 
 async def test_a_refused_submission_does_not_undo_the_others_of_its_batch(store: Store) -> None:
