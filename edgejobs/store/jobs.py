@@ -68,8 +68,9 @@ class SubmitOp(MergeableOp):
     """The write of one submission (a batch, all or nothing), returning its :class:`Job`\\ s.
 
     Concurrent submissions that reach the writer together are written together
-    (:meth:`write_together`): one savepoint and one events statement for all of them rather
-    than one of each per submission. Should any of them be refused (an unknown parent, say),
+    (:meth:`write_together`): one savepoint, one events statement and, for each run of plain
+    ones, one insert for all of them rather than one of each per submission. Should any of
+    them be refused (an unknown parent, say),
     that attempt is rolled back and each is written alone in its own savepoint, so a refused
     submission never takes the others with it: the outcome of writing them one by one.
     """
