@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -70,9 +71,9 @@ class SubmitOp(MergeableOp):
     Concurrent submissions that reach the writer together are written together
     (:meth:`write_together`): one savepoint, one events statement and, for each run of plain
     ones, one insert for all of them rather than one of each per submission. Should any of
-    them be refused (an unknown parent, say),
-    that attempt is rolled back and each is written alone in its own savepoint, so a refused
-    submission never takes the others with it: the outcome of writing them one by one.
+    them be refused (an unknown parent, say), that attempt is rolled back and each is written
+    alone in its own savepoint, so a refused submission never takes the others with it: the
+    outcome of writing them one by one.
     """
 
     jobs: Sequence[NewJob]
@@ -111,21 +112,13 @@ def _insert_together(
     ``executemany``, not one per submission: per statement, Python costs more than SQLite.
     """
     results: list[list[Inserted]] = []
-    plain: list[SubmitOp] = []
-
-    def insert_plain_run() -> None:
-        if plain:
-            rows = iter(_insert_plain(conn, [(job, op.now) for op in plain for job in op.jobs]))
-            results.extend([next(rows) for _ in op.jobs] for op in plain)
-            plain.clear()
-
-    for op in ops:
-        if _is_plain(op.jobs):
-            plain.append(op)
+    for plain, run in itertools.groupby(ops, key=lambda op: _is_plain(op.jobs)):
+        if not plain:
+            results.extend(_insert_rows(conn, op.jobs, op.now) for op in run)
             continue
-        insert_plain_run()
-        results.append(_insert_rows(conn, op.jobs, op.now))
-    insert_plain_run()
+        submissions = list(run)
+        rows = iter(_insert_plain(conn, [(job, op.now) for op in submissions for job in op.jobs]))
+        results.extend([next(rows) for _ in op.jobs] for op in submissions)
     record_job_events(
         conn, tx, [item.row for inserted in results for item in inserted if not item.deduplicated]
     )
