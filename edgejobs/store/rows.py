@@ -123,6 +123,12 @@ bytes go through the WAL of the hottest commits. Readers decode it by name
 _EVENT_TIME_FIELDS = tuple(name for name in JOB_EVENT_FIELDS if name.endswith("_at"))
 
 
+def job_event_path(name: str) -> str:
+    """The JSON path of field ``name`` in a stored ``job`` event, for SQL's ``json_extract``
+    (passed as a bound parameter, so queries follow :data:`JOB_EVENT_FIELDS`)."""
+    return f"$[{JOB_EVENT_FIELDS.index(name)}]"
+
+
 def job_event_fields(data: str) -> dict[str, Any]:
     """A stored ``job`` event's values by field name (see :data:`JOB_EVENT_FIELDS`)."""
     return dict(zip(JOB_EVENT_FIELDS, json.loads(data), strict=True))

@@ -10,7 +10,7 @@ import dataclasses
 import sqlite3
 from typing import Any
 
-from edgejobs.store.rows import job_event_fields
+from edgejobs.store.rows import job_event_fields, job_event_path
 
 MINUTE_MS = 60_000
 
@@ -70,10 +70,10 @@ def _depth_deltas(conn: sqlite3.Connection, org: str | None, since: int) -> list
     not its creation had an unknown status before the window; it is counted as not waiting.
     """
     rows = conn.execute(
-        "SELECT job_id, created_at, json_extract(data, '$[0]') FROM events"  # [0]: status
+        "SELECT job_id, created_at, json_extract(data, :status) FROM events"
         " WHERE kind = 'job' AND created_at >= :since AND (:org IS NULL OR org = :org)"
         " ORDER BY id",
-        {"since": since, "org": org},
+        {"since": since, "org": org, "status": job_event_path("status")},
     ).fetchall()
     previous: dict[str, str] = {}
     deltas: list[tuple[int, int]] = []
@@ -162,9 +162,9 @@ def activity_since(
         " FROM events e"
         " LEFT JOIN jobs j ON j.id = e.job_id"
         " LEFT JOIN attempts a ON a.job_seq = j.seq"
-        "  AND a.number = json_extract(e.data, '$[7]')"  # [7]: attempts (rows.JOB_EVENT_FIELDS)
-        " WHERE e.id > ? AND e.kind = 'job' ORDER BY e.id LIMIT ?",
-        (after_id, limit),
+        "  AND a.number = json_extract(e.data, :attempts)"
+        " WHERE e.id > :after AND e.kind = 'job' ORDER BY e.id LIMIT :limit",
+        {"after": after_id, "limit": limit, "attempts": job_event_path("attempts")},
     ).fetchall()
     found: list[Activity] = []
     for row in rows:
