@@ -33,13 +33,16 @@ class ClaimLimits:
         return not self.type_free and not self.org_limit
 
 
+# Both claims return the columns the pool starts an attempt from, the claim order's keys and
+# what the job event needs. Not ``RETURNING *``: every returned column crosses into Python on
+# the writer thread, and a claim returns a row per job.
 _CLAIM_SIMPLE = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
     " updated_at = :now, lease_expires_at = :lease, progress = 0, progress_message = NULL"
     " WHERE seq IN (SELECT seq FROM jobs WHERE status = 'queued'"
     " AND job_type IN (SELECT value FROM json_each(:types))"
     " ORDER BY priority, run_at, seq LIMIT :limit)"
-    " RETURNING *"
+    " RETURNING seq, id, org, job_type, status, priority, params, attempts, run_at"
 )
 
 _CANDIDATES = (
@@ -52,7 +55,7 @@ _CLAIM_SEQS = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
     " updated_at = :now, lease_expires_at = :lease, progress = 0, progress_message = NULL"
     " WHERE status = 'queued' AND seq IN (SELECT value FROM json_each(:seqs))"
-    " RETURNING *"
+    " RETURNING seq, id, org, job_type, status, priority, params, attempts, run_at"
 )
 
 

@@ -125,7 +125,9 @@ _COMPLETE_MANY = (
     " FROM (SELECT json_extract(value, '$[0]') AS seq, json_extract(value, '$[1]') AS attempt,"
     " json_extract(value, '$[2]') AS result FROM json_each(:items)) AS c"
     " WHERE jobs.seq = c.seq AND jobs.status = 'running' AND jobs.attempts = c.attempt"
-    " RETURNING *"
+    # Only what the completion's own steps read (durations, events, children): not RETURNING *,
+    # whose every column crosses into Python per completed job.
+    " RETURNING seq, id, org, job_type, status, attempts, started_at, has_dependents"
 )
 
 
