@@ -1,14 +1,15 @@
 """Running one attempt of a handler, with a timeout that never relies on signals.
 
-* async handlers run as their own task; at the deadline the task is cancelled and abandoned
-  (a handler that swallows the cancellation cannot hold the slot);
+* async handlers run as one task per attempt (:class:`AsyncRun`, the hot path: no helper task
+  or future); at the deadline the task is cancelled and abandoned (a handler that swallows
+  the cancellation cannot hold the slot);
 * sync handlers run in a fresh daemon thread; at the deadline the thread is abandoned (it
   sees ``ctx.cancelled``) and the slot is freed;
 * ``isolation = "process"`` runs the handler in a spawned child process that is killed at the
   deadline.
 
-Whatever happens, :func:`execute` returns an :class:`Execution`; it never raises for a
-handler's behaviour.
+Whatever happens, :func:`execute` returns an :class:`Execution` (and :class:`AsyncRun` hands
+one to its callback); neither raises for a handler's behaviour.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import multiprocessing
 import threading
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -85,7 +87,8 @@ def encode_result(value: Any, max_bytes: int) -> Execution:
     return Execution(Outcome.COMPLETED, result_json=text)
 
 
-def _failure(exc: BaseException) -> Execution:
+def failure(exc: BaseException) -> Execution:
+    """A failed execution from the exception a handler raised (permanent for PermanentError)."""
     return Execution(
         Outcome.FAILED, error=error_from(exc), permanent=isinstance(exc, PermanentError)
     )
@@ -146,6 +149,97 @@ async def _race(
     return state, None
 
 
+class AsyncRun:
+    """One attempt of an async handler, run as ONE task with its deadline on a timer.
+
+    The common case and the hot path: a task per attempt, no helper task or future. The run
+    ends at the first of: the handler returns or raises, the deadline passes, :meth:`abort`.
+    ``on_end`` is called exactly once with the :class:`Execution`, from the task or from the
+    timer, never later than that moment: at the deadline or on an abort the task is
+    cancelled and abandoned, so a handler that swallows the cancellation cannot hold the
+    slot, and whatever it returns or raises afterwards is ignored.
+    """
+
+    __slots__ = ("_ctx", "_ended", "_max_result_bytes", "_on_end", "_timeout_s", "_timer", "task")
+
+    def __init__(
+        self,
+        handler: Any,
+        ctx: BaseContext,
+        params: dict[str, Any],
+        *,
+        timeout_s: float,
+        max_result_bytes: int,
+        on_end: Callable[[Execution], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self._ctx = ctx
+        self._ended = False
+        self._max_result_bytes = max_result_bytes
+        self._on_end = on_end
+        self._timeout_s = timeout_s
+        self._timer = loop.call_later(timeout_s, self._expire)
+        self.task: asyncio.Task[None] = loop.create_task(
+            self._run(handler, params), name=f"edgejobs-attempt-{ctx.job_id}"
+        )
+        """The task running the handler (abandoned once the run ended otherwise)."""
+
+    @property
+    def ended(self) -> bool:
+        """Whether ``on_end`` was called."""
+        return self._ended
+
+    async def _run(self, handler: Any, params: dict[str, Any]) -> None:
+        try:
+            value = await handler(self._ctx, params)
+        except asyncio.CancelledError:
+            if self._ended:
+                raise  # our own deadline or abort: already reported
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Someone else cancelled the task (the event loop is being torn down): report
+                # it so that the attempt is requeued, not lost.
+                self._end(Execution(Outcome.CANCELED))
+                raise
+            # The handler itself let a CancelledError out (it awaited something cancelled).
+            self._end(
+                Execution(
+                    Outcome.FAILED, error=JobError("CancelledError", "the handler was cancelled")
+                )
+            )
+        except (SystemExit, KeyboardInterrupt) as exc:
+            wrapped = HandlerExit()
+            wrapped.__cause__ = exc
+            self._end(failure(wrapped))
+        except Exception as exc:
+            self._end(failure(exc))
+        else:
+            if not self._ended:
+                self._end(encode_result(value, self._max_result_bytes))
+
+    def _end(self, execution: Execution) -> None:
+        if self._ended:
+            return  # already ended by the deadline or an abort: a late outcome is ignored
+        self._ended = True
+        self._timer.cancel()
+        self._on_end(execution)
+
+    def _stop(self, execution: Execution) -> None:
+        if self._ended:
+            return
+        self._ctx._cancel()
+        self._end(execution)
+        self.task.cancel()
+
+    def _expire(self) -> None:
+        self._stop(_timed_out(self._timeout_s))
+
+    def abort(self) -> None:
+        """End the run now as canceled (the job was canceled, its lease lost, or the runner is
+        shutting down) and cancel the handler's task."""
+        self._stop(Execution(Outcome.CANCELED))
+
+
 def _timed_out(timeout_s: float) -> Execution:
     return Execution(
         Outcome.TIMED_OUT,
@@ -166,7 +260,7 @@ async def execute(
     try:
         handler = job_type.handler()
     except Exception as exc:
-        return _failure(exc)
+        return failure(exc)
     if job_type.isolation == "process":
         return await _execute_in_process(job_type, ctx, params, abort, max_result_bytes, timeout)
     if job_type.is_async:  # cached per handler: this runs once per attempt
@@ -184,7 +278,7 @@ async def execute(
             )
         raised = finished.exception()
         if raised is not None:
-            return _failure(raised)
+            return failure(raised)
         return encode_result(finished.result(), max_result_bytes)
     ctx._cancel()
     work.cancel()
@@ -345,4 +439,4 @@ async def _execute_in_process(
     return Execution(Outcome.FAILED, error=JobError(etype, message, tb), permanent=permanent)
 
 
-__all__ = ["Execution", "JobContext", "SyncJobContext", "execute"]
+__all__ = ["AsyncRun", "Execution", "JobContext", "SyncJobContext", "execute", "failure"]

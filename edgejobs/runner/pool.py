@@ -26,9 +26,9 @@ from edgejobs.logs import job_fields
 from edgejobs.models import Outcome, Status
 from edgejobs.retry import RetryPolicy
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
-from edgejobs.runner.executor import Execution, execute
+from edgejobs.runner.executor import AsyncRun, Execution, execute, failure
 from edgejobs.runner.progress import ProgressCoalescer
-from edgejobs.runner.registry import Registry
+from edgejobs.runner.registry import JobType, Registry
 from edgejobs.store import Store
 from edgejobs.store.claim import ClaimLimits, claim_ready, parent_results, renew_leases
 from edgejobs.store.db import WriteTx, run_in_savepoint
@@ -62,9 +62,11 @@ class _Attempt:
     number: int
     job_type: str
     org: str
-    abort: asyncio.Future[str]
+    run: AsyncRun | None = None  # an async handler's run (the common case)
+    abort: asyncio.Future[str] | None = None  # the other handlers' abort signal
     task: asyncio.Task[None] | None = None
     aborted_by: str | None = None  # "cancel" | "lost" | "shutdown"
+    ended: bool = False  # the handler's part is over; its outcome may still await its write
     holds_slot: bool = True
     leased_at: float = 0.0  # monotonic time of the claim or the last lease renewal
 
@@ -79,7 +81,6 @@ class _Finish:
     attempt: _Attempt
     execution: Execution
     policy: RetryPolicy
-    future: asyncio.Future[sqlite3.Row | None]
 
 
 def _outcome_row(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: int) -> Any:
@@ -109,6 +110,38 @@ def _outcome_row(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: int)
         now=now,
         policy=item.policy,
     )
+
+
+def _log_outcome(item: _Finish, result: Any) -> None:
+    """One line per attempt once its outcome is written: failures at INFO (operators look for
+    them), the rest DEBUG; an outcome that could not be written at ERROR."""
+    attempt, execution = item.attempt, item.execution
+    if isinstance(result, BaseException):
+        log.error(
+            "could not record the outcome of job %s: %s",
+            attempt.job_id,
+            result,
+            extra=_log_fields(attempt),
+        )
+    elif result is None:
+        log.info(
+            "late result of job %s attempt %d ignored",
+            attempt.job_id,
+            attempt.number,
+            extra=_log_fields(attempt),
+        )
+    else:
+        level = logging.DEBUG if execution.outcome is Outcome.COMPLETED else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "job %s attempt %d ended: %s%s",
+                attempt.job_id,
+                attempt.number,
+                execution.outcome.value,
+                f" ({execution.error.type}: {execution.error.message})" if execution.error else "",
+                extra=_log_fields(attempt),
+            )
 
 
 def _is_plain_completion(item: _Finish) -> bool:
@@ -248,10 +281,17 @@ class Pool:
             # back after the listeners of a later commit (a cancel) ran. Stop it at its start.
             self._early_aborts[(job_id, number)] = reason
             return
-        if attempt is None or attempt.number != number or attempt.aborted_by is not None:
+        if (
+            attempt is None
+            or attempt.number != number
+            or attempt.aborted_by is not None
+            or attempt.ended  # its outcome is written as it is (fenced if the job moved on)
+        ):
             return
         attempt.aborted_by = reason
-        if not attempt.abort.done():
+        if attempt.run is not None:
+            attempt.run.abort()
+        elif attempt.abort is not None and not attempt.abort.done():
             attempt.abort.set_result(reason)
 
     # -- claiming -------------------------------------------------------------------------
@@ -310,12 +350,8 @@ class Pool:
                 self._finishes[:0] = finishes  # keep the outcomes; they are written on retry
                 raise
             for item, result in zip(finishes, written, strict=True):
-                if item.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    item.future.set_exception(result)
-                else:
-                    item.future.set_result(result)
+                _log_outcome(item, result)
+                self._forget(item.attempt)
             if claim:
                 self._next_due = claimed.next_due
             for row in claimed.rows:
@@ -385,7 +421,6 @@ class Pool:
             number=row["attempts"],
             job_type=row["job_type"],
             org=row["org"],
-            abort=asyncio.get_running_loop().create_future(),
         )
         self._attempts[attempt.job_id] = attempt
         self._occupied += 1
@@ -393,10 +428,82 @@ class Pool:
         self._per_type_org[(attempt.job_type, attempt.org)] += 1
         self._idle.clear()
         attempt.leased_at = self._clock.monotonic()
-        attempt.task = asyncio.create_task(
-            self._run_attempt(attempt, json.loads(row["params"]), parent_results),
+        try:
+            self._begin(attempt, json.loads(row["params"]), parent_results)
+        except Exception:
+            log.exception(
+                "attempt of job %s crashed the runner's bookkeeping",
+                attempt.job_id,
+                extra=_log_fields(attempt),
+            )
+            self._forget(attempt)
+
+    def _begin(self, attempt: _Attempt, params: dict[str, Any], parents: dict[str, Any]) -> None:
+        """Start the handler: an async one as one task (:class:`AsyncRun`), any other through
+        :func:`execute` in a task of its own. Either way :meth:`_ended` gets the outcome."""
+        job_type = self._registry.get(attempt.job_type)
+        coalescer = ProgressCoalescer(
+            self.settings.progress_interval_ms,
+            self._clock,
+            lambda p, m: self._write_progress(attempt, p, m),
+        )
+        common: dict[str, Any] = {
+            "job_id": attempt.job_id,
+            "org": attempt.org,
+            "job_type": attempt.job_type,
+            "attempt": attempt.number,
+            "parent_results": parents,
+            "sink": coalescer.report,
+        }
+        on_end = partial(self._ended, attempt, coalescer, job_type.retry)
+        if job_type.isolation != "process":
+            try:
+                handler = job_type.handler()
+            except Exception as exc:  # an import that fails: the attempt fails, clearly
+                on_end(failure(exc))
+                return
+            if job_type.is_async:  # cached per handler: this runs once per attempt
+                attempt.run = AsyncRun(
+                    handler,
+                    JobContext(**common),
+                    params,
+                    timeout_s=job_type.timeout_s,
+                    max_result_bytes=self.settings.max_result_bytes,
+                    on_end=on_end,
+                )
+                attempt.task = attempt.run.task
+                return
+        loop = asyncio.get_running_loop()
+        attempt.abort = loop.create_future()
+        ctx = SyncJobContext(loop=loop, **common)
+        attempt.task = loop.create_task(
+            self._execute(attempt, job_type, ctx, params, on_end),
             name=f"edgejobs-attempt-{attempt.job_id}",
         )
+
+    async def _execute(
+        self,
+        attempt: _Attempt,
+        job_type: JobType,
+        ctx: BaseContext,
+        params: dict[str, Any],
+        on_end: Callable[[Execution], None],
+    ) -> None:
+        assert attempt.abort is not None
+        try:
+            execution = await execute(
+                job_type,
+                ctx,
+                params,
+                abort=attempt.abort,
+                max_result_bytes=self.settings.max_result_bytes,
+            )
+        except asyncio.CancelledError:
+            # The pool itself is being torn down: requeue rather than lose the attempt.
+            attempt.aborted_by = attempt.aborted_by or "shutdown"
+            on_end(Execution(Outcome.CANCELED))
+            raise
+        on_end(execution)
 
     def _release_slot(self, attempt: _Attempt) -> None:
         if not attempt.holds_slot:
@@ -440,90 +547,36 @@ class Pool:
         if not future.cancelled() and future.exception() is not None:
             log.warning("progress write failed: %s", future.exception())
 
-    async def _run_attempt(
-        self, attempt: _Attempt, params: dict[str, Any], parents: dict[str, Any]
+    def _ended(
+        self,
+        attempt: _Attempt,
+        coalescer: ProgressCoalescer,
+        policy: RetryPolicy,
+        execution: Execution,
     ) -> None:
+        """The handler's part of an attempt is over: hand its outcome to the next cycle.
+
+        The slot is free from now on (the claim of that same cycle may reuse it); the attempt
+        is forgotten once its outcome is committed (:meth:`cycle`).
+        """
         try:
-            job_type = self._registry.get(attempt.job_type)
-            coalescer = ProgressCoalescer(
-                self.settings.progress_interval_ms,
-                self._clock,
-                lambda p, m: self._write_progress(attempt, p, m),
-            )
-            common: dict[str, Any] = {
-                "job_id": attempt.job_id,
-                "org": attempt.org,
-                "job_type": attempt.job_type,
-                "attempt": attempt.number,
-                "parent_results": parents,
-                "sink": coalescer.report,
-            }
-            ctx: BaseContext
-            if job_type.isolation != "process" and job_type.is_async:
-                ctx = JobContext(**common)
-            else:
-                ctx = SyncJobContext(loop=asyncio.get_running_loop(), **common)
-            try:
-                execution = await execute(
-                    job_type,
-                    ctx,
-                    params,
-                    abort=attempt.abort,
-                    max_result_bytes=self.settings.max_result_bytes,
-                )
-            except asyncio.CancelledError:
-                # The pool itself is being torn down: requeue rather than lose the attempt.
-                attempt.aborted_by = attempt.aborted_by or "shutdown"
-                execution = Execution(Outcome.CANCELED)
+            attempt.ended = True
             coalescer.flush()
             if self._on_attempt_done is not None:
                 self._on_attempt_done(attempt.job_id, execution)
             if attempt.aborted_by in ("cancel", "lost"):
-                return  # the database already recorded how this attempt ended
-            await self._finish(attempt, execution, job_type.retry)
+                self._forget(attempt)  # the database already recorded how this attempt ended
+                return
+            self._finishes.append(_Finish(attempt, execution, policy))
+            self._release_slot(attempt)
+            self._schedule_flush()
         except Exception:
             log.exception(
                 "attempt of job %s crashed the runner's bookkeeping",
                 attempt.job_id,
                 extra=_log_fields(attempt),
             )
-        finally:
             self._forget(attempt)
-
-    async def _finish(self, attempt: _Attempt, execution: Execution, policy: RetryPolicy) -> None:
-        """Hand the outcome to the next cycle and wait until it is committed."""
-        future: asyncio.Future[sqlite3.Row | None] = asyncio.get_running_loop().create_future()
-        self._finishes.append(_Finish(attempt, execution, policy, future))
-        self._release_slot(attempt)  # the claim of the same cycle may reuse the slot
-        self._schedule_flush()
-        try:
-            row = await future
-        except (EdgeJobsError, sqlite3.Error) as exc:
-            log.error(
-                "could not record the outcome of job %s: %s",
-                attempt.job_id,
-                exc,
-                extra=_log_fields(attempt),
-            )
-            return
-        if row is None:
-            log.info(
-                "late result of job %s attempt %d ignored",
-                attempt.job_id,
-                attempt.number,
-                extra=_log_fields(attempt),
-            )
-        else:
-            # One line per attempt: failures at INFO (operators look for them), the rest DEBUG.
-            log.log(
-                logging.DEBUG if execution.outcome is Outcome.COMPLETED else logging.INFO,
-                "job %s attempt %d ended: %s%s",
-                attempt.job_id,
-                attempt.number,
-                execution.outcome.value,
-                f" ({execution.error.type}: {execution.error.message})" if execution.error else "",
-                extra=_log_fields(attempt),
-            )
 
     # -- leases and shutdown ------------------------------------------------------------------
 
@@ -575,15 +628,24 @@ class Pool:
         """Stop claiming; let running attempts finish for ``grace_s``; requeue the rest."""
         self._stopping = True
         self._wake.set()
-        tasks = [a.task for a in self._attempts.values() if a.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        running = {a.task: a for a in self._attempts.values() if a.task is not None and not a.ended}
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_s)
             if pending:
                 log.warning(
                     "shutdown grace of %.1f s over: interrupting %d attempts", grace_s, len(pending)
                 )
                 for attempt in list(self._attempts.values()):
                     self.abort(attempt.job_id, attempt.number, "shutdown")
-                await asyncio.wait(pending, timeout=10)
+                # An async handler's run ends at the abort (its task is abandoned); the others
+                # end when their execution sees it.
+                others = [task for task in pending if running[task].run is None]
+                if others:
+                    await asyncio.wait(others, timeout=10)
+        if self._attempts:
+            # Outcomes are forgotten once written: wait for those writes (bounded).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    await self._idle.wait()
         if self._pending_writes:
             await asyncio.wait(list(self._pending_writes), timeout=5)
