@@ -27,6 +27,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from edgejobs import faults
 from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull, StoreTooOld
+from edgejobs.store.wal_watch import WalWatch, open_watch
 
 log = logging.getLogger("edgejobs.store")
 
@@ -35,7 +36,10 @@ T = TypeVar("T")
 MIN_SQLITE = (3, 35, 0)
 MAX_BATCH_OPS = 512
 IDLE_POLL_S = 0.1
-"""How often an idle writer looks at ``PRAGMA data_version`` for other processes' commits."""
+"""How often an idle writer looks at ``PRAGMA data_version`` for other processes' commits
+where the WAL file cannot be watched (see ``wal_watch``)."""
+WATCHED_POLL_S = 1.0
+"""How often it looks anyway where the WAL file is watched (a safety net; wake-ups cost)."""
 BUSY_POLL_S = 0.005
 """How often a busy writer looks (between batches; every batch would cost a statement each)."""
 
@@ -236,6 +240,13 @@ class _Pending(Generic[T]):
     future: asyncio.Future[T]
 
 
+class _CheckForeign:
+    """Queued when the WAL file was written to: look whether another process committed."""
+
+
+_CHECK_FOREIGN = _CheckForeign()
+
+
 CommitListener = Callable[[WriteTx], None]
 
 
@@ -245,7 +256,7 @@ class Writer:
     def __init__(self, path: Path, pragmas: Pragmas) -> None:
         self._path = path
         self._pragmas = pragmas
-        self._queue: queue.SimpleQueue[_Pending[Any] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Pending[Any] | _CheckForeign | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
@@ -253,6 +264,8 @@ class Writer:
         self._foreign_listeners: list[Callable[[], None]] = []
         self._data_version = 0
         self._checked_foreign_at = 0.0
+        self._watch: WalWatch | None = None
+        self._check_queued = False
         self._closed = False
         self.fault_hook: Callable[[str, int], None] | None = None
         """Test hook: called with ("before_commit" | "after_commit", n) around every commit."""
@@ -271,8 +284,35 @@ class Writer:
         self._loop = loop
         self._conn = connect(self._path, self._pragmas)
         self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
+        self._watch = self._watch_wal(loop)
         self._thread = threading.Thread(target=self._run, name="edgejobs-writer", daemon=True)
         self._thread.start()
+
+    def _watch_wal(self, loop: asyncio.AbstractEventLoop) -> WalWatch | None:
+        watch = open_watch(self._path.with_name(self._path.name + "-wal"))
+        if watch is None:
+            return None
+        try:
+            loop.add_reader(watch.fileno(), self._on_wal_written)
+        except (NotImplementedError, RuntimeError):  # e.g. a proactor event loop
+            watch.close()
+            return None
+        return watch
+
+    def _on_wal_written(self) -> None:
+        # On the event loop: some process wrote to the WAL (often this one). One check queued
+        # at a time; the writer looks at data_version, which only moves for other connections.
+        assert self._watch is not None
+        self._watch.drain()
+        if not self._check_queued and not self._closed:
+            self._check_queued = True
+            self._queue.put(_CHECK_FOREIGN)
+
+    @property
+    def watching(self) -> bool:
+        """Whether other processes' commits are noticed by watching the WAL file (else by
+        polling ``PRAGMA data_version`` every ``IDLE_POLL_S``)."""
+        return self._watch is not None
 
     def run_sync(self, op: WriteOp[T]) -> T:
         """Run one operation in its own transaction on the calling thread (before ``start``)."""
@@ -316,6 +356,10 @@ class Writer:
             self._closed = True
             return
         self._closed = True
+        if self._watch is not None:
+            asyncio.get_running_loop().remove_reader(self._watch.fileno())
+            self._watch.close()
+            self._watch = None
         self._queue.put(None)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
@@ -325,31 +369,36 @@ class Writer:
     def _run(self) -> None:
         assert self._conn is not None
         conn = self._conn
+        poll_s = IDLE_POLL_S if self._watch is None else WATCHED_POLL_S
         stop = False
         while not stop:
             try:
-                first = self._queue.get(timeout=IDLE_POLL_S)
+                item = self._queue.get(timeout=poll_s)
             except queue.Empty:
                 self._check_foreign(conn)
                 continue
             batch: list[_Pending[Any]] = []
-            if first is None:
-                stop = True
-            else:
-                batch.append(first)
-            while len(batch) < MAX_BATCH_OPS:
+            check = False
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, _CheckForeign):
+                    check = True
+                else:
+                    batch.append(item)
+                if len(batch) >= MAX_BATCH_OPS:
+                    break
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
-                    stop = True
-                    continue
-                batch.append(item)
             if batch:
                 self._run_batch(conn, batch)
-                if time.monotonic() - self._checked_foreign_at >= BUSY_POLL_S:
-                    self._check_foreign(conn)
+            if check:
+                self._check_queued = False  # a write after this point queues a new check
+                self._check_foreign(conn)
+            elif batch and time.monotonic() - self._checked_foreign_at >= BUSY_POLL_S:
+                self._check_foreign(conn)
         try:
             conn.execute("PRAGMA optimize")
         except sqlite3.Error:

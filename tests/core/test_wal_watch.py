@@ -1,0 +1,68 @@
+"""Other connections' commits are noticed by watching the WAL file (Linux), or by polling
+``PRAGMA data_version`` where it cannot be watched; the runner claims what they submitted."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgejobs import EdgeJobs, Status
+from edgejobs.store import db
+
+
+async def echo(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    return params
+
+
+async def _submit_elsewhere_and_wait(path: Path, runner: EdgeJobs) -> None:
+    # Another EdgeJobs on the same file is another connection: its commit is "foreign" to the
+    # runner's writer, exactly like a CLI submit from another process.
+    other = EdgeJobs(database=path)
+    await other.open()
+    try:
+        for n in range(3):
+            job = await other.submit("echo", org="acme", params={"n": n})
+            done = await runner.wait(job.id, timeout=15)
+            assert done.status is Status.COMPLETED and done.result == {"n": n}
+    finally:
+        await other.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+async def test_a_foreign_commit_is_noticed_through_the_watch_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No poll within the test's time: only the watch can tell the runner about the submits.
+    monkeypatch.setattr(db, "WATCHED_POLL_S", 3600.0)
+    monkeypatch.setattr(db, "BUSY_POLL_S", 3600.0)
+    path = tmp_path / "jobs.db"
+    runner = EdgeJobs(database=path, workers=2)
+    runner.register("echo", echo)
+    async with runner:
+        assert runner.store.writer.watching
+        await _submit_elsewhere_and_wait(path, runner)
+
+
+async def test_without_a_watch_the_writer_polls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db, "open_watch", lambda path: None)  # e.g. not Linux
+    monkeypatch.setattr(db, "BUSY_POLL_S", 3600.0)
+    path = tmp_path / "jobs.db"
+    runner = EdgeJobs(database=path, workers=2)
+    runner.register("echo", echo)
+    async with runner:
+        assert not runner.store.writer.watching
+        await _submit_elsewhere_and_wait(path, runner)
+
+
+async def test_a_closed_store_stops_watching(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    ej = EdgeJobs(database=path)
+    await ej.open()
+    writer = ej.store.writer
+    await ej.close()
+    assert not writer.watching
