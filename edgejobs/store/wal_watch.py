@@ -1,11 +1,12 @@
 """Told when the WAL file changes, instead of asking ten times a second.
 
 Every commit to a WAL database, by any process, writes to its ``-wal`` file. On Linux, inotify
-reports those writes through a file descriptor the event loop can wait on, so a runner learns
-of another process's commit (a CLI submit, a cancel) at once, and an idle runner's writer
-thread sleeps instead of waking every 100 ms to look at ``PRAGMA data_version``. On a machine
-like the ones we measured, every wake-up of an idle thread costs 0.1–0.5 ms of CPU whatever the
-thread then does, so wake-ups are what an idle process spends.
+reports those writes through a file descriptor the event loop can wait on, so an idle runner
+learns of another process's commit (a CLI submit, a cancel) at once, and its writer thread
+sleeps instead of waking every 100 ms to look at ``PRAGMA data_version``. On a machine like the
+ones we measured, every wake-up of an idle thread costs 0.1–0.5 ms of CPU whatever the thread
+then does, so wake-ups are what an idle process spends. The writer arms the watch only while
+it is idle (``db.Writer``): its own commits would otherwise wake it and the loop for nothing.
 
 Where inotify is unavailable (not Linux, no ``libc``, the watch limit reached, an event loop
 without ``add_reader``) :func:`open_watch` returns None and the writer polls as before.

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ej_testkit import poll_until
 
 from edgejobs import EdgeJobs, Status
+from edgejobs.config import Config, RunnerConfig
 from edgejobs.store import db
 
 
@@ -17,13 +19,20 @@ async def echo(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-async def _submit_elsewhere_and_wait(path: Path, runner: EdgeJobs) -> None:
+async def _submit_elsewhere_and_wait(path: Path, runner: EdgeJobs, *, when_armed: bool) -> None:
     # Another EdgeJobs on the same file is another connection: its commit is "foreign" to the
     # runner's writer, exactly like a CLI submit from another process.
     other = EdgeJobs(database=path)
     await other.open()
     try:
         for n in range(3):
+            if when_armed:  # the runner's writer went idle: only the watch can wake it now
+                await poll_until(
+                    lambda: runner.store.writer.watch_armed,
+                    timeout=10,
+                    interval=0.005,
+                    message="the runner's writer never went idle",
+                )
             job = await other.submit("echo", org="acme", params={"n": n})
             done = await runner.wait(job.id, timeout=15)
             assert done.status is Status.COMPLETED and done.result == {"n": n}
@@ -35,15 +44,20 @@ async def _submit_elsewhere_and_wait(path: Path, runner: EdgeJobs) -> None:
 async def test_a_foreign_commit_is_noticed_through_the_watch_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # No poll within the test's time: only the watch can tell the runner about the submits.
+    # Once idle, the writer looks by itself only every WATCHED_POLL_S: an hour here, so only the
+    # watch can tell the runner about the submits.
     monkeypatch.setattr(db, "WATCHED_POLL_S", 3600.0)
     monkeypatch.setattr(db, "BUSY_POLL_S", 3600.0)
     path = tmp_path / "jobs.db"
-    runner = EdgeJobs(database=path, workers=2)
+    # No ticks either: a tick's write would make the writer look again as it settles.
+    quiet = Config().model_copy(
+        update={"runner": RunnerConfig(workers=2, tick_interval_s=3600, lease_s=3600)}
+    )
+    runner = EdgeJobs(database=path, config=quiet)
     runner.register("echo", echo)
     async with runner:
         assert runner.store.writer.watching
-        await _submit_elsewhere_and_wait(path, runner)
+        await _submit_elsewhere_and_wait(path, runner, when_armed=True)
 
 
 async def test_without_a_watch_the_writer_polls(
@@ -56,7 +70,7 @@ async def test_without_a_watch_the_writer_polls(
     runner.register("echo", echo)
     async with runner:
         assert not runner.store.writer.watching
-        await _submit_elsewhere_and_wait(path, runner)
+        await _submit_elsewhere_and_wait(path, runner, when_armed=False)
 
 
 async def test_a_closed_store_stops_watching(tmp_path: Path) -> None:
