@@ -431,12 +431,17 @@ class Pool:
         try:
             self._begin(attempt, json.loads(row["params"]), parent_results)
         except Exception:
-            log.exception(
-                "attempt of job %s crashed the runner's bookkeeping",
-                attempt.job_id,
-                extra=_log_fields(attempt),
-            )
-            self._forget(attempt)
+            self._bookkeeping_failed(attempt)
+
+    def _bookkeeping_failed(self, attempt: _Attempt) -> None:
+        # A bug of ours, not of the handler: say so and drop the attempt; its lease expires and
+        # the tick recovers the job (attempt outcome ``lost``).
+        log.exception(
+            "attempt of job %s crashed the runner's bookkeeping",
+            attempt.job_id,
+            extra=_log_fields(attempt),
+        )
+        self._forget(attempt)
 
     def _begin(self, attempt: _Attempt, params: dict[str, Any], parents: dict[str, Any]) -> None:
         """Start the handler: an async one as one task (:class:`AsyncRun`), any other through
@@ -571,12 +576,7 @@ class Pool:
             self._release_slot(attempt)
             self._schedule_flush()
         except Exception:
-            log.exception(
-                "attempt of job %s crashed the runner's bookkeeping",
-                attempt.job_id,
-                extra=_log_fields(attempt),
-            )
-            self._forget(attempt)
+            self._bookkeeping_failed(attempt)
 
     # -- leases and shutdown ------------------------------------------------------------------
 
