@@ -328,6 +328,13 @@ class Writer:
             self._queue.put(_CHECK_FOREIGN)
 
     @property
+    def rows_changed(self) -> int:
+        """Rows this writer inserted, updated or deleted so far (SQLite's ``total_changes``):
+        unchanged means nothing was written, not even by an empty transaction."""
+        conn = self._conn
+        return conn.total_changes if conn is not None else 0
+
+    @property
     def watch_armed(self) -> bool:
         """Whether the WAL watch is armed now: the writer is idle and waits to be told."""
         return self._armed

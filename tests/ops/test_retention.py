@@ -248,3 +248,45 @@ async def test_the_event_log_is_trimmed_to_its_replay_window_every_minute(
         assert scalar(db_path, "SELECT min(id) FROM events") == newest - 99
     finally:
         await ej.close()
+
+
+async def test_an_idle_tick_does_not_look_at_the_free_pages_again(
+    db_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Free pages come from deletes: while nothing was written, the vacuum task skips its read
+    (on an idle runner it was a read per tick); after a write it looks again."""
+    ej = make_app(db_path, clock)
+    ej.register("work", _noop_handler)
+    await ej.start(run_workers=False)
+    assert ej.ticker is not None
+    looks = 0
+    page_stats = ej.maintenance.page_stats
+
+    async def counted() -> object:
+        nonlocal looks
+        looks += 1
+        return await page_stats()
+
+    monkeypatch.setattr(ej.maintenance, "page_stats", counted)
+    try:
+        await ej.ticker.tick()
+        first = looks
+        assert first == 1
+        for _ in range(5):
+            clock.advance(1)
+            await ej.ticker.tick()
+        assert looks == first  # nothing written: no look
+        await ej.submit("work", org="acme")
+        clock.advance(1)
+        await ej.ticker.tick()
+        assert looks == first + 1  # a write: look again
+        monkeypatch.setattr(maintenance_module, "VACUUM_LOOK_S", 0.0)
+        clock.advance(1)
+        await ej.ticker.tick()
+        assert looks == first + 2  # and at least every VACUUM_LOOK_S (other processes' deletes)
+    finally:
+        await ej.close()
+
+
+async def _noop_handler(ctx: object, params: dict[str, object]) -> None:
+    return None
