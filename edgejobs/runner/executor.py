@@ -100,11 +100,11 @@ def _consume(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-async def _guarded(handler: Any, ctx: BaseContext, params: dict[str, Any]) -> Any:
-    try:
-        return await handler(ctx, params)
-    except (SystemExit, KeyboardInterrupt) as exc:
-        raise HandlerExit() from exc
+def _contained(exc: SystemExit | KeyboardInterrupt) -> HandlerExit:
+    """What a handler's SystemExit or KeyboardInterrupt becomes, so the runner survives it."""
+    wrapped = HandlerExit()
+    wrapped.__cause__ = exc
+    return wrapped
 
 
 async def _race(
@@ -184,11 +184,6 @@ class AsyncRun:
         )
         """The task running the handler (abandoned once the run ended otherwise)."""
 
-    @property
-    def ended(self) -> bool:
-        """Whether ``on_end`` was called."""
-        return self._ended
-
     async def _run(self, handler: Any, params: dict[str, Any]) -> None:
         try:
             value = await handler(self._ctx, params)
@@ -208,9 +203,7 @@ class AsyncRun:
                 )
             )
         except (SystemExit, KeyboardInterrupt) as exc:
-            wrapped = HandlerExit()
-            wrapped.__cause__ = exc
-            self._end(failure(wrapped))
+            self._end(failure(_contained(exc)))
         except Exception as exc:
             self._end(failure(exc))
         else:
@@ -255,7 +248,8 @@ async def execute(
     abort: asyncio.Future[str],
     max_result_bytes: int,
 ) -> Execution:
-    """Run one attempt of ``job_type``'s handler and say how it ended."""
+    """Run one attempt of a sync handler (in a thread) or of a process-isolated one and say how
+    it ended. (An async handler runs as an :class:`AsyncRun` instead.)"""
     timeout = job_type.timeout_s
     try:
         handler = job_type.handler()
@@ -263,19 +257,9 @@ async def execute(
         return failure(exc)
     if job_type.isolation == "process":
         return await _execute_in_process(job_type, ctx, params, abort, max_result_bytes, timeout)
-    if job_type.is_async:  # cached per handler: this runs once per attempt
-        work: asyncio.Future[Any] = asyncio.get_running_loop().create_task(
-            _guarded(handler, ctx, params), name=f"edgejobs-handler-{ctx.job_id}"
-        )
-    else:
-        work = _start_thread(handler, ctx, params)
+    work = _start_thread(handler, ctx, params)
     state, finished = await _race(work, abort, timeout)
     if state == "done":
-        if finished.cancelled():
-            ctx._cancel()
-            return Execution(
-                Outcome.FAILED, error=JobError("CancelledError", "the handler was cancelled")
-            )
         raised = finished.exception()
         if raised is not None:
             return failure(raised)
@@ -303,9 +287,7 @@ def _start_thread(handler: Any, ctx: BaseContext, params: dict[str, Any]) -> asy
         try:
             value = handler(ctx, params)
         except (SystemExit, KeyboardInterrupt) as exc:
-            wrapped = HandlerExit()
-            wrapped.__cause__ = exc
-            _call(loop, settle, False, wrapped)
+            _call(loop, settle, False, _contained(exc))
         except BaseException as exc:
             _call(loop, settle, False, exc)
         else:

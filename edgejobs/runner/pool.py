@@ -28,7 +28,7 @@ from edgejobs.retry import RetryPolicy
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
 from edgejobs.runner.executor import AsyncRun, Execution, execute, failure
 from edgejobs.runner.progress import ProgressCoalescer
-from edgejobs.runner.registry import JobType, Registry
+from edgejobs.runner.registry import JobType, Registry, is_async_handler
 from edgejobs.store import Store
 from edgejobs.store.claim import ClaimLimits, claim_ready, parent_results, renew_leases
 from edgejobs.store.db import WriteTx, run_in_savepoint
@@ -467,7 +467,7 @@ class Pool:
             except Exception as exc:  # an import that fails: the attempt fails, clearly
                 on_end(failure(exc))
                 return
-            if job_type.is_async:  # cached per handler: this runs once per attempt
+            if is_async_handler(handler):
                 attempt.run = AsyncRun(
                     handler,
                     JobContext(**common),

@@ -60,7 +60,7 @@ class JobType:
     @property
     def is_async(self) -> bool:
         """Whether the handler is a coroutine function."""
-        return _is_async(self.handler())
+        return is_async_handler(self.handler())
 
     def policy(self) -> dict[str, Any]:
         """The policy as a JSON-ready dict (declared in the database, shown by the API)."""
@@ -91,8 +91,9 @@ class JobType:
 _async_cache: weakref.WeakKeyDictionary[Handler, bool] = weakref.WeakKeyDictionary()
 
 
-def _is_async(handler: Handler) -> bool:
-    # inspect's check walks wrappers and flags; it runs once per attempt, so remember it.
+def is_async_handler(handler: Handler) -> bool:
+    """Whether ``handler`` is a coroutine function (remembered per handler: inspect's check
+    walks wrappers and flags, and it runs once per attempt)."""
     try:
         known = _async_cache.get(handler)
     except TypeError:  # not weak-referenceable (e.g. a builtin): just ask
