@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
-import errno
+import functools
 import logging
 import os
 import sys
@@ -31,11 +30,14 @@ _IN_CLOEXEC = os.O_CLOEXEC
 _READ_SIZE = 4096
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
+    # Once per process, and from the symbols already loaded: find_library("c") runs ldconfig
+    # (~3 ms) and every store open would have paid it.
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.inotify_init1.argtypes = [ctypes.c_int]
         libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
     except (OSError, AttributeError):
@@ -46,10 +48,8 @@ def _libc() -> ctypes.CDLL | None:
 class WalWatch:
     """An inotify descriptor that becomes readable when the watched file is written to."""
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int) -> None:
         self._fd = fd
-        self.path = path
-        """The watched file."""
 
     def fileno(self) -> int:
         """The descriptor to wait on (readable after a write to the file)."""
@@ -57,16 +57,9 @@ class WalWatch:
 
     def drain(self) -> None:
         """Read every pending event (they say nothing beyond "written", so discard them)."""
-        while True:
-            try:
-                if not os.read(self._fd, _READ_SIZE):
-                    return
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno == errno.EINTR:
-                    continue
-                return
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing (more) to read
+            while os.read(self._fd, _READ_SIZE):
+                pass
 
     def close(self) -> None:
         """Stop watching."""
@@ -87,7 +80,7 @@ def open_watch(path: Path) -> WalWatch | None:
         log.debug("cannot watch %s (%s): polling for other processes' commits", path, _errno())
         os.close(fd)
         return None
-    return WalWatch(fd, path)
+    return WalWatch(fd)
 
 
 def _errno() -> str:
