@@ -25,7 +25,6 @@ import asyncio
 import dataclasses
 import logging
 import sqlite3
-import time
 from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -53,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edgejobs.maintenance")
 
 MIB = 1024 * 1024
-VACUUM_LOOK_S = 60.0
+VACUUM_LOOK_MS = 60_000
 """The longest the vacuum tick task goes without looking at the free pages."""
 
 
@@ -119,7 +118,7 @@ class Maintenance:
         """Checkpoints run, by (mode, "complete" | "partial" | "busy")."""
         self.vacuumed_pages_total = 0
         self._events_trimmed_at: int | None = None
-        self._vacuum_looked: tuple[int, float] | None = None  # (rows changed, monotonic time)
+        self._vacuum_looked: tuple[int, int] | None = None  # (rows changed, tick time in ms)
 
     def tick_tasks(self) -> list[TickTask]:
         """The tasks to append to :attr:`Ticker.extra_tasks`, in order."""
@@ -268,16 +267,16 @@ class Maintenance:
         """Tick task: after retention freed a sizeable part of the file, vacuum a bounded part.
 
         Free pages come from deletes. While this process wrote nothing since the last look, the
-        look is skipped for up to ``VACUUM_LOOK_S`` (another process's deletes are seen then):
+        look is skipped for up to ``VACUUM_LOOK_MS`` (another process's deletes are seen then):
         on an idle runner it was a read every tick, three thread wake-ups a second.
         """
         changed = self._store.writer.rows_changed
-        now = time.monotonic()
         last = self._vacuum_looked
-        if last is not None and last[0] == changed and now - last[1] < VACUUM_LOOK_S:
+        # A clock that went back (negative age) counts as due.
+        if last is not None and last[0] == changed and 0 <= now_ms - last[1] < VACUUM_LOOK_MS:
             return
         stats = await self.page_stats()
-        self._vacuum_looked = (changed, now)
+        self._vacuum_looked = (changed, now_ms)
         if self.needs_vacuum(stats):
             self._vacuum_looked = None  # bounded steps: look again at the next tick
             pages = await self.vacuum(max_steps=self.settings.vacuum_steps_per_tick)
