@@ -193,7 +193,9 @@ class EdgeJobs:
             )
         self.pool: Pool | None = None
         self.ticker: Ticker | None = None
-        self.watchdog = LoopWatchdog(lambda: self.pool.running_ids if self.pool else [])
+        self.watchdog = LoopWatchdog(
+            lambda: self.pool.running_ids if self.pool else [], wait_busy=self._attempt_running
+        )
         self.maintenance = Maintenance(self.store, MaintenanceSettings.from_config(config))
         self._lock: RunnerLock | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -443,6 +445,14 @@ class EdgeJobs:
     def add_foreign_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` when another process has committed to the database."""
         self._foreign_listeners.append(listener)
+
+    async def _attempt_running(self) -> None:
+        """Return once an attempt runs in this process (the watchdog waits for one)."""
+        pool = self.pool
+        if pool is None:
+            await asyncio.Event().wait()  # not a runner: nothing to watch, ever
+        else:
+            await pool.wait_busy()
 
     def _on_commit(self, tx: WriteTx) -> None:
         if self.pool is not None:

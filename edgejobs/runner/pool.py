@@ -210,6 +210,7 @@ class Pool:
         self._claim_lock = asyncio.Lock()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._busy = asyncio.Event()  # the inverse of _idle: periodic tasks wait for it
         self._stopping = False
         self._next_due: int | None = None
         self._pending_writes: set[asyncio.Future[Any]] = set()
@@ -427,6 +428,7 @@ class Pool:
         self._per_type[attempt.job_type] += 1
         self._per_type_org[(attempt.job_type, attempt.org)] += 1
         self._idle.clear()
+        self._busy.set()
         attempt.leased_at = self._clock.monotonic()
         try:
             self._begin(attempt, json.loads(row["params"]), parent_results)
@@ -527,6 +529,7 @@ class Pool:
             del self._attempts[attempt.job_id]
         if not self._attempts:
             self._idle.set()
+            self._busy.clear()
 
     def _write_progress(self, attempt: _Attempt, percent: float, message: str | None) -> None:
         now = self._clock.now_ms()
@@ -584,6 +587,10 @@ class Pool:
         """Extend the leases of running attempts every third of ``lease_s``."""
         interval = self.settings.lease_s / 3
         while not self._stopping:
+            if not self._attempts:
+                # Nothing to renew: wait for an attempt rather than wake an idle process.
+                await self._busy.wait()
+                self._renew_pass_at = self._clock.monotonic()
             await asyncio.sleep(interval)
             self._renew_pass_at = self._clock.monotonic()
             live = [a for a in self._attempts.values() if a.aborted_by is None]
@@ -623,6 +630,10 @@ class Pool:
     async def wait_idle(self) -> None:
         """Return when no attempt is running in this process."""
         await self._idle.wait()
+
+    async def wait_busy(self) -> None:
+        """Return when an attempt is running in this process."""
+        await self._busy.wait()
 
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; let running attempts finish for ``grace_s``; requeue the rest."""

@@ -4,14 +4,15 @@ An async handler that calls blocking code (``time.sleep``, a synchronous HTTP cl
 CPU loop) freezes every other job, lease renewal, tick and HTTP request of the process. Nothing
 can interrupt it from inside the loop, but it can be seen afterwards: a task that sleeps a
 fixed interval wakes up late by exactly as long as the loop was blocked. The warning names the
-jobs that were running, so the culprit is among them.
+jobs that were running, so the culprit is among them. While no attempt runs, no handler can
+block the loop: the watchdog then waits for one instead of waking an idle process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("edgejobs.runner")
 
@@ -32,8 +33,10 @@ class LoopWatchdog:
         *,
         interval_s: float = INTERVAL_S,
         threshold_s: float = THRESHOLD_S,
+        wait_busy: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._running = running
+        self._wait_busy = wait_busy
         self.interval_s = interval_s
         self.threshold_s = threshold_s
         self.max_lag_s = 0.0
@@ -49,6 +52,9 @@ class LoopWatchdog:
         loop = asyncio.get_running_loop()
         while True:
             before = self._jobs()
+            if not before and self._wait_busy is not None:
+                await self._wait_busy()
+                before = self._jobs()
             expected = loop.time() + self.interval_s
             await asyncio.sleep(self.interval_s)
             lag = loop.time() - expected

@@ -38,8 +38,10 @@ MAX_BATCH_OPS = 512
 IDLE_POLL_S = 0.1
 """How often an idle writer looks at ``PRAGMA data_version`` for other processes' commits
 where the WAL file cannot be watched (see ``wal_watch``)."""
-WATCHED_POLL_S = 1.0
-"""How often it looks anyway where the WAL file is watched (a safety net; wake-ups cost)."""
+WATCHED_POLL_S = 30.0
+"""How often it looks anyway where the WAL file is watched: a safety net against a missed
+notification, rare because every wake-up of an idle process costs milliseconds of CPU on a
+small virtual machine."""
 SETTLE_S = 0.06
 """A watched writer that got no operation for this long looks once more and goes idle: only
 then is the watch armed. While operations flow it is not, so this process's own commits do
