@@ -1,10 +1,20 @@
 """The tick loop: every ``tick_interval_s`` it promotes due work, recovers expired leases,
 runs the dependency safety net and, less often, retention. Each task is a plain coroutine
-taking ``now`` (unix ms), so tests can call :meth:`Ticker.tick` with a fake clock."""
+taking ``now`` (unix ms), so tests can call :meth:`Ticker.tick` with a fake clock.
+
+A quiet runner does not tick every interval. When a tick found nothing to do, nothing was
+written since the previous one and no attempt runs, the next tick can only find work at a
+known time (a scheduled job or a retry becoming due, a lease expiring) or after a change
+(a write of this process, another process's commit). So the loop sleeps until the earliest
+due time, at most ``QUIET_MAX_S``, and a change wakes it for a tick one interval after the
+last. Why: on a small virtual machine every wake-up of an idle process costs milliseconds
+of CPU, and a tick a second was most of an idle runner's.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import sqlite3
@@ -18,7 +28,12 @@ from edgejobs.store.claim import renew_leases
 from edgejobs.store.clock_skew import shift_pending_retries
 from edgejobs.store.db import WriteTx
 from edgejobs.store.retention import delete_old_jobs
-from edgejobs.store.transitions import promote_due, recover_running, resolve_stuck_blocked
+from edgejobs.store.transitions import (
+    next_maintenance_due_ms,
+    promote_due,
+    recover_running,
+    resolve_stuck_blocked,
+)
 
 log = logging.getLogger("edgejobs.ticks")
 
@@ -41,6 +56,9 @@ CLOCK_JUMP_MIN_S = 1.0
 more than two tick intervals) count as a wall-clock jump."""
 RETENTION_HOLD_FRACTION = 0.1
 """A forward jump larger than this fraction of the retention period holds retention back."""
+QUIET_MAX_S = 30.0
+"""The longest a quiet tick loop sleeps: the bound on how late the time-driven tick tasks
+(retention, event trimming, the vacuum look) run on an idle runner."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -65,6 +83,8 @@ class Ticker:
         trim_events: Callable[[int], Awaitable[int]],
         after_change: Callable[[], None] | None = None,
         healthy_leases: Callable[[], Mapping[int, int]] | None = None,
+        changes: Callable[[], int] | None = None,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
@@ -73,6 +93,13 @@ class Ticker:
         self._trim_events = trim_events
         self._after_change = after_change
         self._healthy_leases = healthy_leases
+        self._changes = changes
+        self._busy = busy
+        self._changes_seen: int | None = None  # ``changes()`` at the end of the last tick
+        self._found_work = True  # the last tick promoted, recovered or settled something
+        self._next_due_ms: int | None = None  # the earliest due time the last tick saw
+        self._poked = asyncio.Event()
+        self._sleeping_quietly = False
         self._last_wall_ms: int | None = None
         self._last_monotonic = 0.0
         self.retention_held_until: float | None = None
@@ -87,6 +114,11 @@ class Ticker:
         """Completed ticks (tests and health checks count them)."""
         self.looping = False
         """Whether :meth:`run` has started (a stepped ticker is not judged by ``/healthz``)."""
+        self.keep_ticking: list[Callable[[], bool]] = []
+        """Tick tasks that need a tick every interval even on a quiet runner say so here
+        (the cron scheduler while schedules are configured)."""
+        self.quiet_until: float | None = None
+        """Monotonic time a quiet sleep ends (None while ticking every interval)."""
 
     async def tick(self) -> None:
         """One pass of every tick task."""
@@ -95,7 +127,9 @@ class Ticker:
         healthy = dict(self._healthy_leases()) if self._healthy_leases is not None else {}
         lease_until = now + int(self.settings.lease_s * 1000)
 
-        def maintain(conn: sqlite3.Connection, tx: WriteTx) -> tuple[int, int, list[str]]:
+        def maintain(
+            conn: sqlite3.Connection, tx: WriteTx
+        ) -> tuple[int, int, list[str], int | None]:
             if jump_ms < 0:
                 shift_pending_retries(conn, tx, by_ms=jump_ms, now=now)
             if healthy:
@@ -113,9 +147,10 @@ class Ticker:
                 reason="the attempt's lease expired (the runner stalled or died)",
             )
             stuck = resolve_stuck_blocked(conn, tx, now=now)
-            return promoted, len(lost), stuck
+            return promoted, len(lost), stuck, next_maintenance_due_ms(conn)
 
-        promoted, lost, stuck = await self._store.write(maintain)
+        promoted, lost, stuck, self._next_due_ms = await self._store.write(maintain)
+        self._found_work = bool(promoted or lost or stuck)
         for job_id in stuck:
             log.warning(
                 "dependency safety net settled blocked job %s whose parents had all ended;"
@@ -142,6 +177,62 @@ class Ticker:
                 log.warning("tick task failed: %s", exc)
         self.ticks += 1
         self.last_tick_monotonic = self._clock.monotonic()
+
+    def quiet_sleep_s(self) -> float | None:
+        """After a tick: how long the loop may sleep because nothing can need a tick sooner
+        (None: tick again after one interval). Called right after :meth:`tick`."""
+        if self._changes is None:
+            return None
+        changes, seen = self._changes(), self._changes_seen
+        self._changes_seen = changes
+        if (
+            seen is None  # the first tick: start-up wrote
+            or changes != seen
+            or self._found_work
+            or (self._busy is not None and self._busy())
+            or any(needs() for needs in self.keep_ticking)
+        ):
+            return None
+        sleep_s = QUIET_MAX_S
+        if self._next_due_ms is not None:
+            sleep_s = min(sleep_s, (self._next_due_ms - self._clock.now_ms()) / 1000)
+        if self._last_retention_ms is not None:
+            retention_due = self._last_retention_ms + self.settings.retention_interval_s * 1000
+            sleep_s = min(sleep_s, (retention_due - self._clock.now_ms()) / 1000)
+        return sleep_s if sleep_s > self.settings.interval_s else None
+
+    def poke(self) -> None:
+        """Something was written: a quiet sleep ends one interval after the last tick (cheap
+        enough to call after every commit)."""
+        if self._sleeping_quietly:
+            self._poked.set()
+
+    async def _sleep(self, quiet_s: float | None) -> None:
+        interval = self.settings.interval_s
+        if quiet_s is not None:
+            loop = asyncio.get_running_loop()
+            ends_at = loop.time() + quiet_s
+            self.quiet_until = self._clock.monotonic() + quiet_s
+            self._sleeping_quietly = True
+            try:
+                while not self._stopping.is_set():
+                    self._poked.clear()
+                    try:
+                        async with asyncio.timeout_at(ends_at):
+                            await self._poked.wait()
+                    except TimeoutError:
+                        return
+                    # A commit that changed nothing (an empty write) does not end the sleep.
+                    assert self._changes is not None
+                    if self._changes() != self._changes_seen:
+                        break
+            finally:
+                self._sleeping_quietly = False
+                self.quiet_until = None
+            since_tick = self._clock.monotonic() - (self.last_tick_monotonic or 0.0)
+            interval = max(0.0, interval - since_tick)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=interval)
 
     def _wall_clock_jump(self, now: int) -> int:
         """How far the wall clock jumped since the last tick against the monotonic clock
@@ -215,11 +306,10 @@ class Ticker:
                 log.warning("tick failed: %s", exc)
             except Exception:
                 log.exception("tick failed")
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.settings.interval_s)
-            except TimeoutError:
-                pass
+                self._found_work = True  # no quiet sleep after a failed tick
+            await self._sleep(self.quiet_sleep_s())
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current tick."""
         self._stopping.set()
+        self._poked.set()

@@ -410,6 +410,17 @@ def next_due_ms(conn: sqlite3.Connection) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
+def next_maintenance_due_ms(conn: sqlite3.Connection) -> int | None:
+    """The earliest time the tick has work without any new write: a scheduled job or a retry
+    becoming due, or a running job's lease expiring (three probes of partial indexes)."""
+    row = conn.execute(
+        "SELECT min(t) FROM (SELECT min(run_at) AS t FROM jobs WHERE status = 'scheduled'"
+        " UNION ALL SELECT min(next_retry_at) FROM jobs WHERE status = 'retrying'"
+        " UNION ALL SELECT min(lease_expires_at) FROM jobs WHERE status = 'running')"
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
 # -- dependencies ----------------------------------------------------------------------------
 
 
