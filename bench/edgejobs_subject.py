@@ -12,6 +12,7 @@ Run through ``bench/run`` (which also runs the peers); alone:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -96,7 +97,7 @@ def end_to_end(n: int, *, mode: str, synchronous: str = "normal") -> float:
 
 
 def pickup_latency(samples: int) -> dict[str, float]:
-    """Idle runner: submit → handler start, and submit → ``wait()`` returns (ms); idle CPU."""
+    """Idle runner: submit → handler start, and submit → ``wait()`` returns (ms)."""
 
     async def main() -> dict[str, float]:
         started: dict[str, float] = {}
@@ -111,9 +112,6 @@ def pickup_latency(samples: int) -> dict[str, float]:
             waited: list[float] = []
             async with ej:
                 await asyncio.sleep(1.5)  # let start-up work (migrations, first tick) settle
-                cpu0, wall0 = time.process_time(), time.perf_counter()
-                await asyncio.sleep(3.0)  # idle: no job, no polling loop should burn CPU
-                idle_cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0) * 100
                 for _ in range(samples):
                     await asyncio.sleep(0.02)  # let the runner go idle between samples
                     t0 = time.perf_counter()
@@ -128,7 +126,6 @@ def pickup_latency(samples: int) -> dict[str, float]:
                 "pickup_p99": q(pickup, n=100)[98],
                 "wait_p50": statistics.median(waited),
                 "wait_p99": q(waited, n=100)[98],
-                "idle_cpu": idle_cpu,
             }
 
     return asyncio.run(main())
@@ -250,6 +247,57 @@ def _fresh_process(call: str) -> Any:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+_IDLE_CHILD = r"""
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, {here!r})
+from edgejobs_subject import _app
+async def main():
+    async with _app(Path({db!r})):
+        print("ready", flush=True)
+        await asyncio.sleep(3600)  # killed by the parent
+asyncio.run(main())
+"""
+
+IDLE_SETTLE_S = 5.0
+IDLE_WINDOW_S = 5.0
+
+
+def _process_cpu_s(pid: int) -> float:
+    """CPU seconds of every thread of ``pid`` (Linux schedstat: nanoseconds, where the
+    clock-tick counters of /proc/PID/stat would round 10 ms at a time)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def idle_cpu() -> float:
+    """% of one core an idle runner (empty queue) uses, read from outside the process.
+
+    Why from outside: a measurement inside the runner wakes its event loop at least once
+    itself, and on a small virtual machine one wake-up after seconds of sleep costs ~10-15 ms
+    of CPU, ~0.4 % of a 3 s window on its own. The shared bench reads huey's consumer the
+    same way, from another thread. The runner first gets ``IDLE_SETTLE_S`` for its start-up
+    ticks and checkpoint.
+    """
+    with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
+        code = _IDLE_CHILD.format(here=str(HERE), db=str(Path(tmp) / "idle.db"))
+        child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        try:
+            assert child.stdout is not None
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError("the idle runner did not start")
+            time.sleep(IDLE_SETTLE_S)
+            cpu0, wall0 = _process_cpu_s(child.pid), time.perf_counter()
+            time.sleep(IDLE_WINDOW_S)
+            return (_process_cpu_s(child.pid) - cpu0) / (time.perf_counter() - wall0) * 100
+        finally:
+            child.kill()
+            child.wait()
+
+
 def resident_mb(queued: int) -> float:
     """Resident memory (MiB) of a runner process, idle, with ``queued`` jobs waiting."""
     with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
@@ -304,9 +352,15 @@ def main() -> None:
         ("pickup_p99", "ms", "idle runner, submit() → handler starts"),
         ("wait_p50", "ms", "idle runner, submit() → ej.wait() returns"),
         ("wait_p99", "ms", "idle runner, submit() → ej.wait() returns"),
-        ("idle_cpu", "% of one core", "runner process CPU over 3 s with an empty queue"),
     ):
         report.add(key, unit, [r[key] for r in runs], n=samples, conditions=text)
+    report.add(
+        "idle_cpu",
+        "% of one core",
+        [idle_cpu() for _ in range(benchlib.REPEATS)],
+        conditions=f"runner process (all threads), empty queue, over {IDLE_WINDOW_S:g} s from"
+        f" {IDLE_SETTLE_S:g} s after start, read from /proc by the bench process",
+    )
     claims = benchlib.scaled(20_000, 100)
     history = benchlib.scaled(1_000_000, 1000)
     empty = [claim_cost(claims, 0) for _ in range(benchlib.REPEATS)]
