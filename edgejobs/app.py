@@ -653,7 +653,7 @@ class EdgeJobs:
         """One job (of ``org`` when given: another org's job is :class:`NotFound`)."""
         await self.open()
         now = self.clock.now_ms()
-        return await self.store.read(lambda conn: get_job(conn, job_id, org, now))
+        return await self.store.read_point(lambda conn: get_job(conn, job_id, org, now))
 
     async def attempts(self, job_id: str, *, org: str | None = None) -> list[Attempt]:
         """The execution log of a job."""

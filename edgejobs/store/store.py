@@ -8,8 +8,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from edgejobs.errors import EdgeJobsError
 from edgejobs.store import migrations
-from edgejobs.store.db import Pragmas, Reader, WriteOp, Writer, check_sqlite_version, connect
+from edgejobs.store.db import (
+    PointReader,
+    Pragmas,
+    Reader,
+    WriteOp,
+    Writer,
+    check_sqlite_version,
+    connect,
+)
 
 T = TypeVar("T")
 
@@ -28,6 +37,7 @@ class Store:
         self.pragmas = pragmas or Pragmas()
         self.writer = Writer(self.path, self.pragmas)
         self.reader = Reader(self.path, self.pragmas, threads=read_threads)
+        self.point_reader = PointReader(self.path, self.pragmas)
         self._opened = False
 
     def prepare(self) -> int:
@@ -61,6 +71,7 @@ class Store:
             return
         self._opened = False
         await self.writer.close()
+        self.point_reader.close()
         await asyncio.get_running_loop().run_in_executor(None, self.reader.close)
 
     @property
@@ -74,4 +85,15 @@ class Store:
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)`` in one read transaction on a reader thread."""
+        return await self.reader.run(fn)
+
+    async def read_point(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)``, a lookup of one row by its key, in one read transaction on the
+        calling thread (see :class:`~edgejobs.store.db.PointReader`); through a reader
+        thread when SQLite is busy there."""
+        if not self._opened:
+            raise EdgeJobsError("the store is closed")
+        done, value = self.point_reader.try_run(fn)
+        if done:
+            return value  # type: ignore[return-value]  # fn's result, not the placeholder
         return await self.reader.run(fn)

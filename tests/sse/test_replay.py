@@ -15,6 +15,7 @@ from sse_support import (
     make_config,
     make_token,
     open_stream,
+    wait_for,
 )
 
 from edgejobs.app import JobSpec
@@ -121,6 +122,9 @@ async def test_beyond_the_event_count_window_sends_reset(serve: Serve) -> None:
     token = await make_token(ej, "acme")
     await _run_jobs(server, "acme", 5)  # 25 events
     newest = event_rows(ej.store.path)[-1]["id"]
+    # A stream's replay ends at the newest event the broker has tailed (later ones come
+    # live); wait until it has tailed them all, so the window counts all 25.
+    await wait_for(lambda: server.broker.last_id >= newest, "the broker tails every event")
     reset = await _first_event(server, token, newest - 21)
     assert reset.event == "reset"
     assert reset.id == newest
