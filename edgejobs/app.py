@@ -640,10 +640,11 @@ class EdgeJobs:
         self._check_rates(new_jobs, now)
 
         written = self.store.writer.submit_nowait(SubmitOp(new_jobs, now))
-        if self.pool is not None:
-            # Wake the pool now, not after the commit: its claim is queued right behind this
-            # insert and often shares its transaction, which saves a whole commit of latency.
-            # (Queued behind it, the claim can only see the new rows if they were written.)
+        if self.pool is not None and not self.pool.claim_behind():
+            # The pool's claim is queued right behind this insert when no cycle is in flight
+            # (then they share a transaction, which saves a whole commit of latency; behind
+            # it, the claim sees the new rows only if they were written); otherwise the pool
+            # claims once its cycle in flight is over.
             self.pool.wake()
         return await written
 

@@ -186,6 +186,16 @@ class _Claimed:
     next_due: int | None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CycleWrite:
+    """A cycle's write, queued: the outcomes it writes, the slots it claims, its future."""
+
+    finishes: list[_Finish]
+    free: int
+    claim: bool
+    future: asyncio.Future[tuple[list[Any], _Claimed]]
+
+
 class Pool:
     """Bounded pool of attempts fed by claims from the store."""
 
@@ -207,7 +217,13 @@ class Pool:
         self._per_type: Counter[str] = Counter()
         self._per_type_org: Counter[tuple[str, str]] = Counter()
         self._wake = asyncio.Event()
-        self._claim_lock = asyncio.Lock()
+        # One cycle at a time: its write must be committed and its claims started before the
+        # next cycle counts free slots. A flag and an event rather than an asyncio.Lock, so
+        # that :meth:`claim_behind` can take it without awaiting.
+        self._cycling = False
+        self._cycle_free = asyncio.Event()
+        self._cycle_free.set()
+        self._behind: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._busy = asyncio.Event()  # the inverse of _idle: periodic tasks wait for it
@@ -232,6 +248,11 @@ class Pool:
     def running_count(self) -> int:
         """Attempts holding a slot now."""
         return self._occupied
+
+    @property
+    def cycle_in_flight(self) -> bool:
+        """Whether a cycle's write is queued or its claims are being started now."""
+        return self._cycling
 
     @property
     def running_ids(self) -> list[str]:
@@ -277,7 +298,7 @@ class Pool:
     def abort(self, job_id: str, number: int, reason: str) -> None:
         """Stop a local attempt (the database already says how it ended)."""
         attempt = self._attempts.get(job_id)
-        if attempt is None and self._claim_lock.locked():
+        if attempt is None and self._cycling:
             # The claim of this attempt may be committed but not started yet: its result comes
             # back after the listeners of a later commit (a cancel) ran. Stop it at its start.
             self._early_aborts[(job_id, number)] = reason
@@ -327,43 +348,104 @@ class Pool:
         Outcomes go first in the same operation, so the slots they free are claimed again in
         the very same transaction; the database never shows more than ``workers`` running.
         """
-        async with self._claim_lock:
-            finishes, self._finishes = self._finishes, []
-            free = self.settings.workers - self._occupied if claim and not self._stopping else 0
-            if not finishes and free <= 0:
-                return 0
-            now = self._clock.now_ms()
-            lease_ms = int(self.settings.lease_s * 1000)
-            limits = self._limits() if free > 0 else ClaimLimits()
+        while self._cycling:
+            await self._cycle_free.wait()
+        self._enter_cycle()
+        try:
+            write = self._queue_cycle(claim)
+            return 0 if write is None else await self._finish_cycle(write)
+        finally:
+            self._leave_cycle()
 
-            def op(conn: sqlite3.Connection, tx: WriteTx) -> tuple[list[Any], _Claimed]:
-                written = _write_outcomes(conn, tx, finishes, now)
-                if free <= 0:
-                    return written, _Claimed([], {}, None)
-                rows = claim_ready(conn, tx, now=now, slots=free, lease_ms=lease_ms, limits=limits)
-                parents = parent_results(conn, [r["seq"] for r in rows]) if rows else {}
-                due = next_due_ms(conn) if len(rows) < free else None
-                return written, _Claimed(rows, parents, due)
+    def claim_behind(self) -> bool:
+        """Queue a claim cycle now, right behind the write just queued (a local submit), so
+        that both share one transaction: the handler of a job submitted to an idle runner
+        starts one commit after the submit, not two. Returns False, having done nothing, when
+        a cycle is in flight or the pool is stepped by hand (then :meth:`wake` it)."""
+        if self._cycling or self._stopping or not self._loop_running:
+            return False
+        self._enter_cycle()
+        try:
+            write = self._queue_cycle(claim=True)
+        except BaseException:
+            self._leave_cycle()
+            raise
+        if write is None:  # no free slot: a slot that frees wakes the pool anyway
+            self._leave_cycle()
+            return True
+        task = asyncio.get_running_loop().create_task(self._finish_behind(write))
+        self._behind.add(task)
+        task.add_done_callback(self._behind.discard)
+        return True
 
-            try:
-                written, claimed = await self._store.write(op)
-            except BaseException:
-                self._finishes[:0] = finishes  # keep the outcomes; they are written on retry
-                raise
-            for item, result in zip(finishes, written, strict=True):
-                _log_outcome(item, result)
-                self._forget(item.attempt)
-            if claim:
-                self._next_due = claimed.next_due
-            for row in claimed.rows:
-                self._start(row, claimed.parents.get(row["seq"], {}))
-                early = self._early_aborts.pop((row["id"], row["attempts"]), None)
-                if early is not None:
-                    self.abort(row["id"], row["attempts"], early)
-            self._early_aborts.clear()
-            if claimed.rows and len(claimed.rows) == free:
-                self._wake.set()  # there may be more ready jobs
-            return len(claimed.rows)
+    async def _finish_behind(self, write: _CycleWrite) -> None:
+        try:
+            await self._finish_cycle(write)
+        except (DatabaseBusy, StorageFull) as exc:
+            log.warning("database write failed, retrying shortly: %s", exc)
+            self._wake.set()
+        except Exception:
+            log.exception("claim cycle failed")
+            self._wake.set()
+        finally:
+            self._leave_cycle()
+
+    def _enter_cycle(self) -> None:
+        self._cycling = True
+        self._cycle_free.clear()
+
+    def _leave_cycle(self) -> None:
+        self._cycling = False
+        self._cycle_free.set()
+
+    def _queue_cycle(self, claim: bool) -> _CycleWrite | None:
+        """Queue the write of one cycle (None: nothing to write). Synchronous, so a caller can
+        queue it right behind a write of its own."""
+        finishes, self._finishes = self._finishes, []
+        free = self.settings.workers - self._occupied if claim and not self._stopping else 0
+        if not finishes and free <= 0:
+            return None
+        now = self._clock.now_ms()
+        lease_ms = int(self.settings.lease_s * 1000)
+        limits = self._limits() if free > 0 else ClaimLimits()
+
+        def op(conn: sqlite3.Connection, tx: WriteTx) -> tuple[list[Any], _Claimed]:
+            written = _write_outcomes(conn, tx, finishes, now)
+            if free <= 0:
+                return written, _Claimed([], {}, None)
+            rows = claim_ready(conn, tx, now=now, slots=free, lease_ms=lease_ms, limits=limits)
+            parents = parent_results(conn, [r["seq"] for r in rows]) if rows else {}
+            due = next_due_ms(conn) if len(rows) < free else None
+            return written, _Claimed(rows, parents, due)
+
+        try:
+            future = self._store.writer.submit_nowait(op)
+        except BaseException:
+            self._finishes[:0] = finishes
+            raise
+        return _CycleWrite(finishes, free, claim, future)
+
+    async def _finish_cycle(self, write: _CycleWrite) -> int:
+        """Wait for a cycle's commit, then forget the written outcomes and start the claims."""
+        try:
+            written, claimed = await write.future
+        except BaseException:
+            self._finishes[:0] = write.finishes  # keep the outcomes; they are written on retry
+            raise
+        for item, result in zip(write.finishes, written, strict=True):
+            _log_outcome(item, result)
+            self._forget(item.attempt)
+        if write.claim:
+            self._next_due = claimed.next_due
+        for row in claimed.rows:
+            self._start(row, claimed.parents.get(row["seq"], {}))
+            early = self._early_aborts.pop((row["id"], row["attempts"]), None)
+            if early is not None:
+                self.abort(row["id"], row["attempts"], early)
+        self._early_aborts.clear()
+        if claimed.rows and len(claimed.rows) == write.free:
+            self._wake.set()  # there may be more ready jobs
+        return len(claimed.rows)
 
     async def run(self) -> None:
         """The claim loop; returns once :meth:`stop` was called and every outcome is written."""
