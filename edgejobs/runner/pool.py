@@ -419,7 +419,7 @@ class Pool:
             return written, _Claimed(rows, parents, due)
 
         try:
-            future = self._store.writer.submit_nowait(op)
+            future = self._store.writer.submit_nowait(op, first=True)
         except BaseException:
             self._finishes[:0] = finishes
             raise

@@ -245,6 +245,7 @@ def run_in_savepoint(
 class _Pending(Generic[T]):
     op: WriteOp[T]
     future: asyncio.Future[T]
+    first: bool = False  # told before the other callers of its transaction
 
 
 class _CheckForeign:
@@ -376,13 +377,18 @@ class Writer:
         self._queue.put(_Pending(op, future))
         return await future
 
-    def submit_nowait(self, op: WriteOp[T]) -> asyncio.Future[T]:
-        """Queue ``op`` and return the future resolved after its commit."""
+    def submit_nowait(self, op: WriteOp[T], *, first: bool = False) -> asyncio.Future[T]:
+        """Queue ``op`` and return the future resolved after its commit.
+
+        ``first``: resolve it one event-loop turn before the other operations of its
+        transaction (the pool's claims: the handlers they start then run before the callers
+        that submitted those jobs go on).
+        """
         if self._closed or self._loop is None:
             raise EdgeJobsError("the store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
         self._disarm()
-        self._queue.put(_Pending(op, future))
+        self._queue.put(_Pending(op, future, first))
         return future
 
     async def close(self) -> None:
@@ -513,13 +519,13 @@ class Writer:
                 listener(tx)
             except Exception:
                 log.exception("commit listener failed")
-        for pending, (ok, value) in zip(batch, outcomes, strict=True):
-            if pending.future.done():
-                continue
-            if ok:
-                pending.future.set_result(value)
-            else:
-                pending.future.set_exception(value)
+        results = list(zip(batch, outcomes, strict=True))
+        if any(pending.first for pending in batch) and not all(p.first for p in batch):
+            _resolve([r for r in results if r[0].first])
+            assert self._loop is not None
+            self._loop.call_soon(_resolve, [r for r in results if not r[0].first])
+        else:
+            _resolve(results)
 
     def _resolve_all_failed(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
         def resolve() -> None:
@@ -528,6 +534,16 @@ class Writer:
                     pending.future.set_exception(exc)
 
         self._call_soon(resolve)
+
+
+def _resolve(results: list[tuple[_Pending[Any], tuple[bool, Any]]]) -> None:
+    for pending, (ok, value) in results:
+        if pending.future.done():
+            continue
+        if ok:
+            pending.future.set_result(value)
+        else:
+            pending.future.set_exception(value)
 
 
 def _write_groups(batch: list[_Pending[Any]]) -> list[list[_Pending[Any]]]:

@@ -59,6 +59,35 @@ async def test_a_job_submitted_to_an_idle_runner_is_claimed_in_the_submits_trans
             assert first_status[job.id] == "running", (n, first_status[job.id])
 
 
+async def test_the_handler_starts_before_the_submitter_hears_submitted(db_path: Path) -> None:
+    # The claim's result is handed out one event-loop turn before the insert's, so the
+    # handler's first step runs before the submitting coroutine goes on.
+    returned: set[str] = set()
+    started_first: list[bool] = []
+
+    async def note(ctx: Any, params: dict[str, Any]) -> None:
+        started_first.append(ctx.job_id not in returned)
+
+    ej = EdgeJobs(database=db_path, config=Config(runner=RunnerConfig(workers=4)))
+    ej.register("note", note, dedup=False, max_retries=0)
+    async with ej:
+        pool = ej.pool
+        assert pool is not None
+        await ej.wait((await ej.submit("note", org="acme")).id, timeout=10)
+        started_first.clear()
+        for _ in range(10):
+            await poll_until(
+                lambda: pool.running_count == 0 and not pool.cycle_in_flight,
+                timeout=10,
+                interval=0.001,
+                message="the runner never went idle",
+            )
+            job = await ej.submit("note", org="acme")
+            returned.add(job.id)
+            await ej.wait(job.id, timeout=10)
+    assert started_first == [True] * 10
+
+
 async def test_a_stepped_runner_does_not_claim_behind_a_submit(db_path: Path) -> None:
     async with Harness(database=db_path) as h:
 

@@ -184,8 +184,8 @@ class WriteTrace:
         async def traced_submit(op: Callable[..., Any]) -> Any:
             return await submit(wrap(op))
 
-        def traced_submit_nowait(op: Callable[..., Any]) -> asyncio.Future[Any]:
-            return submit_nowait(wrap(op))
+        def traced_submit_nowait(op: Callable[..., Any], **kwargs: Any) -> asyncio.Future[Any]:
+            return submit_nowait(wrap(op), **kwargs)
 
         writer.submit = traced_submit  # type: ignore[method-assign]
         writer.submit_nowait = traced_submit_nowait  # type: ignore[method-assign]
