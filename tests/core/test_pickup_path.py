@@ -15,6 +15,7 @@ from ej_testkit import poll_until
 from edgejobs import EdgeJobs, Status
 from edgejobs.config import Config, RunnerConfig
 from edgejobs.errors import NotFound
+from edgejobs.runner.pool import Pool
 from edgejobs.store.db import WriteTx
 from edgejobs.store.jobs import get_job
 from edgejobs.testing import Harness
@@ -22,6 +23,16 @@ from edgejobs.testing import Harness
 
 async def echo(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     return params
+
+
+async def until_idle(pool: Pool) -> None:
+    """Until no attempt runs and no cycle is queued or finishing."""
+    await poll_until(
+        lambda: pool.running_count == 0 and not pool.cycle_in_flight,
+        timeout=10,
+        interval=0.001,
+        message="the runner never went idle",
+    )
 
 
 async def test_a_job_submitted_to_an_idle_runner_is_claimed_in_the_submits_transaction(
@@ -45,13 +56,7 @@ async def test_a_job_submitted_to_an_idle_runner_is_claimed_in_the_submits_trans
         # the insert's transaction (it depends on which thread runs first); fifty times in a
         # row it does not.
         for n in range(50):
-            # Idle: no attempt, and no cycle queued or finishing.
-            await poll_until(
-                lambda: pool.running_count == 0 and not pool.cycle_in_flight,
-                timeout=10,
-                interval=0.001,
-                message="the runner never went idle",
-            )
+            await until_idle(pool)
             job = await ej.submit("echo", org="acme", params={"n": n})
             done = await ej.wait(job.id, timeout=10)
             assert done.status is Status.COMPLETED and done.result == {"n": n}
@@ -76,12 +81,7 @@ async def test_the_handler_starts_before_the_submitter_hears_submitted(db_path: 
         await ej.wait((await ej.submit("note", org="acme")).id, timeout=10)
         started_first.clear()
         for _ in range(10):
-            await poll_until(
-                lambda: pool.running_count == 0 and not pool.cycle_in_flight,
-                timeout=10,
-                interval=0.001,
-                message="the runner never went idle",
-            )
+            await until_idle(pool)
             job = await ej.submit("note", org="acme")
             returned.add(job.id)
             await ej.wait(job.id, timeout=10)

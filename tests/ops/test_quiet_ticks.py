@@ -4,7 +4,8 @@ renewal wait for work), and any write, its own or another process's, ends the qu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,18 @@ async def settled_quiet(ticker: Ticker, interval: float) -> int:
         if ticker.ticks == ticks and ticker.quiet_until is not None:
             return ticks
     raise AssertionError("the tick loop never stayed quiet")
+
+
+@contextlib.asynccontextmanager
+async def quiet_runner(db_path: Path) -> AsyncIterator[tuple[EdgeJobs, Ticker, int]]:
+    """A started runner on the real clock (ticks every 50 ms when not quiet) once its tick
+    loop sleeps quietly: the runner, its ticker and the tick count then."""
+    interval = 0.05
+    ej = make_app(db_path, runner={"tick_interval_s": interval})
+    async with ej:
+        ticker = ej.ticker
+        assert ticker is not None
+        yield ej, ticker, await settled_quiet(ticker, interval)
 
 
 def quiet_ticker(h: Harness, busy: list[bool]) -> Ticker:
@@ -105,7 +118,7 @@ async def test_an_expiring_lease_bounds_the_quiet_sleep() -> None:
         with closing(connect(h.path)) as conn:
             conn.execute("UPDATE jobs SET lease_expires_at = ?", (now + 12_000,))
         await ticker.tick()
-        ticker.quiet_sleep_s()
+        assert ticker.quiet_sleep_s() is None  # the first tick
         await ticker.tick()
         assert ticker.quiet_sleep_s() == pytest.approx(12.0)
 
@@ -113,12 +126,7 @@ async def test_an_expiring_lease_bounds_the_quiet_sleep() -> None:
 async def test_an_idle_runner_stops_ticking_and_stays_healthy_until_a_write_wakes_it(
     db_path: Path,
 ) -> None:
-    interval = 0.05
-    ej = make_app(db_path, runner={"tick_interval_s": interval})
-    async with ej:
-        ticker = ej.ticker
-        assert ticker is not None
-        quiet_ticks = await settled_quiet(ticker, interval)
+    async with quiet_runner(db_path) as (ej, ticker, quiet_ticks):
         health = runner_health(ej)
         assert health.ok, health.reasons
         assert health.details["last_tick_age_s"] == 0.0
@@ -129,12 +137,7 @@ async def test_an_idle_runner_stops_ticking_and_stays_healthy_until_a_write_wake
 
 
 async def test_another_process_commit_ends_the_quiet(db_path: Path) -> None:
-    interval = 0.05
-    ej = make_app(db_path, runner={"tick_interval_s": interval})
-    async with ej:
-        ticker = ej.ticker
-        assert ticker is not None
-        quiet_ticks = await settled_quiet(ticker, interval)
+    async with quiet_runner(db_path) as (_, ticker, quiet_ticks):
         # Another connection's commit (a CLI in another process would do the same).
         insert_jobs(db_path, 1, prefix="elsewhere", status="queued", created_at=0, finished_at=None)
         await until(lambda: ticker.ticks > quiet_ticks)
