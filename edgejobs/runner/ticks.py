@@ -196,7 +196,10 @@ class Ticker:
         sleep_s = QUIET_MAX_S
         if self._next_due_ms is not None:
             sleep_s = min(sleep_s, (self._next_due_ms - self._clock.now_ms()) / 1000)
-        if self._last_retention_ms is not None:
+        held = self.retention_held_until is not None and (
+            self._clock.monotonic() < self.retention_held_until
+        )
+        if self._last_retention_ms is not None and not held:
             retention_due = self._last_retention_ms + self.settings.retention_interval_s * 1000
             sleep_s = min(sleep_s, (retention_due - self._clock.now_ms()) / 1000)
         return sleep_s if sleep_s > self.settings.interval_s else None

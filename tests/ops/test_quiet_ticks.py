@@ -79,6 +79,7 @@ async def test_the_quiet_sleep_lasts_until_the_next_due_time_and_only_while_noth
 
         await ticker.tick()
         assert ticker.quiet_sleep_s() is None  # the first tick: start-up has just written
+        retention_ran_ms = h.clock.now_ms()  # the first tick runs retention
         await ticker.tick()
         assert ticker.quiet_sleep_s() == QUIET_MAX_S  # nothing written, nothing due
 
@@ -103,6 +104,19 @@ async def test_the_quiet_sleep_lasts_until_the_next_due_time_and_only_while_noth
         await ticker.tick()
         assert ticker.quiet_sleep_s() is None  # attempts running: leases to watch
         busy[0] = False
+        await ticker.tick()
+        assert ticker.quiet_sleep_s() == QUIET_MAX_S
+
+        # Retention falls due: the sleep ends then; while a clock jump holds it, it does not.
+        retention_due_ms = retention_ran_ms + int(TickSettings().retention_interval_s * 1000)
+        h.advance((retention_due_ms - 10_000 - h.clock.now_ms()) / 1000)
+        await ticker.tick()
+        assert ticker.quiet_sleep_s() == pytest.approx(10.0, abs=0.1)
+        ticker.retention_held_until = h.clock.monotonic() + 3600
+        h.advance(20)
+        await ticker.tick()
+        assert ticker.quiet_sleep_s() == QUIET_MAX_S
+
         ticker.keep_ticking.append(lambda: True)
         await ticker.tick()
         assert ticker.quiet_sleep_s() is None  # a tick task asked for every interval
