@@ -361,15 +361,17 @@ class Pool:
         """Queue a claim cycle now, right behind the write just queued (a local submit), so
         that both share one transaction: the handler of a job submitted to an idle runner
         starts one commit after the submit, not two. Returns False, having done nothing, when
-        a cycle is in flight or the pool is stepped by hand (then :meth:`wake` it)."""
+        a cycle is in flight or the pool is stepped by hand (then :meth:`wake` it), or when
+        the cycle could not be queued: that is logged, and never fails the caller's submit."""
         if self._cycling or self._stopping or not self._loop_running:
             return False
         self._enter_cycle()
         try:
             write = self._queue_cycle(claim=True)
-        except BaseException:
+        except Exception:
             self._leave_cycle()
-            raise
+            log.exception("could not queue a claim behind a submit; the pool claims later")
+            return False
         if write is None:  # no free slot: a slot that frees wakes the pool anyway
             self._leave_cycle()
             return True

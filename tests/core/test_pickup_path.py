@@ -88,6 +88,34 @@ async def test_the_handler_starts_before_the_submitter_hears_submitted(db_path: 
     assert started_first == [True] * 10
 
 
+async def test_a_claim_that_cannot_be_queued_behind_a_submit_never_fails_the_submit(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    ej = EdgeJobs(database=db_path, config=Config(runner=RunnerConfig(workers=4)))
+    ej.register("echo", echo, dedup=False, max_retries=0)
+    async with ej:
+        pool = ej.pool
+        assert pool is not None
+        await ej.wait((await ej.submit("echo", org="acme")).id, timeout=10)
+        await until_idle(pool)
+        real_limits = pool._limits
+        calls = 0
+
+        def broken_once() -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:  # the claim queued behind the submit
+                raise RuntimeError("a bug in the claim's preparation")
+            return real_limits()
+
+        monkeypatch.setattr(pool, "_limits", broken_once)
+        job = await ej.submit("echo", org="acme", params={"n": 1})  # does not raise
+        done = await ej.wait(job.id, timeout=10)  # the pool, woken instead, claims it
+        assert done.status is Status.COMPLETED and done.result == {"n": 1}
+    assert calls >= 2
+    assert "could not queue a claim behind a submit" in caplog.text
+
+
 async def test_a_stepped_runner_does_not_claim_behind_a_submit(db_path: Path) -> None:
     async with Harness(database=db_path) as h:
 
