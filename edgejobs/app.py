@@ -381,8 +381,8 @@ class EdgeJobs:
         from edgejobs.control import scheduler_of
 
         scheduler = scheduler_of(self)
-        if scheduler is not None and scheduler.schedules:
-            self.ticker.keep_ticking.append(lambda: True)  # cron times are not due times
+        if scheduler is not None:
+            self.ticker.wake_by.append(scheduler.next_due_ms)  # cron times are due times too
         self.ticker.extra_tasks.extend(self.maintenance.tick_tasks())
         self.started_monotonic = self.clock.monotonic()
         if run_workers:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
 from functools import partial
@@ -34,6 +35,7 @@ from edgejobs.store.schedules import (
     ScheduleState,
     due_schedules,
     fire,
+    next_fire_after,
     sync_schedules,
 )
 
@@ -78,6 +80,13 @@ def decide(schedule: ScheduleConfig, state: ScheduleState, now: int, *, grace_ms
     return Decision(fire_at=latest, next_fire_at=after, missed=missed)
 
 
+def _due_and_next(
+    conn: sqlite3.Connection, *, now: int, names: list[str]
+) -> tuple[list[ScheduleState], int | None]:
+    """One snapshot: the due schedules, and the earliest due time of the others."""
+    return due_schedules(conn, now=now), next_fire_after(conn, now=now, names=names)
+
+
 class Scheduler:
     """Fires the configured schedules of one runner (a :class:`~edgejobs.runner.ticks.Ticker`
     task: call :meth:`tick` with the clock's ``now``)."""
@@ -88,6 +97,9 @@ class Scheduler:
         self.grace_ms = grace_ms
         self.fired = 0
         """Firings applied by this instance (a job submitted or reused)."""
+        self.next_fire_ms: int | None = 0
+        """The earliest due time of a schedule after the last tick (None: none; ``0`` until
+        a tick has looked): a quiet tick loop wakes for it (see :meth:`next_due_ms`)."""
 
     @property
     def schedules(self) -> dict[str, ScheduleConfig]:
@@ -137,30 +149,49 @@ class Scheduler:
         # schedule's job is an ordinary job.
         return self._ej._new_job(spec, {}, now)
 
+    def next_due_ms(self) -> int | None:
+        """When the tick loop must tick for a schedule next (None: no schedule)."""
+        return self.next_fire_ms if self._schedules else None
+
     async def tick(self, now: int) -> None:
         """Fire every schedule that is due at ``now`` (the :class:`Ticker` calls this)."""
         if not self._schedules:
             return
-        due = await self._ej.store.read(partial(due_schedules, now=now))
+        self.next_fire_ms = now  # not known until this tick has gone through
+        due, upcoming = await self._ej.store.read(
+            partial(_due_and_next, now=now, names=list(self._schedules))
+        )
+        next_times = [upcoming] if upcoming is not None else []
+        known = True
         fired_any = False
         for state in due:
             schedule = self._schedules.get(state.name)
             if schedule is None:
                 continue
             try:
-                result = await self._step(schedule, state, now)
+                result, next_fire_at = await self._step(schedule, state, now)
             except EdgeJobsError as exc:
                 log.warning("schedule %s could not fire: %s", schedule.name, exc)
+                known = False
                 continue
             except Exception:
                 log.exception("schedule %s could not fire", schedule.name)
+                known = False
                 continue
+            if result.applied:
+                next_times.append(next_fire_at)
+            else:
+                known = False  # another writer moved its state: read it at the next tick
             if result.job_id is not None:
                 fired_any = True
+        if known:
+            self.next_fire_ms = min(next_times) if next_times else None
         if fired_any and self._ej.pool is not None:
             self._ej.pool.wake()
 
-    async def _step(self, schedule: ScheduleConfig, state: ScheduleState, now: int) -> Fired:
+    async def _step(
+        self, schedule: ScheduleConfig, state: ScheduleState, now: int
+    ) -> tuple[Fired, int]:
         decision = decide(schedule, state, now, grace_ms=self.grace_ms)
         job = self._job(schedule, now) if decision.fire_at is not None else None
         firing = Firing(
@@ -173,7 +204,7 @@ class Scheduler:
         )
         result = await self._ej.store.write(partial(fire, firing=firing, now=now))
         if not result.applied:
-            return result
+            return result, decision.next_fire_at
         if decision.fire_at is None:
             log.info(
                 "schedule %s: missed due time skipped (catch_up = skip); next at %s",
@@ -190,4 +221,4 @@ class Scheduler:
                 result.job_id,
                 " (deduplicated)" if result.deduplicated else "",
             )
-        return result
+        return result, decision.next_fire_at

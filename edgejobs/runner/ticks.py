@@ -114,9 +114,9 @@ class Ticker:
         """Completed ticks (tests and health checks count them)."""
         self.looping = False
         """Whether :meth:`run` has started (a stepped ticker is not judged by ``/healthz``)."""
-        self.keep_ticking: list[Callable[[], bool]] = []
-        """Tick tasks that need a tick every interval even on a quiet runner say so here
-        (the cron scheduler while schedules are configured)."""
+        self.wake_by: list[Callable[[], int | None]] = []
+        """Tick tasks with due times of their own (the cron scheduler) say here by when
+        (unix ms; None: no need) a quiet tick loop must tick for them."""
         self.quiet_until: float | None = None
         """Monotonic time a quiet sleep ends (None while ticking every interval)."""
 
@@ -190,18 +190,20 @@ class Ticker:
             or changes != seen
             or self._found_work
             or (self._busy is not None and self._busy())
-            or any(needs() for needs in self.keep_ticking)
         ):
             return None
         sleep_s = QUIET_MAX_S
-        if self._next_due_ms is not None:
-            sleep_s = min(sleep_s, (self._next_due_ms - self._clock.now_ms()) / 1000)
+        now = self._clock.now_ms()
+        dues = [self._next_due_ms, *(due_by() for due_by in self.wake_by)]
+        for due in dues:
+            if due is not None:
+                sleep_s = min(sleep_s, (due - now) / 1000)
         held = self.retention_held_until is not None and (
             self._clock.monotonic() < self.retention_held_until
         )
         if self._last_retention_ms is not None and not held:
             retention_due = self._last_retention_ms + self.settings.retention_interval_s * 1000
-            sleep_s = min(sleep_s, (retention_due - self._clock.now_ms()) / 1000)
+            sleep_s = min(sleep_s, (retention_due - now) / 1000)
         return sleep_s if sleep_s > self.settings.interval_s else None
 
     def poke(self) -> None:

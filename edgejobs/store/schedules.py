@@ -127,6 +127,16 @@ def due_schedules(conn: sqlite3.Connection, *, now: int) -> list[ScheduleState]:
     return [_state(row) for row in rows]
 
 
+def next_fire_after(conn: sqlite3.Connection, *, now: int, names: Sequence[str]) -> int | None:
+    """The earliest due time after ``now`` among the schedules ``names``, if any."""
+    row = conn.execute(
+        "SELECT min(next_fire_at) FROM schedules WHERE next_fire_at > ?"
+        " AND name IN (SELECT value FROM json_each(?))",
+        (now, json.dumps(list(names))),
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
 def fire(conn: sqlite3.Connection, tx: WriteTx, *, firing: Firing, now: int) -> Fired:
     """Apply one firing: compare-and-set the schedule's state, then submit its job.
 

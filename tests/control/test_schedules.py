@@ -20,6 +20,7 @@ from edgejobs.config import ScheduleConfig
 from edgejobs.control import list_schedules, scheduler_of
 from edgejobs.errors import ConfigError
 from edgejobs.runner.schedules import Scheduler, next_due_after
+from edgejobs.runner.ticks import QUIET_MAX_S, Ticker, TickSettings
 from edgejobs.testing import FakeClock
 
 HERE = Path(__file__).resolve().parent
@@ -86,6 +87,53 @@ async def test_every_five_minutes_fires_exactly_once_per_due_time_over_a_day(
     created = [row[0] for row in query(db_path, "SELECT created_at FROM jobs ORDER BY seq")]
     for due, created_at in zip(expected, created, strict=True):
         assert 0 <= created_at - due < 37_000  # fired at the first tick after its due time
+
+
+async def test_the_scheduler_tells_a_quiet_tick_loop_its_next_due_time(
+    runner: Factory, clock: FakeClock, db_path: Path
+) -> None:
+    clock.set(at("2026-01-01T00:01:30"))
+    ej = await runner(schedules=[schedule(), schedule("hourly", "0 * * * *")])
+    scheduler = sched(ej)
+    assert scheduler.next_due_ms() == 0  # not looked yet: tick as usual
+    await scheduler.tick(clock.now_ms())
+    assert scheduler.next_due_ms() == ms("2026-01-01T00:05")  # the earlier of the two
+    clock.set(at("2026-01-01T00:05:10"))
+    await scheduler.tick(clock.now_ms())  # fires 00:05; next: 00:10
+    assert fired_due_times(db_path, "every5") == ms("2026-01-01T00:05")
+    assert scheduler.next_due_ms() == ms("2026-01-01T00:10")
+
+
+async def test_the_quiet_tick_loop_sleeps_until_a_schedule_is_due(
+    runner: Factory, clock: FakeClock, db_path: Path
+) -> None:
+    clock.set(at("2026-01-01T00:04:50"))
+    ej = await runner(schedules=[schedule()])
+    ticker = ej.ticker
+    assert ticker is not None
+    scheduler = sched(ej)
+    # The runner's own ticker runs on the fake clock (it ticks every interval); this one is
+    # the production arrangement: it may sleep, and the scheduler says until when.
+    quiet = Ticker(
+        ej.store,
+        ej.registry,
+        clock,
+        TickSettings(interval_s=1.0),
+        trim_events=ej.maintenance.trim_events,
+        changes=lambda: ej.store.writer.rows_changed,
+    )
+    quiet.extra_tasks.append(scheduler.tick)
+    quiet.wake_by.append(scheduler.next_due_ms)
+    await quiet.tick()
+    assert quiet.quiet_sleep_s() is None  # the first tick
+    await quiet.tick()
+    assert quiet.quiet_sleep_s() == pytest.approx(10.0)  # until 00:05, not 30 s
+    clock.set(at("2026-01-01T00:05:00"))
+    await quiet.tick()  # fires: a write
+    assert fired_due_times(db_path, "every5") == ms("2026-01-01T00:05")
+    assert quiet.quiet_sleep_s() is None
+    await quiet.tick()
+    assert quiet.quiet_sleep_s() == QUIET_MAX_S  # 00:10 is further away than the cap
 
 
 async def test_berlin_spring_forward_fires_the_missing_0230_at_0300(

@@ -117,9 +117,12 @@ async def test_the_quiet_sleep_lasts_until_the_next_due_time_and_only_while_noth
         await ticker.tick()
         assert ticker.quiet_sleep_s() == QUIET_MAX_S
 
-        ticker.keep_ticking.append(lambda: True)
+        ticker.wake_by.append(lambda: h.clock.now_ms() + 5_000)
         await ticker.tick()
-        assert ticker.quiet_sleep_s() is None  # a tick task asked for every interval
+        assert ticker.quiet_sleep_s() == pytest.approx(5.0)  # a tick task's own due time
+        ticker.wake_by.append(lambda: 0)
+        await ticker.tick()
+        assert ticker.quiet_sleep_s() is None  # one that is due: tick as usual
 
 
 async def test_an_expiring_lease_bounds_the_quiet_sleep() -> None:
