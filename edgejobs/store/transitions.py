@@ -411,14 +411,11 @@ def next_due_ms(conn: sqlite3.Connection) -> int | None:
 
 
 def next_maintenance_due_ms(conn: sqlite3.Connection) -> int | None:
-    """The earliest time the tick has work without any new write: a scheduled job or a retry
-    becoming due, or a running job's lease expiring (three probes of partial indexes)."""
-    row = conn.execute(
-        "SELECT min(t) FROM (SELECT min(run_at) AS t FROM jobs WHERE status = 'scheduled'"
-        " UNION ALL SELECT min(next_retry_at) FROM jobs WHERE status = 'retrying'"
-        " UNION ALL SELECT min(lease_expires_at) FROM jobs WHERE status = 'running')"
-    ).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
+    """The earliest time the tick has work without any new write: :func:`next_due_ms`, or a
+    running job's lease expiring (a probe of the partial index ``jobs_lease``)."""
+    lease = conn.execute("SELECT min(lease_expires_at) FROM jobs WHERE status = 'running'")
+    times = [next_due_ms(conn), lease.fetchone()[0]]
+    return min((int(t) for t in times if t is not None), default=None)
 
 
 # -- dependencies ----------------------------------------------------------------------------
