@@ -410,7 +410,7 @@ class Writer:
     def _run(self) -> None:
         assert self._conn is not None
         conn = self._conn
-        timeout = IDLE_POLL_S if self._watch is None else SETTLE_S
+        timeout = self._settle_timeout()
         stop = False
         while not stop:
             try:
@@ -442,7 +442,7 @@ class Writer:
                     break
             if batch:
                 self._run_batch(conn, batch)
-                timeout = IDLE_POLL_S if self._watch is None else SETTLE_S
+                timeout = self._settle_timeout()
             if check:
                 self._check_queued = False  # a write after this point queues a new check
                 self._check_foreign(conn)
@@ -454,6 +454,10 @@ class Writer:
             pass
         conn.close()
         self._conn = None
+
+    def _settle_timeout(self) -> float:
+        # After a batch: how long to wait for the next operation before looking once more.
+        return IDLE_POLL_S if self._watch is None else SETTLE_S
 
     def _check_foreign(self, conn: sqlite3.Connection) -> None:
         self._checked_foreign_at = time.monotonic()
@@ -520,20 +524,17 @@ class Writer:
             except Exception:
                 log.exception("commit listener failed")
         results = list(zip(batch, outcomes, strict=True))
-        if any(pending.first for pending in batch) and not all(p.first for p in batch):
-            _resolve([r for r in results if r[0].first])
+        first = [result for result in results if result[0].first]
+        rest = [result for result in results if not result[0].first]
+        _resolve(first)
+        if first and rest:
             assert self._loop is not None
-            self._loop.call_soon(_resolve, [r for r in results if not r[0].first])
+            self._loop.call_soon(_resolve, rest)
         else:
-            _resolve(results)
+            _resolve(rest)
 
     def _resolve_all_failed(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
-        def resolve() -> None:
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-
-        self._call_soon(resolve)
+        self._call_soon(_resolve, [(pending, (False, exc)) for pending in batch])
 
 
 def _resolve(results: list[tuple[_Pending[Any], tuple[bool, Any]]]) -> None:
