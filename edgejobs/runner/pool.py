@@ -196,6 +196,16 @@ class _CycleWrite:
     future: asyncio.Future[tuple[list[Any], _Claimed]]
 
 
+def _cycle_failed(exc: Exception) -> float:
+    """Log a cycle that failed; the pause before the next try (s). A locked or full database
+    is expected and said briefly; anything else is a bug and logged with its traceback."""
+    if isinstance(exc, DatabaseBusy | StorageFull):
+        log.warning("database write failed, retrying shortly: %s", exc)
+        return 0.5
+    log.error("claim cycle failed", exc_info=exc)
+    return 1.0
+
+
 class Pool:
     """Bounded pool of attempts fed by claims from the store."""
 
@@ -218,9 +228,8 @@ class Pool:
         self._per_type_org: Counter[tuple[str, str]] = Counter()
         self._wake = asyncio.Event()
         # One cycle at a time: its write must be committed and its claims started before the
-        # next cycle counts free slots. A flag and an event rather than an asyncio.Lock, so
-        # that :meth:`claim_behind` can take it without awaiting.
-        self._cycling = False
+        # next cycle counts free slots. An event (cleared while a cycle is in flight) rather
+        # than an asyncio.Lock, so that :meth:`claim_behind` can take it without awaiting.
         self._cycle_free = asyncio.Event()
         self._cycle_free.set()
         self._behind: set[asyncio.Task[None]] = set()
@@ -252,7 +261,7 @@ class Pool:
     @property
     def cycle_in_flight(self) -> bool:
         """Whether a cycle's write is queued or its claims are being started now."""
-        return self._cycling
+        return not self._cycle_free.is_set()
 
     @property
     def running_ids(self) -> list[str]:
@@ -298,7 +307,7 @@ class Pool:
     def abort(self, job_id: str, number: int, reason: str) -> None:
         """Stop a local attempt (the database already says how it ended)."""
         attempt = self._attempts.get(job_id)
-        if attempt is None and self._cycling:
+        if attempt is None and self.cycle_in_flight:
             # The claim of this attempt may be committed but not started yet: its result comes
             # back after the listeners of a later commit (a cancel) ran. Stop it at its start.
             self._early_aborts[(job_id, number)] = reason
@@ -348,7 +357,7 @@ class Pool:
         Outcomes go first in the same operation, so the slots they free are claimed again in
         the very same transaction; the database never shows more than ``workers`` running.
         """
-        while self._cycling:
+        while self.cycle_in_flight:
             await self._cycle_free.wait()
         self._enter_cycle()
         try:
@@ -363,7 +372,7 @@ class Pool:
         starts one commit after the submit, not two. Returns False, having done nothing, when
         a cycle is in flight or the pool is stepped by hand (then :meth:`wake` it), or when
         the cycle could not be queued: that is logged, and never fails the caller's submit."""
-        if self._cycling or self._stopping or not self._loop_running:
+        if self.cycle_in_flight or self._stopping or not self._loop_running:
             return False
         self._enter_cycle()
         try:
@@ -383,21 +392,16 @@ class Pool:
     async def _finish_behind(self, write: _CycleWrite) -> None:
         try:
             await self._finish_cycle(write)
-        except (DatabaseBusy, StorageFull) as exc:
-            log.warning("database write failed, retrying shortly: %s", exc)
-            self._wake.set()
-        except Exception:
-            log.exception("claim cycle failed")
+        except Exception as exc:
+            _cycle_failed(exc)  # the pool's loop, woken, retries (and waits if it fails too)
             self._wake.set()
         finally:
             self._leave_cycle()
 
     def _enter_cycle(self) -> None:
-        self._cycling = True
         self._cycle_free.clear()
 
     def _leave_cycle(self) -> None:
-        self._cycling = False
         self._cycle_free.set()
 
     def _queue_cycle(self, claim: bool) -> _CycleWrite | None:
@@ -466,13 +470,8 @@ class Pool:
                     continue
                 try:
                     await self.cycle()
-                except (DatabaseBusy, StorageFull) as exc:
-                    log.warning("database write failed, retrying shortly: %s", exc)
-                    await asyncio.sleep(0.5)
-                    self._wake.set()
-                except Exception:
-                    log.exception("claim cycle failed")
-                    await asyncio.sleep(1)
+                except Exception as exc:
+                    await asyncio.sleep(_cycle_failed(exc))
                     self._wake.set()
         finally:
             self._loop_running = False
