@@ -99,7 +99,6 @@ class Ticker:
         self._found_work = True  # the last tick promoted, recovered or settled something
         self._next_due_ms: int | None = None  # the earliest due time the last tick saw
         self._poked = asyncio.Event()
-        self._sleeping_quietly = False
         self._last_wall_ms: int | None = None
         self._last_monotonic = 0.0
         self.retention_held_until: float | None = None
@@ -164,10 +163,7 @@ class Ticker:
         due = self._last_retention_ms is None or (
             now - self._last_retention_ms >= self.settings.retention_interval_s * 1000
         )
-        held = self.retention_held_until is not None and (
-            self._clock.monotonic() < self.retention_held_until
-        )
-        if due and not held:
+        if due and not self._retention_held():
             self._last_retention_ms = now
             await self.prune(now=now)
         for task in self.extra_tasks:
@@ -198,18 +194,20 @@ class Ticker:
         for due in dues:
             if due is not None:
                 sleep_s = min(sleep_s, (due - now) / 1000)
-        held = self.retention_held_until is not None and (
-            self._clock.monotonic() < self.retention_held_until
-        )
-        if self._last_retention_ms is not None and not held:
+        if self._last_retention_ms is not None and not self._retention_held():
             retention_due = self._last_retention_ms + self.settings.retention_interval_s * 1000
             sleep_s = min(sleep_s, (retention_due - now) / 1000)
         return sleep_s if sleep_s > self.settings.interval_s else None
 
+    def _retention_held(self) -> bool:
+        """Whether a forward wall-clock jump holds retention back now."""
+        held_until = self.retention_held_until
+        return held_until is not None and self._clock.monotonic() < held_until
+
     def poke(self) -> None:
         """Something was written: a quiet sleep ends one interval after the last tick (cheap
         enough to call after every commit)."""
-        if self._sleeping_quietly:
+        if self.quiet_until is not None:
             self._poked.set()
 
     async def _sleep(self, quiet_s: float | None) -> None:
@@ -218,7 +216,6 @@ class Ticker:
             loop = asyncio.get_running_loop()
             ends_at = loop.time() + quiet_s
             self.quiet_until = self._clock.monotonic() + quiet_s
-            self._sleeping_quietly = True
             try:
                 while not self._stopping.is_set():
                     self._poked.clear()
@@ -232,7 +229,6 @@ class Ticker:
                     if self._changes() != self._changes_seen:
                         break
             finally:
-                self._sleeping_quietly = False
                 self.quiet_until = None
             since_tick = self._clock.monotonic() - (self.last_tick_monotonic or 0.0)
             interval = max(0.0, interval - since_tick)
