@@ -459,11 +459,8 @@ class EdgeJobs:
 
     async def _attempt_running(self) -> None:
         """Return once an attempt runs in this process (the watchdog waits for one)."""
-        pool = self.pool
-        if pool is None:
-            await asyncio.Event().wait()  # not a runner: nothing to watch, ever
-        else:
-            await pool.wait_busy()
+        assert self.pool is not None  # the watchdog runs only beside the pool (see start)
+        await self.pool.wait_busy()
 
     def _changes(self) -> int:
         """A count that moves with every row this process writes and every commit of
