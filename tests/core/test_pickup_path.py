@@ -4,8 +4,10 @@ busy there). Real runner, real writer thread, real database file."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,21 @@ async def echo(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+@contextlib.asynccontextmanager
+async def started_runner(
+    db_path: Path, name: str, handler: Callable[..., Awaitable[Any]]
+) -> AsyncIterator[tuple[EdgeJobs, Pool]]:
+    """A runner with its background pool and one job type, once a first job went through
+    (the pool's loop has started: a stepped pool never claims behind a submit)."""
+    ej = EdgeJobs(database=db_path, config=Config(runner=RunnerConfig(workers=4)))
+    ej.register(name, handler, dedup=False, max_retries=0)
+    async with ej:
+        pool = ej.pool
+        assert pool is not None
+        await ej.wait((await ej.submit(name, org="acme")).id, timeout=10)
+        yield ej, pool
+
+
 async def until_idle(pool: Pool) -> None:
     """Until no attempt runs and no cycle is queued or finishing."""
     await poll_until(
@@ -38,20 +55,14 @@ async def until_idle(pool: Pool) -> None:
 async def test_a_job_submitted_to_an_idle_runner_is_claimed_in_the_submits_transaction(
     db_path: Path,
 ) -> None:
-    ej = EdgeJobs(database=db_path, config=Config(runner=RunnerConfig(workers=4)))
-    ej.register("echo", echo, dedup=False, max_retries=0)
     first_status: dict[str, str] = {}  # a job's status in the first commit that names it
 
     def record(tx: WriteTx) -> None:
         for job_id, status in tx.jobs_changed.items():
             first_status.setdefault(job_id, status)
 
-    ej.add_commit_listener(record)
-    async with ej:
-        pool = ej.pool
-        assert pool is not None
-        # One job first: the pool's loop has started (a stepped pool never claims behind).
-        await ej.wait((await ej.submit("echo", org="acme")).id, timeout=10)
+    async with started_runner(db_path, "echo", echo) as (ej, pool):
+        ej.add_commit_listener(record)
         # Without the claim queued behind the insert, the pool's own claim still often joins
         # the insert's transaction (it depends on which thread runs first); fifty times in a
         # row it does not.
@@ -73,12 +84,7 @@ async def test_the_handler_starts_before_the_submitter_hears_submitted(db_path: 
     async def note(ctx: Any, params: dict[str, Any]) -> None:
         started_first.append(ctx.job_id not in returned)
 
-    ej = EdgeJobs(database=db_path, config=Config(runner=RunnerConfig(workers=4)))
-    ej.register("note", note, dedup=False, max_retries=0)
-    async with ej:
-        pool = ej.pool
-        assert pool is not None
-        await ej.wait((await ej.submit("note", org="acme")).id, timeout=10)
+    async with started_runner(db_path, "note", note) as (ej, pool):
         started_first.clear()
         for _ in range(10):
             await until_idle(pool)
@@ -91,12 +97,7 @@ async def test_the_handler_starts_before_the_submitter_hears_submitted(db_path: 
 async def test_a_claim_that_cannot_be_queued_behind_a_submit_never_fails_the_submit(
     db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ej = EdgeJobs(database=db_path, config=Config(runner=RunnerConfig(workers=4)))
-    ej.register("echo", echo, dedup=False, max_retries=0)
-    async with ej:
-        pool = ej.pool
-        assert pool is not None
-        await ej.wait((await ej.submit("echo", org="acme")).id, timeout=10)
+    async with started_runner(db_path, "echo", echo) as (ej, pool):
         await until_idle(pool)
         real_limits = pool._limits
         calls = 0

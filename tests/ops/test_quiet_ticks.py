@@ -174,17 +174,25 @@ async def test_the_watchdog_waits_for_an_attempt_instead_of_waking() -> None:
     looks = 0
     running: list[str] = []
     busy = asyncio.Event()
+    waiting = False
 
     def jobs() -> list[str]:
         nonlocal looks
         looks += 1
         return list(running)
 
-    watchdog = LoopWatchdog(jobs, interval_s=0.01, threshold_s=10, wait_busy=busy.wait)
+    async def wait_busy() -> None:
+        nonlocal waiting
+        waiting = True
+        await busy.wait()
+
+    watchdog = LoopWatchdog(jobs, interval_s=0.01, threshold_s=10, wait_busy=wait_busy)
     task = asyncio.create_task(watchdog.run())
     try:
-        await asyncio.sleep(0.1)  # ten intervals with nothing running
-        assert looks == 1  # it looked once, then waited
+        await until(lambda: waiting)  # nothing running: it waits for an attempt...
+        for _ in range(3):
+            await asyncio.sleep(0)  # (event-loop turns, not time)
+        assert looks == 1  # ...having looked once, and no timer of its own brings it back
         running.append("job-1")
         busy.set()
         await until(lambda: looks > 5)  # an attempt runs: it watches
