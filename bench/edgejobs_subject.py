@@ -134,13 +134,13 @@ def pickup_latency(samples: int) -> dict[str, float]:
 def claim_cost(claims: int, history: int) -> float:
     """Claims per second with ``history`` terminal jobs in the table (one claim per tx)."""
     from edgejobs.store.claim import ClaimLimits, claim_ready
-    from edgejobs.store.db import WriteTx, connect
+    from edgejobs.store.db import WriteTx, connect_writer
     from edgejobs.store.store import Store
 
     with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
         store = Store(Path(tmp) / "claim.db")
         store.prepare()
-        conn = connect(store.path, store.pragmas)
+        conn = connect_writer(store.path, store.pragmas)
         rows = [
             (f"H{i:025d}", "bench", "noop", "completed", 2, "{}", 3, 0, 0, 0, 0)
             for i in range(history)
@@ -178,7 +178,7 @@ def write_plan_floor(n: int, *, batch: int = 16) -> float:
     The end-to-end figures cannot beat it; their ratio to it is what the engine adds.
     """
     from edgejobs.store.claim import ClaimLimits, claim_ready
-    from edgejobs.store.db import WriteTx, connect
+    from edgejobs.store.db import WriteTx, connect_writer
     from edgejobs.store.jobs import NewJob, insert_jobs
     from edgejobs.store.store import Store
     from edgejobs.store.transitions import complete_attempts
@@ -186,7 +186,7 @@ def write_plan_floor(n: int, *, batch: int = 16) -> float:
     with tempfile.TemporaryDirectory(prefix="bench-edgejobs-") as tmp:
         store = Store(Path(tmp) / "floor.db")
         store.prepare()
-        conn = connect(store.path, store.pragmas)
+        conn = connect_writer(store.path, store.pragmas)
         now = int(time.time() * 1000)
         jobs = [NewJob("bench", "noop", json.dumps({"i": i}), 2, None, 3, None) for i in range(n)]
         limits = ClaimLimits(types=frozenset({"noop"}))

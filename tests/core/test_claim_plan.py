@@ -65,3 +65,20 @@ async def test_claim_uses_the_ready_index(tmp_path: Path, sql: str, analyzed: bo
         if detail.startswith(("SCAN jobs", "SEARCH jobs")):
             assert "jobs_ready" in detail or "PRIMARY KEY" in detail, text
     assert "TEMP B-TREE" not in text, text
+
+
+async def test_the_writer_keeps_returning_rows_in_memory(tmp_path: Path) -> None:
+    """Every claim, completion and promotion is an ``UPDATE … RETURNING``, whose rows SQLite
+    gathers in an ephemeral table: on the writer's connection that table lives in memory
+    (``temp_store = MEMORY``), not in a temporary file set up per statement. Readers keep the
+    default, so a large sort there can still spill to disk."""
+    ej = EdgeJobs(database=tmp_path / "jobs.db")
+    async with ej:
+        writer_mode = await ej.store.writer.submit(
+            lambda conn, tx: conn.execute("PRAGMA temp_store").fetchone()[0]
+        )
+        reader_mode = await ej.store.read(
+            lambda conn: conn.execute("PRAGMA temp_store").fetchone()[0]
+        )
+    assert writer_mode == 2  # MEMORY
+    assert reader_mode == 0  # DEFAULT
