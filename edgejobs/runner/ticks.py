@@ -96,7 +96,8 @@ class Ticker:
         self._changes = changes
         self._busy = busy
         self._changes_seen: int | None = None  # ``changes()`` at the end of the last tick
-        self._found_work = True  # the last tick promoted, recovered or settled something
+        self._found_work = True  # the last tick promoted, recovered or settled something,
+        # or did not go through
         self._next_due_ms: int | None = None  # the earliest due time the last tick saw
         self._poked = asyncio.Event()
         self._last_wall_ms: int | None = None
@@ -122,6 +123,9 @@ class Ticker:
     async def tick(self) -> None:
         """One pass of every tick task."""
         now = self._clock.now_ms()
+        # Until this tick has gone through, it counts as having found work: a tick that fails
+        # (a locked or full database, a bug) is followed by a tick, never by a quiet sleep.
+        self._found_work = True
         jump_ms = self._wall_clock_jump(now)
         healthy = dict(self._healthy_leases()) if self._healthy_leases is not None else {}
         lease_until = now + int(self.settings.lease_s * 1000)
@@ -149,7 +153,7 @@ class Ticker:
             return promoted, len(lost), stuck, next_maintenance_due_ms(conn)
 
         promoted, lost, stuck, self._next_due_ms = await self._store.write(maintain)
-        self._found_work = bool(promoted or lost or stuck)
+        found_work = bool(promoted or lost or stuck)
         for job_id in stuck:
             log.warning(
                 "dependency safety net settled blocked job %s whose parents had all ended;"
@@ -158,7 +162,7 @@ class Ticker:
             )
         if lost:
             log.warning("recovered %d running jobs whose lease expired", lost)
-        if (promoted or lost or stuck) and self._after_change is not None:
+        if found_work and self._after_change is not None:
             self._after_change()
         due = self._last_retention_ms is None or (
             now - self._last_retention_ms >= self.settings.retention_interval_s * 1000
@@ -171,6 +175,7 @@ class Ticker:
                 await task(now)
             except EdgeJobsError as exc:
                 log.warning("tick task failed: %s", exc)
+        self._found_work = found_work
         self.ticks += 1
         self.last_tick_monotonic = self._clock.monotonic()
 
@@ -307,7 +312,6 @@ class Ticker:
                 log.warning("tick failed: %s", exc)
             except Exception:
                 log.exception("tick failed")
-                self._found_work = True  # no quiet sleep after a failed tick
             await self._sleep(self.quiet_sleep_s())
 
     def stop(self) -> None:

@@ -15,6 +15,7 @@ from ej_testkit import poll_until
 from ops_support import connect, insert_jobs, make_app
 
 from edgejobs import EdgeJobs
+from edgejobs.errors import StorageFull
 from edgejobs.runner.maintenance import runner_health
 from edgejobs.runner.ticks import QUIET_MAX_S, Ticker, TickSettings
 from edgejobs.runner.watchdog import LoopWatchdog
@@ -123,6 +124,30 @@ async def test_the_quiet_sleep_lasts_until_the_next_due_time_and_only_while_noth
         ticker.wake_by.append(lambda: 0)
         await ticker.tick()
         assert ticker.quiet_sleep_s() is None  # one that is due: tick as usual
+
+
+async def test_a_tick_that_failed_is_followed_by_a_tick_not_a_quiet_sleep() -> None:
+    # A locked or full database fails the tick's own write (an EdgeJobsError, which the loop
+    # logs and survives): what it should have promoted or recovered is still there, so the
+    # loop must tick again after one interval, not sleep on the last good tick's verdict.
+    async with Harness() as h:
+        ticker = quiet_ticker(h, [False])
+        await ticker.tick()
+        ticker.quiet_sleep_s()  # the first tick
+        await ticker.tick()
+        assert ticker.quiet_sleep_s() == QUIET_MAX_S
+
+        def disk_full(stage: str, commit: int) -> None:
+            if stage == "before_commit":
+                raise StorageFull("the disk is full: nothing was written")
+
+        h.ej.store.writer.fault_hook = disk_full
+        with pytest.raises(StorageFull):
+            await ticker.tick()
+        h.ej.store.writer.fault_hook = None
+        assert ticker.quiet_sleep_s() is None
+        await ticker.tick()
+        assert ticker.quiet_sleep_s() == QUIET_MAX_S  # a good tick again: quiet again
 
 
 async def test_an_expiring_lease_bounds_the_quiet_sleep() -> None:
