@@ -359,12 +359,12 @@ class Pool:
         """
         while self.cycle_in_flight:
             await self._cycle_free.wait()
-        self._enter_cycle()
+        self._cycle_free.clear()
         try:
             write = self._queue_cycle(claim)
             return 0 if write is None else await self._finish_cycle(write)
         finally:
-            self._leave_cycle()
+            self._cycle_free.set()
 
     def claim_behind(self) -> bool:
         """Queue a claim cycle now, right behind the write just queued (a local submit), so
@@ -374,15 +374,15 @@ class Pool:
         the cycle could not be queued: that is logged, and never fails the caller's submit."""
         if self.cycle_in_flight or self._stopping or not self._loop_running:
             return False
-        self._enter_cycle()
+        self._cycle_free.clear()
         try:
             write = self._queue_cycle(claim=True)
         except Exception:
-            self._leave_cycle()
+            self._cycle_free.set()
             log.exception("could not queue a claim behind a submit; the pool claims later")
             return False
         if write is None:  # no free slot: a slot that frees wakes the pool anyway
-            self._leave_cycle()
+            self._cycle_free.set()
             return True
         task = asyncio.get_running_loop().create_task(self._finish_behind(write))
         self._behind.add(task)
@@ -396,13 +396,7 @@ class Pool:
             _cycle_failed(exc)  # the pool's loop, woken, retries (and waits if it fails too)
             self._wake.set()
         finally:
-            self._leave_cycle()
-
-    def _enter_cycle(self) -> None:
-        self._cycle_free.clear()
-
-    def _leave_cycle(self) -> None:
-        self._cycle_free.set()
+            self._cycle_free.set()
 
     def _queue_cycle(self, claim: bool) -> _CycleWrite | None:
         """Queue the write of one cycle (None: nothing to write). Synchronous, so a caller can
