@@ -97,9 +97,9 @@ class Scheduler:
         self.grace_ms = grace_ms
         self.fired = 0
         """Firings applied by this instance (a job submitted or reused)."""
-        self.next_fire_ms: int | None = 0
-        """The earliest due time of a schedule after the last tick (None: none; ``0`` until
-        a tick has looked): a quiet tick loop wakes for it (see :meth:`next_due_ms`)."""
+        # The earliest due time of a schedule after the last tick (None: none; 0 until a tick
+        # has looked; the tick's own time while one is going through): see next_due_ms.
+        self._next_fire_ms: int | None = 0
 
     @property
     def schedules(self) -> dict[str, ScheduleConfig]:
@@ -151,13 +151,13 @@ class Scheduler:
 
     def next_due_ms(self) -> int | None:
         """When the tick loop must tick for a schedule next (None: no schedule)."""
-        return self.next_fire_ms if self._schedules else None
+        return self._next_fire_ms if self._schedules else None
 
     async def tick(self, now: int) -> None:
         """Fire every schedule that is due at ``now`` (the :class:`Ticker` calls this)."""
         if not self._schedules:
             return
-        self.next_fire_ms = now  # not known until this tick has gone through
+        self._next_fire_ms = now  # not known until this tick has gone through
         due, upcoming = await self._ej.store.read(
             partial(_due_and_next, now=now, names=list(self._schedules))
         )
@@ -185,7 +185,7 @@ class Scheduler:
             if result.job_id is not None:
                 fired_any = True
         if known:
-            self.next_fire_ms = min(next_times) if next_times else None
+            self._next_fire_ms = min(next_times) if next_times else None
         if fired_any and self._ej.pool is not None:
             self._ej.pool.wake()
 
