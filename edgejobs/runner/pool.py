@@ -604,6 +604,11 @@ class Pool:
         self._release_slot(attempt)
         if self._attempts.get(attempt.job_id) is attempt:
             del self._attempts[attempt.job_id]
+        # The attempt, its run, context, progress coalescer and outcome callback refer to each
+        # other in a cycle; cutting it here lets reference counting free them at once instead
+        # of leaving ~16 objects per job to the cyclic collector (~9 % of a drain's time).
+        attempt.run = None
+        attempt.task = None
         if not self._attempts:
             self._idle.set()
             self._busy.clear()
@@ -723,11 +728,11 @@ class Pool:
                 log.warning(
                     "shutdown grace of %.1f s over: interrupting %d attempts", grace_s, len(pending)
                 )
-                for attempt in list(self._attempts.values()):
-                    self.abort(attempt.job_id, attempt.number, "shutdown")
                 # An async handler's run ends at the abort (its task is abandoned); the others
                 # end when their execution sees it.
                 others = [task for task in pending if running[task].run is None]
+                for attempt in list(self._attempts.values()):
+                    self.abort(attempt.job_id, attempt.number, "shutdown")
                 if others:
                     await asyncio.wait(others, timeout=10)
         if self._attempts:
