@@ -21,10 +21,18 @@ _DELETE_JOBS = (
     " ORDER BY j.finished_at LIMIT :batch)"
 )
 
+# The oldest events go first, as a prefix of the id order (ids follow commit order), and only
+# the oldest ``batch`` rows are looked at: a filter on created_at alone walked the whole table
+# whenever nothing was old yet, once per batch of a trim (quadratic in the log's size). A
+# prefix also keeps replay honest: it tells a client it missed events by comparing ids with
+# the oldest one stored, which is only right when no newer event was deleted before an older
+# one (with a clock set back, an old event waits until the newer ones before it are old).
 _DELETE_EVENTS = (
-    "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE created_at < :cutoff"
-    " ORDER BY id LIMIT :batch)"
-)
+    "DELETE FROM events WHERE id < coalesce("
+    " (SELECT min(id) FROM (SELECT id, created_at FROM events ORDER BY id LIMIT :batch)"
+    "  WHERE created_at >= :cutoff),"
+    " (SELECT max(id) FROM (SELECT id FROM events ORDER BY id LIMIT :batch)) + 1)"
+)  # (a DELETE, not WITH … DELETE: sqlite3 reports no rowcount for a statement led by WITH)
 
 
 def delete_old_jobs(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, batch: int) -> int:
@@ -45,7 +53,8 @@ def delete_old_jobs(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, ba
 
 
 def delete_old_events(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, batch: int) -> int:
-    """Delete up to ``batch`` events older than ``cutoff_ms``."""
+    """Delete up to ``batch`` events older than ``cutoff_ms``, oldest first, stopping at the
+    first that is not (so what is left is always a suffix of the id order)."""
     return conn.execute(_DELETE_EVENTS, {"cutoff": cutoff_ms, "batch": batch}).rowcount
 
 

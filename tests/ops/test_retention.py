@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ops_support import (
     DAY_MS,
     WriteTrace,
     add_dependency,
+    connect,
     existing_ids,
     insert_jobs,
     make_app,
@@ -19,6 +25,7 @@ from ops_support import (
 import edgejobs.runner.maintenance as maintenance_module
 import edgejobs.runner.ticks as ticks_module
 from edgejobs.store.maintenance import file_sizes
+from edgejobs.store.retention import delete_old_events
 from edgejobs.testing import FakeClock
 
 OLD_JOBS = 100_000
@@ -292,3 +299,69 @@ async def test_an_idle_tick_does_not_look_at_the_free_pages_again(
 
 async def _noop_handler(ctx: object, params: dict[str, object]) -> None:
     return None
+
+
+def _event_log(path: Path, created_at: list[int]) -> sqlite3.Connection:
+    """A migrated database whose event log holds one event per ``created_at``, in id order."""
+    conn = connect(path)
+    with conn:  # one transaction (the connection autocommits otherwise)
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO events (org, job_id, kind, data, created_at)"
+            " VALUES ('acme', 'j', 'job', '{}', ?)",
+            [(at,) for at in created_at],
+        )
+    return conn
+
+
+def _vm_steps(conn: sqlite3.Connection, statement: Callable[[], Any]) -> int:
+    """SQLite virtual-machine steps (in thousands) that ``statement`` took: work, not time."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 1000)
+    try:
+        statement()
+    finally:
+        conn.set_progress_handler(None, 0)
+    return steps
+
+
+async def test_expired_events_go_oldest_first_and_only_as_a_prefix_of_the_log(
+    db_path: Path, clock: FakeClock
+) -> None:
+    ej = make_app(db_path, clock)
+    await ej.open()
+    await ej.close()
+    now = clock.now_ms()
+    old, young = now - 2 * DAY_MS, now
+    # Ids 1-3 old, 4 young (a clock that was set back), 5-6 old again, 7 young.
+    with closing(_event_log(db_path, [old, old, old, young, old, old, young])) as conn:
+        deleted = delete_old_events(conn, None, cutoff_ms=now - DAY_MS, batch=100)  # type: ignore[arg-type]
+        left = [row[0] for row in conn.execute("SELECT id FROM events ORDER BY id")]
+    # Deleting 5 and 6 before 4 would let a client that saw 3 believe it missed nothing.
+    assert deleted == 3
+    assert left == [4, 5, 6, 7]
+
+
+async def test_looking_for_expired_events_reads_one_batch_however_long_the_log(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """The trim deletes in batches and looks for expired events before each: that look once
+    walked the whole log whenever nothing had expired, so a long log took quadratic work."""
+    steps = {}
+    for size in (1_000, 50_000):
+        path = tmp_path / f"log-{size}.db"
+        ej = make_app(path, clock)
+        await ej.open()
+        await ej.close()
+        now = clock.now_ms()
+        with closing(_event_log(path, [now] * size)) as conn:
+            look = partial(delete_old_events, conn, None, cutoff_ms=now - DAY_MS, batch=500)
+            steps[size] = _vm_steps(conn, look)
+            assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == size
+    assert steps[50_000] <= steps[1_000] + 2, steps
