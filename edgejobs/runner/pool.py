@@ -69,6 +69,7 @@ class _Attempt:
     ended: bool = False  # the handler's part is over; its outcome may still await its write
     holds_slot: bool = True
     leased_at: float = 0.0  # monotonic time of the claim or the last lease renewal
+    progress: ProgressCoalescer | None = None  # made at the first report (most jobs make none)
 
 
 def _log_fields(attempt: _Attempt) -> dict[str, Any]:
@@ -526,20 +527,15 @@ class Pool:
         """Start the handler: an async one as one task (:class:`AsyncRun`), any other through
         :func:`execute` in a task of its own. Either way :meth:`_ended` gets the outcome."""
         job_type = self._registry.get(attempt.job_type)
-        coalescer = ProgressCoalescer(
-            self.settings.progress_interval_ms,
-            self._clock,
-            lambda p, m: self._write_progress(attempt, p, m),
-        )
         common: dict[str, Any] = {
             "job_id": attempt.job_id,
             "org": attempt.org,
             "job_type": attempt.job_type,
             "attempt": attempt.number,
             "parent_results": parents,
-            "sink": coalescer.report,
+            "sink": partial(self._report_progress, attempt),
         }
-        on_end = partial(self._ended, attempt, coalescer, job_type.retry)
+        on_end = partial(self._ended, attempt, job_type.retry)
         if job_type.isolation != "process":
             try:
                 handler = job_type.handler()
@@ -609,9 +605,20 @@ class Pool:
         # of leaving ~16 objects per job to the cyclic collector (~9 % of a drain's time).
         attempt.run = None
         attempt.task = None
+        attempt.progress = None
         if not self._attempts:
             self._idle.set()
             self._busy.clear()
+
+    def _report_progress(self, attempt: _Attempt, percent: float, message: str | None) -> None:
+        coalescer = attempt.progress
+        if coalescer is None:
+            coalescer = attempt.progress = ProgressCoalescer(
+                self.settings.progress_interval_ms,
+                self._clock,
+                partial(self._write_progress, attempt),
+            )
+        coalescer.report(percent, message)
 
     def _write_progress(self, attempt: _Attempt, percent: float, message: str | None) -> None:
         now = self._clock.now_ms()
@@ -640,7 +647,6 @@ class Pool:
     def _ended(
         self,
         attempt: _Attempt,
-        coalescer: ProgressCoalescer,
         policy: RetryPolicy,
         execution: Execution,
     ) -> None:
@@ -651,7 +657,8 @@ class Pool:
         """
         try:
             attempt.ended = True
-            coalescer.flush()
+            if attempt.progress is not None:
+                attempt.progress.flush()
             if self._on_attempt_done is not None:
                 self._on_attempt_done(attempt.job_id, execution)
             if attempt.aborted_by in ("cancel", "lost"):
