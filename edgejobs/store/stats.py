@@ -30,17 +30,27 @@ class Minute:
     queue_depth: int
 
 
+# One count per waiting status, each on that status's partial index: the queue is small, the
+# table may hold millions of finished jobs. ``+org`` keeps SQLite from walking the org's
+# (org, seq) index instead — every job the org ever had (~76 ms per call with 1,000,000 rows,
+# and the dashboard asks up to once a second).
+_DEPTH_ALL = (
+    "SELECT (SELECT count(*) FROM jobs WHERE status = 'queued')"
+    " + (SELECT count(*) FROM jobs WHERE status = 'retrying')"
+    " + (SELECT count(*) FROM jobs WHERE status = 'scheduled')"
+)
+_DEPTH_ORG = (
+    "SELECT (SELECT count(*) FROM jobs WHERE status = 'queued' AND +org = :org)"
+    " + (SELECT count(*) FROM jobs WHERE status = 'retrying' AND +org = :org)"
+    " + (SELECT count(*) FROM jobs WHERE status = 'scheduled' AND +org = :org)"
+)
+
+
 def _current_depth(conn: sqlite3.Connection, org: str | None) -> int:
     if org is None:
-        row = conn.execute(
-            "SELECT count(*) FROM jobs WHERE status IN ('queued', 'retrying', 'scheduled')"
-        ).fetchone()
+        row = conn.execute(_DEPTH_ALL).fetchone()
     else:
-        row = conn.execute(
-            "SELECT count(*) FROM jobs WHERE org = ?"
-            " AND status IN ('queued', 'retrying', 'scheduled')",
-            (org,),
-        ).fetchone()
+        row = conn.execute(_DEPTH_ORG, {"org": org}).fetchone()
     return int(row[0])
 
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
 from contextlib import closing
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import pytest
 from ops_support import (
@@ -20,6 +18,7 @@ from ops_support import (
     insert_jobs,
     make_app,
     scalar,
+    vm_steps,
 )
 
 import edgejobs.runner.maintenance as maintenance_module
@@ -314,23 +313,6 @@ def _event_log(path: Path, created_at: list[int]) -> sqlite3.Connection:
     return conn
 
 
-def _vm_steps(conn: sqlite3.Connection, statement: Callable[[], Any]) -> int:
-    """SQLite virtual-machine steps (in thousands) that ``statement`` took: work, not time."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    conn.set_progress_handler(count, 1000)
-    try:
-        statement()
-    finally:
-        conn.set_progress_handler(None, 0)
-    return steps
-
-
 async def test_expired_events_go_oldest_first_and_only_as_a_prefix_of_the_log(
     db_path: Path, clock: FakeClock
 ) -> None:
@@ -362,6 +344,6 @@ async def test_looking_for_expired_events_reads_one_batch_however_long_the_log(
         now = clock.now_ms()
         with closing(_event_log(path, [now] * size)) as conn:
             look = partial(delete_old_events, conn, None, cutoff_ms=now - DAY_MS, batch=500)
-            steps[size] = _vm_steps(conn, look)
+            steps[size] = vm_steps(conn, look)
             assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == size
     assert steps[50_000] <= steps[1_000] + 2, steps
