@@ -611,6 +611,10 @@ class Pool:
             self._busy.clear()
 
     def _report_progress(self, attempt: _Attempt, percent: float, message: str | None) -> None:
+        if attempt.ended:
+            # A report after the handler's end (a sync handler past its timeout, a context
+            # kept by the handler) is dropped: its last report was flushed before the outcome.
+            return
         coalescer = attempt.progress
         if coalescer is None:
             coalescer = attempt.progress = ProgressCoalescer(

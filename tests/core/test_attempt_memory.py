@@ -9,6 +9,7 @@ is still alive after its attempt means a cycle is back.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import weakref
 from collections.abc import Iterator
@@ -68,3 +69,30 @@ async def test_every_kind_of_attempt_is_freed_once_its_outcome_is_written() -> N
         assert len(contexts) == 4
         alive = [ref() for ref in contexts if ref() is not None]
         assert alive == []
+
+
+async def test_a_report_through_a_context_kept_past_its_attempt_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kept: list[Any] = []
+
+    async def keeps_its_context(ctx: Any, params: dict[str, Any]) -> None:
+        kept.append(ctx)
+
+    async with Harness() as h:
+        h.ej.register("keeps", keeps_its_context, dedup=False)
+        job = await h.submit("keeps", org="acme")
+        await h.drain()
+        writer = h.ej.store.writer
+        queued: list[Any] = []
+        submit_nowait = writer.submit_nowait
+
+        def recording(op: Any, **kwargs: Any) -> Any:
+            queued.append(op)
+            return submit_nowait(op, **kwargs)
+
+        monkeypatch.setattr(writer, "submit_nowait", recording)
+        await kept[0].progress(42, "too late")
+        await asyncio.sleep(0)  # (a report from a thread arrives by a loop callback)
+        assert queued == []  # not even a write that its fence would turn away
+        assert (await h.get(job.id)).progress_message is None
