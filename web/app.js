@@ -48,7 +48,8 @@
     me: null,                 // {org, role, token_id}
     clockOffsetMs: 0,         // server time minus browser time, from the Date header
     route: { view: "jobs", filters: emptyFilters() },
-    list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map() },
+    // `arrived`: job events received while a page loads, applied again on top of its answer.
+    list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map(), arrived: null },
     detail: { seq: 0, id: null, job: null, attemptsSeq: 0, refreshSeq: 0 },
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set() },
     series: [],               // [{t: ms, completed, failed, queue_depth}], oldest first
@@ -588,15 +589,24 @@
     const query = filtersToQuery(state.route.filters);
     query.set("limit", String(PAGE_SIZE));
     if (cursor) query.set("cursor", cursor);
+    // The answer is a snapshot from when the server read it: live events that arrive before
+    // it (a busy server, a slow network) are newer, and must not be wiped by it.
+    const arrived = [];
+    list.arrived = arrived;
     try {
       const data = await api("GET", "/api/v1/jobs?" + query.toString());
       if (seq !== list.seq || state.route.view !== "jobs") return;
+      list.arrived = null;
       list.page = cursor ? list.page + 1 : 1;
       list.cursor = cursor;
       list.nextCursor = (data && data.next_cursor) || null;
       renderJobRows((data && data.items) || []);
+      for (const job of arrived) listOnJob(job);
     } catch (err) {
-      if (seq === list.seq) showError(err);
+      if (seq === list.seq) {
+        list.arrived = null;
+        showError(err);
+      }
     }
   }
 
@@ -632,6 +642,7 @@
 
   function clearListView() {
     state.list.seq++;
+    state.list.arrived = null;
     state.list.rows.clear();
     state.list.jobs.clear();
     $("jobs-body").replaceChildren();
@@ -694,6 +705,7 @@
   function listOnJob(job) {
     const list = state.list;
     if (state.route.view !== "jobs") return;
+    if (list.arrived) list.arrived.push(job);
     const row = list.rows.get(job.id);
     if (row) {
       const known = list.jobs.get(job.id);

@@ -99,6 +99,35 @@ def test_login_live_list_progress_and_logout(new_page: NewPage, org: Org, server
     assert status == 401
 
 
+def test_a_list_answer_older_than_live_events_does_not_hide_their_jobs(
+    new_page: NewPage, org: Org
+) -> None:
+    """On a busy server the list's first page can arrive after live events that are newer
+    than it: the jobs those events showed stay on screen (the answer once wiped them)."""
+    api = org.api()
+    page, _ = new_page()
+    held: list[tuple[Any, Any]] = []
+    list_url = re.compile(r".*/api/v1/jobs\?.*")
+    # The page is read now, before the job below exists, and handed to the browser later.
+    page.route(list_url, lambda route: held.append((route, route.fetch())))
+    with page.expect_request(list_url):
+        sign_in(page, org.token("operator"))
+    job_id = api.submit("emails.send", {"to": "ops@example.com"})
+    expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+
+    [(route, answer)] = held
+    stale = answer.json()
+    assert [job["id"] for job in stale["items"]] == []  # read before the job existed
+    # A job only that old page holds, so the test can see the page was rendered.
+    marker = api.job(job_id) | {"id": "06H2HB00000000000000000000", "status": "failed"}
+    stale["items"] = [marker]
+    route.fulfill(response=answer, json=stale)
+    page.unroute(list_url)
+    expect(row(page, marker["id"])).to_have_attribute("data-status", "failed")
+    expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+    assert_not_reloaded(page)
+
+
 def test_detail_progress_eta_cancel_and_retry(new_page: NewPage, org: Org, server: Server) -> None:
     """The detail view shows a running job's live progress and ETA; Cancel and Retry act on
     the job (on screen and in the API); error, traceback and every attempt are shown."""
