@@ -8,6 +8,7 @@ import socket
 
 from sse_support import (
     GUARD_S,
+    SSE,
     Serve,
     client,
     is_final,
@@ -87,10 +88,15 @@ async def test_a_subscriber_that_stops_reading_is_disconnected_and_buffering_is_
             await wait_for(lambda: broker.subscriber_count == 2, "both streams to subscribe")
             subscribers = broker.subscribers()
             marker: asyncio.Future[str] = loop.create_future()
+            completed: set[str] = set()
+
+            def read_along(event: SSE) -> bool:
+                if event.event == "job" and event.data["status"] == "completed":
+                    completed.add(event.data["id"])
+                return marker.done() and is_final(marker.result())(event)
+
             # The healthy client keeps reading all along, up to a marker job sent at the end.
-            reader = asyncio.create_task(
-                healthy.until(lambda e: marker.done() and is_final(marker.result())(e))
-            )
+            reader = asyncio.create_task(healthy.until(read_along))
             # Big progress events (1 kB messages) until the stalled client is disconnected:
             # its socket buffers fill up first, then its bounded queue in the broker.
             largest_queue = 0
@@ -98,14 +104,20 @@ async def test_a_subscriber_that_stops_reading_is_disconnected_and_buffering_is_
             while broker.subscriber_count == 2:
                 rounds += 1
                 assert rounds < 300, "the stalled subscriber was never disconnected"
-                await ej.submit_many(
+                jobs = await ej.submit_many(
                     [
                         JobSpec("steps", "acme", {"steps": [50], "message": "x" * 1000})
                         for _ in range(50)
                     ]
                 )
                 largest_queue = max([largest_queue, *broker.queue_sizes()])
-                await asyncio.sleep(0.02)
+                # The healthy client has read this round before the next one: only the stalled
+                # client falls behind. (Unpaced, a reader slower than the runner fell behind
+                # too and was disconnected after the stalled one, on a busy machine.)
+                await wait_for(
+                    lambda last=jobs[-1].id: last in completed or broker.subscriber_count < 2,
+                    "the healthy client to read this round's events",
+                )
             closed = [s for s in subscribers if s.closed]
             assert len(closed) == 1 and broker.disconnected == 1
             assert closed[0].qsize == 0  # its queue was released at once
