@@ -8,6 +8,7 @@ marker set on ``window`` after sign-in proves that no reload happened.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,12 @@ def test_a_list_answer_older_than_live_events_does_not_hide_their_jobs(
     page.route(list_url, lambda route: held.append((route, route.fetch())))
     with page.expect_request(list_url):
         sign_in(page, org.token("operator"))
+    # Route handlers run while the test is inside a Playwright call: let this one run (and
+    # read the page) before the job exists.
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(10)
+    assert held, "the list request never reached the route"
     job_id = api.submit("emails.send", {"to": "ops@example.com"})
     expect(row(page, job_id)).to_have_attribute("data-status", "completed")
 
