@@ -34,24 +34,17 @@ class Minute:
 # table may hold millions of finished jobs. ``+org`` keeps SQLite from walking the org's
 # (org, seq) index instead — every job the org ever had (~76 ms per call with 1,000,000 rows,
 # and the dashboard asks up to once a second).
-_DEPTH_ALL = (
-    "SELECT (SELECT count(*) FROM jobs WHERE status = 'queued')"
-    " + (SELECT count(*) FROM jobs WHERE status = 'retrying')"
-    " + (SELECT count(*) FROM jobs WHERE status = 'scheduled')"
-)
-_DEPTH_ORG = (
-    "SELECT (SELECT count(*) FROM jobs WHERE status = 'queued' AND +org = :org)"
-    " + (SELECT count(*) FROM jobs WHERE status = 'retrying' AND +org = :org)"
-    " + (SELECT count(*) FROM jobs WHERE status = 'scheduled' AND +org = :org)"
+_DEPTH = (
+    "SELECT (SELECT count(*) FROM jobs WHERE status = 'queued' AND (:org IS NULL OR +org = :org))"
+    " + (SELECT count(*) FROM jobs WHERE status = 'retrying'"
+    "  AND (:org IS NULL OR +org = :org))"
+    " + (SELECT count(*) FROM jobs WHERE status = 'scheduled'"
+    "  AND (:org IS NULL OR +org = :org))"
 )
 
 
 def _current_depth(conn: sqlite3.Connection, org: str | None) -> int:
-    if org is None:
-        row = conn.execute(_DEPTH_ALL).fetchone()
-    else:
-        row = conn.execute(_DEPTH_ORG, {"org": org}).fetchone()
-    return int(row[0])
+    return int(conn.execute(_DEPTH, {"org": org}).fetchone()[0])
 
 
 def _finished_per_minute(
