@@ -11,18 +11,17 @@ from contextlib import closing
 from functools import partial
 from pathlib import Path
 
-from ops_support import DAY_MS, connect, insert_jobs, make_app, vm_steps
+from ops_support import DAY_MS, connect, insert_jobs, vm_steps
 
 from edgejobs.store.stats import minute_series
+from edgejobs.store.store import Store
 from edgejobs.testing import FakeClock
 
 
-async def _database(path: Path, clock: FakeClock, finished: int) -> None:
+def _database(path: Path, clock: FakeClock, finished: int) -> None:
     """``finished`` completed jobs from a day ago, then 3 queued, 2 retrying, 1 scheduled and
     2 running (orgs org0–org6 in turn: see ``insert_jobs``)."""
-    ej = make_app(path, clock)
-    await ej.open()
-    await ej.close()
+    Store(path).prepare()
     now = clock.now_ms()
     old = now - DAY_MS
     insert_jobs(path, finished, prefix="done", status="completed", created_at=old, finished_at=old)
@@ -30,11 +29,11 @@ async def _database(path: Path, clock: FakeClock, finished: int) -> None:
         insert_jobs(path, count, prefix=status, status=status, created_at=now, finished_at=None)
 
 
-async def test_the_current_queue_depth_counts_waiting_jobs_of_every_org_and_of_one(
+def test_the_current_queue_depth_counts_waiting_jobs_of_every_org_and_of_one(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     path = tmp_path / "jobs.db"
-    await _database(path, clock, finished=700)
+    _database(path, clock, finished=700)
     with closing(connect(path)) as conn:
         orgs = {
             row["org"]: row["n"]
@@ -50,13 +49,13 @@ async def test_the_current_queue_depth_counts_waiting_jobs_of_every_org_and_of_o
         assert minute_series(conn, "nobody", clock.now_ms())[-1].queue_depth == 0
 
 
-async def test_the_series_reads_the_same_however_many_jobs_have_finished(
+def test_the_series_reads_the_same_however_many_jobs_have_finished(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     steps: dict[int, dict[str | None, int]] = {}
     for finished in (1_000, 100_000):
         path = tmp_path / f"history-{finished}.db"
-        await _database(path, clock, finished)
+        _database(path, clock, finished)
         with closing(connect(path)) as conn:
             steps[finished] = {
                 org: vm_steps(conn, partial(minute_series, conn, org, clock.now_ms()))

@@ -25,6 +25,7 @@ import edgejobs.runner.maintenance as maintenance_module
 import edgejobs.runner.ticks as ticks_module
 from edgejobs.store.maintenance import file_sizes
 from edgejobs.store.retention import delete_old_events
+from edgejobs.store.store import Store
 from edgejobs.testing import FakeClock
 
 OLD_JOBS = 100_000
@@ -313,12 +314,10 @@ def _event_log(path: Path, created_at: list[int]) -> sqlite3.Connection:
     return conn
 
 
-async def test_expired_events_go_oldest_first_and_only_as_a_prefix_of_the_log(
+def test_expired_events_go_oldest_first_and_only_as_a_prefix_of_the_log(
     db_path: Path, clock: FakeClock
 ) -> None:
-    ej = make_app(db_path, clock)
-    await ej.open()
-    await ej.close()
+    Store(db_path).prepare()
     now = clock.now_ms()
     old, young = now - 2 * DAY_MS, now
     # Ids 1-3 old, 4 young (a clock that was set back), 5-6 old again, 7 young.
@@ -330,7 +329,7 @@ async def test_expired_events_go_oldest_first_and_only_as_a_prefix_of_the_log(
     assert left == [4, 5, 6, 7]
 
 
-async def test_looking_for_expired_events_reads_one_batch_however_long_the_log(
+def test_looking_for_expired_events_reads_one_batch_however_long_the_log(
     tmp_path: Path, clock: FakeClock
 ) -> None:
     """The trim deletes in batches and looks for expired events before each: that look once
@@ -338,9 +337,7 @@ async def test_looking_for_expired_events_reads_one_batch_however_long_the_log(
     steps = {}
     for size in (1_000, 50_000):
         path = tmp_path / f"log-{size}.db"
-        ej = make_app(path, clock)
-        await ej.open()
-        await ej.close()
+        Store(path).prepare()
         now = clock.now_ms()
         with closing(_event_log(path, [now] * size)) as conn:
             look = partial(delete_old_events, conn, None, cutoff_ms=now - DAY_MS, batch=500)
