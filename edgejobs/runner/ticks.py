@@ -96,8 +96,8 @@ class Ticker:
         self._changes = changes
         self._busy = busy
         self._changes_seen: int | None = None  # ``changes()`` at the end of the last tick
-        self._found_work = True  # the last tick promoted, recovered or settled something,
-        # or did not go through
+        # The last tick promoted, recovered or settled something, or did not go through.
+        self._found_work = True
         self._next_due_ms: int | None = None  # the earliest due time the last tick saw
         self._poked = asyncio.Event()
         self._last_wall_ms: int | None = None
