@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import Mapping
 
+from edgejobs.models import Status
 from edgejobs.store.db import WriteTx
 from edgejobs.store.transitions import promote_due, record_job_events
 
@@ -93,7 +94,7 @@ def claim_ready(
             "INSERT INTO attempts (job_seq, number, started_at) VALUES (?, ?, ?)",
             [(row["seq"], row["attempts"], now) for row in rows],
         )
-        record_job_events(conn, tx, rows)
+        record_job_events(conn, tx, rows, was=Status.QUEUED.value)
     # RETURNING gives rows in no promised order; hand them out in claim order.
     return sorted(rows, key=lambda r: (r["priority"], r["run_at"], r["seq"]))
 

@@ -140,6 +140,15 @@ def translate(exc: sqlite3.Error) -> EdgeJobsError | None:
     return None
 
 
+TxMark = tuple[int, int, int, int]
+"""What :meth:`WriteTx.mark` returns: how much each staged list held at that point."""
+
+_UPSERT_COUNTS = (
+    "INSERT INTO job_counts (org, job_type, status, n) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (org, job_type, status) DO UPDATE SET n = n + excluded.n"
+)
+
+
 @dataclasses.dataclass(slots=True)
 class WriteTx:
     """What the operations of one transaction leave for the writer and for after COMMIT.
@@ -148,7 +157,8 @@ class WriteTx:
     ``events`` counts event rows written (the broker tails the table when it is non-zero).
     Event rows go straight into the table, in the statement order of the changes, so their
     ids follow the order of the changes and a rolled-back savepoint takes its events with it.
-    Run durations are staged here and written once per transaction, just before COMMIT.
+    Run durations and the changes of the job counts are staged here and written once per
+    transaction, just before COMMIT.
     """
 
     jobs_changed: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -156,26 +166,38 @@ class WriteTx:
     canceled_running: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     durations: list[tuple[str, int]] = dataclasses.field(default_factory=list)
     _change_log: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    _count_log: list[tuple[str, str, str | None, str | None, int]] = dataclasses.field(
+        default_factory=list
+    )
 
     def changed(self, job_id: str, status: str) -> None:
         """Record that ``job_id`` moved to ``status`` in this transaction."""
         self.jobs_changed[job_id] = status
         self._change_log.append((job_id, status))
 
-    def mark(self) -> tuple[int, int, int]:
-        """A point to roll staged rows back to when an operation's savepoint is rolled back."""
-        return self.events, len(self.durations), len(self._change_log)
+    def count(
+        self, org: str, job_type: str, was: str | None, now: str | None, jobs: int = 1
+    ) -> None:
+        """Stage a change of the job counts: ``jobs`` jobs of (org, job_type) left status
+        ``was`` (None: they are new) for ``now`` (None: they were deleted)."""
+        if was != now:
+            self._count_log.append((org, job_type, was, now, jobs))
 
-    def rollback_to(self, mark: tuple[int, int, int]) -> None:
+    def mark(self) -> TxMark:
+        """A point to roll staged rows back to when an operation's savepoint is rolled back."""
+        return self.events, len(self.durations), len(self._change_log), len(self._count_log)
+
+    def rollback_to(self, mark: TxMark) -> None:
         """Forget what was staged and reported after ``mark`` (its savepoint was undone)."""
         self.events = mark[0]
         del self.durations[mark[1] :]
         if len(self._change_log) > mark[2]:
             del self._change_log[mark[2] :]
             self.jobs_changed = dict(self._change_log)
+        del self._count_log[mark[3] :]
 
     def flush(self, conn: sqlite3.Connection) -> None:
-        """Write the staged run durations (called just before COMMIT)."""
+        """Write the staged run durations and count changes (called just before COMMIT)."""
         if self.durations:
             totals: dict[str, list[int]] = {}
             for job_type, duration in self.durations:
@@ -190,6 +212,19 @@ class WriteTx:
                 [(t, len(d), sum(d) / len(d)) for t, d in totals.items()],
             )
             self.durations = []
+        if self._count_log:
+            # A drain cycle moves 16 jobs queued -> running and 16 running -> completed: summed
+            # first, that is a row or two to write, not one per change.
+            deltas: dict[tuple[str, str, str], int] = {}
+            for org, job_type, was, now, jobs in self._count_log:
+                if was is not None:
+                    key = (org, job_type, was)
+                    deltas[key] = deltas.get(key, 0) - jobs
+                if now is not None:
+                    key = (org, job_type, now)
+                    deltas[key] = deltas.get(key, 0) + jobs
+            conn.executemany(_UPSERT_COUNTS, [(*key, n) for key, n in deltas.items() if n])
+            self._count_log = []
 
 
 WriteOp = Callable[[sqlite3.Connection, WriteTx], T]

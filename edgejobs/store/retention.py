@@ -19,6 +19,7 @@ _DELETE_JOBS = (
     " AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs c ON c.seq = d.child_seq"
     "  WHERE d.parent_seq = j.seq AND c.status != 'completed')"
     " ORDER BY j.finished_at LIMIT :batch)"
+    " RETURNING org, job_type, status"
 )
 
 # The oldest events go first, as a prefix of the id order (ids follow commit order), and only
@@ -45,8 +46,12 @@ def delete_old_jobs(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, ba
     """
     deleted = 0
     while deleted < batch:
-        count = conn.execute(_DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch - deleted}).rowcount
-        if count <= 0:
+        gone = conn.execute(_DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch - deleted})
+        count = 0
+        for org, job_type, status in gone:
+            tx.count(org, job_type, status, None)
+            count += 1
+        if count == 0:
             break
         deleted += count
     return deleted

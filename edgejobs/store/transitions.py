@@ -45,20 +45,36 @@ _JOB_EVENTS = (
 )
 
 
-def record_job_event(conn: sqlite3.Connection, tx: WriteTx, row: RowLike) -> None:
-    """Append a ``job`` event for the row's new state and note the change for waiters."""
-    record_job_events(conn, tx, (row,))
+def record_job_event(
+    conn: sqlite3.Connection, tx: WriteTx, row: RowLike, *, was: str | None
+) -> None:
+    """Append a ``job`` event for the row's new state, note the change for waiters and stage
+    it for the job counts: the job left status ``was`` (None: it was just inserted)."""
+    record_job_events(conn, tx, (row,), was=was)
 
 
-def record_job_events(conn: sqlite3.Connection, tx: WriteTx, rows: Sequence[RowLike]) -> None:
-    """:func:`record_job_event` for many rows with one statement; events follow seq order."""
+def record_job_events(
+    conn: sqlite3.Connection, tx: WriteTx, rows: Sequence[RowLike], *, was: str | None
+) -> None:
+    """:func:`record_job_event` for many rows that all left status ``was``, with one
+    statement; events follow seq order.
+
+    Every status change goes through here (the one place that knows both the old and the new
+    status of each row), which is what keeps the job counts exact.
+    """
     if not rows:
         return
     ordered = sorted(rows, key=lambda row: row["seq"]) if len(rows) > 1 else rows
     conn.execute(_JOB_EVENTS, (json.dumps([row["seq"] for row in ordered]),))
     tx.events += len(ordered)
+    moved: dict[tuple[str, str, str], int] = {}  # per (org, type, new status), staged once
     for row in ordered:
-        tx.changed(row["id"], row["status"])
+        status = row["status"]
+        tx.changed(row["id"], status)
+        key = (row["org"], row["job_type"], status)
+        moved[key] = moved.get(key, 0) + 1
+    for (org, job_type, status), jobs in moved.items():
+        tx.count(org, job_type, was, status, jobs)
 
 
 def record_progress_event(
@@ -161,7 +177,7 @@ def complete_attempts(
     for row in rows:
         if row["started_at"] is not None:
             tx.durations.append((row["job_type"], now - row["started_at"]))
-    record_job_events(conn, tx, rows)
+    record_job_events(conn, tx, rows, was=Status.RUNNING.value)
     for row in rows:
         on_parent_terminal(conn, tx, row, now)
     return {row["seq"]: row for row in rows}
@@ -225,7 +241,7 @@ def _apply_failure(
             " WHERE seq = ? AND status = 'running' RETURNING *",
             (status.value, _error_json(error), now, now, seq),
         ).fetchone()
-    record_job_event(conn, tx, row)
+    record_job_event(conn, tx, row, was=Status.RUNNING.value)
     if status in UNSUCCESSFUL:
         on_parent_terminal(conn, tx, row, now)
     return row
@@ -294,7 +310,7 @@ def cancel_job(
     if status is Status.RUNNING:
         _finish_attempt_row(conn, row["seq"], row["attempts"], now, Outcome.CANCELED, None)
         tx.canceled_running.append((row["id"], row["attempts"]))
-    record_job_event(conn, tx, row)
+    record_job_event(conn, tx, row, was=status.value)
     on_parent_terminal(conn, tx, row, now)
     return row
 
@@ -342,7 +358,7 @@ def retry_job(
         " progress = 0, progress_message = NULL WHERE seq = ? AND status = ? RETURNING *",
         (target.value, pending, now, now, current["seq"], status.value),
     ).fetchone()
-    record_job_event(conn, tx, row)
+    record_job_event(conn, tx, row, was=status.value)
     return row
 
 
@@ -397,7 +413,14 @@ def promote_due(conn: sqlite3.Connection, tx: WriteTx, *, now: int, limit: int =
         " LIMIT ?) RETURNING *",
         (now, now, now, limit),
     ).fetchall()
-    record_job_events(conn, tx, rows)
+    # RETURNING shows only the new status; the one each job left is told by next_retry_at,
+    # which every retrying job has and no scheduled one (a failure sets it; inserts, retries
+    # and unblocking leave it NULL). One statement, not one per former status: this runs in
+    # every claim.
+    retried = [row for row in rows if row["next_retry_at"] is not None]
+    scheduled = [row for row in rows if row["next_retry_at"] is None]
+    record_job_events(conn, tx, scheduled, was=Status.SCHEDULED.value)
+    record_job_events(conn, tx, retried, was=Status.RETRYING.value)
     return len(rows)
 
 
@@ -456,7 +479,7 @@ def _unblock(
         (target.value, now, seq),
     ).fetchone()
     if row is not None:
-        record_job_event(conn, tx, row)
+        record_job_event(conn, tx, row, was=Status.BLOCKED.value)
 
 
 def _cascade_cancel(conn: sqlite3.Connection, tx: WriteTx, parent: RowLike, now: int) -> None:
@@ -472,7 +495,7 @@ def _cascade_cancel(conn: sqlite3.Connection, tx: WriteTx, parent: RowLike, now:
             " AND seq IN (SELECT child_seq FROM job_deps WHERE parent_seq = ?) RETURNING *",
             (reason, now, now, current["seq"]),
         ).fetchall()
-        record_job_events(conn, tx, children)
+        record_job_events(conn, tx, children, was=Status.BLOCKED.value)
         stack.extend(children)
 
 
@@ -506,7 +529,7 @@ def resolve_stuck_blocked(conn: sqlite3.Connection, tx: WriteTx, *, now: int) ->
                 (reason, now, now, job["seq"]),
             ).fetchone()
             if row is not None:
-                record_job_event(conn, tx, row)
+                record_job_event(conn, tx, row, was=Status.BLOCKED.value)
                 _cascade_cancel(conn, tx, row, now)
         fixed.append(job["id"])
     return fixed
@@ -531,5 +554,5 @@ def requeue_interrupted(
         "Shutdown", "the runner stopped before this attempt finished; the job was requeued"
     )
     _finish_attempt_row(conn, seq, attempt, now, Outcome.CANCELED, error)
-    record_job_event(conn, tx, row)
+    record_job_event(conn, tx, row, was=Status.RUNNING.value)
     return row  # type: ignore[no-any-return]

@@ -17,7 +17,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from ej_testkit import poll_until
+from ej_testkit import count_drift, poll_until
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -265,7 +265,8 @@ def check_invariants(
     * no job ran more attempts than its policy allows (shutdown requeues excluded);
     * no child started before all its parents completed (attempt times, and the parents'
       statuses the handler itself saw at start);
-    * ``PRAGMA integrity_check`` is ``ok``.
+    * ``PRAGMA integrity_check`` is ``ok``;
+    * the kept job counts are those of the jobs table (they change in the same transactions).
     """
     problems: list[str] = []
     jobs = {
@@ -350,6 +351,10 @@ def check_invariants(
     check = query(db, "PRAGMA integrity_check")
     if [r["integrity_check"] for r in check] != ["ok"]:
         problems.append(f"integrity_check: {check}")
+    with closing(sqlite3.connect(str(db), timeout=30)) as conn:
+        drift = count_drift(conn)
+    if drift:
+        problems.append(f"job counts (kept, counted): {drift}")
     assert not problems, "\n".join(problems[:30])
     statuses = collections.Counter(r["status"] for r in jobs.values())
     return {

@@ -4,11 +4,14 @@ modules, spawned handler processes and runner subprocesses can all import them."
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
+from ej_testkit import count_drift
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -21,9 +24,12 @@ from edgejobs.testing import FakeClock  # noqa: E402
 
 @pytest.fixture
 async def kit(db_path: Path, clock: FakeClock) -> AsyncIterator[CoreKit]:
-    """The standard job types on a stepped runner (see :class:`core_support.CoreKit`)."""
+    """The standard job types on a stepped runner (see :class:`core_support.CoreKit`); fails
+    the test if, at its end, the kept job counts are not those of the jobs table."""
     kit = await CoreKit(db_path, clock).start()
     try:
         yield kit
     finally:
         await kit.close()
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert count_drift(conn) == {}

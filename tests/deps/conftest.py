@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ej_testkit import count_drift
 
 from edgejobs import EdgeJobs, PermanentError
 from edgejobs.config import Config, RetryConfig, RunnerConfig
@@ -179,7 +180,8 @@ def graph_violations(conn: sqlite3.Connection) -> list[str]:
 
 
 class CommitWatch:
-    """Checks :func:`graph_violations` right after every commit of the writer.
+    """Checks :func:`graph_violations`, and that the kept job counts are those of the jobs
+    table (``ej_testkit.count_drift``), right after every commit of the writer.
 
     The check runs on the writer thread between the COMMIT and the next transaction, through
     its own connection, so it sees exactly the state each commit produced — not a later one.
@@ -203,6 +205,9 @@ class CommitWatch:
                 self._conn.row_factory = sqlite3.Row
             self.commits += 1
             self.violations.extend(f"commit {number}: {p}" for p in graph_violations(self._conn))
+            drift = count_drift(self._conn)
+            if drift:
+                self.violations.append(f"commit {number}: job counts (kept, counted): {drift}")
             for snapshot in self.snapshots:
                 snapshot(self._conn)
         except Exception as exc:  # pragma: no cover - reported by the test

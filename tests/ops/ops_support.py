@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -99,6 +100,13 @@ def insert_jobs(
                     for seq in seqs
                 ),
             )
+        # Counted as the engine's own writes count them (edgejobs.store.db.WriteTx.count).
+        per_org = collections.Counter(f"org{seq % 7}" for seq in seqs)
+        conn.executemany(
+            "INSERT INTO job_counts (org, job_type, status, n) VALUES (?, 'quick', ?, ?)"
+            " ON CONFLICT (org, job_type, status) DO UPDATE SET n = n + excluded.n",
+            [(org, status, n) for org, n in per_org.items()],
+        )
         conn.execute("COMMIT")
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     return seqs

@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from ej_testkit import count_drift
 from ops_support import (
     DAY_MS,
     WriteTrace,
@@ -182,6 +183,9 @@ async def test_pruning_100k_old_jobs_in_batches_while_the_runner_keeps_claiming(
         f" ({','.join('?' * len(submitted))})",
         *submitted,
     ) == len(submitted)
+    # The kept job counts lost exactly the deleted jobs, claimed and completed the new ones.
+    with closing(connect(db_path)) as conn:
+        assert count_drift(conn) == {}
 
     # The freed pages went back to the file system: the file shrank.
     await ej.maintenance.checkpoint(truncate=True)
@@ -201,8 +205,12 @@ async def test_prune_now_with_zero_days_deletes_every_terminal_job_and_keeps_ope
         later = await ej.submit("quick", org="acme", params={"n": 2}, delay_s=3600)
         clock.advance(1)
         report = await ej.prune(older_than_days=0)
+        counts = (await ej.stats(org="acme"))["by_status"]
     assert report.jobs == 1
     assert existing_ids(db_path, [done.id, later.id]) == {later.id}
+    assert counts["completed"] == 0 and counts["scheduled"] == 1
+    with closing(connect(db_path)) as conn:
+        assert count_drift(conn) == {}
 
 
 async def test_the_tick_vacuums_a_large_free_list_in_bounded_steps(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sqlite3
 import time
 from collections.abc import Callable
 
@@ -43,3 +44,23 @@ async def poll_until(
         if check is not None:
             check()
         await asyncio.sleep(interval)
+
+
+def count_drift(conn: sqlite3.Connection) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """Where the maintained ``job_counts`` disagree with counting the jobs table:
+    {(org, job_type, status): (kept, counted)}; empty when they agree."""
+    kept = {
+        (r[0], r[1], r[2]): int(r[3])
+        for r in conn.execute("SELECT org, job_type, status, n FROM job_counts WHERE n != 0")
+    }
+    counted = {
+        (r[0], r[1], r[2]): int(r[3])
+        for r in conn.execute(
+            "SELECT org, job_type, status, count(*) FROM jobs GROUP BY org, job_type, status"
+        )
+    }
+    return {
+        key: (kept.get(key, 0), counted.get(key, 0))
+        for key in kept.keys() | counted.keys()
+        if kept.get(key, 0) != counted.get(key, 0)
+    }

@@ -1,0 +1,128 @@
+"""The job counts behind ``/stats`` and the metrics are kept, not counted on every read.
+
+Counted with ``GROUP BY`` over the jobs table, a system-wide ``/stats`` took over a second
+with 1,000,000 finished jobs (and the dashboard asks up to once a second). Every write now
+stages its changes of the (org, job type, status) counts and writes them once per transaction
+into ``job_counts``; reading them costs the same however long the history. That they stay
+exact is checked after every commit of the dependency tests, at the end of every core-engine
+test and of every chaos run (``ej_testkit.count_drift``); here: the cost of reading, the
+migration that counts an existing file, and a run through the common transitions.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from functools import partial
+from pathlib import Path
+
+from ej_testkit import count_drift
+from ops_support import DAY_MS, connect, insert_jobs, make_app, vm_steps
+
+from edgejobs.store.jobs import count_by_org, count_by_status
+from edgejobs.store.migrations import migrate
+from edgejobs.store.store import Store
+from edgejobs.testing import FakeClock
+
+
+def _history(path: Path, clock: FakeClock, finished: int) -> None:
+    Store(path).prepare()
+    old = clock.now_ms() - DAY_MS
+    insert_jobs(path, finished, prefix="done", status="completed", created_at=old, finished_at=old)
+    insert_jobs(path, 3, prefix="q", status="queued", created_at=old, finished_at=None)
+
+
+def _reads(conn: sqlite3.Connection) -> dict[str, int]:
+    return {
+        "every org": vm_steps(conn, partial(count_by_status, conn, None)),
+        "one org": vm_steps(conn, partial(count_by_status, conn, "org1")),
+        "by org": vm_steps(conn, partial(count_by_org, conn)),
+    }
+
+
+def test_reading_the_counts_costs_the_same_however_many_jobs_have_finished(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    steps: dict[int, dict[str, int]] = {}
+    for finished in (1_000, 100_000):
+        path = tmp_path / f"history-{finished}.db"
+        _history(path, clock, finished)
+        with closing(connect(path)) as conn:
+            assert count_drift(conn) == {}
+            steps[finished] = _reads(conn)
+            by_org = count_by_org(conn)
+            assert sum(counts.get("completed", 0) for counts in by_org.values()) == finished
+            assert sum(counts.get("queued", 0) for counts in by_org.values()) == 3
+            # The GROUP BY it replaces, for scale: it reads every row.
+            full = vm_steps(
+                conn,
+                lambda conn=conn: conn.execute(
+                    "SELECT org, status, count(*) FROM jobs GROUP BY org, status"
+                ).fetchall(),
+            )
+            if finished == 100_000:
+                assert full > 100, full
+    for read, cost in steps[100_000].items():
+        assert cost <= steps[1_000][read] + 1, steps
+
+
+def test_the_migration_counts_the_jobs_a_file_already_holds(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "older.db"
+    _history(path, clock, 500)
+    insert_jobs(path, 7, prefix="r", status="retrying", created_at=clock.now_ms(), finished_at=None)
+    with closing(connect(path)) as conn:
+        # The file as the version before kept it: no counts yet.
+        conn.execute("DROP TABLE job_counts")
+        conn.execute("PRAGMA user_version = 5")
+        assert migrate(conn) >= 6
+        assert count_drift(conn) == {}
+        totals = {
+            status: sum(
+                by_type.get(status, 0) for by_type in [count_by_status(conn, None)["quick"]]
+            )
+            for status in ("completed", "queued", "retrying")
+        }
+    assert totals == {"completed": 500, "queued": 3, "retrying": 7}
+
+
+async def test_stats_follow_jobs_through_their_transitions(db_path: Path, clock: FakeClock) -> None:
+    """Inserted, scheduled, canceled, claimed, completed, retried by hand, promoted when due:
+    after each step ``/stats`` says what counting the table says (a stepped runner)."""
+    ej = make_app(db_path, clock, runner={"workers": 2})
+    seen: list[dict[str, int]] = []
+
+    async def snapshot() -> None:
+        stats = await ej.stats()
+        with closing(connect(db_path)) as conn:
+            assert count_drift(conn) == {}
+            truth = {
+                row[0]: row[1]
+                for row in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status")
+            }
+        assert {k: v for k, v in stats["by_status"].items() if v} == truth
+        seen.append(truth)
+
+    await ej.start(run_workers=False)
+    try:
+        jobs = [await ej.submit("quick", org=f"org{i % 2}", params={"n": i}) for i in range(5)]
+        await ej.submit("quick", org="org0", params={"n": 9}, delay_s=60)
+        await snapshot()
+        await ej.cancel(jobs[0].id)
+        await ej.drain()
+        await snapshot()
+        await ej.retry(jobs[0].id)
+        await snapshot()
+        clock.advance(61)
+        await ej.drain()
+        await snapshot()
+    finally:
+        await ej.stop(grace_s=0)
+        await ej.close()
+    assert seen == [
+        {"queued": 5, "scheduled": 1},
+        {"canceled": 1, "completed": 4, "scheduled": 1},
+        {"queued": 1, "completed": 4, "scheduled": 1},
+        {"completed": 6},
+    ]
