@@ -454,11 +454,14 @@ def count_by_status(conn: sqlite3.Connection, org: str | None) -> dict[str, dict
     Read from ``job_counts``, which every write keeps up to date (``WriteTx.count``): a few
     rows per org and type, however many finished jobs the table holds.
     """
-    rows = conn.execute(
-        "SELECT job_type, status, sum(n) FROM job_counts"
-        " WHERE n != 0 AND (:org IS NULL OR org = :org) GROUP BY job_type, status",
-        {"org": org},
-    ).fetchall()
+    if org is None:
+        rows = conn.execute(
+            "SELECT job_type, status, sum(n) FROM job_counts WHERE n != 0 GROUP BY job_type, status"
+        ).fetchall()
+    else:  # one org's rows through the primary key, however many orgs there are
+        rows = conn.execute(
+            "SELECT job_type, status, n FROM job_counts WHERE org = ? AND n != 0", (org,)
+        ).fetchall()
     result: dict[str, dict[str, int]] = {}
     for job_type, status, count in rows:
         if count:

@@ -66,6 +66,29 @@ def test_reading_the_counts_costs_the_same_however_many_jobs_have_finished(
         assert cost <= steps[1_000][read] + 1, steps
 
 
+def test_one_orgs_counts_are_read_by_key_however_many_orgs_there_are(tmp_path: Path) -> None:
+    steps: dict[int, int] = {}
+    for orgs in (10, 20_000):
+        path = tmp_path / f"orgs-{orgs}.db"
+        Store(path).prepare()
+        with closing(connect(path)) as conn:
+            conn.executemany(
+                "INSERT INTO job_counts (org, job_type, status, n) VALUES (?, ?, ?, 1)",
+                [
+                    (f"org{i}", job_type, status)
+                    for i in range(orgs)
+                    for job_type in ("a", "b")
+                    for status in ("queued", "completed")
+                ],
+            )
+            assert count_by_status(conn, "org7") == {
+                "a": {"queued": 1, "completed": 1},
+                "b": {"queued": 1, "completed": 1},
+            }
+            steps[orgs] = vm_steps(conn, partial(count_by_status, conn, "org7"))
+    assert steps[20_000] <= steps[10] + 1, steps
+
+
 def test_the_migration_counts_the_jobs_a_file_already_holds(
     tmp_path: Path, clock: FakeClock
 ) -> None:
