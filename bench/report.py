@@ -67,6 +67,53 @@ COMPARISONS: list[tuple[str, str, tuple[str, str] | None, str, Any]] = [
 ]
 
 
+# The other SQLite queues of the peer harness, each as its enqueue and its consume figure (one
+# item's whole life is both), held against edgejobs' end-to-end figure at the same durability.
+OTHER_QUEUES: list[tuple[str, str, str, str, str]] = [
+    ("persist-queue SQLiteAckQueue", "peer_persistqueue", "put_normal", "get_ack_normal", "normal"),
+    ("persist-queue SQLiteAckQueue", "peer_persistqueue", "put_full", "get_ack_full", "full"),
+    ("litequeue LiteQueue", "peer_litequeue", "put", "pop_done", "normal"),
+    ("huey SqliteHuey", "peer_huey", "enqueue_normal", "end_to_end_normal", "normal"),
+    ("huey SqliteHuey", "peer_huey", "enqueue_full", "end_to_end_full", "full"),
+]
+
+
+def _serial(put: float, consume: float) -> float:
+    """Items per second of enqueue then consume done one after the other (1 / (1/a + 1/b))."""
+    return 1 / (1 / put + 1 / consume)
+
+
+def _other_queues(figures: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Every peer queue of the run against edgejobs, enqueue plus consume, same durability."""
+    ours = {
+        "normal": figures.get(("edgejobs", "e2e_submit_many_normal")),
+        "full": figures.get(("edgejobs", "e2e_submit_50_full")),
+    }
+    rows = []
+    for label, subject, put_name, consume_name, sync in OTHER_QUEUES:
+        put = figures.get((subject, put_name))
+        consume = figures.get((subject, consume_name))
+        mine = ours[sync]
+        if not (put and consume and mine):
+            continue
+        serial = _serial(put["median"], consume["median"])
+        rows.append(
+            f"| {label} | {sync.upper()} | {_fmt(put['median'])} | {_fmt(consume['median'])} "
+            f"| {_fmt(serial)} | {_fmt(mine['median'])} | {mine['median'] / serial:.2f} |"
+        )
+    if not rows:
+        return
+    print(
+        "\nEvery SQLite queue of the run, enqueue + consume of one item (serial equivalent) against"
+        " edgejobs end to end at the same durability (NORMAL: one submit_many; FULL: 50"
+        " submitters). The peers keep no attempt history and no event log:\n"
+    )
+    print("| queue | sync | enqueue/s | consume/s | serial items/s | edgejobs jobs/s | ratio |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(row)
+
+
 def main() -> None:
     path = sys.argv[1]
     with open(path) as handle:
@@ -107,6 +154,7 @@ def main() -> None:
             f"{_fmt(floor['median'])} jobs/s; submit_many end to end is "
             f"{mine['median'] / floor['median']:.2f}x it (the rest is the engine's own cost)."
         )
+    _other_queues(figures)
     print("\nEvery figure of the run:\n")
     print("| subject | figure | median | unit | runs | conditions |")
     print("|---|---|---:|---|---|---|")
