@@ -52,6 +52,7 @@ from edgejobs.store.jobs import (
     get_job,
     list_jobs,
     load_job,
+    recount_jobs,
 )
 from edgejobs.store.rows import dumps
 from edgejobs.store.transitions import cancel_job, recover_running, retry_job
@@ -783,6 +784,13 @@ class EdgeJobs:
             return result
 
         return await self.store.read(read)
+
+    async def recount(self) -> int:
+        """Rebuild the kept job counts (what ``stats`` reads) from the jobs table; return how
+        many were wrong. Every edgejobs write keeps them exact; this repairs a file changed by
+        other means (see :func:`edgejobs.store.jobs.recount_jobs`)."""
+        await self.open()
+        return await self.store.write(recount_jobs)
 
     async def prune(self, *, older_than_days: float | None = None) -> PruneReport:
         """Run retention now (``older_than_days=0``: every terminal job)."""

@@ -112,6 +112,11 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     common(stats)
     stats.add_argument("--org", help="only this org's jobs")
     stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.add_argument(
+        "--recount",
+        action="store_true",
+        help="first rebuild the kept counts from the jobs table (after editing the file by hand)",
+    )
     stats.set_defaults(handler=run_stats)
 
 
@@ -372,6 +377,9 @@ def run_stats(args: argparse.Namespace) -> int:
 
 async def _stats(args: argparse.Namespace) -> int:
     async with open_client(args) as ej:
+        if args.recount:
+            wrong = await ej.recount()
+            print(f"recounted: {wrong} kept counts were wrong", file=sys.stderr)
         stats = await ej.stats(org=args.org)
     if args.json:
         print_json(stats)

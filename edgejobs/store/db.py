@@ -215,16 +215,21 @@ class WriteTx:
         if self._count_log:
             # A drain cycle moves 16 jobs queued -> running and 16 running -> completed: summed
             # first, that is a row or two to write, not one per change.
-            deltas: dict[tuple[str, str, str], int] = {}
-            for org, job_type, was, now, jobs in self._count_log:
-                if was is not None:
-                    key = (org, job_type, was)
-                    deltas[key] = deltas.get(key, 0) - jobs
-                if now is not None:
-                    key = (org, job_type, now)
-                    deltas[key] = deltas.get(key, 0) + jobs
+            deltas = self.staged_counts()
             conn.executemany(_UPSERT_COUNTS, [(*key, n) for key, n in deltas.items() if n])
             self._count_log = []
+
+    def staged_counts(self) -> dict[tuple[str, str, str], int]:
+        """The count changes staged so far, summed per (org, job_type, status)."""
+        deltas: dict[tuple[str, str, str], int] = {}
+        for org, job_type, was, now, jobs in self._count_log:
+            if was is not None:
+                key = (org, job_type, was)
+                deltas[key] = deltas.get(key, 0) - jobs
+            if now is not None:
+                key = (org, job_type, now)
+                deltas[key] = deltas.get(key, 0) + jobs
+        return deltas
 
 
 WriteOp = Callable[[sqlite3.Connection, WriteTx], T]

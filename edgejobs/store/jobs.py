@@ -480,6 +480,36 @@ def count_by_org(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     return result
 
 
+def recount_jobs(conn: sqlite3.Connection, tx: WriteTx) -> int:
+    """Count the jobs table again into ``job_counts``; return how many of the kept counts were
+    wrong (0 unless the file was changed by something that does not keep them: rows edited by
+    hand, or an edgejobs of the previous version still writing after a newer one migrated it).
+
+    One ``GROUP BY`` over every job: seconds with millions of them, in one write transaction.
+    Other operations of the same transaction may have staged count changes already (written
+    at its end): the table already shows their jobs, so the counts are written without them.
+    """
+    counted = {
+        (r[0], r[1], r[2]): int(r[3])
+        for r in conn.execute(
+            "SELECT org, job_type, status, count(*) FROM jobs GROUP BY org, job_type, status"
+        )
+    }
+    staged = tx.staged_counts()
+    kept = {
+        (r[0], r[1], r[2]): int(r[3])
+        for r in conn.execute("SELECT org, job_type, status, n FROM job_counts WHERE n != 0")
+    }
+    keys = counted.keys() | kept.keys() | staged.keys()
+    wrong = sum(1 for key in keys if counted.get(key, 0) != kept.get(key, 0) + staged.get(key, 0))
+    conn.execute("DELETE FROM job_counts")
+    conn.executemany(
+        "INSERT INTO job_counts (org, job_type, status, n) VALUES (?, ?, ?, ?)",
+        [(*key, counted.get(key, 0) - staged.get(key, 0)) for key in keys],
+    )
+    return wrong
+
+
 def running_attempts(
     conn: sqlite3.Connection, job_ids: Sequence[str]
 ) -> dict[str, tuple[str, int]]:

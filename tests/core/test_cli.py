@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -255,6 +257,15 @@ async def test_stats_and_prune(cli: Cli, runner: Harness, config: Path) -> None:
     assert "by_org" not in beta
     code, out, _ = await cli("stats")
     assert code == 0 and "completed" in out and "echo" in out and "beta" in out
+    # Counts set apart by a hand edit are rebuilt from the jobs table on request.
+    db = load_config(config, environ={}).database.path
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("UPDATE job_counts SET n = n + 7 WHERE org = 'acme' AND status = 'completed'")
+    code, out, err = await cli("stats", "--org", "acme", "--json")
+    assert json.loads(out)["by_status"]["completed"] == 10
+    code, out, err = await cli("stats", "--recount", "--org", "acme", "--json")
+    assert code == 0 and err.strip() == "recounted: 1 kept counts were wrong"
+    assert json.loads(out)["by_status"]["completed"] == 3
 
     code, out, _ = await cli("prune")  # default: [retention] days = 30
     assert code == 0 and out.strip().startswith("deleted 0 jobs")

@@ -19,7 +19,9 @@ from pathlib import Path
 from ej_testkit import count_drift
 from ops_support import DAY_MS, connect, insert_jobs, make_app, vm_steps
 
-from edgejobs.store.jobs import count_by_org, count_by_status
+from edgejobs.store.db import WriteTx
+from edgejobs.store.jobs import NewJob, count_by_org, count_by_status, recount_jobs
+from edgejobs.store.jobs import insert_jobs as insert_jobs_op
 from edgejobs.store.migrations import migrate
 from edgejobs.store.store import Store
 from edgejobs.testing import FakeClock
@@ -149,3 +151,55 @@ async def test_stats_follow_jobs_through_their_transitions(db_path: Path, clock:
         {"queued": 1, "completed": 4, "scheduled": 1},
         {"completed": 6},
     ]
+
+
+async def test_recount_repairs_counts_a_hand_edit_set_apart(
+    db_path: Path, clock: FakeClock
+) -> None:
+    ej = make_app(db_path, clock)
+    async with ej:
+        for n in range(4):
+            await ej.submit("quick", org="acme", params={"n": n})
+        await ej.drain()
+        await ej.submit("quick", org="beta", params={"n": 9}, delay_s=60)
+        assert await ej.recount() == 0  # nothing to repair
+        with closing(connect(db_path)) as conn:
+            # What edgejobs does not do: rows deleted and counts changed by hand.
+            conn.execute("DELETE FROM jobs WHERE id = (SELECT min(id) FROM jobs)")
+            conn.execute("UPDATE job_counts SET n = n + 5 WHERE org = 'beta'")
+            conn.execute("INSERT INTO job_counts VALUES ('ghost', 'quick', 'queued', 2)")
+            assert count_drift(conn) != {}
+        assert await ej.recount() == 3
+        stats = await ej.stats()
+    with closing(connect(db_path)) as conn:
+        assert count_drift(conn) == {}
+    assert stats["by_org"] == {"acme": {"completed": 3}, "beta": {"scheduled": 1}}
+
+
+async def test_a_recount_in_a_transaction_with_other_changes_counts_each_once(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """The writer runs whatever is queued in one transaction: changes staged before the recount
+    (already in the table it counts) and after it (not yet) must both end up counted once."""
+    ej = make_app(db_path, clock)
+    jobs = [NewJob("acme", "quick", "{}", 2, None, 0, None) for _ in range(3)]
+    now = clock.now_ms()
+
+    def insert_then_recount(conn: sqlite3.Connection, tx: WriteTx) -> int:
+        insert_jobs_op(conn, tx, jobs=jobs, now=now)
+        return recount_jobs(conn, tx)
+
+    def recount_then_insert(conn: sqlite3.Connection, tx: WriteTx) -> int:
+        wrong = recount_jobs(conn, tx)
+        insert_jobs_op(conn, tx, jobs=jobs, now=now)
+        return wrong
+
+    await ej.open()
+    try:
+        assert await ej.store.write(insert_then_recount) == 0
+        assert await ej.store.write(recount_then_insert) == 0
+        assert (await ej.stats())["by_status"]["queued"] == 6
+    finally:
+        await ej.close()
+    with closing(connect(db_path)) as conn:
+        assert count_drift(conn) == {}
