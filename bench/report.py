@@ -122,7 +122,7 @@ def main() -> None:
     enq = figures.get(("peer_huey", "enqueue_normal"))
     e2e = figures.get(("peer_huey", "end_to_end_normal"))
     if enq and e2e:
-        serial = 1 / (1 / enq["median"] + 1 / e2e["median"])
+        serial = _serial(enq["median"], e2e["median"])
         figures[("peer_huey", "serial")] = {"median": serial, "unit": "tasks/s"}
     ceiling = figures.get(("sqlite_ceiling", "lifecycle_3tx"))
     print("| edgejobs figure | median | unit | compared with | its value | ratio | target | met |")
