@@ -464,8 +464,7 @@ def count_by_status(conn: sqlite3.Connection, org: str | None) -> dict[str, dict
         ).fetchall()
     result: dict[str, dict[str, int]] = {}
     for job_type, status, count in rows:
-        if count:
-            result.setdefault(job_type, {})[status] = count
+        result.setdefault(job_type, {})[status] = count
     return result
 
 
@@ -475,8 +474,7 @@ def count_by_org(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     for org, status, count in conn.execute(
         "SELECT org, status, sum(n) FROM job_counts WHERE n != 0 GROUP BY org, status"
     ):
-        if count:
-            result.setdefault(org, {})[status] = count
+        result.setdefault(org, {})[status] = count
     return result
 
 
