@@ -46,14 +46,14 @@ def delete_old_jobs(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, ba
     """
     deleted = 0
     while deleted < batch:
-        gone = conn.execute(_DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch - deleted})
-        count = 0
+        gone = conn.execute(
+            _DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch - deleted}
+        ).fetchall()
+        if not gone:
+            break
         for org, job_type, status in gone:
             tx.count(org, job_type, status, None)
-            count += 1
-        if count == 0:
-            break
-        deleted += count
+        deleted += len(gone)
     return deleted
 
 
