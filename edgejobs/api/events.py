@@ -1,7 +1,8 @@
 """``GET /api/v1/events``: the Server-Sent Events stream of one org's jobs.
 
 A stream carries ``job`` events (any status change; data: the job object without ``params``,
-``result`` and the error's traceback, to keep events small: fetch the job for those),
+``result``, ``depends_on``, ``eta_s`` and the error's traceback, to keep events small and built
+from the change alone: fetch the job for those),
 ``progress`` events (``{"job_id", "org", "progress", "progress_message", "eta_s"}``) and
 ``reset`` events (the client missed events that cannot be replayed: reload). Every event has
 the event log's ``id``. Which events a stream may carry is decided by the broker
@@ -19,6 +20,7 @@ ended): a revoked token or an ended session closes the stream within one interva
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -46,6 +48,9 @@ ABORT_FINISH_S = 0.5
 """After aborting a stream, how long to try to end its body cleanly (client not reading)."""
 CHUNK_EVENTS = 64
 """At most this many queued events are written to the client at once."""
+LAST_EVENT_ID = re.compile(r"[0-9]{1,19}")
+"""An event id as a client may send it back: ASCII digits, 19 at most (an id beyond the newest
+event is answered with a ``reset``, never compared in SQL)."""
 _OPENED = b": stream open\r\n\r\n"
 _KEEPALIVE = b": keep-alive\r\n\r\n"
 
@@ -62,7 +67,8 @@ def parse_last_event_id(request: Request) -> int | None:
     if raw is None or not raw.strip():
         return None
     raw = raw.strip()
-    if not raw.isdigit() or len(raw) > 19:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+    if LAST_EVENT_ID.fullmatch(raw) is None:
         raise BadRequest(
             f"Last-Event-ID must be an event id (a non-negative integer), got {raw!r}"[:200]
         )
@@ -151,6 +157,9 @@ class EventStream(EventSourceResponse):
     async def _events(self) -> AsyncIterator[bytes]:
         subscriber = self._subscriber
         yield _OPENED
+        # The backlog ends at the subscription point whether it replayed or reset, so live
+        # events are filtered against that, never against the client's id: it may be ahead of
+        # this database (a restored backup, a forged header) and would hide every new event.
         sent_upto = subscriber.start_id
         if self._last_event_id is not None:
             chunk: list[bytes] = []
@@ -164,7 +173,6 @@ class EventStream(EventSourceResponse):
                     chunk = []
             if chunk:
                 yield b"".join(chunk)
-            sent_upto = max(sent_upto, self._last_event_id)
         loop_time = anyio.current_time
         interval = self._broker.keepalive_s
         last_sent = loop_time()
@@ -268,7 +276,8 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             params=_PARAMS,
             tags=("events",),
             description=(
-                "Events `job` (data: the job object without params, result and traceback),"
+                "Events `job` (data: the job object without params, result, depends_on, eta_s"
+                " and the error's traceback),"
                 " `progress` (data: job_id, org, progress, progress_message, eta_s) and"
                 " `reset` (missed events beyond the replay window: reload). Every event has"
                 " an `id`; keep-alive comments every `[events] keepalive_s`."

@@ -167,11 +167,39 @@ async def test_pruned_or_unknown_event_ids_send_reset(serve: Serve) -> None:
     assert reset.event == "reset" and reset.id == rows[-1]["id"]
 
 
+async def test_after_a_reset_for_an_id_ahead_of_the_database_the_stream_is_live(
+    serve: Serve,
+) -> None:
+    server = await serve()
+    ej = server.ej
+    token = await make_token(ej, "acme")
+    await _run_jobs(server, "acme", 1)
+    newest = event_rows(ej.store.path)[-1]["id"]
+    # A client of a database restored from an older backup (or a forged header): its id is
+    # ahead of every event here. New events must still reach it after the reset.
+    for ahead in (newest + 1000, 9_999_999_999_999_999_999):
+        async with client() as http:
+            async with open_stream(
+                http, server, token, headers={"Last-Event-ID": str(ahead)}
+            ) as resumed:
+                reset = await resumed.next()
+                assert reset is not None and reset.event == "reset" and reset.id == newest
+                live = await ej.submit("quick", org="acme")
+                seen = await resumed.until(is_final(live.id))
+        assert seen[0].id is not None and seen[0].id > newest
+        assert not any(e.event == "reset" for e in seen)
+        newest = event_rows(ej.store.path)[-1]["id"]
+
+
 async def test_malformed_last_event_id_is_a_bad_request(serve: Serve) -> None:
     server = await serve()
     token = await make_token(server.ej, "acme")
     async with client() as http:
         for bad in ("abc", "-1", "1.5"):
             async with open_stream(http, server, token, headers={"Last-Event-ID": bad}, expect=400):
+                pass
+        # Digits to str.isdigit(), not to int(): superscripts and other scripts' digits.
+        for bad in ("\u00b2", "1\u00b3", "\u0661\u0662"):
+            async with open_stream(http, server, token, params={"last_event_id": bad}, expect=400):
                 pass
     assert server.broker.subscriber_count == 0
