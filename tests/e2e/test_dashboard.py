@@ -135,6 +135,44 @@ def test_a_list_answer_older_than_live_events_does_not_hide_their_jobs(
     assert_not_reloaded(page)
 
 
+def test_a_detail_answer_older_than_a_live_event_does_not_hide_the_job_s_end(
+    new_page: NewPage, org: Org, server: Server
+) -> None:
+    """The job ends while the detail view's first answer is on its way: the answer says
+    `running`, the live event `completed`; the view must show the newer (it once stayed
+    `running` until the next event, which never came)."""
+    api = org.api()
+    job_id = api.submit("exports.archive", {"bucket": "backups"})
+    api.wait_status(job_id, "running")
+    page, _ = new_page()
+    held: list[tuple[Any, Any]] = []
+    detail_url = re.compile(rf".*/api/v1/jobs/{job_id}$")
+
+    def hold_the_first(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))  # read now, while the job is running
+
+    page.route(detail_url, hold_the_first)
+    with page.expect_request(detail_url):
+        sign_in(page, org.token("operator"), f"#/jobs/{job_id}")
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(10)
+    assert held, "the detail request never reached the route"
+    [(route, answer)] = held
+    assert answer.json()["status"] == "running"
+
+    server.release(job_id)
+    api.wait_status(job_id, "completed")
+    page.wait_for_timeout(500)  # the `completed` event reaches the page before the answer
+    route.fulfill(response=answer)
+    expect(page.get_by_test_id("job-status")).to_have_text("completed")
+    expect(page.get_by_test_id("job-result")).to_contain_text('"released": true')
+    assert_not_reloaded(page)
+
+
 def test_detail_progress_eta_cancel_and_retry(new_page: NewPage, org: Org, server: Server) -> None:
     """The detail view shows a running job's live progress and ETA; Cancel and Retry act on
     the job (on screen and in the API); error, traceback and every attempt are shown."""
