@@ -414,7 +414,8 @@ class Writer:
                 tx.flush(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # not after SQLite rolled it back itself (disk full)
+                    conn.execute("ROLLBACK")
                 raise
             return result
         except sqlite3.Error as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -32,7 +33,8 @@ from chaos_support import (
 
 from edgejobs import EdgeJobs, StorageFull
 from edgejobs.faults import PAGES_VAR
-from edgejobs.store import tokens
+from edgejobs.store import migrations, tokens
+from edgejobs.store.store import Store
 
 BIG_TYPE = """
 [[job_types]]
@@ -173,6 +175,66 @@ def test_cli_submit_on_a_full_database_prints_one_clear_line(tmp_path: Path) -> 
     assert "full" in lines[0] and "Traceback" not in proc.stderr
     assert query(tmp_path / "jobs.db", "SELECT count(*) AS n FROM jobs")[0]["n"] == 0
     assert query(tmp_path / "jobs.db", "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+
+
+def test_a_migration_that_meets_a_full_disk_says_so_and_leaves_no_half_schema(
+    tmp_path: Path,
+) -> None:
+    config = setup_folder(tmp_path, config_text())
+    # Room for the empty file, not for the first migration's tables.
+    proc = subprocess.run(
+        edgejobs_cmd("stats", "--config", str(config)),
+        capture_output=True,
+        text=True,
+        env=chaos_env(tmp_path, **{PAGES_VAR: "3"}),
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "full" in lines[0] and "rollback" not in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    db = tmp_path / "jobs.db"
+    assert query(db, "PRAGMA user_version")[0]["user_version"] == 0
+    assert query(db, "SELECT count(*) AS n FROM sqlite_master")[0]["n"] == 0
+    # With room again, the same command migrates the file and answers.
+    again = subprocess.run(
+        edgejobs_cmd("stats", "--config", str(config)),
+        capture_output=True,
+        text=True,
+        env=chaos_env(tmp_path),
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_migration_whose_transaction_sqlite_rolled_back_reports_the_full_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "jobs.db"
+    Store(path).prepare()
+    shipped = migrations.available()
+    # A later migration that writes many rows one statement at a time: when the disk fills
+    # midway, SQLite rolls the whole transaction back itself, before edgejobs can.
+    bulky = (
+        "CREATE TABLE bulky (b BLOB);\n" + "INSERT INTO bulky VALUES (randomblob(3000));\n" * 500
+    )
+    monkeypatch.setattr(
+        migrations, "available", lambda: [*shipped, (len(shipped) + 1, "bulky", bulky)]
+    )
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + 20}")
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            migrations.migrate(conn)
+        assert not conn.in_transaction
+        assert migrations.current_version(conn) == len(shipped)
+        assert (
+            conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'bulky'").fetchone()[0]
+            == 0
+        )
 
 
 async def _create_db(config: Path) -> None:
