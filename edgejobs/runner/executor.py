@@ -393,8 +393,9 @@ async def _execute_in_process(
         process.join()
         _call(loop, settle, (final, process.exitcode))
 
-    threading.Thread(target=pump, name=f"edgejobs-pipe-{ctx.job_id}", daemon=True).start()
     try:
+        # Inside the try: a pump thread that cannot start must not leave the child behind.
+        threading.Thread(target=pump, name=f"edgejobs-pipe-{ctx.job_id}", daemon=True).start()
         state, finished = await _race(future, abort, timeout)
     finally:
         if process.is_alive() and not future.done():

@@ -44,6 +44,10 @@ from edgejobs.store.transitions import (
 
 log = logging.getLogger("edgejobs.runner")
 
+IN_FLIGHT_CYCLE_WAIT_S = 10.0
+"""On stop, how long to wait for a claim cycle already queued to commit (it normally takes
+milliseconds; the bound only keeps a stuck database from holding the shutdown)."""
+
 
 @dataclasses.dataclass(slots=True)
 class PoolSettings:
@@ -308,9 +312,11 @@ class Pool:
     def abort(self, job_id: str, number: int, reason: str) -> None:
         """Stop a local attempt (the database already says how it ended)."""
         attempt = self._attempts.get(job_id)
-        if attempt is None and self.cycle_in_flight:
+        if self.cycle_in_flight and (attempt is None or attempt.number < number):
             # The claim of this attempt may be committed but not started yet: its result comes
             # back after the listeners of a later commit (a cancel) ran. Stop it at its start.
+            # (The job may still hold its previous attempt here: with no retry delay, one cycle
+            # can write that attempt's failure and claim the job again.)
             self._early_aborts[(job_id, number)] = reason
             return
         if (
@@ -583,6 +589,18 @@ class Pool:
             attempt.aborted_by = attempt.aborted_by or "shutdown"
             on_end(Execution(Outcome.CANCELED))
             raise
+        except Exception as exc:
+            # The handler could not even be started (no thread or process to be had: a pid or
+            # file-descriptor limit). Without an outcome the slot and the lease would be held
+            # forever; as a failed attempt the job is retried later like any other failure.
+            log.error(
+                "could not start the handler of job %s: %r",
+                attempt.job_id,
+                exc,
+                extra=_log_fields(attempt),
+            )
+            on_end(failure(exc))
+            return
         on_end(execution)
 
     def _release_slot(self, attempt: _Attempt) -> None:
@@ -732,6 +750,14 @@ class Pool:
         """Stop claiming; let running attempts finish for ``grace_s``; requeue the rest."""
         self._stopping = True
         self._wake.set()
+        # A cycle queued before the stop may be claiming right now. Let it commit and start
+        # what it claimed, so those attempts get the grace and are requeued like the others:
+        # cut off midway, its jobs would stay `running` until their leases expired, and a
+        # retry would be spent on each of them.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(IN_FLIGHT_CYCLE_WAIT_S):
+                while self.cycle_in_flight:
+                    await self._cycle_free.wait()
         running = {a.task: a for a in self._attempts.values() if a.task is not None and not a.ended}
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_s)

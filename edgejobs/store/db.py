@@ -140,7 +140,7 @@ def translate(exc: sqlite3.Error) -> EdgeJobsError | None:
     return None
 
 
-TxMark = tuple[int, int, int, int]
+TxMark = tuple[int, int, int, int, int]
 """What :meth:`WriteTx.mark` returns: how much each staged list held at that point."""
 
 _UPSERT_COUNTS = (
@@ -185,7 +185,13 @@ class WriteTx:
 
     def mark(self) -> TxMark:
         """A point to roll staged rows back to when an operation's savepoint is rolled back."""
-        return self.events, len(self.durations), len(self._change_log), len(self._count_log)
+        return (
+            self.events,
+            len(self.durations),
+            len(self._change_log),
+            len(self._count_log),
+            len(self.canceled_running),
+        )
 
     def rollback_to(self, mark: TxMark) -> None:
         """Forget what was staged and reported after ``mark`` (its savepoint was undone)."""
@@ -195,6 +201,8 @@ class WriteTx:
             del self._change_log[mark[2] :]
             self.jobs_changed = dict(self._change_log)
         del self._count_log[mark[3] :]
+        # An undone cancel must not stop the handler: its job is still running.
+        del self.canceled_running[mark[4] :]
 
     def flush(self, conn: sqlite3.Connection) -> None:
         """Write the staged run durations and count changes (called just before COMMIT)."""
