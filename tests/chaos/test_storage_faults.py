@@ -149,30 +149,32 @@ async def test_disk_full_refuses_submits_keeps_outcomes_and_loses_nothing(
     assert report["status_completed"] == 2 == len(live.acknowledged)
 
 
-def test_cli_submit_on_a_full_database_prints_one_clear_line(tmp_path: Path) -> None:
-    config = setup_folder(tmp_path, config_text())
-    asyncio.run(_create_db(config))
-    proc = subprocess.run(
-        edgejobs_cmd(
-            "submit",
-            "c.fast",
-            "--org",
-            "acme",
-            "--params",
-            json.dumps(BIG_PARAMS),
-            "--config",
-            str(config),
-        ),
+def _cli(folder: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        edgejobs_cmd(*args),
         capture_output=True,
         text=True,
-        env=chaos_env(tmp_path, **{PAGES_VAR: "1"}),
+        env=chaos_env(folder, **env),
         timeout=60,
         check=False,
     )
+
+
+def _the_one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """A failed command's stderr: exactly one line, no traceback."""
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "full" in lines[0] and "Traceback" not in proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
+
+
+def test_cli_submit_on_a_full_database_prints_one_clear_line(tmp_path: Path) -> None:
+    config = setup_folder(tmp_path, config_text())
+    asyncio.run(_create_db(config))
+    params = json.dumps(BIG_PARAMS)
+    args = ("submit", "c.fast", "--org", "acme", "--params", params, "--config", str(config))
+    proc = _cli(tmp_path, *args, **{PAGES_VAR: "1"})
+    assert "full" in _the_one_error_line(proc)
     assert query(tmp_path / "jobs.db", "SELECT count(*) AS n FROM jobs")[0]["n"] == 0
     assert query(tmp_path / "jobs.db", "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
 
@@ -182,31 +184,13 @@ def test_a_migration_that_meets_a_full_disk_says_so_and_leaves_no_half_schema(
 ) -> None:
     config = setup_folder(tmp_path, config_text())
     # Room for the empty file, not for the first migration's tables.
-    proc = subprocess.run(
-        edgejobs_cmd("stats", "--config", str(config)),
-        capture_output=True,
-        text=True,
-        env=chaos_env(tmp_path, **{PAGES_VAR: "3"}),
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert "full" in lines[0] and "rollback" not in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
+    line = _the_one_error_line(_cli(tmp_path, "stats", "--config", str(config), **{PAGES_VAR: "3"}))
+    assert "full" in line and "rollback" not in line, line
     db = tmp_path / "jobs.db"
     assert query(db, "PRAGMA user_version")[0]["user_version"] == 0
     assert query(db, "SELECT count(*) AS n FROM sqlite_master")[0]["n"] == 0
     # With room again, the same command migrates the file and answers.
-    again = subprocess.run(
-        edgejobs_cmd("stats", "--config", str(config)),
-        capture_output=True,
-        text=True,
-        env=chaos_env(tmp_path),
-        timeout=60,
-        check=False,
-    )
+    again = _cli(tmp_path, "stats", "--config", str(config))
     assert again.returncode == 0, again.stderr
 
 

@@ -21,7 +21,6 @@ from edgejobs import EdgeJobs, Job, Status
 from edgejobs.config import Config, RetryConfig, RunnerConfig
 from edgejobs.runner import executor
 from edgejobs.store.transitions import cancel_job
-from edgejobs.testing import FakeClock
 
 
 def sync_quick(ctx: Any, params: dict[str, Any]) -> dict[str, bool]:
@@ -125,50 +124,38 @@ class _Undone(Exception):
     """What the operation below raises after its cancel, so its savepoint is rolled back."""
 
 
-async def test_a_cancel_undone_with_its_savepoint_leaves_the_handler_running(
-    tmp_path: Path,
-) -> None:
-    kit = await CoreKit(tmp_path / "jobs.db", FakeClock()).start()
-    try:
-        job = await kit.submit(params={"mode": "gate", "gate": "g"})
-        assert await kit.pool.claim_once() == 1
-        await wait_until(lambda: kit.calls[job.id] == 1, timeout=10)
+async def test_a_cancel_undone_with_its_savepoint_leaves_the_handler_running(kit: CoreKit) -> None:
+    job = await kit.submit(params={"mode": "gate", "gate": "g"})
+    assert await kit.pool.claim_once() == 1
+    await wait_until(lambda: kit.calls[job.id] == 1, timeout=10)
 
-        def cancel_then_fail(conn: Any, tx: Any) -> None:
-            cancel_job(conn, tx, job_id=job.id, org="acme", now=kit.clock.now_ms())
-            raise _Undone("something after the cancel failed")
+    def cancel_then_fail(conn: Any, tx: Any) -> None:
+        cancel_job(conn, tx, job_id=job.id, org="acme", now=kit.clock.now_ms())
+        raise _Undone("something after the cancel failed")
 
-        with pytest.raises(_Undone):
-            await kit.write(cancel_then_fail)
-        await kit.settle()
-        # The cancel never happened: the job is running and its handler was not stopped.
-        assert kit.status(job.id) is Status.RUNNING
-        assert kit.pool.running_count == 1
-        kit.gates["g"].set()
-        await wait_until(lambda: kit.status(job.id) is Status.COMPLETED, timeout=10)
-        assert [a["outcome"] for a in kit.attempt_rows(job.id)] == ["completed"]
-    finally:
-        await kit.close()
+    with pytest.raises(_Undone):
+        await kit.write(cancel_then_fail)
+    await kit.settle()
+    # The cancel never happened: the job is running and its handler was not stopped.
+    assert kit.status(job.id) is Status.RUNNING
+    assert kit.pool.running_count == 1
+    kit.gates["g"].set()
+    await wait_until(lambda: kit.status(job.id) is Status.COMPLETED, timeout=10)
+    assert [a["outcome"] for a in kit.attempt_rows(job.id)] == ["completed"]
 
 
-async def test_a_stop_while_a_claim_is_in_flight_gives_its_jobs_the_grace(
-    tmp_path: Path,
-) -> None:
-    kit = await CoreKit(tmp_path / "jobs.db", FakeClock()).start()
-    try:
-        job = await kit.submit(params={"mode": "gate", "gate": "never"})
-        claim = asyncio.create_task(kit.pool.claim_once())
-        await asyncio.sleep(0)  # the cycle is queued; its claim has not committed yet
-        assert kit.pool.cycle_in_flight
-        await asyncio.wait_for(kit.pool.stop(grace_s=0.2), 30)  # (a bound against hanging)
-        assert claim.done() and claim.result() == 1
-        # The claimed job was started, given the grace, then requeued without spending a retry.
-        assert kit.status(job.id) is Status.QUEUED
-        attempts = kit.attempt_rows(job.id)
-        assert [(a["outcome"], a["error_type"]) for a in attempts] == [("canceled", "Shutdown")]
-        assert kit.pool.running_count == 0
-    finally:
-        await kit.close()
+async def test_a_stop_while_a_claim_is_in_flight_gives_its_jobs_the_grace(kit: CoreKit) -> None:
+    job = await kit.submit(params={"mode": "gate", "gate": "never"})
+    claim = asyncio.create_task(kit.pool.claim_once())
+    await asyncio.sleep(0)  # the cycle is queued; its claim has not committed yet
+    assert kit.pool.cycle_in_flight
+    await asyncio.wait_for(kit.pool.stop(grace_s=0.2), 30)  # (a bound against hanging)
+    assert claim.done() and claim.result() == 1
+    # The claimed job was started, given the grace, then requeued without spending a retry.
+    assert kit.status(job.id) is Status.QUEUED
+    attempts = kit.attempt_rows(job.id)
+    assert [(a["outcome"], a["error_type"]) for a in attempts] == [("canceled", "Shutdown")]
+    assert kit.pool.running_count == 0
 
 
 async def test_a_cancel_committed_with_the_claim_of_a_retry_stops_that_retry(
