@@ -29,7 +29,15 @@ from edgejobs.errors import (
     UnknownJobType,
     ValidationError,
 )
-from edgejobs.models import TERMINAL, Attempt, Job, Priority, Status
+from edgejobs.models import (
+    LATEST_RUN_AT_S,
+    MAX_DELAY_S,
+    TERMINAL,
+    Attempt,
+    Job,
+    Priority,
+    Status,
+)
 from edgejobs.retry import RetryPolicy
 from edgejobs.runner.lock import RunnerLock
 from edgejobs.runner.maintenance import Maintenance, MaintenanceSettings
@@ -54,7 +62,7 @@ from edgejobs.store.jobs import (
     load_job,
     recount_jobs,
 )
-from edgejobs.store.rows import dumps
+from edgejobs.store.rows import strict_dumps
 from edgejobs.store.transitions import cancel_job, recover_running, retry_job
 
 if TYPE_CHECKING:
@@ -83,6 +91,8 @@ def parse_time_ms(value: datetime | str | int | float) -> int:
     if isinstance(value, bool):
         raise ValidationError("run_at must be a time, not a boolean")
     if isinstance(value, int | float):
+        if not 0 <= value <= LATEST_RUN_AT_S:  # (also refuses NaN)
+            raise ValidationError(f"run_at must be unix seconds from 0 to {LATEST_RUN_AT_S}")
         return int(value * 1000)
     if isinstance(value, str):
         try:
@@ -527,14 +537,17 @@ class EdgeJobs:
         if not isinstance(params, Mapping):
             raise ValidationError("params must be a JSON object")
         try:
-            params_json = dumps(dict(params))
+            params_json = strict_dumps(dict(params))
+            size = len(params_json.encode())
+        except UnicodeEncodeError:
+            raise ValidationError(
+                "params hold text that is not valid Unicode (a lone surrogate)"
+            ) from None
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"params are not JSON-serializable: {exc}") from None
         limit = self.config.limits.max_params_bytes
-        if len(params_json.encode()) > limit:
-            raise PayloadTooLarge(
-                f"params are {len(params_json.encode())} bytes of JSON; the limit is {limit}"
-            )
+        if size > limit:
+            raise PayloadTooLarge(f"params are {size} bytes of JSON; the limit is {limit}")
         try:
             priority = Priority(spec.priority) if spec.priority is not None else job_type.priority
         except ValueError:
@@ -550,9 +563,9 @@ class EdgeJobs:
             if (
                 isinstance(spec.delay_s, bool)
                 or not isinstance(spec.delay_s, int | float)
-                or spec.delay_s < 0
+                or not 0 <= spec.delay_s <= MAX_DELAY_S  # (also refuses NaN)
             ):
-                raise ValidationError("delay_s must be a number >= 0")
+                raise ValidationError(f"delay_s must be a number from 0 to {MAX_DELAY_S:.0f}")
             run_at = now + int(spec.delay_s * 1000)
         if len(spec.depends_on) > MAX_DEPENDS_ON:
             raise ValidationError(f"depends_on holds at most {MAX_DEPENDS_ON} parents")

@@ -23,6 +23,16 @@ class Status(StrEnum):
     CANCELED = "canceled"
 
 
+MAX_DELAY_S = 10 * 365 * 86_400
+"""The longest delay (a job's ``delay_s``, a retry's backoff) in seconds: ten years, a bound
+that keeps every due time well inside SQLite's 64-bit integers."""
+
+MAX_RETENTION_DAYS = 36_500
+"""The longest retention (``[retention] days``, ``edgejobs prune --older-than-days``): 100 years."""
+
+LATEST_RUN_AT_S = 253_402_300_799
+"""The latest ``run_at`` in unix seconds (9999-12-31T23:59:59Z, as far as a datetime goes)."""
+
 TERMINAL: frozenset[Status] = frozenset(
     {Status.COMPLETED, Status.FAILED, Status.TIMED_OUT, Status.DEAD_LETTER, Status.CANCELED}
 )

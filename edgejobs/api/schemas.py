@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from edgejobs.app import MAX_DEPENDS_ON
+from edgejobs.models import MAX_DELAY_S
 
 PriorityName = Literal["critical", "high", "normal", "low"]
 StatusName = Literal[
@@ -29,9 +30,6 @@ StatusName = Literal[
     "canceled",
 ]
 RoleName = Literal["viewer", "operator", "admin"]
-
-MAX_DELAY_S = 10 * 365 * 86400.0
-"""Ten years: a bound that keeps every due time inside SQLite's 64-bit integers."""
 
 
 def _aware_time(value: object) -> datetime:

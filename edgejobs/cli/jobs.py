@@ -22,7 +22,7 @@ from edgejobs.app import EdgeJobs
 from edgejobs.cli import print_json, print_table, run_async
 from edgejobs.cli.runner import app_from_args
 from edgejobs.errors import EdgeJobsError
-from edgejobs.models import Attempt, Job, Priority, Status, iso_ms
+from edgejobs.models import MAX_DELAY_S, Attempt, Job, Priority, Status, iso_ms
 from edgejobs.store.audit import CLI_ACTOR
 
 T = TypeVar("T")
@@ -128,8 +128,10 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    if not 0 <= value <= MAX_DELAY_S:  # (also refuses NaN and infinity)
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds from 0 to {MAX_DELAY_S:.0f}, got {text!r}"
+        )
     return value
 
 

@@ -18,6 +18,17 @@ class RowLike(Protocol):
 _canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
+_strict_json = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+
+
+def strict_dumps(value: Any) -> str:
+    """:func:`dumps` for what callers send (job params): NaN and infinities are refused
+    (``ValueError``), as JSON has no such numbers."""
+    return _strict_json(value)
+
+
 def dumps(value: Any) -> str:
     """Canonical compact JSON: sorted keys, no spaces (also what dedup hashes).
 

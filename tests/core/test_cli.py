@@ -308,6 +308,11 @@ async def test_submit_wait_exit_code_follows_the_outcome(cli: Cli, runner: Harne
         (("submit", "echo", "--org", "a", "--after", "01NOPE"), 1, ("unknown parent",)),
         (("submit", "echo", "--org", "a", "--priority", "urgent"), 2, ("priority",)),
         (("submit", "echo", "--org", "a", "--delay", "-1"), 2, ("--delay",)),
+        # Beyond what a due time can hold (it once crashed with OverflowError).
+        (("submit", "echo", "--org", "a", "--delay", "1e20"), 2, ("--delay",)),
+        (("submit", "echo", "--org", "a", "--delay", "nan"), 2, ("--delay",)),
+        (("submit", "echo", "--org", "a", "--params", '{"n": NaN}'), 1, ("params",)),
+        (("submit", "echo", "--org", "a", "--params", '{"s": "\\ud800"}'), 1, ("surrogate",)),
         (("submit", "echo", "--org", "bad org!"), 1, ("org",)),
         (("submit", "echo"), 2, ("--org",)),
         (("jobs", "show", "01NOPE"), 1, ("no job 01NOPE",)),

@@ -1,0 +1,46 @@
+"""What ``submit`` refuses from Python callers: a clear :class:`ValidationError` for values that
+cannot be stored (they once surfaced as OverflowError, ValueError or UnicodeEncodeError from
+deep inside, or, for NaN in params, were stored as text that is not JSON), and nothing written."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+from core_support import CoreKit
+
+from edgejobs.errors import ValidationError
+from edgejobs.models import LATEST_RUN_AT_S, MAX_DELAY_S
+
+REFUSED: list[tuple[str, dict[str, Any], str]] = [
+    ("huge delay", {"delay_s": 1e20}, "delay_s"),
+    ("NaN delay", {"delay_s": math.nan}, "delay_s"),
+    ("infinite delay", {"delay_s": math.inf}, "delay_s"),
+    ("huge run_at", {"run_at": 1e300}, "run_at"),
+    ("NaN run_at", {"run_at": math.nan}, "run_at"),
+    ("negative run_at", {"run_at": -1}, "run_at"),
+    ("NaN in params", {"params": {"n": math.nan}}, "params"),
+    ("infinity in params", {"params": {"n": [1, math.inf]}}, "params"),
+    ("lone surrogate in params", {"params": {"s": "\ud800"}}, "surrogate"),
+]
+
+
+@pytest.mark.parametrize(
+    ("fields", "needle"), [pytest.param(f, n, id=name) for name, f, n in REFUSED]
+)
+async def test_values_that_cannot_be_stored_are_a_validation_error(
+    kit: CoreKit, fields: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ValidationError, match=needle):
+        await kit.submit(**fields)
+    jobs, _ = await kit.ej.list_jobs(org="acme")
+    assert jobs == []
+
+
+async def test_the_bounds_themselves_are_accepted(kit: CoreKit) -> None:
+    later = await kit.submit(delay_s=MAX_DELAY_S)
+    last = await kit.submit(run_at=LATEST_RUN_AT_S)
+    assert later.run_at == kit.clock.now_ms() + MAX_DELAY_S * 1000
+    assert last.run_at == LATEST_RUN_AT_S * 1000
+    assert (await kit.ej.get(last.id)).to_dict()["run_at"].startswith("9999-12-31T23:59:59")
