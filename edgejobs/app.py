@@ -147,6 +147,16 @@ class _RateWindow:
             )
         self._windows[key] = (start, used + count)
 
+    def give_back(self, org: str, job_type: str, limit: str, now_ms: int, count: int) -> None:
+        """Return ``count`` taken in the current window (a batch that was not written)."""
+        _, window_s = parse_rate_limit(limit)
+        window_ms = int(window_s * 1000)
+        start = now_ms - now_ms % window_ms
+        key = (org, job_type)
+        current_start, used = self._windows.get(key, (start, 0))
+        if current_start == start:
+            self._windows[key] = (start, max(0, used - count))
+
 
 class EdgeJobs:
     """A job runner on one SQLite file.
@@ -596,14 +606,29 @@ class EdgeJobs:
             depends_on=tuple(depends_on),
         )
 
-    def _check_rates(self, specs: Sequence[NewJob], now: int) -> None:
+    def _take_rates(self, specs: Sequence[NewJob], now: int) -> list[tuple[str, str, int]]:
+        """Take the batch's share of every rate limit it falls under (all or none); returns
+        what was taken, to give back if the batch is not written."""
         counts: dict[tuple[str, str], int] = {}
         for job in specs:
             counts[(job.org, job.job_type)] = counts.get((job.org, job.job_type), 0) + 1
-        for (org, name), count in counts.items():
+        taken: list[tuple[str, str, int]] = []
+        try:
+            for (org, name), count in counts.items():
+                limit = self._job_type_for_submit(name).rate_limit
+                if limit:
+                    self._rates.take(org, name, limit, now, count)
+                    taken.append((org, name, count))
+        except BaseException:
+            self._give_back_rates(taken, now)
+            raise
+        return taken
+
+    def _give_back_rates(self, taken: Sequence[tuple[str, str, int]], now: int) -> None:
+        for org, name, count in taken:
             limit = self._job_type_for_submit(name).rate_limit
             if limit:
-                self._rates.take(org, name, limit, now, count)
+                self._rates.give_back(org, name, limit, now, count)
 
     async def submit(
         self,
@@ -648,16 +673,24 @@ class EdgeJobs:
                     exc.args = (exc.message,)
                 raise
             refs[id(spec)] = index
-        self._check_rates(new_jobs, now)
-
-        written = self.store.writer.submit_nowait(SubmitOp(new_jobs, now))
+        taken = self._take_rates(new_jobs, now)
+        try:
+            written = self.store.writer.submit_nowait(SubmitOp(new_jobs, now))
+        except BaseException:
+            self._give_back_rates(taken, now)
+            raise
         if self.pool is not None and not self.pool.claim_behind():
             # The pool's claim is queued right behind this insert when no cycle is in flight
             # (then they share a transaction, which saves a whole commit of latency; behind
             # it, the claim sees the new rows only if they were written); otherwise the pool
             # claims once its cycle in flight is over.
             self.pool.wake()
-        return await written
+        try:
+            return await written
+        except BaseException:
+            # Refused (an unknown parent, a full disk, …): what was not written is not counted.
+            self._give_back_rates(taken, now)
+            raise
 
     # -- reading and acting -------------------------------------------------------------------
 

@@ -194,6 +194,28 @@ async def test_rate_limit_is_429_with_retry_after(api: Api) -> None:
     assert 1 <= int(response.headers["retry-after"]) <= 60
 
 
+async def test_a_refused_submit_does_not_use_the_rate_limit(api: Api) -> None:
+    headers = api.auth("operator")
+    # Refused after the limit was taken (no such parent): three of them, against a limit of 2.
+    for _ in range(3):
+        response = await api.client.post(
+            "/api/v1/jobs",
+            json={"job_type": "t.limited", "depends_on": ["06H2NOSUCHPARENT0000000000"]},
+            headers=headers,
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["code"] == "unknown_parent"
+    for _ in range(2):
+        response = await api.client.post(
+            "/api/v1/jobs", json={"job_type": "t.limited"}, headers=headers
+        )
+        assert response.status_code == 201, response.text
+    response = await api.client.post(
+        "/api/v1/jobs", json={"job_type": "t.limited"}, headers=headers
+    )
+    assert response.status_code == 429
+
+
 async def test_database_busy_is_503_with_retry_after(tmp_path: Path) -> None:
     api = await make_api(tmp_path / "busy.db", make_config(database={"busy_timeout_ms": 100}))
     try:
