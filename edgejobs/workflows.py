@@ -108,13 +108,14 @@ class Workflow:
         """
         if not isinstance(job_type, str) or not job_type:
             raise ValidationError("a workflow node needs a job type (a non-empty string)")
+        depends_on = self._resolve(after)  # first: a refused call must not take the name
         node_name = self._claim_name(name, job_type)
         spec = JobSpec(
             job_type=job_type,
             org=self.org,
             params=params,
             priority=priority,
-            depends_on=self._resolve(after),
+            depends_on=depends_on,
             run_at=run_at,
             delay_s=delay_s,
             dedup=dedup,

@@ -178,6 +178,10 @@ def test_builder_rejects_what_could_form_a_cycle_or_a_mistake() -> None:
     group = wf.group("step", "step", after=iter([a, b]))
     assert [n.spec.depends_on for n in group] == [(0, 1), (0, 1)]
     assert [n.index for n in wf.nodes] == list(range(len(wf)))
+    # A refused call takes no name with it.
+    with pytest.raises(ValidationError):
+        wf.add("step", name="kept", after=[42])  # type: ignore[list-item]
+    assert wf.add("step", name="kept").name == "kept"
 
 
 async def test_workflow_larger_than_max_batch_is_refused(h: Harness) -> None:
