@@ -22,6 +22,7 @@ from edgejobs import faults
 from edgejobs.clock import Clock, SystemClock
 from edgejobs.config import Config, load_config, parse_rate_limit
 from edgejobs.errors import (
+    ConfigError,
     EdgeJobsError,
     PayloadTooLarge,
     RateLimited,
@@ -343,6 +344,7 @@ class EdgeJobs:
         """
         if self.pool is not None:
             return
+        self._import_handlers()
         lock = RunnerLock(Path(self.config.database.path))
         await asyncio.get_running_loop().run_in_executor(None, lock.acquire)
         self._lock = lock
@@ -518,6 +520,20 @@ class EdgeJobs:
     async def _refresh_job_types(self) -> None:
         with contextlib.suppress(EdgeJobsError):
             self.set_stored_types(await self.store.read(job_type_store.load_states))
+
+    def _import_handlers(self) -> None:
+        """Import every registered handler now: a typo in a ``module:function`` path is a
+        configuration error at start (exit 2 from the CLI), not a failure of every job."""
+        for job_type in self.registry:
+            try:
+                job_type.handler()
+            except ConfigError as exc:
+                raise ConfigError(f"job type {job_type.name!r}: {exc.message}") from exc
+            except Exception as exc:
+                raise ConfigError(
+                    f"job type {job_type.name!r}: importing handler {job_type.handler_path!r}"
+                    f" raised {type(exc).__name__}: {exc}"
+                ) from exc
 
     # -- submitting ---------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from edgejobs.errors import ConfigError
+from edgejobs.models import MAX_DELAY_S, MAX_RETENTION_DAYS
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -218,14 +219,18 @@ class RunnerConfig(_Model):
         default=8, ge=1, le=1024, description="max concurrently running jobs in this process"
     )
     tick_interval_s: float = Field(
-        default=1.0, gt=0, description="retry promotion, dependency safety net, lease recovery"
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="retry promotion, dependency safety net, lease recovery",
     )
     lease_s: float = Field(
-        default=30.0, gt=0, description="a running job's lease, renewed while it runs"
+        default=30.0, gt=0, le=86400, description="a running job's lease, renewed while it runs"
     )
     shutdown_grace_s: float = Field(
         default=30.0,
         ge=0,
+        le=86400,
         description="on SIGTERM/SIGINT: stop claiming, wait, then cancel",
     )
 
@@ -234,10 +239,16 @@ class RetryConfig(_Model):
     """Default retry backoff: min(max_delay_s, base_delay_s * 2**(n-1)) for retry n."""
 
     base_delay_s: float = Field(
-        default=60.0, ge=0, description="delay before the first retry; doubles each retry"
+        default=60.0,
+        ge=0,
+        le=MAX_DELAY_S,
+        description="delay before the first retry; doubles each retry",
     )
     max_delay_s: float = Field(
-        default=3600.0, ge=0, description="upper bound of a retry delay (>= base_delay_s)"
+        default=3600.0,
+        ge=0,
+        le=MAX_DELAY_S,
+        description="upper bound of a retry delay (>= base_delay_s)",
     )
     jitter: bool = Field(default=True, description="spread each delay by up to +/-10 %")
 
@@ -254,9 +265,12 @@ class RetentionConfig(_Model):
     days: float = Field(
         default=30.0,
         ge=0,
+        le=MAX_RETENTION_DAYS,
         description="delete terminal jobs (and attempts/events) older than this",
     )
-    interval_s: float = Field(default=3600.0, gt=0, description="how often retention runs")
+    interval_s: float = Field(
+        default=3600.0, gt=0, le=MAX_DELAY_S, description="how often retention runs"
+    )
     batch_size: int = Field(
         default=500, ge=1, description="rows per delete transaction, so claims never wait long"
     )
@@ -268,6 +282,7 @@ class ProgressConfig(_Model):
     min_interval_ms: int = Field(
         default=250,
         ge=0,
+        le=3_600_000,
         description="per job: at most one progress write/event per interval",
     )
 
@@ -279,9 +294,14 @@ class EventsConfig(_Model):
         default=10000, ge=0, description="Last-Event-ID replay window: at most this many events"
     )
     replay_max_age_s: float = Field(
-        default=3600.0, ge=0, description="... and at most this old; older: a `reset` event"
+        default=3600.0,
+        ge=0,
+        le=MAX_DELAY_S,
+        description="... and at most this old; older: a `reset` event",
     )
-    keepalive_s: float = Field(default=15.0, gt=0, description="SSE keep-alive comment interval")
+    keepalive_s: float = Field(
+        default=15.0, gt=0, le=3600, description="SSE keep-alive comment interval"
+    )
     subscriber_buffer: int = Field(
         default=1000,
         ge=1,
@@ -303,7 +323,7 @@ class ServerConfig(_Model):
         default=1_048_576, ge=1, description="largest accepted request body (1 MiB)"
     )
     session_ttl_s: float = Field(
-        default=86400.0, gt=0, description="dashboard session lifetime (1 day)"
+        default=86400.0, gt=0, le=MAX_DELAY_S, description="dashboard session lifetime (1 day)"
     )
 
 
@@ -330,7 +350,11 @@ class JobTypeConfig(_Model):
         examples=["myapp.jobs:build_report"],
     )
     timeout_s: float = Field(
-        default=300.0, gt=0, description="seconds one attempt may run", examples=[120]
+        default=300.0,
+        gt=0,
+        le=MAX_DELAY_S,
+        description="seconds one attempt may run",
+        examples=[120],
     )
     max_retries: int = Field(
         default=3, ge=0, description="automatic retries after a failed attempt", examples=[5]
@@ -338,12 +362,14 @@ class JobTypeConfig(_Model):
     base_delay_s: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_DELAY_S,
         description="first retry delay (default: [retry] base_delay_s)",
         examples=[30],
     )
     max_delay_s: float | None = Field(
         default=None,
         ge=0,
+        le=MAX_DELAY_S,
         description="retry delay bound (default: [retry] max_delay_s)",
         examples=[1800],
     )

@@ -375,8 +375,18 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
         ["[runner] workers: expected an integer between 1 and 1024, got 0"],
     ),
     ("workers too many", "[runner]\nworkers = 5000\n", ["[runner] workers:", "got 5000"]),
-    ("lease 0", "[runner]\nlease_s = 0\n", ["[runner] lease_s: expected a number > 0, got 0"]),
+    (
+        "lease 0",
+        "[runner]\nlease_s = 0\n",
+        ["[runner] lease_s: expected a number > 0 and <= 86400, got 0"],
+    ),
     ("infinite lease", "[runner]\nlease_s = inf\n", ["[runner] lease_s:", "got inf"]),
+    # Finite, but beyond what a due time in milliseconds can hold (once: a runner that started
+    # and then failed every claim, or a retention that failed every run).
+    ("huge lease", "[runner]\nlease_s = 1e300\n", ["[runner] lease_s:", "86400"]),
+    ("huge retention", "[retention]\ndays = 1e12\n", ["[retention] days:", "36500"]),
+    ("huge retry delay", "[retry]\nbase_delay_s = 1e300\n", ["[retry] base_delay_s:"]),
+    ("huge timeout", JOB_TYPE + "timeout_s = 1e300\n", ["[[job_types]] #1 timeout_s:"]),
     ("port out of range", "[server]\nport = 70000\n", ["[server] port:", "65535", "got 70000"]),
     ("empty db path", '[database]\npath = ""\n', ["[database] path: expected a non-empty"]),
     (
@@ -392,7 +402,7 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
     (
         "negative timeout in 2nd job type",
         JOB_TYPE + '[[job_types]]\nname = "b"\nhandler = "m:f"\ntimeout_s = -1\n',
-        ["[[job_types]] #2 timeout_s: expected a number > 0, got -1"],
+        ["[[job_types]] #2 timeout_s: expected a number > 0 and <= 315360000, got -1"],
     ),
     (
         "bad handler path",
@@ -487,7 +497,7 @@ def test_several_errors_are_joined_on_one_line(tmp_path: Path) -> None:
     message = config_error(path, "[runner]\nworkers = 0\nlease_s = -1\n", environ={})
     assert message == (
         f"{path}: [runner] workers: expected an integer between 1 and 1024, got 0; "
-        "[runner] lease_s: expected a number > 0, got -1"
+        "[runner] lease_s: expected a number > 0 and <= 86400, got -1"
     )
 
 

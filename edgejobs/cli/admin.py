@@ -8,6 +8,7 @@ from typing import Any
 
 from edgejobs.cli import run_async
 from edgejobs.cli.jobs import open_client
+from edgejobs.models import MAX_RETENTION_DAYS as MAX_DAYS
 
 
 def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -31,8 +32,10 @@ def _days(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of days >= 0, got {text!r}")
+    if not 0 <= value <= MAX_DAYS:  # (also refuses NaN and infinity)
+        raise argparse.ArgumentTypeError(
+            f"expected a number of days from 0 to {MAX_DAYS:.0f}, got {text!r}"
+        )
     return value
 
 

@@ -45,6 +45,9 @@ def run_init(args: argparse.Namespace) -> int:
     except FileExistsError:
         print(f"edgejobs: {target} already exists; not overwriting it", file=sys.stderr)
         return 1
+    except OSError as exc:  # a missing folder, no permission, a read-only disk
+        print(f"edgejobs: cannot write {target}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     print(f"wrote {target}")
     return 0
 
@@ -65,7 +68,7 @@ async def serve_until_signal(ej: EdgeJobs) -> None:
 
 def run_worker(args: argparse.Namespace) -> int:
     """Run the runner in this process until a signal."""
-    overrides = {"runner.workers": args.workers} if args.workers else {}
+    overrides = {"runner.workers": args.workers} if args.workers is not None else {}
     ej = app_from_args(args, **overrides)
 
     async def main() -> int:

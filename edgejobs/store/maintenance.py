@@ -172,7 +172,10 @@ def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResul
         raise BackupError(f"the folder {target.parent} does not exist")
     partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
     try:
-        conn = connect(source, pragmas)
+        try:
+            conn = connect(source, pragmas)
+        except sqlite3.Error as exc:  # not a database, unreadable, locked beyond the timeout
+            raise BackupError(f"cannot open the database {source}: {exc}") from exc
         try:
             conn.execute("VACUUM INTO ?", (str(partial),))
         except sqlite3.Error as exc:

@@ -322,6 +322,8 @@ async def test_submit_wait_exit_code_follows_the_outcome(cli: Cli, runner: Harne
         (("jobs", "list", "--limit", "0"), 2, ("--limit",)),
         (("jobs",), 2, ("ACTION",)),
         (("prune", "--older-than-days", "-3"), 2, ("days",)),
+        (("prune", "--older-than-days", "1e12"), 2, ("days",)),
+        (("worker", "--workers", "0"), 2, ("workers",)),
     ],
 )
 async def test_user_errors_are_one_clear_line(
@@ -369,3 +371,42 @@ async def test_config_errors_exit_2_naming_the_key(
     code, out, err = await cli(*command)
     assert code == 2 and out == ""
     _one_line_error(err, key)
+
+
+async def test_init_into_a_missing_folder_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "no-such-folder" / "edgejobs.toml"
+    code = await asyncio.to_thread(exit_code_of, ["init", "--config", str(target)])
+    assert code == 1
+    _one_line_error(capsys.readouterr().err, "cannot write", "no-such-folder")
+    assert not target.exists()
+
+
+async def test_backup_of_a_file_that_is_not_a_database_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.db").write_text("not a database\n" * 100)
+    config = write_config(tmp_path, '[database]\npath = "notes.db"\n', name="notes.toml")
+    argv = ["backup", str(tmp_path / "copy.db"), "--config", str(config)]
+    code = await asyncio.to_thread(exit_code_of, argv)
+    assert code == 1
+    _one_line_error(capsys.readouterr().err, "cannot open the database", "not a database")
+    assert not (tmp_path / "copy.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("handler", "needles"),
+    [
+        ("core_handlers:no_such_function", ("'typo'", "core_handlers", "no_such_function")),
+        ("no_such_module_here:run", ("'typo'", "no_such_module_here")),
+    ],
+)
+async def test_a_runner_whose_handler_cannot_be_imported_refuses_to_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], handler: str, needles: tuple[str, ...]
+) -> None:
+    text = f'[database]\npath = "jobs.db"\n\n[[job_types]]\nname = "typo"\nhandler = "{handler}"\n'
+    config = write_config(tmp_path, text, name="typo.toml")
+    code = await asyncio.to_thread(exit_code_of, ["worker", "--config", str(config)])
+    assert code == 2
+    _one_line_error(capsys.readouterr().err, *needles)
