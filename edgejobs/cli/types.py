@@ -17,6 +17,7 @@ from edgejobs.cli import print_json, print_table
 from edgejobs.cli.jobs import with_client
 from edgejobs.control import (
     CLI_ACTOR,
+    MAX_AUDIT_PAGE,
     JobTypeOverrides,
     JobTypeView,
     job_type_views,
@@ -79,10 +80,22 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
 
     audit = subparsers.add_parser("audit", help="the operator audit log, newest first")
     common(audit)
-    audit.add_argument("--limit", type=int, default=50, help="entries to show (1-500)")
+    audit.add_argument(
+        "--limit", type=_audit_limit, default=50, help=f"entries to show (1-{MAX_AUDIT_PAGE})"
+    )
     audit.add_argument("--org", default=None, help="only entries concerning this org")
     audit.add_argument("--json", action="store_true", help="print JSON")
     audit.set_defaults(handler=run_audit)
+
+
+def _audit_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_AUDIT_PAGE:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_AUDIT_PAGE}, got {value}")
+    return value
 
 
 def parse_value(text: str) -> Any:
@@ -151,11 +164,10 @@ def run_types_resume(args: argparse.Namespace) -> int:
 def run_types_set(args: argparse.Namespace) -> int:
     """Set or remove runtime overrides."""
     try:
-        pairs = parse_pairs(args.pairs)
-    except ValidationError as exc:
+        patch = JobTypeOverrides.parse(parse_pairs(args.pairs))
+    except ValidationError as exc:  # a malformed pair, an unknown key, a bad value: usage
         print(f"edgejobs: {exc.message} (see --help)", file=sys.stderr)
         return 2
-    patch = JobTypeOverrides.parse(pairs)
     view = with_client(args, lambda ej: override_job_type(ej, args.name, patch, actor=CLI_ACTOR))
     _print_types([view])
     return 0

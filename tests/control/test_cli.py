@@ -49,7 +49,10 @@ def config(tmp_path: Path) -> Path:
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -89,10 +92,17 @@ def test_types_errors(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(config)
     code, _, err = run(capsys, "types", "pause", "nope", "--config", cfg)
     assert code == 1 and "no job type 'nope'" in err
-    code, _, err = run(capsys, "types", "set", "reports.build", "timeout_s=-1", "--config", cfg)
-    assert code == 1 and "timeout_s" in err and "Traceback" not in err
-    code, _, err = run(capsys, "types", "set", "reports.build", "concurrency", "--config", cfg)
-    assert code == 2 and "KEY=VALUE" in err
+    # Bad overrides are usage errors (exit 2, SPEC §5), like a malformed pair.
+    for pair, needle in [
+        ("timeout_s=-1", "timeout_s"),
+        ("concurrency=0", "concurrency"),
+        ("bogus=1", "bogus"),
+        ("concurrency", "KEY=VALUE"),
+    ]:
+        code, _, err = run(capsys, "types", "set", "reports.build", pair, "--config", cfg)
+        assert code == 2 and needle in err and "Traceback" not in err, (pair, code, err)
+    code, _, err = run(capsys, "audit", "--limit", "0", "--config", cfg)
+    assert code == 2 and "--limit" in err
 
 
 def test_audit_lists_cli_actions(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
