@@ -513,8 +513,13 @@ class Config(_Model):
 
     @field_validator("job_types")
     @classmethod
-    def _unique_job_types(cls, value: list[JobTypeConfig]) -> list[JobTypeConfig]:
+    def _unique_job_types(
+        cls, value: list[JobTypeConfig], info: ValidationInfo
+    ) -> list[JobTypeConfig]:
         _check_unique("job type", [item.name for item in value])
+        retry = info.data.get("retry")
+        if isinstance(retry, RetryConfig):
+            _check_delays_against(retry, value)
         return value
 
     @field_validator("schedules")
@@ -522,6 +527,24 @@ class Config(_Model):
     def _unique_schedules(cls, value: list[ScheduleConfig]) -> list[ScheduleConfig]:
         _check_unique("schedule", [item.name for item in value])
         return value
+
+
+def _check_delays_against(retry: RetryConfig, job_types: Sequence[JobTypeConfig]) -> None:
+    """A job type's own retry delay bound must not fall below the base it inherits from
+    ``[retry]`` (nor its own base below an inherited bound): the delay would silently be the
+    bound."""
+    for index, item in enumerate(job_types):
+        if item.base_delay_s is None and item.max_delay_s is None:
+            continue
+        base = item.base_delay_s if item.base_delay_s is not None else retry.base_delay_s
+        maximum = item.max_delay_s if item.max_delay_s is not None else retry.max_delay_s
+        if maximum < base:
+            key = "max_delay_s" if item.max_delay_s is not None else "base_delay_s"
+            raise _located(
+                f"max_delay_s ({_number(maximum)}) is below base_delay_s ({_number(base)});"
+                " one of them comes from [retry]",
+                (index, key),
+            )
 
 
 def _check_unique(what: str, names: Sequence[str]) -> None:

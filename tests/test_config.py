@@ -395,6 +395,16 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
         ["[retry] max_delay_s: expected a number >= base_delay_s (60), got 30"],
     ),
     (
+        "job type max_delay below the base of [retry]",
+        "[retry]\nbase_delay_s = 100\n" + JOB_TYPE + "max_delay_s = 10\n",
+        ["[[job_types]] #1 max_delay_s:", "below base_delay_s (100)", "[retry]"],
+    ),
+    (
+        "job type base_delay above the bound of [retry]",
+        "[retry]\nmax_delay_s = 100\n" + JOB_TYPE + "base_delay_s = 500\n",
+        ["[[job_types]] #1 base_delay_s:", "max_delay_s (100)"],
+    ),
+    (
         "job type max_delay below base_delay",
         JOB_TYPE + "base_delay_s = 10\nmax_delay_s = 1\n",
         ["[[job_types]] #1 max_delay_s: expected a number >= base_delay_s (10), got 1"],
