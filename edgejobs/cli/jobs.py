@@ -135,14 +135,22 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= MAX_LIST_LIMIT:
-        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_LIST_LIMIT}, got {value}")
-    return value
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``low`` to ``high`` (else a usage error)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {low} to {high}, got {value}")
+        return value
+
+    return parse
+
+
+_limit = whole_number(1, MAX_LIST_LIMIT)
 
 
 def usage_error(message: str) -> int:

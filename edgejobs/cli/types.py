@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgejobs.cli import print_json, print_table
-from edgejobs.cli.jobs import with_client
+from edgejobs.cli.jobs import whole_number, with_client
 from edgejobs.control import (
     CLI_ACTOR,
     MAX_AUDIT_PAGE,
@@ -81,21 +81,14 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     audit = subparsers.add_parser("audit", help="the operator audit log, newest first")
     common(audit)
     audit.add_argument(
-        "--limit", type=_audit_limit, default=50, help=f"entries to show (1-{MAX_AUDIT_PAGE})"
+        "--limit",
+        type=whole_number(1, MAX_AUDIT_PAGE),
+        default=50,
+        help=f"entries to show (1-{MAX_AUDIT_PAGE})",
     )
     audit.add_argument("--org", default=None, help="only entries concerning this org")
     audit.add_argument("--json", action="store_true", help="print JSON")
     audit.set_defaults(handler=run_audit)
-
-
-def _audit_limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 1 <= value <= MAX_AUDIT_PAGE:
-        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_AUDIT_PAGE}, got {value}")
-    return value
 
 
 def parse_value(text: str) -> Any:
