@@ -52,7 +52,7 @@
     list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map(), arrived: null },
     // early: the newest `job` event of the shown job that came while its first GET was on its way.
     detail: { seq: 0, id: null, job: null, early: null, attemptsSeq: 0, refreshSeq: 0 },
-    dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set() },
+    dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set(), arrived: null },
     series: [],               // [{t: ms, completed, failed, queue_depth}], oldest first
     counted: new Set(),       // terminal job events already added to the chart
     stats: { timer: null, last: 0 },
@@ -980,9 +980,14 @@
     const seq = ++dead.seq;
     const query = new URLSearchParams({ status: "dead_letter", limit: String(DEAD_PAGE_SIZE) });
     if (cursor) query.set("cursor", cursor);
+    // As for the job list: events that arrive before the answer are newer than it, and a first
+    // page must not wipe the rows they added (jobs that just reached dead_letter).
+    const arrived = [];
+    dead.arrived = arrived;
     try {
       const data = await api("GET", "/api/v1/jobs?" + query.toString());
       if (seq !== dead.seq || state.route.view !== "dead") return;
+      dead.arrived = null;
       if (!cursor) {
         clearDeadView();
         dead.seq = seq;
@@ -996,9 +1001,13 @@
         $("dead-body").append(row);
       }
       dead.nextCursor = (data && data.next_cursor) || null;
+      for (const job of arrived) deadOnJob(job);
       updateDeadChrome();
     } catch (err) {
-      if (seq === dead.seq) showError(err);
+      if (seq === dead.seq) {
+        dead.arrived = null;
+        showError(err);
+      }
     }
   }
 
@@ -1020,6 +1029,7 @@
   function clearDeadView() {
     const dead = state.dead;
     dead.seq++;
+    dead.arrived = null;
     dead.rows.clear();
     dead.jobs.clear();
     dead.selected.clear();
@@ -1085,6 +1095,7 @@
   function deadOnJob(job) {
     const dead = state.dead;
     if (state.route.view !== "dead") return;
+    if (dead.arrived) dead.arrived.push(job);
     const row = dead.rows.get(job.id);
     if (row) {
       const known = dead.jobs.get(job.id);

@@ -343,6 +343,41 @@ def test_search_filters_and_pages(new_page: NewPage, org: Org) -> None:
     assert_not_reloaded(page)
 
 
+def test_a_dead_letter_answer_older_than_live_events_does_not_hide_their_jobs(
+    new_page: NewPage, org: Org
+) -> None:
+    """A job reaches dead_letter while the dead-letter view's first page is on its way: the
+    row the live event added must survive the older answer (it once wiped it)."""
+    api = org.api()
+    page, _ = new_page()
+    held: list[tuple[Any, Any]] = []
+    dead_url = re.compile(r".*/api/v1/jobs\?.*status=dead_letter.*")
+
+    def hold_the_first(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))  # read now, before the job below exists
+
+    page.route(dead_url, hold_the_first)
+    with page.expect_request(dead_url):
+        sign_in(page, org.token("operator"), "#/dead")
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(10)
+    assert held, "the dead-letter request never reached the route"
+    job_id = api.submit("webhooks.deliver", {"url": "https://hooks.example.com/late"})
+    api.wait_status(job_id, "dead_letter")
+    expect(row(page, job_id)).to_have_attribute("data-status", "dead_letter")  # the live event
+
+    [(route, answer)] = held
+    assert answer.json()["items"] == []  # read before the job existed
+    route.fulfill(response=answer)
+    expect(page.locator("#dead-head th").first).to_be_visible()  # the answer was rendered
+    expect(row(page, job_id)).to_have_attribute("data-status", "dead_letter")
+    assert_not_reloaded(page)
+
+
 def test_dead_letter_bulk_retry(new_page: NewPage, org: Org, server: Server) -> None:
     """Jobs reaching dead_letter appear live in the dead-letter view; retrying the selected
     ones requeues exactly those (they then complete), the others stay dead."""
