@@ -45,6 +45,30 @@ def assert_not_reloaded(page: Page) -> None:
     assert page.evaluate("window.__e2eNoReload === true"), "the page reloaded"
 
 
+def hold_first_answer(page: Page, url: re.Pattern[str], token: str, hash_route: str) -> Any:
+    """Sign in at ``hash_route`` and hold the first request to ``url``: its answer is read
+    from the server now and handed to the browser only when the test calls
+    ``route.fulfill(response=answer)``; later requests pass. Returns ``(route, answer)``."""
+    held: list[tuple[Any, Any]] = []
+
+    def hold_the_first(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    page.route(url, hold_the_first)
+    with page.expect_request(url):
+        sign_in(page, token, hash_route)
+    # Route handlers run while the test is inside a Playwright call: let this one run (and
+    # read the answer) before the test changes anything.
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(10)
+    assert held, f"no request to {url.pattern} reached the route"
+    return held[0]
+
+
 def progress_of(locator: Any) -> float:
     """The numeric ``data-progress`` of a progress bar."""
     return float(locator.get_attribute("data-progress") or 0)
@@ -107,22 +131,12 @@ def test_a_list_answer_older_than_live_events_does_not_hide_their_jobs(
     than it: the jobs those events showed stay on screen (the answer once wiped them)."""
     api = org.api()
     page, _ = new_page()
-    held: list[tuple[Any, Any]] = []
     list_url = re.compile(r".*/api/v1/jobs\?.*")
     # The page is read now, before the job below exists, and handed to the browser later.
-    page.route(list_url, lambda route: held.append((route, route.fetch())))
-    with page.expect_request(list_url):
-        sign_in(page, org.token("operator"))
-    # Route handlers run while the test is inside a Playwright call: let this one run (and
-    # read the page) before the job exists.
-    deadline = time.monotonic() + 10
-    while not held and time.monotonic() < deadline:
-        page.wait_for_timeout(10)
-    assert held, "the list request never reached the route"
+    route, answer = hold_first_answer(page, list_url, org.token("operator"), "#/jobs")
     job_id = api.submit("emails.send", {"to": "ops@example.com"})
     expect(row(page, job_id)).to_have_attribute("data-status", "completed")
 
-    [(route, answer)] = held
     stale = answer.json()
     assert [job["id"] for job in stale["items"]] == []  # read before the job existed
     # A job only that old page holds, so the test can see the page was rendered.
@@ -145,24 +159,9 @@ def test_a_detail_answer_older_than_a_live_event_does_not_hide_the_job_s_end(
     job_id = api.submit("exports.archive", {"bucket": "backups"})
     api.wait_status(job_id, "running")
     page, _ = new_page()
-    held: list[tuple[Any, Any]] = []
     detail_url = re.compile(rf".*/api/v1/jobs/{job_id}$")
-
-    def hold_the_first(route: Any) -> None:
-        if held:
-            route.continue_()
-        else:
-            held.append((route, route.fetch()))  # read now, while the job is running
-
-    page.route(detail_url, hold_the_first)
-    with page.expect_request(detail_url):
-        sign_in(page, org.token("operator"), f"#/jobs/{job_id}")
-    deadline = time.monotonic() + 10
-    while not held and time.monotonic() < deadline:
-        page.wait_for_timeout(10)
-    assert held, "the detail request never reached the route"
-    [(route, answer)] = held
-    assert answer.json()["status"] == "running"
+    route, answer = hold_first_answer(page, detail_url, org.token("operator"), f"#/jobs/{job_id}")
+    assert answer.json()["status"] == "running"  # read while the job was running
 
     server.release(job_id)
     api.wait_status(job_id, "completed")
@@ -350,27 +349,12 @@ def test_a_dead_letter_answer_older_than_live_events_does_not_hide_their_jobs(
     row the live event added must survive the older answer (it once wiped it)."""
     api = org.api()
     page, _ = new_page()
-    held: list[tuple[Any, Any]] = []
     dead_url = re.compile(r".*/api/v1/jobs\?.*status=dead_letter.*")
-
-    def hold_the_first(route: Any) -> None:
-        if held:
-            route.continue_()
-        else:
-            held.append((route, route.fetch()))  # read now, before the job below exists
-
-    page.route(dead_url, hold_the_first)
-    with page.expect_request(dead_url):
-        sign_in(page, org.token("operator"), "#/dead")
-    deadline = time.monotonic() + 10
-    while not held and time.monotonic() < deadline:
-        page.wait_for_timeout(10)
-    assert held, "the dead-letter request never reached the route"
+    route, answer = hold_first_answer(page, dead_url, org.token("operator"), "#/dead")
     job_id = api.submit("webhooks.deliver", {"url": "https://hooks.example.com/late"})
     api.wait_status(job_id, "dead_letter")
     expect(row(page, job_id)).to_have_attribute("data-status", "dead_letter")  # the live event
 
-    [(route, answer)] = held
     assert answer.json()["items"] == []  # read before the job existed
     route.fulfill(response=answer)
     expect(page.locator("#dead-head th").first).to_be_visible()  # the answer was rendered
