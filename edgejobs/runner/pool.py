@@ -91,7 +91,10 @@ class _Finish:
 def _outcome_row(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: int) -> Any:
     """Write one attempt's outcome (fenced); its row, or None when the attempt was abandoned."""
     attempt, execution = item.attempt, item.execution
-    if attempt.aborted_by == "shutdown" or execution.outcome is Outcome.CANCELED:
+    # Interrupted (by a shutdown, a cancel, a lost lease): requeued, fenced. A handler that ended
+    # on its own before the interruption took hold is written as it ended, even if a shutdown
+    # marked the attempt meanwhile (its result was on its way to the loop): not run again.
+    if execution.outcome is Outcome.CANCELED:
         return requeue_interrupted(conn, tx, seq=attempt.seq, attempt=attempt.number, now=now)
     if execution.outcome is Outcome.COMPLETED:
         assert execution.result_json is not None
@@ -150,7 +153,7 @@ def _log_outcome(item: _Finish, result: Any) -> None:
 
 
 def _is_plain_completion(item: _Finish) -> bool:
-    return item.execution.outcome is Outcome.COMPLETED and item.attempt.aborted_by != "shutdown"
+    return item.execution.outcome is Outcome.COMPLETED
 
 
 def _write_outcomes(

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,41 @@ async def test_an_outcome_not_yet_written_at_shutdown_is_written_as_it_ended(
     assert row["status"] == "completed", row["status"]
     assert row["result"] == '{"ok":true}'
     assert [a["outcome"] for a in db_attempts(path, job.id)] == ["completed"]
+
+
+async def test_a_thread_handler_that_returned_as_the_grace_ran_out_is_written_as_it_ended(
+    tmp_path: Path,
+) -> None:
+    """A sync handler's result was on its way to the event loop when the stop's grace ran out
+    (the loop was busy): the attempt is written as completed, not requeued to run again."""
+    path = tmp_path / "jobs.db"
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow(ctx: Any, params: dict[str, Any]) -> dict[str, bool]:
+        calls.append(ctx.attempt)
+        release.wait(10)
+        return {"ok": True}
+
+    ej = EdgeJobs(database=path, workers=1)
+    ej.register("slow", slow, timeout_s=60)
+    await ej.start()
+    try:
+        job = await ej.submit("slow", org="acme")
+        await poll_until(lambda: calls == [1], timeout=10, interval=0.005, message="not started")
+        loop = asyncio.get_running_loop()
+
+        def busy_loop_while_the_handler_returns() -> None:
+            release.set()
+            time.sleep(0.3)  # the result is queued on the loop; the grace runs out meanwhile
+
+        loop.call_later(0.1, busy_loop_while_the_handler_returns)
+        await asyncio.wait_for(ej.stop(grace_s=0.2), 30)
+    finally:
+        release.set()
+        await ej.close()
+
+    row = db_job(path, job.id)
+    assert row["status"] == "completed", row["status"]
+    assert [a["outcome"] for a in db_attempts(path, job.id)] == ["completed"]
+    assert calls == [1]
