@@ -132,14 +132,17 @@ class _RateWindow:
     def __init__(self) -> None:
         self._windows: dict[tuple[str, str], tuple[int, int]] = {}
 
+    def _used(self, key: tuple[str, str], window_ms: int, now_ms: int) -> tuple[int, int]:
+        """The current window's start and how much of it ``key`` has used."""
+        start = now_ms - now_ms % window_ms
+        current_start, used = self._windows.get(key, (start, 0))
+        return start, used if current_start == start else 0
+
     def take(self, org: str, job_type: str, limit: str, now_ms: int, count: int = 1) -> None:
         allowed, window_s = parse_rate_limit(limit)
         window_ms = int(window_s * 1000)
-        start = now_ms - now_ms % window_ms
         key = (org, job_type)
-        current_start, used = self._windows.get(key, (start, 0))
-        if current_start != start:
-            used = 0
+        start, used = self._used(key, window_ms, now_ms)
         if used + count > allowed:
             retry_after = max(1, -(-(start + window_ms - now_ms) // 1000))
             raise RateLimited(
@@ -151,11 +154,9 @@ class _RateWindow:
     def give_back(self, org: str, job_type: str, limit: str, now_ms: int, count: int) -> None:
         """Return ``count`` taken in the current window (a batch that was not written)."""
         _, window_s = parse_rate_limit(limit)
-        window_ms = int(window_s * 1000)
-        start = now_ms - now_ms % window_ms
         key = (org, job_type)
-        current_start, used = self._windows.get(key, (start, 0))
-        if current_start == start:
+        start, used = self._used(key, int(window_s * 1000), now_ms)
+        if used:
             self._windows[key] = (start, max(0, used - count))
 
 
@@ -622,29 +623,27 @@ class EdgeJobs:
             depends_on=tuple(depends_on),
         )
 
-    def _take_rates(self, specs: Sequence[NewJob], now: int) -> list[tuple[str, str, int]]:
+    def _take_rates(self, specs: Sequence[NewJob], now: int) -> list[tuple[str, str, str, int]]:
         """Take the batch's share of every rate limit it falls under (all or none); returns
         what was taken, to give back if the batch is not written."""
         counts: dict[tuple[str, str], int] = {}
         for job in specs:
             counts[(job.org, job.job_type)] = counts.get((job.org, job.job_type), 0) + 1
-        taken: list[tuple[str, str, int]] = []
+        taken: list[tuple[str, str, str, int]] = []
         try:
             for (org, name), count in counts.items():
                 limit = self._job_type_for_submit(name).rate_limit
                 if limit:
                     self._rates.take(org, name, limit, now, count)
-                    taken.append((org, name, count))
+                    taken.append((org, name, limit, count))
         except BaseException:
             self._give_back_rates(taken, now)
             raise
         return taken
 
-    def _give_back_rates(self, taken: Sequence[tuple[str, str, int]], now: int) -> None:
-        for org, name, count in taken:
-            limit = self._job_type_for_submit(name).rate_limit
-            if limit:
-                self._rates.give_back(org, name, limit, now, count)
+    def _give_back_rates(self, taken: Sequence[tuple[str, str, str, int]], now: int) -> None:
+        for org, name, limit, count in taken:
+            self._rates.give_back(org, name, limit, now, count)
 
     async def submit(
         self,
@@ -692,19 +691,15 @@ class EdgeJobs:
         taken = self._take_rates(new_jobs, now)
         try:
             written = self.store.writer.submit_nowait(SubmitOp(new_jobs, now))
-        except BaseException:
-            self._give_back_rates(taken, now)
-            raise
-        if self.pool is not None and not self.pool.claim_behind():
-            # The pool's claim is queued right behind this insert when no cycle is in flight
-            # (then they share a transaction, which saves a whole commit of latency; behind
-            # it, the claim sees the new rows only if they were written); otherwise the pool
-            # claims once its cycle in flight is over.
-            self.pool.wake()
-        try:
+            if self.pool is not None and not self.pool.claim_behind():
+                # The pool's claim is queued right behind this insert when no cycle is in
+                # flight (then they share a transaction, which saves a whole commit of latency;
+                # behind it, the claim sees the new rows only if they were written); otherwise
+                # the pool claims once its cycle in flight is over.
+                self.pool.wake()
             return await written
         except BaseException:
-            # Refused (an unknown parent, a full disk, …): what was not written is not counted.
+            # Not written (an unknown parent, a full disk, a closed store…): not counted.
             self._give_back_rates(taken, now)
             raise
 
