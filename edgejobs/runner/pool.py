@@ -152,10 +152,6 @@ def _log_outcome(item: _Finish, result: Any) -> None:
             )
 
 
-def _is_plain_completion(item: _Finish) -> bool:
-    return item.execution.outcome is Outcome.COMPLETED
-
-
 def _write_outcomes(
     conn: sqlite3.Connection, tx: WriteTx, finishes: list[_Finish], now: int
 ) -> list[Any]:
@@ -166,7 +162,7 @@ def _write_outcomes(
     savepoint, so one bad outcome still cannot undo the others.
     """
     written: dict[int, Any] = {}
-    completions = [item for item in finishes if _is_plain_completion(item)]
+    completions = [item for item in finishes if item.execution.outcome is Outcome.COMPLETED]
     if len(completions) > 1:
         items = [
             (item.attempt.seq, item.attempt.number, item.execution.result_json or "null")
