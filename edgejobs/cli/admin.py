@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from edgejobs.cli import run_async
-from edgejobs.cli.jobs import open_client
-from edgejobs.models import MAX_RETENTION_DAYS as MAX_DAYS
+from edgejobs.cli.jobs import number_of, open_client
+from edgejobs.models import MAX_RETENTION_DAYS
 
 
 def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
@@ -27,16 +27,7 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     prune.set_defaults(handler=run_prune)
 
 
-def _days(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
-    if not 0 <= value <= MAX_DAYS:  # (also refuses NaN and infinity)
-        raise argparse.ArgumentTypeError(
-            f"expected a number of days from 0 to {MAX_DAYS:.0f}, got {text!r}"
-        )
-    return value
+_days = number_of("days", MAX_RETENTION_DAYS)
 
 
 def run_prune(args: argparse.Namespace) -> int:

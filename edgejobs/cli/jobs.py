@@ -123,16 +123,24 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
 # -- argument types ---------------------------------------------------------------------------
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not 0 <= value <= MAX_DELAY_S:  # (also refuses NaN and infinity)
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds from 0 to {MAX_DELAY_S:.0f}, got {text!r}"
-        )
-    return value
+def number_of(unit: str, high: float) -> Callable[[str], float]:
+    """An argparse ``type``: a number of ``unit`` from 0 to ``high`` (else a usage error)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of {unit}, got {text!r}") from None
+        if not 0 <= value <= high:  # (also refuses NaN and infinity)
+            raise argparse.ArgumentTypeError(
+                f"expected a number of {unit} from 0 to {high:.0f}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+_seconds = number_of("seconds", MAX_DELAY_S)
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:
