@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,10 +99,7 @@ async def test_a_process_whose_pipe_thread_cannot_start_is_killed_and_the_attemp
     assert _failed_with(first, "RuntimeError", "can't start new thread"), first
     assert after.status is Status.COMPLETED
     # The child started before its pipe thread failed; it was killed, not left sleeping.
-    deadline = time.monotonic() + 10
-    while multiprocessing.active_children() and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    assert multiprocessing.active_children() == []
+    await wait_until(lambda: multiprocessing.active_children() == [], timeout=10)
 
 
 async def test_a_process_that_cannot_be_spawned_fails_the_attempt(
