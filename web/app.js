@@ -50,8 +50,8 @@
     route: { view: "jobs", filters: emptyFilters() },
     // `arrived`: job events received while a page loads, applied again on top of its answer.
     list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map(), arrived: null },
-    // early: the newest `job` event of the shown job that came while its first GET was on its way.
-    detail: { seq: 0, id: null, job: null, early: null, attemptsSeq: 0, refreshSeq: 0 },
+    // `arrived` (here and in `dead`): as in `list`, events received while the view loads.
+    detail: { seq: 0, id: null, job: null, arrived: null, attemptsSeq: 0, refreshSeq: 0 },
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set(), arrived: null },
     series: [],               // [{t: ms, completed, failed, queue_depth}], oldest first
     counted: new Set(),       // terminal job events already added to the chart
@@ -770,22 +770,20 @@
     const seq = ++detail.seq;
     detail.id = id;
     if (!detail.job) $("view-detail").replaceChildren(el("p", { class: "muted", text: "Loading…" }));
+    const arrived = [];
+    detail.arrived = arrived;
     try {
       const job = await api("GET", "/api/v1/jobs/" + enc(id));
       if (seq !== detail.seq) return;
-      const early = detail.early;
-      detail.early = null;
-      if (early && early.id === id && isOlder(job, early)) {
-        // The job changed while the answer was on its way (a busy server): show the newer
-        // state the event brought, and fetch the whole job again for its other fields.
-        renderDetail(mergeJob(job, early));
-        refreshDetail(id);
-      } else if (!(detail.job && detail.job.id === id && isOlder(job, detail.job))) {
-        renderDetail(job);   // (a reload's answer older than what events already showed is not)
-      }
+      detail.arrived = null;
+      // (A reload's answer older than what events already showed is not rendered.)
+      if (!(detail.job && detail.job.id === id && isOlder(job, detail.job))) renderDetail(job);
+      // The job may have changed while the answer was on its way (a busy server).
+      for (const event of arrived) detailOnJob(event);
       loadAttempts(id);
     } catch (err) {
       if (seq !== detail.seq) return;
+      detail.arrived = null;
       detail.job = null;
       $("view-detail").replaceChildren(
         el("p", null, el("a", { href: "#/jobs", text: "← Jobs" })),
@@ -801,7 +799,7 @@
     state.detail.refreshSeq++;
     state.detail.id = null;
     state.detail.job = null;
-    state.detail.early = null;
+    state.detail.arrived = null;
     $("view-detail").replaceChildren();
   }
 
@@ -920,11 +918,8 @@
   function detailOnJob(job) {
     const detail = state.detail;
     if (state.route.view !== "detail" || detail.id !== job.id) return;
-    if (!detail.job) {
-      // Still loading: keep the newest event, so an older answer cannot hide it.
-      if (!detail.early || !isOlder(job, detail.early)) detail.early = job;
-      return;
-    }
+    if (detail.arrived) detail.arrived.push(job);
+    if (!detail.job) return;
     if (isOlder(job, detail.job)) return;
     const statusChanged = job.status !== detail.job.status || job.attempts !== detail.job.attempts;
     renderDetail(mergeJob(detail.job, job));
