@@ -190,7 +190,7 @@ def _new_row(
     seq: int | None = None,
 ) -> dict[str, Any]:
     # Every column of a new row is known here: no RETURNING (on this hot path it costs about
-    # as much as the INSERT itself). A NULL seq lets SQLite choose it.
+    # as much as the INSERT itself). The caller gives the seq (:func:`next_seq`).
     canceled = status is Status.CANCELED
     return {
         "seq": seq,
@@ -226,14 +226,25 @@ def _ready_status(job: NewJob, now: int) -> Status:
     return Status.SCHEDULED if job.run_at is not None and job.run_at > now else Status.QUEUED
 
 
+def next_seq(conn: sqlite3.Connection) -> int:
+    """The seq of the next job inserted in this write transaction: above every seq ever
+    handed out, also those of jobs retention has deleted since (never reused: a seq fences
+    the writes of its job's attempts)."""
+    row = conn.execute(
+        "SELECT max(coalesce((SELECT max(seq) FROM jobs), 0),"
+        " coalesce((SELECT seq FROM job_seq_floor), 0)) + 1"
+    ).fetchone()
+    return int(row[0])
+
+
 def _insert_plain(conn: sqlite3.Connection, jobs: Sequence[tuple[NewJob, int]]) -> list[Inserted]:
     """Jobs without parents or deduplication, each with its submission time: one
     ``executemany``.
 
     Their seqs are given, not read back row by row: in this write transaction nobody else
-    inserts, and max(seq) + 1 onwards is what SQLite itself would choose.
+    inserts, so :func:`next_seq` onwards are free.
     """
-    first = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM jobs").fetchone()[0]
+    first = next_seq(conn)
     rows = [
         _new_row(job, now, _ready_status(job, now), seq=first + offset)
         for offset, (job, now) in enumerate(jobs)
@@ -254,7 +265,8 @@ def _insert_one(conn: sqlite3.Connection, job: NewJob, parents: list[RowLike], n
         row = _new_row(job, now, Status.BLOCKED, pending=pending)
     else:
         row = _new_row(job, now, _ready_status(job, now))
-    row["seq"] = conn.execute(_INSERT_JOB, row).lastrowid
+    row["seq"] = next_seq(conn)
+    conn.execute(_INSERT_JOB, row)
     if unique_parents:
         conn.executemany(
             "INSERT INTO job_deps (child_seq, parent_seq) VALUES (?, ?)",

@@ -22,6 +22,13 @@ _DELETE_JOBS = (
     " RETURNING org, job_type, status"
 )
 
+# Before deleting, the highest seq so far is kept in job_seq_floor (a write only when it grew),
+# so that deleting the newest jobs never lets their seqs be handed out again.
+_KEEP_SEQ_FLOOR = (
+    "INSERT INTO job_seq_floor (one, seq) SELECT 1, coalesce(max(seq), 0) FROM jobs WHERE true"
+    " ON CONFLICT (one) DO UPDATE SET seq = excluded.seq WHERE excluded.seq > job_seq_floor.seq"
+)
+
 # The oldest events go first, as a prefix of the id order (ids follow commit order), and only
 # the oldest ``batch`` rows are looked at: a filter on created_at alone walked the whole table
 # whenever nothing was old yet, once per batch of a trim (quadratic in the log's size). A
@@ -44,6 +51,7 @@ def delete_old_jobs(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, ba
     the next round, all in this one transaction, so a run that deletes fewer than ``batch``
     jobs has deleted every deletable job (also whole old graphs).
     """
+    conn.execute(_KEEP_SEQ_FLOOR)
     deleted = 0
     while deleted < batch:
         gone = conn.execute(

@@ -25,6 +25,7 @@ from ops_support import (
 import edgejobs.runner.maintenance as maintenance_module
 import edgejobs.runner.ticks as ticks_module
 from edgejobs.store.maintenance import file_sizes
+from edgejobs.store.migrations import migrate
 from edgejobs.store.retention import delete_old_events
 from edgejobs.store.store import Store
 from edgejobs.testing import FakeClock
@@ -211,6 +212,51 @@ async def test_prune_now_with_zero_days_deletes_every_terminal_job_and_keeps_ope
     assert counts["completed"] == 0 and counts["scheduled"] == 1
     with closing(connect(db_path)) as conn:
         assert count_drift(conn) == {}
+
+
+async def test_the_seqs_of_pruned_jobs_are_never_handed_out_again(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """A seq names its job in every fenced write ("attempt N of seq S"), so it must name one
+    job forever. Pruning every job, the newest included, used to hand the pruned seqs to the
+    next jobs (SQLite's max(seq) + 1): a late write meant for a pruned job could then land on
+    a new one. Also across a restart, and for jobs inserted one by one (with parents)."""
+    ej = make_app(db_path, clock)
+    async with ej:
+        for n in range(3):
+            await ej.submit("quick", org="acme", params={"n": n})
+        await ej.drain()
+        pruned = scalar(db_path, "SELECT max(seq) FROM jobs")
+        clock.advance(1)
+        assert (await ej.prune(older_than_days=0)).jobs == 3
+        assert scalar(db_path, "SELECT count(*) FROM jobs") == 0
+        plain = await ej.submit("quick", org="acme", params={"n": 3})
+        await ej.drain()
+    plain_seq = scalar(db_path, "SELECT seq FROM jobs WHERE id = ?", plain.id)
+    assert plain_seq == pruned + 1
+    reopened = make_app(db_path, clock)
+    async with reopened:
+        clock.advance(1)
+        assert (await reopened.prune(older_than_days=0)).jobs == 1
+        parent = await reopened.submit("quick", org="acme", params={"n": 4})
+        child = await reopened.submit("quick", org="acme", params={"n": 5}, depends_on=[parent.id])
+        await reopened.drain()
+    seqs = [scalar(db_path, "SELECT seq FROM jobs WHERE id = ?", job.id) for job in (parent, child)]
+    assert seqs == [plain_seq + 1, plain_seq + 2]
+
+
+def test_the_migration_starts_the_seq_floor_at_the_highest_seq_a_file_holds(
+    db_path: Path,
+) -> None:
+    Store(db_path).prepare()
+    insert_jobs(db_path, 5, prefix="old", status="completed", created_at=0, finished_at=0)
+    with closing(connect(db_path)) as conn:
+        conn.execute("DROP TABLE job_seq_floor")  # the file as version 6 kept it
+        conn.execute("PRAGMA user_version = 6")
+        assert migrate(conn) >= 7
+        assert [tuple(row) for row in conn.execute("SELECT one, seq FROM job_seq_floor")] == [
+            (1, 5)
+        ]
 
 
 async def test_the_tick_vacuums_a_large_free_list_in_bounded_steps(
