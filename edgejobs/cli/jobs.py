@@ -16,6 +16,7 @@ import json
 import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from edgejobs.app import EdgeJobs
@@ -183,10 +184,29 @@ def parse_params(text: str | None) -> dict[str, Any]:
 # -- the client -------------------------------------------------------------------------------
 
 
+def refuse_missing_database(path: Path) -> None:
+    """Raise a one-line :class:`EdgeJobsError` when no database file is at ``path``."""
+    if not path.exists():
+        raise EdgeJobsError(
+            f"no database at {path}: start the runner first (edgejobs serve or edgejobs"
+            " worker), or give the runner's --config (or EDGEJOBS_DB)"
+        )
+
+
 @contextlib.asynccontextmanager
-async def open_client(args: argparse.Namespace) -> AsyncIterator[EdgeJobs]:
-    """An :class:`EdgeJobs` opened as a client (no runner lock, no workers), closed after."""
+async def open_client(args: argparse.Namespace, *, create: bool = False) -> AsyncIterator[EdgeJobs]:
+    """An :class:`EdgeJobs` opened as a client (no runner lock, no workers), closed after.
+
+    A database that does not exist is refused unless ``create``: a command about jobs,
+    tokens or the audit log pointed at the wrong folder or config would otherwise create an
+    empty database there, answer from it ("no jobs match") and leave the file behind. The
+    commands that may come before the first runner pass ``create``: ``submit`` (the job waits
+    for the runner), ``token create``, and the job types' and schedules' commands (their
+    definitions come from the config).
+    """
     ej = app_from_args(args)
+    if not create:
+        refuse_missing_database(ej.config.database.path)
     try:
         await ej.open()
     except (sqlite3.Error, OSError) as exc:
@@ -199,11 +219,13 @@ async def open_client(args: argparse.Namespace) -> AsyncIterator[EdgeJobs]:
         await ej.close()
 
 
-def with_client(args: argparse.Namespace, action: Callable[[EdgeJobs], Awaitable[T]]) -> T:
+def with_client(
+    args: argparse.Namespace, action: Callable[[EdgeJobs], Awaitable[T]], *, create: bool = False
+) -> T:
     """Run ``action`` on a client opened by :func:`open_client` and return its result."""
 
     async def main() -> T:
-        async with open_client(args) as ej:
+        async with open_client(args, create=create) as ej:
             return await action(ej)
 
     return asyncio.run(main())
@@ -222,7 +244,7 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 async def _submit(args: argparse.Namespace, params: dict[str, Any]) -> int:
-    async with open_client(args) as ej:
+    async with open_client(args, create=True) as ej:
         job = await ej.submit(
             args.job_type,
             org=args.org,

@@ -64,6 +64,7 @@ def run_create(args: argparse.Namespace) -> int:
                 now=now,
             )
         ),
+        create=True,  # tokens may be made before the first runner ran
     )
     scope = "every org (system token)" if org is None else f"org {org}"
     print(f"created token {new.info.id} ({new.info.role}, {scope})", file=sys.stderr)

@@ -132,7 +132,7 @@ def _print_types(views: list[JobTypeView]) -> None:
 
 def run_types_list(args: argparse.Namespace) -> int:
     """List job types with their effective policy, overrides and pause state."""
-    views = with_client(args, job_type_views)
+    views = with_client(args, job_type_views, create=True)
     if args.json:
         print_json([view.to_dict() for view in views])
     else:
@@ -142,14 +142,16 @@ def run_types_list(args: argparse.Namespace) -> int:
 
 def run_types_pause(args: argparse.Namespace) -> int:
     """Pause a job type."""
-    view = with_client(args, lambda ej: pause_job_type(ej, args.name, actor=CLI_ACTOR))
+    view = with_client(args, lambda ej: pause_job_type(ej, args.name, actor=CLI_ACTOR), create=True)
     print(f"paused {view.name}: its jobs are accepted but none starts until resumed")
     return 0
 
 
 def run_types_resume(args: argparse.Namespace) -> int:
     """Resume a job type."""
-    view = with_client(args, lambda ej: resume_job_type(ej, args.name, actor=CLI_ACTOR))
+    view = with_client(
+        args, lambda ej: resume_job_type(ej, args.name, actor=CLI_ACTOR), create=True
+    )
     print(f"resumed {view.name}")
     return 0
 
@@ -161,14 +163,16 @@ def run_types_set(args: argparse.Namespace) -> int:
     except ValidationError as exc:  # a malformed pair, an unknown key, a bad value: usage
         print(f"edgejobs: {exc.message} (see --help)", file=sys.stderr)
         return 2
-    view = with_client(args, lambda ej: override_job_type(ej, args.name, patch, actor=CLI_ACTOR))
+    view = with_client(
+        args, lambda ej: override_job_type(ej, args.name, patch, actor=CLI_ACTOR), create=True
+    )
     _print_types([view])
     return 0
 
 
 def run_schedules_list(args: argparse.Namespace) -> int:
     """List the configured schedules with their next and last run."""
-    views = with_client(args, lambda ej: list_schedules(ej, org=args.org))
+    views = with_client(args, lambda ej: list_schedules(ej, org=args.org), create=True)
     if args.json:
         print_json([view.to_dict() for view in views])
         return 0

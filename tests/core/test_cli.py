@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 from core_support import count_status, run_cli, write_config
 
+from edgejobs import Status
 from edgejobs.cli import main
 from edgejobs.clock import SystemClock
 from edgejobs.config import load_config
+from edgejobs.store.store import Store
 from edgejobs.testing import Harness
 
 CONFIG = """
@@ -73,6 +75,14 @@ class Cli:
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
     return write_config(tmp_path, CONFIG)
+
+
+@pytest.fixture
+def database(config: Path) -> Path:
+    """The commands' database, created (and left without a runner)."""
+    path = load_config(config, environ={}).database.path
+    Store(path).prepare()
+    return path
 
 
 @pytest.fixture
@@ -327,11 +337,56 @@ async def test_submit_wait_exit_code_follows_the_outcome(cli: Cli, runner: Harne
     ],
 )
 async def test_user_errors_are_one_clear_line(
-    cli: Cli, args: tuple[str, ...], code: int, needles: tuple[str, ...]
+    cli: Cli, database: Path, args: tuple[str, ...], code: int, needles: tuple[str, ...]
 ) -> None:
     got, _, err = await cli(*args)
     assert got == code, err
     _one_line_error(err, *needles)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("jobs", "list"),
+        ("jobs", "show", "01NOPE"),
+        ("jobs", "cancel", "01NOPE"),
+        ("stats",),
+        ("jobs", "retry", "01NOPE"),
+        ("prune",),
+        ("audit",),
+        ("token", "list"),
+        ("token", "revoke", "tok_nope"),
+    ],
+)
+async def test_client_commands_refuse_a_database_that_does_not_exist(
+    cli: Cli, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """A wrong folder or config must not leave an empty database behind and answer from it
+    ("no jobs match"). (``submit``, ``token create`` and the job types' and schedules'
+    commands may come before the first runner: tested below and in tests/control.)"""
+    got, out, err = await cli(*args)
+    assert got == 1 and out == "", (got, out, err)
+    _one_line_error(err, "no database at", str(tmp_path / "jobs.db"))
+    assert not (tmp_path / "jobs.db").exists()
+
+
+async def test_tokens_and_jobs_may_come_before_the_first_runner(
+    cli: Cli, config: Path, tmp_path: Path
+) -> None:
+    got, out, err = await cli("token", "create", "--org", "acme", "--role", "admin")
+    assert got == 0, err
+    assert out.strip().splitlines()[-1]  # the secret
+    (tmp_path / "jobs.db").unlink()
+    got, out, err = await cli("submit", "echo", "--org", "acme")
+    assert got == 0, err
+    job_id = out.strip()
+    got, out, err = await cli("token", "list", "--json")
+    assert got == 0 and json.loads(out) == [], err
+    # The runner that starts later runs the job.
+    loaded = load_config(config, environ={})
+    async with Harness(config=loaded, database=loaded.database.path, clock=SystemClock()) as h:
+        await h.drain()
+        assert (await h.get(job_id)).status is Status.COMPLETED
 
 
 async def test_database_that_cannot_be_opened_is_a_user_error(
