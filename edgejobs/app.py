@@ -230,6 +230,7 @@ class EdgeJobs:
         self._rates = _RateWindow()
         self._stopping = False
         self._opened = False
+        self._closed = False
         self._open_lock = asyncio.Lock()
         self.started_monotonic: float | None = None
 
@@ -308,6 +309,7 @@ class EdgeJobs:
 
     async def open(self) -> None:
         """Open the database (creating and migrating it) without running any worker."""
+        self._refuse_if_closed()
         if self._opened and not self._open_lock.locked():
             return
         # Concurrent first calls (e.g. a gather of submits on a fresh client) must open the
@@ -320,6 +322,14 @@ class EdgeJobs:
             self.store.writer.add_foreign_listener(self._on_foreign_change)
             self._opened = True
             self.set_stored_types(await self.store.read(job_type_store.load_states))
+
+    def _refuse_if_closed(self) -> None:
+        # close() ends the writer and reader threads for good; without this, opening again
+        # failed deep inside ("cannot schedule new futures after shutdown").
+        if self._closed:
+            raise EdgeJobsError(
+                "this EdgeJobs is closed: create a new EdgeJobs to use the database again"
+            )
 
     def set_stored_types(self, states: dict[str, job_type_store.JobTypeState]) -> None:
         """Take the job types' stored state (pause flags, overrides) as the one in force."""
@@ -343,6 +353,7 @@ class EdgeJobs:
         With ``run_workers=False`` nothing is claimed in the background (tests step the pool
         with :meth:`drain` or :class:`edgejobs.testing.Harness`).
         """
+        self._refuse_if_closed()
         if self.pool is not None:
             return
         self._import_handlers()
@@ -401,6 +412,7 @@ class EdgeJobs:
             changes=self._changes if isinstance(self.clock, SystemClock) else None,
             busy=lambda: self.pool is not None and self.pool.running_count > 0,
         )
+        self._stopping = False  # a runner stopped before and started again takes work again
         self.ticker.extra_tasks.extend(control_tasks)
         from edgejobs.control import scheduler_of
 
@@ -450,8 +462,10 @@ class EdgeJobs:
             self._lock = None
 
     async def close(self) -> None:
-        """Stop the runner (if any) and close the database."""
+        """Stop the runner (if any) and close the database, for good: this instance cannot
+        be opened again (a new :class:`EdgeJobs` on the same file can)."""
         await self.stop()
+        self._closed = True
         if self._opened:
             self._opened = False
             await self.store.close()
@@ -670,6 +684,7 @@ class EdgeJobs:
         A spec may depend on earlier specs of the batch, so a whole workflow graph is
         submitted atomically and cannot contain a cycle.
         """
+        self._refuse_if_closed()
         if self._stopping:
             raise ShuttingDown("the runner is shutting down")
         await self.open()
