@@ -33,6 +33,7 @@ from edgejobs.errors import (
 from edgejobs.models import (
     LATEST_RUN_AT_S,
     MAX_DELAY_S,
+    MAX_RETRIES,
     TERMINAL,
     Attempt,
     Job,
@@ -142,6 +143,12 @@ class _RateWindow:
         allowed, window_s = parse_rate_limit(limit)
         window_ms = int(window_s * 1000)
         key = (org, job_type)
+        if count > allowed:
+            # No window would ever take it: a Retry-After would send the client round forever.
+            raise ValidationError(
+                f"a batch of {count} {job_type} jobs exceeds the type's rate limit of {allowed}"
+                f" per {window_s:g} s for one org; submit it in smaller batches"
+            )
         start, used = self._used(key, window_ms, now_ms)
         if used + count > allowed:
             retry_after = max(1, -(-(start + window_ms - now_ms) // 1000))
@@ -272,8 +279,10 @@ class EdgeJobs:
         isolation: str = "thread",
     ) -> JobType:
         """Register a job type (a handler callable or an import path, plus its policy)."""
-        if timeout_s <= 0 or max_retries < 0:
-            raise ValidationError(f"job type {name}: timeout_s must be > 0 and max_retries >= 0")
+        if timeout_s <= 0 or not 0 <= max_retries <= MAX_RETRIES:
+            raise ValidationError(
+                f"job type {name}: timeout_s must be > 0 and max_retries 0..{MAX_RETRIES}"
+            )
         if isolation not in ("thread", "process"):
             raise ValidationError(f"job type {name}: isolation must be 'thread' or 'process'")
         try:

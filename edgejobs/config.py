@@ -39,7 +39,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from edgejobs.errors import ConfigError
-from edgejobs.models import MAX_DELAY_S, MAX_RETENTION_DAYS
+from edgejobs.models import MAX_DELAY_S, MAX_RETENTION_DAYS, MAX_RETRIES
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -357,7 +357,11 @@ class JobTypeConfig(_Model):
         examples=[120],
     )
     max_retries: int = Field(
-        default=3, ge=0, description="automatic retries after a failed attempt", examples=[5]
+        default=3,
+        ge=0,
+        le=MAX_RETRIES,
+        description="automatic retries after a failed attempt",
+        examples=[5],
     )
     base_delay_s: float | None = Field(
         default=None,

@@ -22,7 +22,7 @@ from pydantic import ValidationError as PydanticValidationError
 from edgejobs.app import EdgeJobs
 from edgejobs.config import ScheduleConfig, parse_rate_limit
 from edgejobs.errors import NotFound, ValidationError
-from edgejobs.models import MAX_DELAY_S, iso_ms
+from edgejobs.models import MAX_DELAY_S, MAX_RETRIES, iso_ms
 from edgejobs.runner.registry import OVERRIDABLE
 from edgejobs.runner.schedules import MIN_GRACE_MS, Scheduler, next_due_after
 from edgejobs.runner.ticks import TickTask
@@ -75,7 +75,10 @@ class JobTypeOverrides(BaseModel):
         default=None, gt=0, le=MAX_DELAY_S, description="seconds one attempt may run"
     )
     max_retries: int | None = Field(
-        default=None, ge=0, description="automatic retries (for jobs submitted from now on)"
+        default=None,
+        ge=0,
+        le=MAX_RETRIES,
+        description="automatic retries (for jobs submitted from now on)",
     )
     priority: Literal["critical", "high", "normal", "low"] | None = Field(
         default=None, description="default priority of new jobs"

@@ -27,6 +27,10 @@ MAX_DELAY_S = 10 * 365 * 86_400
 """The longest delay (a job's ``delay_s``, a retry's backoff) in seconds: ten years, a bound
 that keeps every due time well inside SQLite's 64-bit integers."""
 
+MAX_RETRIES = 1_000_000
+"""The most automatic retries a job type may allow (``max_retries``): far beyond any real
+policy, and it keeps attempt counts inside SQLite's 64-bit integers."""
+
 MAX_RETENTION_DAYS = 36_500
 """The longest retention (``[retention] days``, ``edgejobs prune --older-than-days``): 100 years."""
 

@@ -387,6 +387,7 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
     ("huge retention", "[retention]\ndays = 1e12\n", ["[retention] days:", "36500"]),
     ("huge retry delay", "[retry]\nbase_delay_s = 1e300\n", ["[retry] base_delay_s:"]),
     ("huge timeout", JOB_TYPE + "timeout_s = 1e300\n", ["[[job_types]] #1 timeout_s:"]),
+    ("huge retries", JOB_TYPE + "max_retries = 1000001\n", ["[[job_types]] #1 max_retries:"]),
     ("port out of range", "[server]\nport = 70000\n", ["[server] port:", "65535", "got 70000"]),
     ("empty db path", '[database]\npath = ""\n', ["[database] path: expected a non-empty"]),
     (

@@ -194,6 +194,20 @@ async def test_rate_limit_is_429_with_retry_after(api: Api) -> None:
     assert 1 <= int(response.headers["retry-after"]) <= 60
 
 
+async def test_a_batch_no_window_can_take_is_422_not_429(api: Api) -> None:
+    """A batch of 3 against 2 per minute would get 429 with a Retry-After forever: a client
+    that follows it loops. It is refused as invalid, and takes nothing from the window."""
+    headers = api.auth("operator")
+    batch = {"jobs": [{"job_type": "t.limited", "params": {"n": n}} for n in range(3)]}
+    response = await api.client.post("/api/v1/jobs/batch", json=batch, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+    assert "smaller batches" in response.json()["error"]["message"]
+    batch["jobs"] = batch["jobs"][:2]
+    response = await api.client.post("/api/v1/jobs/batch", json=batch, headers=headers)
+    assert response.status_code == 201, response.text
+
+
 async def test_a_refused_submit_does_not_use_the_rate_limit(api: Api) -> None:
     headers = api.auth("operator")
     # Refused after the limit was taken (no such parent): three of them, against a limit of 2.

@@ -129,6 +129,9 @@ async def test_a_paused_type_accepts_submissions_over_http(api: Api) -> None:
         (b'{"concurrency": 0}', 422, "validation_error"),
         (b'{"concurrency": "2"}', 422, "validation_error"),
         (b'{"timeout_s": -1}', 422, "validation_error"),
+        # Past SQLite's integers: was stored, and every later submit of the type was a 500.
+        (b'{"max_retries": 10000000000000000000}', 422, "validation_error"),
+        (b'{"max_retries": 1000001}', 422, "validation_error"),
         (b'{"priority": "urgent"}', 422, "validation_error"),
         (b'{"rate_limit": "lots"}', 422, "validation_error"),
         (b'{"dedup": false}', 422, "validation_error"),
