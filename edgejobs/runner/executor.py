@@ -48,20 +48,37 @@ class HandlerExit(Exception):
     """A handler raised SystemExit or KeyboardInterrupt; contained so the runner survives."""
 
 
+def _text_of(exc: BaseException) -> str:
+    # A handler's exception may fail to print itself (its __str__ raises); describing it must
+    # not fail too, or the attempt would end without an outcome.
+    try:
+        return str(exc)
+    except Exception as broken:
+        return f"<unprintable {type(exc).__name__}: str() raised {type(broken).__name__}>"
+
+
+def _traceback_of(exc: BaseException) -> str:
+    try:
+        text = "".join(traceback.format_exception(exc))
+    except Exception:  # the same, for the traceback's last line
+        text = "".join(traceback.format_tb(exc.__traceback__)) + f"{type(exc).__name__}\n"
+    return text[-MAX_TRACEBACK:]
+
+
 def error_from(exc: BaseException) -> JobError:
-    """A :class:`JobError` (type, message, traceback) from an exception."""
+    """A :class:`JobError` (type, message, traceback) from an exception; never raises."""
     if isinstance(exc, HandlerExit) and exc.__cause__ is not None:
         cause = exc.__cause__
         name = type(cause).__name__
         return JobError(
             type=name,
-            message=f"handler raised {name}({cause}); the runner contained it"[:MAX_MESSAGE],
-            traceback="".join(traceback.format_exception(cause))[-MAX_TRACEBACK:],
+            message=f"handler raised {name}({_text_of(cause)}); the runner contained it"[
+                :MAX_MESSAGE
+            ],
+            traceback=_traceback_of(cause),
         )
     return JobError(
-        type=type(exc).__name__,
-        message=str(exc)[:MAX_MESSAGE],
-        traceback="".join(traceback.format_exception(exc))[-MAX_TRACEBACK:],
+        type=type(exc).__name__, message=_text_of(exc)[:MAX_MESSAGE], traceback=_traceback_of(exc)
     )
 
 
@@ -69,19 +86,21 @@ def encode_result(value: Any, max_bytes: int) -> Execution:
     """The completed execution, or a failed one when the result cannot be stored."""
     try:
         text = dumps(value)
-    except (TypeError, ValueError) as exc:
+        size = len(text.encode())  # a lone surrogate (a file name from os.listdir) fails here
+    except (TypeError, ValueError, RecursionError) as exc:  # (UnicodeEncodeError: a ValueError)
         return Execution(
             Outcome.FAILED,
             error=JobError(
-                "ResultNotSerializable", f"the handler returned a value that is not JSON: {exc}"
+                "ResultNotSerializable",
+                f"the handler returned a value that is not JSON: {_text_of(exc)}"[:MAX_MESSAGE],
             ),
         )
-    if len(text.encode()) > max_bytes:
+    if size > max_bytes:
         return Execution(
             Outcome.FAILED,
             error=JobError(
                 "ResultTooLarge",
-                f"the handler returned {len(text.encode())} bytes of JSON; the limit is {max_bytes}",
+                f"the handler returned {size} bytes of JSON; the limit is {max_bytes}",
             ),
         )
     return Execution(Outcome.COMPLETED, result_json=text)
@@ -160,7 +179,16 @@ class AsyncRun:
     slot, and whatever it returns or raises afterwards is ignored.
     """
 
-    __slots__ = ("_ctx", "_ended", "_max_result_bytes", "_on_end", "_timeout_s", "_timer", "task")
+    __slots__ = (
+        "_ctx",
+        "_deadline",
+        "_ended",
+        "_max_result_bytes",
+        "_on_end",
+        "_timeout_s",
+        "_timer",
+        "task",
+    )
 
     def __init__(
         self,
@@ -178,6 +206,7 @@ class AsyncRun:
         self._max_result_bytes = max_result_bytes
         self._on_end = on_end
         self._timeout_s = timeout_s
+        self._deadline = loop.time() + timeout_s
         self._timer = loop.call_later(timeout_s, self._expire)
         self.task: asyncio.Task[None] = loop.create_task(
             self._run(handler, params), name=f"edgejobs-attempt-{ctx.job_id}"
@@ -203,12 +232,20 @@ class AsyncRun:
                 )
             )
         except (SystemExit, KeyboardInterrupt) as exc:
-            self._end(failure(_contained(exc)))
-        except Exception as exc:
-            self._end(failure(exc))
+            self._end_in_time(failure(_contained(exc)))
+        except BaseException as exc:  # also GeneratorExit and a handler's own BaseException
+            self._end_in_time(failure(exc))
         else:
             if not self._ended:
-                self._end(encode_result(value, self._max_result_bytes))
+                self._end_in_time(encode_result(value, self._max_result_bytes))
+
+    def _end_in_time(self, execution: Execution) -> None:
+        # A handler that blocked the event loop past its deadline (time.sleep in an async
+        # def) returns before the deadline's timer can run: it timed out all the same, as a
+        # sync handler would have.
+        if not self._ended and asyncio.get_running_loop().time() >= self._deadline:
+            execution = _timed_out(self._timeout_s)
+        self._end(execution)
 
     def _end(self, execution: Execution) -> None:
         if self._ended:
@@ -288,6 +325,10 @@ def _start_thread(handler: Any, ctx: BaseContext, params: dict[str, Any]) -> asy
             value = handler(ctx, params)
         except (SystemExit, KeyboardInterrupt) as exc:
             _call(loop, settle, False, _contained(exc))
+        except StopIteration as exc:  # (next() on an empty iterator) a future refuses it
+            wrapped = RuntimeError("the handler raised StopIteration")
+            wrapped.__cause__ = exc
+            _call(loop, settle, False, wrapped)
         except BaseException as exc:
             _call(loop, settle, False, exc)
         else:

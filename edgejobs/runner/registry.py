@@ -97,11 +97,19 @@ def is_async_handler(handler: Handler) -> bool:
     try:
         known = _async_cache.get(handler)
     except TypeError:  # not weak-referenceable (e.g. a builtin): just ask
-        return inspect.iscoroutinefunction(handler)
+        return _is_coroutine_callable(handler)
     if known is None:
-        known = inspect.iscoroutinefunction(handler)
+        known = _is_coroutine_callable(handler)
         _async_cache[handler] = known
     return known
+
+
+def _is_coroutine_callable(handler: Handler) -> bool:
+    # Also an object whose __call__ is ``async def``: run in a thread, its coroutine was never
+    # awaited and the handler's body never ran.
+    return inspect.iscoroutinefunction(handler) or (
+        not inspect.isroutine(handler) and inspect.iscoroutinefunction(type(handler).__call__)
+    )
 
 
 @functools.lru_cache(maxsize=512)

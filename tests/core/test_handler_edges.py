@@ -1,0 +1,114 @@
+"""Handlers that end in odd ways end their attempt at once, with what happened.
+
+Each of these once escaped the attempt's bookkeeping: the run ended with no outcome, so the
+slot and the job were held until the deadline, and the job ended ``timed_out`` with a made-up
+TimeoutError (five minutes later with the default ``timeout_s``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from edgejobs import Status
+from edgejobs.clock import SystemClock
+from edgejobs.testing import Harness
+
+TIMEOUT_S = 30.0  # far longer than any of these tests may take
+
+
+class Abort(BaseException):
+    """A handler's own BaseException (not an Exception)."""
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise ValueError("no text for this one")
+
+
+async def raises_base_exception(ctx: Any, params: dict[str, Any]) -> None:
+    raise Abort("stop everything")
+
+
+async def raises_generator_exit(ctx: Any, params: dict[str, Any]) -> None:
+    raise GeneratorExit
+
+
+async def raises_unprintable(ctx: Any, params: dict[str, Any]) -> None:
+    raise Unprintable
+
+
+async def returns_a_file_name_that_is_not_utf8(ctx: Any, params: dict[str, Any]) -> list[str]:
+    return [b"caf\xe9.txt".decode("utf-8", "surrogateescape")]  # as os.listdir gives it
+
+
+async def returns_a_deeply_nested_list(ctx: Any, params: dict[str, Any]) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(100_000):
+        value = [value]
+    return value
+
+
+def sync_raises_stop_iteration(ctx: Any, params: dict[str, Any]) -> None:
+    next(iter([]))  # a sync handler's StopIteration could not be set on the attempt's future
+
+
+class AsyncCallable:
+    """A handler object whose ``__call__`` is ``async def``."""
+
+    async def __call__(self, ctx: Any, params: dict[str, Any]) -> str:
+        return "ran"
+
+
+async def blocks_the_loop_past_its_deadline(ctx: Any, params: dict[str, Any]) -> str:
+    time.sleep(0.3)  # what a careless handler does: it blocks the event loop
+    return "late"
+
+
+async def _run_one(handler: Callable[..., Any], *, timeout_s: float = TIMEOUT_S) -> Any:
+    harness = Harness(clock=SystemClock())
+    harness.ej.register("edge", handler, timeout_s=timeout_s, max_retries=0, dedup=False)
+    async with harness:
+        job = await harness.submit("edge", org="acme")
+        started = time.monotonic()
+        await harness.drain(timeout=TIMEOUT_S / 2)
+        elapsed = time.monotonic() - started
+        return await harness.get(job.id), elapsed
+
+
+@pytest.mark.parametrize(
+    ("handler", "error_type", "message"),
+    [
+        (raises_base_exception, "Abort", "stop everything"),
+        (raises_generator_exit, "GeneratorExit", ""),
+        (raises_unprintable, "Unprintable", "<unprintable Unprintable"),
+        (returns_a_file_name_that_is_not_utf8, "ResultNotSerializable", "not JSON"),
+        (returns_a_deeply_nested_list, "ResultNotSerializable", "not JSON"),
+        (sync_raises_stop_iteration, "RuntimeError", "StopIteration"),
+    ],
+)
+async def test_the_attempt_fails_at_once_with_the_real_error(
+    handler: Callable[..., Any], error_type: str, message: str
+) -> None:
+    job, elapsed = await _run_one(handler)
+    assert job.status is Status.FAILED, job
+    assert job.error is not None
+    assert (job.error.type, message in job.error.message) == (error_type, True), job.error
+    assert elapsed < TIMEOUT_S / 2
+
+
+async def test_an_object_with_an_async_call_is_awaited() -> None:
+    """It was run in a thread: its coroutine was never awaited, its body never ran."""
+    job, _ = await _run_one(AsyncCallable())
+    assert (job.status, job.result) == (Status.COMPLETED, "ran")
+
+
+async def test_an_async_handler_that_blocks_past_its_deadline_timed_out() -> None:
+    """SPEC: timeouts hold for sync and async handlers alike. Blocking the event loop, it
+    returned before the deadline's timer could run, and was recorded completed."""
+    job, _ = await _run_one(blocks_the_loop_past_its_deadline, timeout_s=0.1)
+    assert job.status is Status.TIMED_OUT, job
+    assert job.result is None
