@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -19,6 +19,7 @@ from starlette.responses import RedirectResponse, Response
 from edgejobs.api.auth import (
     CSRF_COOKIE,
     SESSION_COOKIE,
+    CsrfFailed,
     app_of,
     check_csrf,
 )
@@ -72,8 +73,28 @@ def _set_cookies(
     )
 
 
+def _refuse_cross_site(request: Request) -> None:
+    """Refuse a login another site's page made the browser send (403).
+
+    Login CSRF: a form on any site could post the attacker's token here, and the answer's
+    cookies (set on a top-level navigation whatever SameSite says) would sign the victim into
+    the attacker's org, replacing the victim's own session. Browsers say where a request comes
+    from in ``Sec-Fetch-Site``; older ones only in ``Origin``, compared with ``Host`` then.
+    Clients that are not browsers send neither and are let through.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        if site == "cross-site":
+            raise CsrfFailed("a login from another site's page is refused")
+        return
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
+        raise CsrfFailed("a login from another site's page is refused")
+
+
 async def login(request: Request) -> Response:
     """Start a session from a token (JSON ``{"token": ...}`` or a form field ``token``)."""
+    _refuse_cross_site(request)
     ej = app_of(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = _login_body(await request.body(), content_type)
@@ -133,7 +154,8 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             form_body=True,
             tags=tags,
             description="Sets the session cookie (HttpOnly, SameSite=Strict) and the readable "
-            "edgejobs_csrf cookie.",
+            "edgejobs_csrf cookie. A login another site's page sends (Sec-Fetch-Site: "
+            "cross-site, or an Origin other than the Host) is refused with 403.",
         ),
         Operation(
             "POST",

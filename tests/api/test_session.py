@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 from api_support import Api, lifespan, make_api
 
 from edgejobs.testing import FakeClock
@@ -78,6 +79,37 @@ async def test_login_by_form_and_bad_logins(api: Api) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"}, 403),
+        ({"Origin": "http://evil.example"}, 403),  # a browser without Sec-Fetch-*
+        ({"Origin": "null"}, 403),  # a sandboxed frame or a file:// page
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"}, 303),
+        ({"Origin": "http://testserver"}, 303),
+        ({"Sec-Fetch-Site": "none"}, 303),  # typed or bookmarked
+        ({}, 303),  # not a browser (curl, scripts)
+    ],
+)
+async def test_a_login_another_sites_page_sends_is_refused(
+    api: Api, headers: dict[str, str], status: int
+) -> None:
+    """Login CSRF: a form on another site posting the attacker's token would sign the victim
+    into the attacker's org (the answer's cookies are set on a top-level navigation, whatever
+    SameSite says), replacing the victim's own session."""
+    response = await api.client.post(
+        "/login",
+        data={"token": api.secrets["viewer"]},
+        headers={"Accept": "text/html", **headers},
+    )
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert response.json()["error"]["code"] == "csrf_failed"
+        assert "set-cookie" not in response.headers
+    else:
+        assert "set-cookie" in response.headers
 
 
 async def test_logout_ends_the_session_for_good(api: Api) -> None:
