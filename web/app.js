@@ -40,6 +40,8 @@
   const SERIES_MINUTES = 60;
   const MINUTE_MS = 60000;
   const STATS_MIN_INTERVAL_MS = 1000;
+  // How long the first page load waits for the event stream to listen before it reads.
+  const STREAM_WAIT_MS = 2000;
   const CSRF_COOKIE = "edgejobs_csrf";
 
   const state = {
@@ -55,7 +57,8 @@
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set(), arrived: null },
     series: [],               // [{t: ms, completed, failed, queue_depth}], oldest first
     counted: new Set(),       // terminal job events already added to the chart
-    stats: { timer: null, last: 0 },
+    // `seq`: only the answer to the latest request is applied (an older one may come last).
+    stats: { timer: null, last: 0, seq: 0 },
     chartTimer: null,
     events: { source: null, timer: null, retryMs: 1000, reloadOnOpen: false, lastId: "", dropped: false },
     messageTimer: null,
@@ -284,6 +287,12 @@
     for (const id of ["app", "nav", "counts", "topbar-right"]) $(id).hidden = false;
     applyStats(stats);
     openEvents();
+    // Read what the views show only once the stream listens: a change between the reads and
+    // the stream's start was lost for good (the stream starts at the present, and nothing is
+    // reloaded on a first open), e.g. a job shown running forever. Events that come during the
+    // reads are applied on top of them. A stream slow to open makes its open reload instead.
+    if (await streamListening(STREAM_WAIT_MS)) scheduleStatsRefresh();   // counts were read before
+    else state.events.reloadOnOpen = true;
     await loadWhoami();
     loadJobTypes();
     loadSeries();
@@ -418,8 +427,10 @@
   async function refreshStats() {
     state.stats.timer = null;
     state.stats.last = Date.now();
+    const seq = ++state.stats.seq;
     try {
-      applyStats(await api("GET", "/api/v1/stats"));
+      const stats = await api("GET", "/api/v1/stats");
+      if (seq === state.stats.seq) applyStats(stats);
     } catch (err) {
       if (err.status !== 401) console.warn("stats", err);
     }
@@ -1287,6 +1298,17 @@
     source.addEventListener("job", (ev) => dispatch(ev, applyJob, true));
     source.addEventListener("progress", (ev) => dispatch(ev, applyProgress, false));
     source.addEventListener("reset", (ev) => { noteEventId(ev); reloadAll(); });
+  }
+
+  /** Resolves true once the current stream is open, false after `ms` without that. */
+  function streamListening(ms) {
+    const source = state.events.source;
+    return new Promise((resolve) => {
+      if (!source) return resolve(false);
+      if (source.readyState === EventSource.OPEN) return resolve(true);
+      const timer = setTimeout(() => resolve(false), ms);
+      source.addEventListener("open", () => { clearTimeout(timer); resolve(true); }, { once: true });
+    });
   }
 
   function noteEventId(event) {

@@ -149,6 +149,35 @@ def test_a_list_answer_older_than_live_events_does_not_hide_their_jobs(
     assert_not_reloaded(page)
 
 
+def test_a_job_that_ends_before_the_stream_listens_is_shown_ended(
+    new_page: NewPage, org: Org, server: Server
+) -> None:
+    """The event stream starts at the present. The page once read its list before the stream
+    listened, and a job that ended in between stayed `running` on screen for good (a slow
+    proxy in front of the stream is enough). The first reads now wait for the stream."""
+    api = org.api()
+    job_id = api.submit("exports.archive", {"bucket": "late"})
+    api.wait_status(job_id, "running")
+    page, _ = new_page()
+    held: list[Any] = []
+    events_url = re.compile(r".*/api/v1/events.*")
+    page.route(events_url, lambda route: route.continue_() if held else held.append(route))
+    page.goto("/#/jobs")
+    page.get_by_test_id("login-token").fill(org.token("operator"))
+    page.get_by_test_id("login-submit").click()
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(10)
+    assert held, "the page opened no event stream"
+    page.wait_for_timeout(300)  # a page that does not wait for the stream reads its list now
+    server.release(job_id)
+    api.wait_status(job_id, "completed")
+    held[0].continue_()
+    expect(page.get_by_test_id("live-indicator")).to_have_attribute("data-state", "open")
+    expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+    expect(page.get_by_test_id("count-running")).to_have_text("0")
+
+
 def test_a_detail_answer_older_than_a_live_event_does_not_hide_the_job_s_end(
     new_page: NewPage, org: Org, server: Server
 ) -> None:
