@@ -613,7 +613,7 @@
       list.cursor = cursor;
       list.nextCursor = (data && data.next_cursor) || null;
       renderJobRows((data && data.items) || []);
-      for (const job of arrived) listOnJob(job);
+      for (const item of arrived) replayArrived(item, listOnJob, (event) => rowOnProgress(list.rows, list.jobs, event));
     } catch (err) {
       if (seq === list.seq) {
         list.arrived = null;
@@ -765,14 +765,25 @@
   function rowOnProgress(rows, jobs, event) {
     const row = rows.get(event.job_id);
     if (!row) return;
+    const job = jobs.get(event.job_id);
+    if (isOlder(event, job)) return;   // a load's answer read after this report
     const bar = row.querySelector(".bar");
     if (bar) setProgressBar(bar, event.progress);
-    const job = jobs.get(event.job_id);
     if (job) Object.assign(job, progressFields(event));
   }
 
-  const progressFields = (event) =>
-    ({ progress: event.progress, progress_message: event.progress_message, eta_s: event.eta_s });
+  function progressFields(event) {
+    const fields = { progress: event.progress, progress_message: event.progress_message, eta_s: event.eta_s };
+    if (event.updated_at) fields.updated_at = event.updated_at;
+    return fields;
+  }
+
+  /** Events that came while a view loaded are kept as they came: job objects, and progress
+   * reports wrapped as {progressEvent}. Applied again on top of the answer, newest wins. */
+  function replayArrived(item, onJob, onProgress) {
+    if (item.progressEvent) onProgress(item.progressEvent);
+    else onJob(item);
+  }
 
   // ---------------------------------------------------------------- 10. job detail view
 
@@ -790,7 +801,7 @@
       // (A reload's answer older than what events already showed is not rendered.)
       if (!(detail.job && detail.job.id === id && isOlder(job, detail.job))) renderDetail(job);
       // The job may have changed while the answer was on its way (a busy server).
-      for (const event of arrived) detailOnJob(event);
+      for (const item of arrived) replayArrived(item, detailOnJob, detailOnProgress);
       loadAttempts(id);
     } catch (err) {
       if (seq !== detail.seq) return;
@@ -957,6 +968,7 @@
   function detailOnProgress(event) {
     const detail = state.detail;
     if (state.route.view !== "detail" || detail.id !== event.job_id || !detail.job) return;
+    if (isOlder(event, detail.job)) return;
     Object.assign(detail.job, progressFields(event));
     const bar = document.querySelector('[data-testid="job-progress"]');
     if (bar) setProgressBar(bar, event.progress);
@@ -1007,7 +1019,7 @@
         $("dead-body").append(row);
       }
       dead.nextCursor = (data && data.next_cursor) || null;
-      for (const job of arrived) deadOnJob(job);
+      for (const item of arrived) replayArrived(item, deadOnJob, (event) => rowOnProgress(dead.rows, dead.jobs, event));
       updateDeadChrome();
     } catch (err) {
       if (seq === dead.seq) {
@@ -1379,6 +1391,9 @@
 
   function applyProgress(event) {
     if (!event.job_id) return;
+    for (const view of [state.list, state.dead, state.detail]) {
+      if (view.arrived) view.arrived.push({ progressEvent: event });   // a load is on its way
+    }
     rowOnProgress(state.list.rows, state.list.jobs, event);
     rowOnProgress(state.dead.rows, state.dead.jobs, event);
     detailOnProgress(event);

@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from edgejobs.errors import Conflict, NotFound
-from edgejobs.models import UNSUCCESSFUL, JobError, Outcome, Status, is_allowed
+from edgejobs.models import UNSUCCESSFUL, JobError, Outcome, Status, is_allowed, iso_ms
 from edgejobs.retry import RetryPolicy, after_failure, backoff_delay_s
 from edgejobs.store.db import WriteTx
 from edgejobs.store.rows import RowLike, dumps
@@ -87,6 +87,9 @@ def record_progress_event(
         "progress": float(row["progress"]),
         "progress_message": row["progress_message"],
         "eta_s": eta_s,
+        # When it was reported: a page that loads the job meanwhile can tell whether this
+        # report is newer than what it loaded.
+        "updated_at": iso_ms(row["updated_at"]),
     }
     conn.execute(
         "INSERT INTO events (org, job_id, kind, data, created_at) VALUES (?, ?, 'progress', ?, ?)",

@@ -241,6 +241,14 @@ class Api:
         status: str = self.job(job_id)["status"]
         return status
 
+    def wait_progress(self, job_id: str, percent: float, timeout_s: float = 10.0) -> None:
+        """Poll the API until the job's stored progress is ``percent``."""
+        deadline = time.monotonic() + timeout_s
+        while (progress := self.job(job_id)["progress"]) != percent:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} is at {progress} %, expected {percent}")
+            time.sleep(0.05)  # another process does the work: nothing to await here
+
     def wait_status(self, job_id: str, *statuses: str, timeout_s: float = 10.0) -> dict[str, Any]:
         """Poll the API (the test's side, not the dashboard's) until the job has a status."""
         deadline = time.monotonic() + timeout_s

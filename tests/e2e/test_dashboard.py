@@ -201,6 +201,35 @@ def test_a_detail_answer_older_than_a_live_event_does_not_hide_the_job_s_end(
     assert_not_reloaded(page)
 
 
+@pytest.mark.parametrize("view", ["list", "detail"])
+def test_a_progress_report_that_comes_while_the_view_loads_is_shown(
+    new_page: NewPage, org: Org, server: Server, view: str
+) -> None:
+    """The view's answer says 25 %; a report of 50 % reaches the page before the answer: the
+    view shows 50 % (it once showed 25 % until the next report, minutes away on a long step)."""
+    api = org.api()
+    job_id = api.submit("reports.build", {"month": "2026-09"})
+    server.release(job_id, "step1")
+    api.wait_progress(job_id, 25)
+    page, _ = new_page()
+    if view == "list":
+        url, hash_route = re.compile(r".*/api/v1/jobs\?.*"), "#/jobs"
+        bar = row(page, job_id).locator(".bar")
+    else:
+        url, hash_route = re.compile(rf".*/api/v1/jobs/{job_id}$"), f"#/jobs/{job_id}"
+        bar = page.get_by_test_id("job-progress")
+    route, answer = hold_first_answer(page, url, org.token("operator"), hash_route)
+    server.release(job_id, "step2")
+    api.wait_progress(job_id, 50)
+    page.wait_for_timeout(500)  # the report reaches the page before the answer
+    route.fulfill(response=answer)
+    expect(bar).to_have_attribute("data-progress", "50")
+    assert_not_reloaded(page)
+    for step in (3, 4):  # let the job end: the job type runs one at a time
+        server.release(job_id, f"step{step}")
+    api.wait_status(job_id, "completed")
+
+
 def test_detail_progress_eta_cancel_and_retry(new_page: NewPage, org: Org, server: Server) -> None:
     """The detail view shows a running job's live progress and ETA; Cancel and Retry act on
     the job (on screen and in the API); error, traceback and every attempt are shown."""
