@@ -93,3 +93,18 @@ async def read_model(request: Request, model: type[M], *, optional: bool = False
     if optional and not raw.strip():
         return validate(model, {})
     return validate(model, parse_json(raw))
+
+
+def query_values(request: Request, allowed: frozenset[str]) -> dict[str, str]:
+    """The query parameters of ``request``, each at most once, all of them in ``allowed``
+    (400 otherwise: a misspelled filter must not be silently ignored)."""
+    values: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        if key not in allowed:
+            raise BadRequest(f"unknown query parameter {key[:40]!r}")
+        if key in values:
+            raise BadRequest(f"query parameter {key!r} may be given once")
+        values[key] = value
+    if "org" in values and not values["org"]:
+        raise BadRequest("org must not be empty")
+    return values

@@ -18,9 +18,9 @@ from starlette.responses import Response
 
 from edgejobs import control
 from edgejobs.api.auth import Principal, acting_org, app_of, authenticate
-from edgejobs.api.body import read_model
+from edgejobs.api.body import query_values, read_model
 from edgejobs.api.errors import ApiResponse, BadRequest, Forbidden
-from edgejobs.api.openapi import Operation, Param
+from edgejobs.api.openapi import ORG_PARAM, Operation, Param
 from edgejobs.api.schemas import JobTypeOut
 
 if TYPE_CHECKING:
@@ -101,19 +101,6 @@ async def _system_admin(request: Request) -> Principal:
     return principal
 
 
-def _query(request: Request, allowed: frozenset[str]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for key, value in request.query_params.multi_items():
-        if key not in allowed:
-            raise BadRequest(f"unknown query parameter {key[:40]!r}")
-        if key in values:
-            raise BadRequest(f"query parameter {key!r} may be given once")
-        values[key] = value
-    if "org" in values and not values["org"]:
-        raise BadRequest("org must not be empty")
-    return values
-
-
 def _name(request: Request) -> str:
     name: str = request.path_params["name"]
     return name
@@ -147,7 +134,7 @@ async def patch_job_type(request: Request) -> Response:
 async def list_schedules(request: Request) -> Response:
     """Schedules with their next and last run (a tenant sees its org's only)."""
     principal = await authenticate(request, "viewer")
-    values = _query(request, frozenset({"org"}))
+    values = query_values(request, frozenset({"org"}))
     org = acting_org(principal, values.get("org"))
     views = await control.list_schedules(app_of(request), org=org)
     return ApiResponse({"items": [view.to_dict() for view in views]})
@@ -156,7 +143,7 @@ async def list_schedules(request: Request) -> Response:
 async def list_audit(request: Request) -> Response:
     """Operator actions, newest first (an org admin sees its org's entries only)."""
     principal = await authenticate(request, "admin")
-    values = _query(request, frozenset({"limit", "cursor", "org"}))
+    values = query_values(request, frozenset({"limit", "cursor", "org"}))
     limit = DEFAULT_AUDIT_LIMIT
     if "limit" in values:
         text = values["limit"]
@@ -183,9 +170,6 @@ async def list_audit(request: Request) -> Response:
 # -- wiring -------------------------------------------------------------------------------------
 
 _NAME = (Param("name", {"type": "string", "minLength": 1}, "a job type", location="path"),)
-_ORG = Param(
-    "org", {"type": "string", "minLength": 1, "maxLength": 64}, "system tokens: only this org"
-)
 
 
 def operations(ej: EdgeJobs) -> list[Operation]:
@@ -238,7 +222,7 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             "Periodic schedules with their next and last run",
             "viewer",
             {200: ScheduleList},
-            params=(_ORG,),
+            params=(ORG_PARAM,),
             tags=("schedules",),
         ),
         Operation(
@@ -259,7 +243,7 @@ def operations(ej: EdgeJobs) -> list[Operation]:
                     },
                 ),
                 Param("cursor", {"type": "string", "minLength": 1}, "next_cursor of a page"),
-                _ORG,
+                ORG_PARAM,
             ),
             tags=("audit",),
             description="Cancel, retry, pause, resume, override, token create and revoke."

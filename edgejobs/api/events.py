@@ -32,6 +32,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from edgejobs.api.auth import Principal, authenticate
 from edgejobs.api.errors import BadRequest, Forbidden, Unauthorized
+from edgejobs.api.jobs import checked_job_id
 from edgejobs.api.openapi import Operation, Param
 from edgejobs.broker import Broker, Subscriber, get_broker
 from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull
@@ -228,7 +229,7 @@ async def open_stream(ej: EdgeJobs, request: Request) -> Response:
     last_event_id = parse_last_event_id(request)
     if job_id is not None:
         # Another org's job is "not found", exactly like GET /api/v1/jobs/{id}.
-        await ej.get(job_id, org=org)
+        await ej.get(checked_job_id(job_id), org=org)
     broker = get_broker(ej)
     await broker.ensure_started()
     subscriber = broker.subscribe(org=org, job_id=job_id)

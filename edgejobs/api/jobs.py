@@ -54,8 +54,13 @@ _DISPLAY_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def _job_id(request: Request) -> str:
-    """The path's job id; an id that cannot exist is reported exactly like an unknown one."""
-    job_id: str = request.path_params["id"]
+    """The path's job id (see :func:`checked_job_id`)."""
+    return checked_job_id(request.path_params["id"])
+
+
+def checked_job_id(job_id: str) -> str:
+    """A job id from a request; one that cannot exist is reported exactly like an unknown one,
+    and named in the message only when it is short, plain text."""
     if not looks_like_job_id(job_id):
         shown = job_id if _DISPLAY_ID.fullmatch(job_id) else "with this id"
         raise NotFound(f"no job {shown}")

@@ -177,3 +177,9 @@ def build_document(operations: Sequence[Operation], *, title: str, version: str)
             },
         },
     }
+
+
+ORG_PARAM = Param(
+    "org", {"type": "string", "minLength": 1, "maxLength": 64}, "system tokens: only this org"
+)
+"""The ``org`` query parameter of the listings and counts."""

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from edgejobs.api.auth import app_of, authenticate
+from edgejobs.api.auth import acting_org, app_of, authenticate
+from edgejobs.api.body import query_values
 from edgejobs.api.errors import ApiResponse, Unauthorized
 from edgejobs.api.metrics import CONTENT_TYPE, Metrics
-from edgejobs.api.openapi import Operation
+from edgejobs.api.openapi import ORG_PARAM, Operation
 from edgejobs.api.schemas import Health, JobTypeList, Stats, Timeseries, Whoami
 from edgejobs.errors import EdgeJobsError
 from edgejobs.models import iso_ms
@@ -75,18 +76,25 @@ async def metrics(request: Request) -> Response:
     return Response(await registry.render(ej), media_type=CONTENT_TYPE)
 
 
+_ORG_ONLY = frozenset({"org"})
+_NONE: frozenset[str] = frozenset()
+
+
 async def stats(request: Request) -> Response:
-    """Counts by status and job type (a system token also gets them per org)."""
+    """Counts by status and job type (a system token also gets them per org, or those of the
+    one org it names)."""
     principal = await authenticate(request, "viewer")
-    return ApiResponse(await app_of(request).stats(org=principal.org))
+    org = acting_org(principal, query_values(request, _ORG_ONLY).get("org"))
+    return ApiResponse(await app_of(request).stats(org=org))
 
 
 async def timeseries(request: Request) -> Response:
     """The last hour per minute: completed, failed and queue depth (see ``minute_series``)."""
     principal = await authenticate(request, "viewer")
+    org = acting_org(principal, query_values(request, _ORG_ONLY).get("org"))
     ej = app_of(request)
     now = ej.clock.now_ms()
-    minutes = await ej.store.read(lambda conn: stats_store.minute_series(conn, principal.org, now))
+    minutes = await ej.store.read(lambda conn: stats_store.minute_series(conn, org, now))
     return ApiResponse(
         {
             "minutes": [
@@ -105,6 +113,7 @@ async def timeseries(request: Request) -> Response:
 async def whoami(request: Request) -> Response:
     """The caller's org (``*`` for a system token), role and token id."""
     principal = await authenticate(request, "viewer")
+    query_values(request, _NONE)
     return ApiResponse(
         {
             "org": principal.org if principal.org is not None else "*",
@@ -142,6 +151,7 @@ def job_type_items(ej: EdgeJobs) -> list[dict[str, Any]]:
 async def job_types(request: Request) -> Response:
     """Job types with their policy (runtime overrides applied) and whether they are paused."""
     await authenticate(request, "viewer")
+    query_values(request, _NONE)
     return ApiResponse({"items": job_type_items(app_of(request))})
 
 
@@ -164,6 +174,7 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             "Counts by status and job type",
             "viewer",
             {200: Stats},
+            params=(ORG_PARAM,),
             tags=("system",),
         ),
         Operation(
@@ -173,6 +184,7 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             "The last hour, per minute",
             "viewer",
             {200: Timeseries},
+            params=(ORG_PARAM,),
             tags=("system",),
             description="completed/failed by finished_at; queue_depth (queued + retrying + "
             "scheduled) counted now for the current minute, reconstructed from the event log "

@@ -432,3 +432,14 @@ async def test_random_queries_never_cause_a_server_error(with_org_b: Api) -> Non
             assert response.status_code in (200, 400, 403), (params, response.text[:300])
             if who == "viewer":
                 assert MARKER not in response.text
+
+
+async def test_a_job_id_that_cannot_exist_is_not_echoed_back(api: Api) -> None:
+    """``/events?job_id=`` copied any text, of any length, into its 404 message (the job
+    routes already answered "no job with this id")."""
+    huge = "<b>" + "x" * 5_000
+    for path in (f"/api/v1/events?job_id={huge}", f"/api/v1/jobs/{huge}"):
+        response = await api.client.get(path, headers=api.auth("viewer"))
+        assert response.status_code == 404, path
+        message = response.json()["error"]["message"]
+        assert message == "no job with this id", (path, message[:80])

@@ -124,6 +124,33 @@ async def test_stats_by_status_type_and_org(api: Api) -> None:
     assert system["by_org"] == {ORG_A: {"completed": 1, "failed": 1}, ORG_B: {"completed": 1}}
 
 
+async def test_stats_and_series_of_one_org_and_unknown_parameters(api: Api) -> None:
+    """``org`` was ignored: a system token asking for one org got every org's totals, and a
+    tenant naming another org got its own numbers instead of the 403 the listings give."""
+    await api.job(params={"n": 1})
+    await api.job(ORG_B)
+    await api.job(ORG_B, params={"n": 2})
+    await api.ej.drain()
+    system = api.auth("system")
+    one = (await api.client.get(f"/api/v1/stats?org={ORG_B}", headers=system)).json()
+    assert one["by_status"]["completed"] == 2 and one["by_type"] == {"t.echo": {"completed": 2}}
+    series = await api.client.get(f"/api/v1/stats/timeseries?org={ORG_B}", headers=system)
+    assert sum(minute["completed"] for minute in series.json()["minutes"]) == 2
+    own = await api.client.get(f"/api/v1/stats?org={ORG_A}", headers=api.auth("viewer"))
+    assert own.status_code == 200 and own.json()["by_status"]["completed"] == 1
+    for path in ("/api/v1/stats", "/api/v1/stats/timeseries"):
+        other = await api.client.get(f"{path}?org={ORG_B}", headers=api.auth("viewer"))
+        assert other.status_code == 403, path
+    for path in (
+        "/api/v1/stats",
+        "/api/v1/stats/timeseries",
+        "/api/v1/job-types",
+        "/api/v1/whoami",
+    ):
+        typo = await api.client.get(f"{path}?orgg={ORG_B}", headers=system)
+        assert typo.status_code == 400 and typo.json()["error"]["code"] == "bad_request", path
+
+
 async def test_job_types_show_policy_overrides_and_pause(api: Api) -> None:
     api.ej.registry.overrides = {"t.echo": {"timeout_s": 2.5}}
     api.ej.registry.paused = frozenset({"t.fail"})
