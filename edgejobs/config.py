@@ -196,7 +196,10 @@ class DatabaseConfig(_Model):
         description='"normal" (WAL default) or "full" (also survives power loss)',
     )
     busy_timeout_ms: int = Field(
-        default=5000, ge=0, description="how long a write waits for another process's lock"
+        default=5000,
+        ge=0,
+        le=2**31 - 1,  # SQLite's busy_timeout is a C int: a larger value was silently 0
+        description="how long a write waits for another process's lock",
     )
     journal_size_limit_bytes: int = Field(
         default=64 * 1024 * 1024,

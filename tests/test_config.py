@@ -388,6 +388,11 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
     ("huge retry delay", "[retry]\nbase_delay_s = 1e300\n", ["[retry] base_delay_s:"]),
     ("huge timeout", JOB_TYPE + "timeout_s = 1e300\n", ["[[job_types]] #1 timeout_s:"]),
     ("huge retries", JOB_TYPE + "max_retries = 1000001\n", ["[[job_types]] #1 max_retries:"]),
+    (
+        "busy timeout past a C int",
+        "[database]\nbusy_timeout_ms = 3000000000\n",
+        ["[database] busy_timeout_ms:", "2147483647"],
+    ),
     ("port out of range", "[server]\nport = 70000\n", ["[server] port:", "65535", "got 70000"]),
     ("empty db path", '[database]\npath = ""\n', ["[database] path: expected a non-empty"]),
     (

@@ -18,7 +18,10 @@ class RunnerLock:
     """
 
     def __init__(self, database: Path) -> None:
-        self.path = database.with_name(database.name + ".runner.lock")
+        # Named after the file the path leads to: a second runner reaching it through a
+        # symlink (or another relative path) must meet the same lock.
+        real = database.resolve()
+        self.path = real.with_name(real.name + ".runner.lock")
         self._fd: int | None = None
 
     def acquire(self) -> None:

@@ -109,6 +109,21 @@ async def test_second_runner_is_refused_in_process(tmp_path: Path) -> None:
     await second.close()
 
 
+async def test_a_second_runner_through_a_symlink_is_refused_too(tmp_path: Path) -> None:
+    """The lock was named after the path as written: a runner on ``link.db -> jobs.db`` took
+    the live runner's running jobs for a dead runner's and retried them beside it."""
+    (tmp_path / "link.db").symlink_to(tmp_path / "jobs.db")
+    first = EdgeJobs(database=tmp_path / "jobs.db")
+    await first.start(run_workers=False)
+    try:
+        for other in (tmp_path / "link.db", tmp_path / "sub" / ".." / "jobs.db"):
+            (tmp_path / "sub").mkdir(exist_ok=True)
+            with pytest.raises(RunnerAlreadyActive):
+                await EdgeJobs(database=other).start(run_workers=False)
+    finally:
+        await first.close()
+
+
 async def test_second_worker_process_exits_with_a_clear_message(tmp_path: Path) -> None:
     config = write_config(tmp_path, CRASH_CONFIG)
     with Worker(config, tmp_path / "worker.log") as first:
