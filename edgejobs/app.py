@@ -127,6 +127,14 @@ class JobSpec:
     dedup_key: str | None = None
 
 
+def _cannot_open(path: Path, exc: BaseException) -> EdgeJobsError:
+    """One line for a database file the runner cannot open (the CLI prints it, exit 1)."""
+    reason = str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        reason = exc.strerror + (f" ({exc.filename})" if exc.filename else "")
+    return EdgeJobsError(f"cannot open the database {path}: {reason}")
+
+
 class _RateWindow:
     """Fixed-window counters of submissions per (org, job type)."""
 
@@ -366,11 +374,18 @@ class EdgeJobs:
         if self.pool is not None:
             return
         self._import_handlers()
-        lock = RunnerLock(Path(self.config.database.path))
-        await asyncio.get_running_loop().run_in_executor(None, lock.acquire)
+        path = Path(self.config.database.path)
+        lock = RunnerLock(path)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, lock.acquire)
+        except OSError as exc:  # a folder that cannot be made, a read-only disk
+            raise _cannot_open(path, exc) from None
         self._lock = lock
         try:
-            await self.open()
+            try:
+                await self.open()
+            except (sqlite3.Error, OSError) as exc:  # not a database, a folder, unwritable
+                raise _cannot_open(path, exc) from None
             faults.install_crash_hook(self.store.writer)  # test-only; inert unless set
             now = self.clock.now_ms()
             policies = {t.name: t.policy() for t in self.registry}

@@ -25,7 +25,9 @@ class RunnerLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock or raise :class:`RunnerAlreadyActive` naming the holder's pid."""
+        """Take the lock or raise :class:`RunnerAlreadyActive` naming the holder's pid (the
+        database's folder is made if missing, as opening the database would)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

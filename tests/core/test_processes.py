@@ -206,3 +206,24 @@ def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     result = run_cli("jobs", "list", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
     assert "not found" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["worker", "serve"])
+@pytest.mark.parametrize("kind", ["not a database", "under a file", "a folder"])
+def test_a_runner_that_cannot_open_its_database_says_so_in_one_line(
+    tmp_path: Path, command: str, kind: str
+) -> None:
+    """``worker`` and ``serve`` printed a traceback here (the client commands already said
+    "cannot open the database")."""
+    (tmp_path / "junk.db").write_text("not a database, not at all: " * 10)
+    (tmp_path / "plain").write_text("a file, not a folder")
+    (tmp_path / "folder.db").mkdir()
+    path = {"not a database": "junk.db", "under a file": "plain/x.db", "a folder": "folder.db"}
+    config = write_config(tmp_path, f'[database]\npath = "{path[kind]}"\n')
+    port = ("--port", "0") if command == "serve" else ()
+    result = run_cli(command, *port, "--config", str(config))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("edgejobs: cannot open the database"), result.stderr
+    assert str(tmp_path / path[kind]) in last
