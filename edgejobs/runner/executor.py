@@ -18,7 +18,9 @@ import asyncio
 import dataclasses
 import json
 import multiprocessing
+import os
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -352,10 +354,35 @@ class _ChildContext(SyncJobContext):
     """The sync context inside the child process: progress goes through the pipe."""
 
 
+PARENT_WATCH_S = 0.2
+"""How often a handler's child process looks whether the runner that started it is alive."""
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In the child: end this process as soon as the runner that started it is gone.
+
+    A runner killed with SIGKILL cannot kill its children: they ran on past their timeout,
+    beside the retry that the next runner starts for the same job. The parent's death is
+    seen as a new parent pid (the orphan is adopted); a thread watches for it.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_WATCH_S)
+        os._exit(1)  # no cleanup: the attempt belongs to nobody now
+
+    threading.Thread(target=watch, name="edgejobs-parent-watch", daemon=True).start()
+
+
 def _child_main(
-    handler_path: str, info: dict[str, Any], params_json: str, conn: Connection
+    handler_path: str,
+    info: dict[str, Any],
+    params_json: str,
+    conn: Connection,
+    parent_pid: int,
 ) -> None:
     """Entry point of the child process (imports the handler by path)."""
+    _exit_with_parent(parent_pid)
 
     def send_progress(percent: float, message: str | None) -> None:
         conn.send(("progress", percent, message))
@@ -407,7 +434,7 @@ async def _execute_in_process(
     }
     process = mp.Process(
         target=_child_main,
-        args=(job_type.handler_path, info, dumps(params), sender),
+        args=(job_type.handler_path, info, dumps(params), sender, os.getpid()),
         name=f"edgejobs-job-{ctx.job_id}",
         daemon=True,
     )

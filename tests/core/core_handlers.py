@@ -4,7 +4,9 @@ isolation; the tests put this folder on ``PYTHONPATH`` / ``sys.path``."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -34,3 +36,10 @@ def sync_quick(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
 def fail(ctx: Any, params: dict[str, Any]) -> None:
     """Always raise."""
     raise RuntimeError(params.get("message", "boom"))
+
+
+def sync_pid_sleep(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Write this process's pid to ``params["pid_file"]``, then block for ``seconds``."""
+    Path(params["pid_file"]).write_text(str(os.getpid()))
+    time.sleep(float(params.get("seconds", 60)))
+    return {"slept": params.get("seconds", 60)}

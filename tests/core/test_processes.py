@@ -91,6 +91,45 @@ async def test_sigkilled_runner_loses_attempts_and_the_next_one_finishes_them(
     assert rows(db, "SELECT count(*) AS n FROM jobs WHERE status = 'running'")[0]["n"] == 0
 
 
+ORPHAN_CONFIG = """
+[database]
+path = "jobs.db"
+
+[[job_types]]
+name = "isolated"
+handler = "core_handlers:sync_pid_sleep"
+isolation = "process"
+timeout_s = 120
+max_retries = 0
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+async def test_a_process_handler_ends_when_its_runner_is_killed(tmp_path: Path) -> None:
+    """A runner killed with SIGKILL cannot kill its handlers' child processes: they ran on
+    past their timeout, beside the retry the next runner starts. The child ends itself."""
+    config = write_config(tmp_path, ORPHAN_CONFIG)
+    pid_file = tmp_path / "child.pid"
+    client = EdgeJobs.from_config(config, environ={})
+    await client.submit("isolated", org="acme", params={"pid_file": str(pid_file)})
+    await client.close()
+    with Worker(config, tmp_path / "worker.log") as worker:
+        await _until(pid_file.exists, 30, "the handler's child started", worker)
+        child = int(pid_file.read_text())
+        assert _alive(child)
+        worker.kill()
+    await _until(lambda: not _alive(child), 5, f"child {child} ended after its runner")
+
+
 async def test_second_runner_is_refused_in_process(tmp_path: Path) -> None:
     path = tmp_path / "jobs.db"
     first = EdgeJobs(database=path)
