@@ -28,6 +28,7 @@ from edgejobs.config import ScheduleConfig
 from edgejobs.errors import ConfigError, EdgeJobsError
 from edgejobs.models import iso_ms
 from edgejobs.store.jobs import NewJob
+from edgejobs.store.rows import strict_dumps
 from edgejobs.store.schedules import (
     Fired,
     Firing,
@@ -107,8 +108,8 @@ class Scheduler:
         return dict(self._schedules)
 
     def validate(self) -> None:
-        """Refuse schedules whose job type this runner does not serve, whose org is invalid or
-        whose cron expression never matches a date."""
+        """Refuse schedules whose job type this runner does not serve, whose org is invalid,
+        whose cron expression never matches a date or whose params are too large to submit."""
         for index, schedule in enumerate(self._schedules.values(), start=1):
             where = f"[[schedules]] #{index} ({schedule.name})"
             if schedule.job_type not in self._ej.registry:
@@ -123,6 +124,14 @@ class Scheduler:
                 next_due_after(schedule.cron, schedule.timezone, self._ej.clock.now_ms())
             except ValueError:  # croniter's "failed to find next date" (e.g. 30 February)
                 raise ConfigError(f"{where} cron: {schedule.cron!r} never matches a date") from None
+            # Params the submit would refuse made every firing fail, once a tick, for ever.
+            size = len(strict_dumps(schedule.params).encode())
+            limit = self._ej.config.limits.max_params_bytes
+            if size > limit:
+                raise ConfigError(
+                    f"{where} params: {size} bytes of JSON, above [limits] max_params_bytes"
+                    f" ({limit})"
+                )
 
     async def sync(self, now: int) -> None:
         """Store the configured schedules (new ones start at their first due time >= now)."""

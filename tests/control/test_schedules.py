@@ -16,7 +16,7 @@ import pytest
 from control_support import Factory, build, query
 
 from edgejobs import EdgeJobs, Status
-from edgejobs.config import ScheduleConfig
+from edgejobs.config import LimitsConfig, ScheduleConfig
 from edgejobs.control import list_schedules, scheduler_of
 from edgejobs.errors import ConfigError
 from edgejobs.runner.schedules import Scheduler, next_due_after
@@ -412,6 +412,21 @@ async def test_impossible_schedules_are_refused_at_start(
     ej = build(db_path, clock, schedules=[invalid])
     with pytest.raises(ConfigError, match=message):
         await ej.start(run_workers=False)
+    await ej.close()
+
+
+async def test_schedule_params_too_large_to_submit_are_refused_at_start(
+    clock: FakeClock, db_path: Path
+) -> None:
+    """They passed, and from the due time on every firing failed (a warning a tick, no job)."""
+    too_big = schedule(params={"text": "x" * 100})
+    ej = build(db_path, clock, schedules=[too_big], limits=LimitsConfig(max_params_bytes=64))
+    with pytest.raises(ConfigError, match=r"#1 \(every5\) params: 111 bytes .* \(64\)"):
+        await ej.start(run_workers=False)
+    await ej.close()
+    ej = build(db_path, clock, schedules=[schedule(params={"text": "x" * 40})],
+               limits=LimitsConfig(max_params_bytes=64))  # fmt: skip
+    await ej.start(run_workers=False)
     await ej.close()
 
 
