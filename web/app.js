@@ -57,6 +57,11 @@
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set(), arrived: null },
     series: [],               // [{t: ms, completed, failed, queue_depth}], oldest first
     counted: new Set(),       // terminal job events already added to the chart
+    // The series answer includes every event up to `seriesFrom`; events that come while it is
+    // on its way wait in `seriesArrived` ([job, event id]) and count only when newer than it.
+    seriesSeq: 0,
+    seriesFrom: 0,
+    seriesArrived: null,
     // `seq`: only the answer to the latest request is applied (an older one may come last).
     stats: { timer: null, last: 0, seq: 0 },
     chartTimer: null,
@@ -362,6 +367,9 @@
     clearDetailView();
     state.series = [];
     state.counted.clear();
+    state.seriesSeq++;
+    state.seriesFrom = 0;
+    state.seriesArrived = null;
     drawCharts();
     renderCounts({});
     $("whoami").textContent = "";
@@ -1137,8 +1145,12 @@
   // ---------------------------------------------------------------- 12. charts
 
   async function loadSeries() {
+    const seq = ++state.seriesSeq;
+    const arrived = [];
+    state.seriesArrived = arrived;
     try {
       const data = await api("GET", "/api/v1/stats/timeseries");
+      if (seq !== state.seriesSeq) return;
       state.series = ((data && data.minutes) || [])
         .map((m) => ({ t: Date.parse(m.t), completed: Number(m.completed) || 0, failed: Number(m.failed) || 0,
           queue_depth: Number(m.queue_depth) || 0 }))
@@ -1146,9 +1158,14 @@
         .sort((a, b) => a.t - b.t)
         .slice(-SERIES_MINUTES);
       state.counted.clear();
+      state.seriesFrom = Number(data && data.last_event_id) || 0;
     } catch (err) {
       if (err.status !== 401) console.warn("timeseries", err);
     }
+    if (seq !== state.seriesSeq) return;
+    state.seriesArrived = null;
+    // Endings that came while the answer was on its way: those it did not include count now.
+    for (const [job, eventId] of arrived) chartsOnJob(job, eventId);
     drawCharts();
   }
 
@@ -1166,9 +1183,18 @@
     return series[series.length - 1];
   }
 
-  function chartsOnJob(job) {
+  /** Count a job's ending in its minute; `eventId`: the SSE id of the event that told it (null
+   * for an action's answer), so that an ending the series already holds is not counted twice. */
+  function chartsOnJob(job, eventId) {
     const kind = job.status === "completed" ? "completed" : FAILED_FOR_CHART.has(job.status) ? "failed" : null;
     if (!kind) return;
+    if (eventId) {
+      if (state.seriesArrived) {
+        state.seriesArrived.push([job, eventId]);
+        return;
+      }
+      if (eventId <= state.seriesFrom) return;
+    }
     const when = job.finished_at || job.updated_at;
     const key = `${job.id}|${job.status}|${when}`;
     if (state.counted.has(key)) return;
@@ -1376,17 +1402,18 @@
       return;
     }
     if (!data || typeof data !== "object") return;
-    handler(data);
+    handler(data, Number(event.lastEventId) || null);
     if (refreshCounts) scheduleStatsRefresh();
   }
 
-  /** A job object from an event or an action's response: update every view that shows it. */
-  function applyJob(job) {
+  /** A job object from an event (with its id) or an action's response: update every view
+   * that shows it. */
+  function applyJob(job, eventId = null) {
     if (!job || !job.id) return;
     listOnJob(job);
     deadOnJob(job);
     detailOnJob(job);
-    chartsOnJob(job);
+    chartsOnJob(job, eventId);
   }
 
   function applyProgress(event) {

@@ -249,6 +249,10 @@ class Timeseries(_Response):
     """The last hour, one entry per minute, oldest first."""
 
     minutes: list[MinuteOut]
+    last_event_id: int = Field(
+        description="the newest event the series includes (read with it): a live view adds "
+        "only the events after it"
+    )
 
 
 class JobTypeOut(_Response):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -94,7 +95,12 @@ async def timeseries(request: Request) -> Response:
     org = acting_org(principal, query_values(request, _ORG_ONLY).get("org"))
     ej = app_of(request)
     now = ej.clock.now_ms()
-    minutes = await ej.store.read(lambda conn: stats_store.minute_series(conn, org, now))
+
+    def read(conn: sqlite3.Connection) -> tuple[list[stats_store.Minute], int]:
+        # One snapshot: the events after last_event_id are exactly the ones the series lacks.
+        return stats_store.minute_series(conn, org, now), stats_store.last_event_id(conn)
+
+    minutes, last_event_id = await ej.store.read(read)
     return ApiResponse(
         {
             "minutes": [
@@ -105,7 +111,8 @@ async def timeseries(request: Request) -> Response:
                     "queue_depth": m.queue_depth,
                 }
                 for m in minutes
-            ]
+            ],
+            "last_event_id": last_event_id,
         }
     )
 

@@ -230,6 +230,26 @@ def test_a_progress_report_that_comes_while_the_view_loads_is_shown(
     api.wait_status(job_id, "completed")
 
 
+def test_the_chart_keeps_endings_that_come_while_its_series_loads(
+    new_page: NewPage, org: Org
+) -> None:
+    """The series answer replaced the chart and dropped the endings counted while it was on
+    its way; it now says which event it was read at, and the newer ones are added to it."""
+    api = org.api()
+    first = api.submit("emails.send", {"to": "a@example.com"})
+    api.wait_status(first, "completed")
+    page, _ = new_page()
+    series_url = re.compile(r".*/api/v1/stats/timeseries$")
+    route, answer = hold_first_answer(page, series_url, org.token("operator"), "#/jobs")
+    assert sum(minute["completed"] for minute in answer.json()["minutes"]) == 1
+    later = [api.submit("emails.send", {"to": f"{n}@example.com"}) for n in range(2)]
+    for job_id in later:
+        expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+    route.fulfill(response=answer)
+    expect(page.get_by_test_id("chart-throughput")).to_have_attribute("data-completed", "3")
+    assert_not_reloaded(page)
+
+
 def test_detail_progress_eta_cancel_and_retry(new_page: NewPage, org: Org, server: Server) -> None:
     """The detail view shows a running job's live progress and ETA; Cancel and Retry act on
     the job (on screen and in the API); error, traceback and every attempt are shown."""
