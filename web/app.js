@@ -51,7 +51,8 @@
     clockOffsetMs: 0,         // server time minus browser time, from the Date header
     route: { view: "jobs", filters: emptyFilters() },
     // `arrived`: job events received while a page loads, applied again on top of its answer.
-    list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map(), arrived: null },
+    list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map(), arrived: null,
+      search: { pending: new Set(), busy: false, last: 0 } },   // new jobs a text search must check
     // `arrived` (here and in `dead`): as in `list`, events received while the view loads.
     detail: { seq: 0, id: null, job: null, arrived: null, attemptsSeq: 0, refreshSeq: 0 },
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set(), arrived: null },
@@ -695,11 +696,7 @@
     if (filters.status.length && !filters.status.includes(job.status)) return false;
     if (filters.job_type && job.job_type !== filters.job_type) return false;
     if (filters.priority && job.priority !== filters.priority) return false;
-    if (filters.q) {
-      const haystack = `${JSON.stringify(job.params)} ${fmtError(job.error)} ${job.id}`.toLowerCase();
-      if (!haystack.includes(filters.q.toLowerCase())) return false;
-    }
-    return true;
+    return true;   // (a text search is the server's to decide: listAddSearched)
   }
 
   const isOlder = (incoming, known) =>
@@ -739,26 +736,51 @@
     }
     // New jobs appear at the top of the first page only.
     if (list.cursor || list.rows.size >= MAX_LIVE_ROWS) return;
-    if (state.route.filters.q && !isFullJob(job)) {
-      listAddSearched(job.id);   // the text search needs the params the event leaves out
+    if (state.route.filters.q) {
+      listAddSearched(job.id);   // only the server can tell whether a job matches a text search
       return;
     }
     if (!matchesFilters(job, state.route.filters)) return;
     listPrepend(job);
   }
 
-  /** A new job while a text search is active: fetch it whole, then show it if it matches. */
-  async function listAddSearched(id) {
+  /** New jobs while a text search is active: the server says whether they match (its search
+   * runs on the stored JSON, which the page cannot reproduce exactly: number spelling, escapes,
+   * the error's stored fields), by listing the newest matches with the same filters. One such
+   * request at a time, at most one a second, for all the jobs that came meanwhile. */
+  function listAddSearched(id) {
+    const search = state.list.search;
+    search.pending.add(id);
+    if (!search.busy) checkSearched();
+  }
+
+  async function checkSearched() {
     const list = state.list;
-    const seq = list.seq;
-    let job;
+    const search = list.search;
+    search.busy = true;
     try {
-      job = await api("GET", "/api/v1/jobs/" + enc(id));
-    } catch (err) {
-      return;   // gone (pruned) or signed out: nothing to show
+      while (search.pending.size) {
+        const wait = search.last + STATS_MIN_INTERVAL_MS - Date.now();
+        if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+        const ids = search.pending;
+        search.pending = new Set();
+        search.last = Date.now();
+        const seq = list.seq;
+        const query = filtersToQuery(state.route.filters);
+        query.set("limit", String(PAGE_SIZE));
+        let page;
+        try {
+          page = await api("GET", "/api/v1/jobs?" + query.toString());
+        } catch (err) {
+          continue;   // signed out, or the server is busy: the next reload shows them
+        }
+        if (seq !== list.seq || state.route.view !== "jobs" || list.cursor) continue;
+        const found = ((page && page.items) || []).filter((job) => ids.has(job.id) && !list.rows.has(job.id));
+        for (const job of found.reverse()) listPrepend(job);   // newest ends on top
+      }
+    } finally {
+      search.busy = false;
     }
-    if (seq !== list.seq || state.route.view !== "jobs" || list.rows.has(id) || list.cursor) return;
-    if (matchesFilters(job, state.route.filters)) listPrepend(job);
   }
 
   function listPrepend(job) {

@@ -361,6 +361,23 @@ def test_params_render_as_text_only(new_page: NewPage, org: Org) -> None:
     assert watch.dialogs == [] and watch.csp_errors == []
 
 
+def test_a_new_job_matching_the_text_search_appears_live(new_page: NewPage, org: Org) -> None:
+    """The page decided by itself whether a new job matched the search, on its own rendering
+    of the params: `1.0` is stored as `1.0` but renders as `1`, so a job the server's search
+    finds was left out until a reload. The server decides now."""
+    api = org.api()
+    page, _ = new_page()
+    sign_in(page, org.token("operator"), "#/jobs?q=1.0")
+    expect(page.locator("#jobs-body tr")).to_have_count(0)
+    job_id = api.submit("emails.send", {"ratio": 1.0})
+    expect(row(page, job_id)).to_be_visible()
+    other = api.submit("emails.send", {"ratio": 2.5})
+    api.wait_status(other, "completed")
+    expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+    expect(row(page, other)).to_have_count(0)
+    assert_not_reloaded(page)
+
+
 def test_search_filters_and_pages(new_page: NewPage, org: Org) -> None:
     """Search by id opens the job, search by text narrows to it, the status, type and
     priority filters narrow the list, and the pager walks through more than one page."""
