@@ -19,6 +19,7 @@ from sse_support import (
 )
 
 from edgejobs.app import JobSpec
+from edgejobs.broker import get_broker
 from edgejobs.store.retention import delete_old_events
 from edgejobs.store.rows import render_job_event
 from edgejobs.testing import FakeClock
@@ -177,7 +178,13 @@ async def test_after_a_reset_for_an_id_ahead_of_the_database_the_stream_is_live(
     newest = event_rows(ej.store.path)[-1]["id"]
     # A client of a database restored from an older backup (or a forged header): its id is
     # ahead of every event here. New events must still reach it after the reset.
+    broker = get_broker(ej)
+    await broker.ensure_started()
     for ahead in (newest + 1000, 9_999_999_999_999_999_999):
+        # The reset names the subscription point: the broker's tail, which follows commits a
+        # moment later (it once named event 4 with event 5 committed and not yet tailed).
+        tailed = partial(lambda upto: broker.last_id >= upto, newest)
+        await wait_for(tailed, "the broker to tail the newest event")
         async with client() as http:
             async with open_stream(
                 http, server, token, headers={"Last-Event-ID": str(ahead)}
