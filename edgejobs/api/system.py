@@ -23,6 +23,7 @@ from edgejobs.api.schemas import Health, JobTypeList, Stats, Timeseries, Whoami
 from edgejobs.errors import EdgeJobsError
 from edgejobs.models import iso_ms
 from edgejobs.runner.maintenance import HEALTH_DB_TIMEOUT_S, extend_health
+from edgejobs.store import events as events_store
 from edgejobs.store import stats as stats_store
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ async def timeseries(request: Request) -> Response:
 
     def read(conn: sqlite3.Connection) -> tuple[list[stats_store.Minute], int]:
         # One snapshot: the events after last_event_id are exactly the ones the series lacks.
-        return stats_store.minute_series(conn, org, now), stats_store.last_event_id(conn)
+        return stats_store.minute_series(conn, org, now), events_store.last_event_id(conn)
 
     minutes, last_event_id = await ej.store.read(read)
     return ApiResponse(

@@ -90,11 +90,6 @@ def _depth_deltas(conn: sqlite3.Connection, org: str | None, since: int) -> list
     return deltas
 
 
-def last_event_id(conn: sqlite3.Connection) -> int:
-    """The id of the newest event (0 when there is none)."""
-    return int(conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0])
-
-
 def minute_series(
     conn: sqlite3.Connection, org: str | None, now: int, minutes: int = 60
 ) -> list[Minute]:
