@@ -128,7 +128,7 @@ class JobSpec:
 
 
 def _cannot_open(path: Path, exc: BaseException) -> EdgeJobsError:
-    """One line for a database file the runner cannot open (the CLI prints it, exit 1)."""
+    """One line for a database file that cannot be opened (the CLI prints it, exit 1)."""
     reason = str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror + (f" ({exc.filename})" if exc.filename else "")
@@ -334,7 +334,10 @@ class EdgeJobs:
         async with self._open_lock:
             if self._opened:
                 return
-            await self.store.open()
+            try:
+                await self.store.open()
+            except (sqlite3.Error, OSError) as exc:  # not a database, a folder, unwritable
+                raise _cannot_open(Path(self.config.database.path), exc) from None
             self.store.writer.add_commit_listener(self._on_commit)
             self.store.writer.add_foreign_listener(self._on_foreign_change)
             self._opened = True
@@ -382,10 +385,7 @@ class EdgeJobs:
             raise _cannot_open(path, exc) from None
         self._lock = lock
         try:
-            try:
-                await self.open()
-            except (sqlite3.Error, OSError) as exc:  # not a database, a folder, unwritable
-                raise _cannot_open(path, exc) from None
+            await self.open()
             faults.install_crash_hook(self.store.writer)  # test-only; inert unless set
             now = self.clock.now_ms()
             policies = {t.name: t.policy() for t in self.registry}

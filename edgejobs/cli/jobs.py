@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -208,11 +207,10 @@ async def open_client(args: argparse.Namespace, *, create: bool = False) -> Asyn
     if not create:
         refuse_missing_database(ej.config.database.path)
     try:
-        await ej.open()
-    except (sqlite3.Error, OSError) as exc:
-        # A directory, a read-only folder, a file that is not a database: a user error.
+        await ej.open()  # a file it cannot open is a one-line EdgeJobsError
+    except EdgeJobsError:
         await ej.close()
-        raise EdgeJobsError(f"cannot open the database {ej.config.database.path}: {exc}") from None
+        raise
     try:
         yield ej
     finally:
