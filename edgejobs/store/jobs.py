@@ -128,6 +128,7 @@ def _insert_rows(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) -> 
     if _is_plain(jobs):
         return _insert_plain(conn, [(job, now) for job in jobs])
     inserted: list[Inserted] = []
+    seq = next_seq(conn)  # this transaction's next seq; each job written alone takes one
     for index, job in enumerate(jobs):
         parents: list[RowLike] = []
         for ref in job.depends_on:
@@ -159,7 +160,8 @@ def _insert_rows(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) -> 
             if existing is not None:
                 inserted.append(Inserted(existing, True))
                 continue
-        row = _insert_one(conn, job, parents, now)
+        row = _insert_one(conn, job, parents, now, seq)
+        seq += 1
         parent_ids = tuple(dict.fromkeys(p["id"] for p in parents))
         inserted.append(Inserted(row, False, parent_ids))
     return inserted
@@ -253,7 +255,9 @@ def _insert_plain(conn: sqlite3.Connection, jobs: Sequence[tuple[NewJob, int]]) 
     return [Inserted(row, False) for row in rows]
 
 
-def _insert_one(conn: sqlite3.Connection, job: NewJob, parents: list[RowLike], now: int) -> RowLike:
+def _insert_one(
+    conn: sqlite3.Connection, job: NewJob, parents: list[RowLike], now: int, seq: int
+) -> RowLike:
     unique_parents = {p["seq"]: p for p in parents}
     failed = [p for p in unique_parents.values() if p["status"] in UNSUCCESSFUL]
     pending = sum(1 for p in unique_parents.values() if p["status"] != Status.COMPLETED.value)
@@ -265,7 +269,7 @@ def _insert_one(conn: sqlite3.Connection, job: NewJob, parents: list[RowLike], n
         row = _new_row(job, now, Status.BLOCKED, pending=pending)
     else:
         row = _new_row(job, now, _ready_status(job, now))
-    row["seq"] = next_seq(conn)
+    row["seq"] = seq
     conn.execute(_INSERT_JOB, row)
     if unique_parents:
         conn.executemany(

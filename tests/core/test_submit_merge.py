@@ -21,7 +21,7 @@ from edgejobs.store.jobs import NewJob, SubmitOp
 from edgejobs.store.store import Store
 
 EVENTS_INSERT = "INSERT INTO events"
-NEXT_SEQ = (  # once per executemany of plain jobs, once per job written alone
+NEXT_SEQ = (  # once per executemany of plain jobs, once per submission written alone
     "SELECT max(coalesce((SELECT max(seq) FROM jobs), 0),"
     " coalesce((SELECT seq FROM job_seq_floor), 0)) + 1"
 )
@@ -122,7 +122,7 @@ async def test_plain_runs_and_other_submissions_are_written_in_submission_order(
     assert [job.created_at for job in jobs] == [1_000 + n for n in range(6)]
     assert jobs[2].depends_on == (parent.id,)
     # Two runs of plain submissions, one executemany each, in one savepoint: the next seq is
-    # read once per run, and once for each of the two jobs written alone.
+    # read once per run, and once for each of the two submissions written alone.
     assert statements.count(NEXT_SEQ) == 2 + 2, statements
     assert statements.count("SAVEPOINT op") == 1, statements
     stored = _rows(store, "SELECT id FROM jobs WHERE seq > ? ORDER BY seq", 1)
