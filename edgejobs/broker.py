@@ -33,7 +33,7 @@ from sse_starlette import ServerSentEvent
 from edgejobs.errors import ShuttingDown
 from edgejobs.store import events as event_store
 from edgejobs.store.db import WriteTx
-from edgejobs.store.rows import render_job_event
+from edgejobs.store.rows import JobEventExtras, render_job_event
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
@@ -46,6 +46,10 @@ SAFETY_POLL_S = 2.0
 """The tailer also looks for new rows this often, in case a wake-up was missed."""
 DRAIN_WAIT_S = 0.1
 """How long the tailer may wait for streams that fell behind before it hands out more events."""
+SUBSCRIBER_MAX_BYTES = 32 * 1024 * 1024
+"""What one stream may hold queued, in bytes of event data, beyond its first event (events
+carry their job's params and result, up to ``max_params_bytes`` and the result bound each):
+past it the stream is disconnected like one whose queue is full."""
 ORG_CACHE_SIZE = 16384
 """Job ids whose org the broker remembers (jobs may be deleted before their last event is read)."""
 
@@ -53,10 +57,18 @@ ORG_CACHE_SIZE = 16384
 class Event:
     """One event as it goes out on a stream; encoded once, shared by every subscriber."""
 
-    __slots__ = ("_encoded", "created_at", "data", "id", "job_id", "kind", "org")
+    __slots__ = ("_encoded", "created_at", "data", "extras", "id", "job_id", "kind", "org", "size")
 
     def __init__(
-        self, *, id: int, org: str, job_id: str, kind: str, data: str, created_at: int
+        self,
+        *,
+        id: int,
+        org: str,
+        job_id: str,
+        kind: str,
+        data: str,
+        created_at: int,
+        extras: JobEventExtras | None = None,
     ) -> None:
         self.id = id
         self.org = org
@@ -64,6 +76,9 @@ class Event:
         self.kind = kind
         self.data = data
         self.created_at = created_at
+        self.extras = extras
+        self.size = len(data) + (_extras_size(extras) if extras is not None else 0)
+        """About the bytes this event holds (what a stream's queue is bounded by)."""
         self._encoded: bytes | None = None
 
     def encode(self) -> bytes:
@@ -74,7 +89,7 @@ class Event:
         """
         if self._encoded is None:
             data = (
-                render_job_event(self.data, self.job_id, self.org)
+                render_job_event(self.data, self.job_id, self.org, self.extras)
                 if self.kind == "job"
                 else self.data
             )
@@ -83,6 +98,11 @@ class Event:
 
     def __repr__(self) -> str:
         return f"Event(id={self.id}, kind={self.kind!r}, org={self.org!r}, job_id={self.job_id!r})"
+
+
+def _extras_size(extras: JobEventExtras) -> int:
+    texts = (extras.params, extras.result, extras.depends_on, extras.dependents, extras.traceback)
+    return sum(len(text) for text in texts if text is not None)
 
 
 def reset_event(last_id: int, reason: str) -> Event:
@@ -97,7 +117,15 @@ def reset_event(last_id: int, reason: str) -> Event:
 class Subscriber:
     """One open stream: its filter (org, job id) and a bounded queue of events."""
 
-    def __init__(self, *, org: str | None, job_id: str | None, buffer: int, start_id: int) -> None:
+    def __init__(
+        self,
+        *,
+        org: str | None,
+        job_id: str | None,
+        buffer: int,
+        start_id: int,
+        max_bytes: int = SUBSCRIBER_MAX_BYTES,
+    ) -> None:
         self.org = org
         """The org this stream is for; None for a system token's all-orgs stream."""
         self.job_id = job_id
@@ -107,6 +135,8 @@ class Subscriber:
         self.closed_reason: str | None = None
         """Why the stream was ended by the server (None while it is open)."""
         self._buffer = buffer
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._queue: collections.deque[Event] = collections.deque()
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
@@ -116,6 +146,15 @@ class Subscriber:
     def qsize(self) -> int:
         """Events waiting to be written to the client."""
         return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        """About the bytes of the events waiting to be written to the client."""
+        return self._bytes
+
+    def fuller_than_half(self) -> bool:
+        """Whether more than half of the queue's events or bytes are taken."""
+        return len(self._queue) > self._buffer // 2 or self._bytes > self._max_bytes // 2
 
     @property
     def closed(self) -> bool:
@@ -129,12 +168,16 @@ class Subscriber:
         return self.job_id is None or event.job_id == self.job_id
 
     def offer(self, event: Event) -> bool:
-        """Queue an event; False (nothing queued) when the queue is full."""
+        """Queue an event; False (nothing queued) when the queue is full (in events, or in bytes
+        with at least one event queued)."""
         if self.closed:
             return True
         if len(self._queue) >= self._buffer:
             return False
+        if self._queue and self._bytes + event.size > self._max_bytes:
+            return False
         self._queue.append(event)
+        self._bytes += event.size
         self._wake.set()
         return True
 
@@ -150,12 +193,14 @@ class Subscriber:
             return []
         queue = self._queue
         events = [queue.popleft() for _ in range(min(limit, len(queue)))]
+        self._bytes -= sum(event.size for event in events)
         self._room.set()
         return events
 
-    async def drained(self, level: int) -> None:
-        """Return once at most ``level`` events are queued (or the stream is closed)."""
-        while len(self._queue) > level and not self.closed:
+    async def drained(self) -> None:
+        """Return once at most half the queue is taken (:meth:`fuller_than_half` is False) or
+        the stream is closed."""
+        while self.fuller_than_half() and not self.closed:
             self._room.clear()
             await self._room.wait()
 
@@ -169,6 +214,7 @@ class Subscriber:
         if self.closed_reason is None:
             self.closed_reason = reason
         self._queue.clear()
+        self._bytes = 0
         self._wake.set()
         self._room.set()
         if force and self._cancel is not None:
@@ -185,6 +231,8 @@ class Broker:
         self.replay_max_events = settings.replay_max_events
         self.replay_max_age_s = settings.replay_max_age_s
         self.keepalive_s = settings.keepalive_s
+        self.max_bytes = SUBSCRIBER_MAX_BYTES
+        """The byte bound of each new stream's queue (see :data:`SUBSCRIBER_MAX_BYTES`)."""
         self.last_id = 0
         """The newest event id handed to subscribers."""
         self._by_org: dict[str | None, set[Subscriber]] = {}
@@ -256,7 +304,13 @@ class Broker:
         :attr:`Subscriber.start_id` reach its queue from now on."""
         if not self._running:
             raise ShuttingDown("the event stream is not running")
-        subscriber = Subscriber(org=org, job_id=job_id, buffer=self.buffer, start_id=self.last_id)
+        subscriber = Subscriber(
+            org=org,
+            job_id=job_id,
+            buffer=self.buffer,
+            start_id=self.last_id,
+            max_bytes=self.max_bytes,
+        )
         self._by_org.setdefault(org, set()).add(subscriber)
         self._empty.clear()
         return subscriber
@@ -318,51 +372,58 @@ class Broker:
                 return
 
     async def _dispatch(self, rows: list[event_store.EventRow]) -> None:
-        # A burst (a batch of 1,000 submissions, a cascade) is handed out in chunks of half a
-        # queue, letting streams that fell behind drain between chunks (for a short, bounded
-        # time), so a healthy client is not disconnected merely because a big burst arrived
-        # at once, while one that stopped reading still fills its queue and is disconnected.
-        chunk = max(1, self.buffer // 2)
-        for start in range(0, len(rows), chunk):
-            for row in rows[start : start + chunk]:
-                if row.id <= self.last_id:
-                    continue  # two overlapping reads: the first one delivered it
-                self.last_id = row.id
-                event = self.verify(row)
-                if event is not None:
-                    self._fan_out(event)
-            await self._let_streams_drain()
+        # A burst (a batch of 1,000 submissions, a cascade, a few jobs with big params) is
+        # handed out until some stream's queue is half full, in events or in bytes; then the
+        # streams that fell behind may drain (for a short, bounded time) before the rest, so a
+        # healthy client is not disconnected merely because a big burst arrived at once, while
+        # one that stopped reading still fills its queue and is disconnected.
+        for row in rows:
+            if row.id <= self.last_id:
+                continue  # two overlapping reads: the first one delivered it
+            self.last_id = row.id
+            event = self.verify(row)
+            if event is not None and self._fan_out(event):
+                await self._let_streams_drain()
 
     async def _let_streams_drain(self) -> None:
         """Wait (at most ``DRAIN_WAIT_S``) until no stream's queue is more than half full."""
-        half = self.buffer // 2
         loop = asyncio.get_running_loop()
         deadline = loop.time() + DRAIN_WAIT_S
         while True:
-            behind = next((s for s in self.subscribers() if s.qsize > half), None)
+            behind = next((s for s in self.subscribers() if s.fuller_than_half()), None)
             remaining = deadline - loop.time()
             if behind is None or remaining <= 0:
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
-                    await behind.drained(half)
+                    await behind.drained()
 
-    def _fan_out(self, event: Event) -> None:
+    def _fan_out(self, event: Event) -> bool:
+        """Offer ``event`` to its streams; True when it made one of them more than half full
+        (once per crossing: a stream that stopped reading does not slow every later event)."""
         full: list[Subscriber] = []
+        behind = False
         for key in (event.org, None):
             for subscriber in self._by_org.get(key, ()):
-                if subscriber.matches(event) and not subscriber.offer(event):
+                if not subscriber.matches(event):
+                    continue
+                was_behind = subscriber.fuller_than_half()
+                if not subscriber.offer(event):
                     full.append(subscriber)
+                elif not was_behind and subscriber.fuller_than_half():
+                    behind = True
         for subscriber in full:
             self.disconnected += 1
             log.warning(
-                "disconnected an event stream of org %s: %d events queued and the client is"
-                " not reading (it can resume with Last-Event-ID)",
+                "disconnected an event stream of org %s: %d events (%d bytes) queued and the"
+                " client is not reading (it can resume with Last-Event-ID)",
                 subscriber.org or "*",
-                self.buffer,
+                subscriber.qsize,
+                subscriber.queued_bytes,
             )
             self.unsubscribe(subscriber)
             subscriber.close("the client did not keep up with the events", force=True)
+        return behind
 
     # -- the org check ------------------------------------------------------------------------
 
@@ -398,6 +459,7 @@ class Broker:
             kind=row.kind,
             data=row.data,
             created_at=row.created_at,
+            extras=row.extras,
         )
 
     def _remember(self, job_id: str, org: str) -> None:

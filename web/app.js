@@ -703,8 +703,8 @@
     Boolean(known && incoming.updated_at && known.updated_at &&
       Date.parse(incoming.updated_at) < Date.parse(known.updated_at));
 
-  /** `job` events leave out params, result, the traceback and the dependency lists (to stay
-   * small); action answers and GETs carry the whole job. */
+  /** A job as an action answer, a GET or a `job` event gives it: the whole job object (a
+   * `job` event of a server before the events carried it lacks params: merged over). */
   const isFullJob = (job) => Object.prototype.hasOwnProperty.call(job, "params");
 
   /** What is known about a job after an event: the event's fields over the known ones. */
@@ -975,7 +975,7 @@
     if (isOlder(job, detail.job)) return;
     const statusChanged = job.status !== detail.job.status || job.attempts !== detail.job.attempts;
     renderDetail(mergeJob(detail.job, job));
-    // An event has no params, result, traceback or dependency lists: fetch the whole job.
+    // An event of an older server has no params, result, traceback or dependency lists.
     if (!isFullJob(job)) refreshDetail(job.id);
     if (statusChanged) loadAttempts(job.id);
   }

@@ -1,8 +1,8 @@
 """``GET /api/v1/events``: the Server-Sent Events stream of one org's jobs.
 
-A stream carries ``job`` events (any status change; data: the job object without ``params``,
-``result``, ``depends_on``, ``eta_s`` and the error's traceback, to keep events small and built
-from the change alone: fetch the job for those),
+A stream carries ``job`` events (any status change; data: the job object as of that change —
+its params, parents and children, its result when the change is its completion, the error's
+traceback, and the ETA at that time are read from the job's row as the event is read),
 ``progress`` events (``{"job_id", "org", "progress", "progress_message", "eta_s"}``) and
 ``reset`` events (the client missed events that cannot be replayed: reload). Every event has
 the event log's ``id``. Which events a stream may carry is decided by the broker
@@ -277,8 +277,7 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             params=_PARAMS,
             tags=("events",),
             description=(
-                "Events `job` (data: the job object without params, result, depends_on, eta_s"
-                " and the error's traceback),"
+                "Events `job` (data: the job object as of that change),"
                 " `progress` (data: job_id, org, progress, progress_message, eta_s) and"
                 " `reset` (missed events beyond the replay window: reload). Every event has"
                 " an `id`; keep-alive comments every `[events] keepalive_s`."

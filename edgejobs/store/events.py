@@ -11,18 +11,55 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 
-_TAIL = (
-    "SELECT e.id, e.org, e.job_id, e.kind, e.data, e.created_at, j.org AS job_org"
+from edgejobs.store.rows import JobEventExtras, job_event_path
+
+# What a ``job`` event's stored array leaves out (to keep the hottest commits small) is read
+# from its job's row when the event is read, in the same snapshot: params and the parent and
+# child lists never change, a result is final once the job completed, and the traceback is
+# the one of the attempt that raised the event's error (the stored last error for an error
+# no attempt row holds). The type's mean run duration feeds the event's ETA.
+_JOB_COLUMNS = (
+    "e.id, e.org, e.job_id, e.kind, e.data, e.created_at, j.org AS job_org,"
+    " CASE WHEN e.kind = 'job' THEN j.params END AS params,"
+    " CASE WHEN e.kind = 'job' AND json_extract(e.data, :status_path) = 'completed'"
+    " THEN j.result END AS result,"
+    " CASE WHEN e.kind = 'job' AND j.seq IS NOT NULL THEN"
+    " (SELECT json_group_array(id) FROM (SELECT p.id FROM job_deps d"
+    " JOIN jobs p ON p.seq = d.parent_seq WHERE d.child_seq = j.seq ORDER BY p.seq))"
+    " END AS depends_on,"
+    " CASE WHEN e.kind = 'job' AND j.has_dependents THEN"
+    " (SELECT json_group_array(id) FROM (SELECT c.id FROM job_deps d"
+    " JOIN jobs c ON c.seq = d.child_seq WHERE d.parent_seq = j.seq ORDER BY c.seq))"
+    " WHEN e.kind = 'job' AND j.seq IS NOT NULL THEN '[]'"
+    " END AS dependents,"
+    " CASE WHEN e.kind = 'job' AND json_extract(e.data, :error_type_path) IS NOT NULL THEN"
+    " coalesce((SELECT a.traceback FROM attempts a WHERE a.job_seq = j.seq"
+    " AND a.number <= json_extract(e.data, :attempts_path)"
+    " AND a.error_type = json_extract(e.data, :error_type_path)"
+    " AND a.error_message IS json_extract(e.data, :error_message_path)"
+    " ORDER BY a.number DESC LIMIT 1),"
+    " CASE WHEN json_extract(j.error, '$.type') = json_extract(e.data, :error_type_path)"
+    " AND json_extract(j.error, '$.message') IS json_extract(e.data, :error_message_path)"
+    " THEN json_extract(j.error, '$.traceback') END)"
+    " END AS traceback,"
+    " CASE WHEN e.kind = 'job' THEN"
+    " (SELECT s.mean_ms FROM job_type_stats s WHERE s.job_type = j.job_type)"
+    " END AS mean_ms"
     " FROM events e LEFT JOIN jobs j ON j.id = e.job_id"
-    " WHERE e.id > :after ORDER BY e.id LIMIT :limit"
 )
+_PATHS = {
+    "status_path": job_event_path("status"),
+    "error_type_path": job_event_path("error_type"),
+    "error_message_path": job_event_path("error_message"),
+    "attempts_path": job_event_path("attempts"),
+}
+
+_TAIL = "SELECT " + _JOB_COLUMNS + " WHERE e.id > :after ORDER BY e.id LIMIT :limit"
 
 # One static statement for every filter combination: the id range keeps it a primary-key
 # range scan, and a NULL filter matches everything.
 _REPLAY = (
-    "SELECT e.id, e.org, e.job_id, e.kind, e.data, e.created_at, j.org AS job_org"
-    " FROM events e LEFT JOIN jobs j ON j.id = e.job_id"
-    " WHERE e.id > :after AND e.id <= :upto"
+    "SELECT " + _JOB_COLUMNS + " WHERE e.id > :after AND e.id <= :upto"
     " AND (:org IS NULL OR e.org = :org) AND (:job_id IS NULL OR e.job_id = :job_id)"
     " ORDER BY e.id LIMIT :limit"
 )
@@ -33,7 +70,8 @@ class EventRow:
     """One row of the event log, with the org of its job as stored (None: job deleted).
 
     ``data`` is as stored: a ``job`` event's times are integers until the broker renders the
-    event for a stream (:meth:`edgejobs.broker.Event.encode`).
+    event for a stream (:meth:`edgejobs.broker.Event.encode`). ``extras`` holds what a ``job``
+    event's job object shows beyond the stored array (None for other kinds).
     """
 
     id: int
@@ -43,18 +81,22 @@ class EventRow:
     data: str
     created_at: int
     job_org: str | None
+    extras: JobEventExtras | None = None
 
 
 def _rows(cursor: sqlite3.Cursor) -> list[EventRow]:
+    # By position (the order of _JOB_COLUMNS): the tailer reads every event of every org, and
+    # a lookup by name costs more than the rest of building the row.
     return [
         EventRow(
-            id=int(r["id"]),
-            org=r["org"],
-            job_id=r["job_id"],
-            kind=r["kind"],
-            data=r["data"],
-            created_at=int(r["created_at"]),
-            job_org=r["job_org"],
+            int(r[0]),
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            int(r[5]),
+            r[6],
+            JobEventExtras(r[7], r[8], r[9], r[10], r[11], r[12]) if r[3] == "job" else None,
         )
         for r in cursor
     ]
@@ -71,7 +113,7 @@ def last_event_id(conn: sqlite3.Connection) -> int:
 
 def tail(conn: sqlite3.Connection, *, after: int, limit: int) -> list[EventRow]:
     """Up to ``limit`` events with an id greater than ``after``, oldest first (every org)."""
-    return _rows(conn.execute(_TAIL, {"after": after, "limit": limit}))
+    return _rows(conn.execute(_TAIL, {**_PATHS, "after": after, "limit": limit}))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,5 +163,5 @@ def replay(
 ) -> list[EventRow]:
     """Up to ``limit`` events in ``(after, upto]`` of ``org`` (every org when None), oldest
     first, optionally of one job only."""
-    params = {"after": after, "upto": upto, "org": org, "job_id": job_id, "limit": limit}
+    params = {**_PATHS, "after": after, "upto": upto, "org": org, "job_id": job_id, "limit": limit}
     return _rows(conn.execute(_REPLAY, params))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from typing import Any, Protocol
@@ -145,28 +146,59 @@ def job_event_fields(data: str) -> dict[str, Any]:
     return dict(zip(JOB_EVENT_FIELDS, json.loads(data), strict=True))
 
 
-def render_job_event(data: str, job_id: str, org: str) -> str:
-    """The API form (SPEC §6 job object without params and result, ISO times) of a stored
-    ``job`` event of the job ``job_id`` of ``org``."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobEventExtras:
+    """What a ``job`` event's job object shows beyond its stored array, read from the job's
+    row when the event is read (:mod:`edgejobs.store.events`); every field None once the job
+    was deleted."""
+
+    params: str | None
+    """The job's params (canonical JSON)."""
+    result: str | None
+    """The job's result (JSON) when the event is the job's completion; None otherwise."""
+    depends_on: str | None
+    """The parents' ids (a JSON array, submission order)."""
+    dependents: str | None
+    """The children's ids (a JSON array, submission order)."""
+    traceback: str | None
+    """The traceback of the event's error."""
+    mean_ms: float | None
+    """The job type's mean run duration, for the event's ETA."""
+
+
+def render_job_event(data: str, job_id: str, org: str, extras: JobEventExtras | None = None) -> str:
+    """The API form (SPEC §6: the job object, ISO times) of a stored ``job`` event of the job
+    ``job_id`` of ``org``, completed by ``extras``; its ETA is the one at the event's time."""
     fields = job_event_fields(data)
+    eta_s = None
+    if extras is not None:
+        eta_s = estimate_eta_s(fields, extras.mean_ms, fields["updated_at"])
     for name in _EVENT_TIME_FIELDS:
         value = fields[name]
         if value is not None:
             fields[name] = iso_ms(value)
     error = None
     if fields["error_type"] is not None:
-        error = {"type": fields["error_type"], "message": fields["error_message"]}
+        error = {
+            "type": fields["error_type"],
+            "message": fields["error_message"],
+            "traceback": extras.traceback if extras else None,
+        }
     payload = {
         "id": job_id,
         "org": org,
         "job_type": fields["job_type"],
         "status": fields["status"],
         "priority": _PRIORITY_NAMES[fields["priority"]],
+        "params": _json_or_none(extras.params if extras else None),
+        "result": _json_or_none(extras.result if extras else None),
         "error": error,
         "progress": fields["progress"],
         "progress_message": fields["progress_message"],
         "attempts": fields["attempts"],
         "max_retries": fields["max_retries"],
+        "depends_on": _json_or_none(extras.depends_on if extras else None) or [],
+        "dependents": _json_or_none(extras.dependents if extras else None) or [],
         "run_at": fields["run_at"],
         "next_retry_at": fields["next_retry_at"],
         "created_at": fields["created_at"],
@@ -174,8 +206,13 @@ def render_job_event(data: str, job_id: str, org: str) -> str:
         "finished_at": fields["finished_at"],
         "updated_at": fields["updated_at"],
         "cancel_reason": fields["cancel_reason"],
+        "eta_s": eta_s,
     }
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_or_none(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
 
 
 _PRIORITY_NAMES = {p.rank: p.value for p in Priority}
