@@ -212,7 +212,7 @@ def _new_row(
         "run_at": job.run_at if job.run_at is not None else now,
         "next_retry_at": None,
         "lease_expires_at": None,
-        "dedup_hash": None if canceled else job.dedup_hash,
+        "dedup_hash": job.dedup_hash,  # a terminal row never holds the unique slot
         "pending_parents": pending,
         "has_dependents": 0,
         "created_at": now,

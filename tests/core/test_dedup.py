@@ -106,3 +106,31 @@ async def test_retry_refuses_while_an_equal_job_is_pending(kit: CoreKit) -> None
         await kit.ej.retry(first.id)
     assert replacement.id in info.value.message
     assert kit.status(first.id) is Status.FAILED
+
+
+
+@pytest.mark.parametrize("first_action", ["submit", "retry"])
+async def test_a_job_created_canceled_keeps_its_hash_so_retry_and_submit_still_dedup(
+    kit: CoreKit, first_action: str
+) -> None:
+    """A child submitted after its parent was canceled is created ``canceled``; once the
+    parent is retried and completed, that child and an equal new one are never both pending
+    (SPEC rule 8), as for a job canceled any other way."""
+    parent = await _submit(kit, params={"mode": "ok", "n": 0})
+    await kit.ej.cancel(parent.id)
+    child = await _submit(kit, params={"mode": "ok", "n": 1}, depends_on=[parent.id])
+    assert child.status is Status.CANCELED
+    await kit.ej.retry(parent.id)
+    await kit.harness.drain()
+    assert kit.status(parent.id) is Status.COMPLETED
+    if first_action == "submit":
+        twin = await _submit(kit, params={"mode": "ok", "n": 1}, depends_on=[parent.id])
+        assert not twin.deduplicated and twin.status is Status.QUEUED
+        with pytest.raises(Conflict) as info:
+            await kit.ej.retry(child.id)
+        assert twin.id in info.value.message
+        assert kit.status(child.id) is Status.CANCELED
+    else:
+        assert (await kit.ej.retry(child.id)).status is Status.QUEUED
+        again = await _submit(kit, params={"mode": "ok", "n": 1}, depends_on=[parent.id])
+        assert again.deduplicated and again.id == child.id
