@@ -281,7 +281,8 @@ class Ticker:
     async def prune(
         self, *, now: int | None = None, older_than_days: float | None = None
     ) -> PruneReport:
-        """Delete terminal jobs older than the retention period, one batch per transaction."""
+        """Delete terminal jobs older than the retention period (``older_than_days = 0``: every
+        terminal job), one batch per transaction, with their attempts and events."""
         now = self._clock.now_ms() if now is None else now
         days = self.settings.retention_days if older_than_days is None else older_than_days
         cutoff = now - int(days * 86_400_000)
@@ -291,12 +292,13 @@ class Ticker:
             deleted = await self._store.write(
                 lambda conn, tx: delete_old_jobs(conn, tx, cutoff_ms=cutoff, batch=batch)
             )
-            report.jobs += deleted
+            report.jobs += deleted.jobs
+            report.events += deleted.events
             report.batches += 1
             self.last_progress_monotonic = self._clock.monotonic()
-            if deleted < batch:
+            if deleted.jobs < batch:
                 break
-        report.events = await self._trim_events(now)  # the event log's own retention
+        report.events += await self._trim_events(now)  # the event log's own retention
         self.last_progress_monotonic = self._clock.monotonic()
         if report.jobs:
             log.info("retention deleted %d jobs and %d events", report.jobs, report.events)

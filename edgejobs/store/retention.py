@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 
 from edgejobs.store.db import WriteTx
@@ -15,11 +17,22 @@ _DELETE_JOBS = (
     "DELETE FROM jobs WHERE seq IN ("
     " SELECT j.seq FROM jobs j"
     " WHERE j.status IN ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')"
-    " AND j.finished_at < :cutoff"
+    " AND j.finished_at <= :cutoff"
     " AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs c ON c.seq = d.child_seq"
     "  WHERE d.parent_seq = j.seq AND c.status != 'completed')"
     " ORDER BY j.finished_at LIMIT :batch)"
-    " RETURNING org, job_type, status"
+    " RETURNING org, job_type, status, id, finished_at"
+)
+
+# A deleted job's events go with it. The event log has no index on job_id (every status change
+# appends an event: the index would cost the hottest commits), so the log — bounded by its own
+# replay window — is scanned, and only when its oldest event is not newer than the newest
+# finish deleted: with the default 30 days of jobs against an hour of events, never. (With a
+# clock set back that test may skip events it could have deleted; the log's own window deletes
+# them soon after.)
+_DELETE_JOB_EVENTS = (
+    "DELETE FROM events WHERE job_id IN (SELECT value FROM json_each(:ids))"
+    " AND (SELECT created_at FROM events ORDER BY id LIMIT 1) <= :newest_finish"
 )
 
 # Before deleting, the highest seq so far is kept in job_seq_floor (a write only when it grew),
@@ -43,8 +56,19 @@ _DELETE_EVENTS = (
 )  # (a DELETE, not WITH … DELETE: sqlite3 reports no rowcount for a statement led by WITH)
 
 
-def delete_old_jobs(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, batch: int) -> int:
-    """Delete up to ``batch`` terminal jobs finished before ``cutoff_ms``; return how many.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Deleted:
+    """What one retention batch deleted."""
+
+    jobs: int
+    events: int
+
+
+def delete_old_jobs(
+    conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, batch: int
+) -> Deleted:
+    """Delete up to ``batch`` terminal jobs finished at or before ``cutoff_ms``, and their
+    events.
 
     Attempts and dependency rows go with them (ON DELETE CASCADE). Children go before their
     parents: each round deletes what nothing holds any more, which may free the parents for
@@ -52,17 +76,24 @@ def delete_old_jobs(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, ba
     jobs has deleted every deletable job (also whole old graphs).
     """
     conn.execute(_KEEP_SEQ_FLOOR)
-    deleted = 0
-    while deleted < batch:
+    ids: list[str] = []
+    newest_finish = None
+    while len(ids) < batch:
         gone = conn.execute(
-            _DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch - deleted}
+            _DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch - len(ids)}
         ).fetchall()
         if not gone:
             break
-        for org, job_type, status in gone:
+        for org, job_type, status, job_id, finished_at in gone:
             tx.count(org, job_type, status, None)
-        deleted += len(gone)
-    return deleted
+            ids.append(job_id)
+            newest_finish = max(finished_at, newest_finish or finished_at)
+    events = 0
+    if ids:
+        events = conn.execute(
+            _DELETE_JOB_EVENTS, {"ids": json.dumps(ids), "newest_finish": newest_finish}
+        ).rowcount
+    return Deleted(len(ids), events)
 
 
 def delete_old_events(conn: sqlite3.Connection, tx: WriteTx, *, cutoff_ms: int, batch: int) -> int:

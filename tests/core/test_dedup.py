@@ -108,7 +108,6 @@ async def test_retry_refuses_while_an_equal_job_is_pending(kit: CoreKit) -> None
     assert kit.status(first.id) is Status.FAILED
 
 
-
 @pytest.mark.parametrize("first_action", ["submit", "retry"])
 async def test_a_job_created_canceled_keeps_its_hash_so_retry_and_submit_still_dedup(
     kit: CoreKit, first_action: str

@@ -123,10 +123,9 @@ async def test_a_long_retention_run_counts_as_progress_not_as_a_stall(
     insert_jobs(db_path, 3000, prefix="old", status="completed", created_at=old, finished_at=old)
     real_delete = ticks_module.delete_old_jobs
 
-    def slow_delete(conn: Any, tx: Any, **kwargs: Any) -> int:
+    def slow_delete(conn: Any, tx: Any, **kwargs: Any) -> Any:
         clock.advance(INTERVAL_S)  # every batch "takes" a whole tick interval
-        result: int = real_delete(conn, tx, **kwargs)
-        return result
+        return real_delete(conn, tx, **kwargs)
 
     monkeypatch.setattr(ticks_module, "delete_old_jobs", slow_delete)
     seen: list[tuple[str, ...]] = []

@@ -199,16 +199,20 @@ async def test_pruning_100k_old_jobs_in_batches_while_the_runner_keeps_claiming(
 async def test_prune_now_with_zero_days_deletes_every_terminal_job_and_keeps_open_ones(
     db_path: Path, clock: FakeClock
 ) -> None:
+    """Every terminal job, also one that ended this very millisecond (a fake clock that did
+    not move: what users' own test suites do), and its events with it (SPEC §4)."""
     ej = make_app(db_path, clock)
     async with ej:
         done = await ej.submit("quick", org="acme", params={"n": 1})
         await ej.drain()
         later = await ej.submit("quick", org="acme", params={"n": 2}, delay_s=3600)
-        clock.advance(1)
         report = await ej.prune(older_than_days=0)
         counts = (await ej.stats(org="acme"))["by_status"]
     assert report.jobs == 1
+    assert report.events == 3  # queued, running, completed
     assert existing_ids(db_path, [done.id, later.id]) == {later.id}
+    assert scalar(db_path, "SELECT count(*) FROM events WHERE job_id = ?", done.id) == 0
+    assert scalar(db_path, "SELECT count(*) FROM events WHERE job_id = ?", later.id) == 1
     assert counts["completed"] == 0 and counts["scheduled"] == 1
     with closing(connect(db_path)) as conn:
         assert count_drift(conn) == {}
