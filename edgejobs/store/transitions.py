@@ -407,24 +407,26 @@ def recover_running(
 
 
 def promote_due(conn: sqlite3.Connection, tx: WriteTx, *, now: int, limit: int = 1000) -> int:
-    """scheduled and retrying jobs whose time has come → queued."""
-    rows = conn.execute(
+    """scheduled and retrying jobs whose time has come → queued.
+
+    A promoted retry's ``next_retry_at`` is cleared: the job object shows a next retry only
+    while one is pending. (Two statements, one per former status, each a probe of its partial
+    index; nothing else tells SQLite's RETURNING which status a row left.)
+    """
+    scheduled = conn.execute(
         "UPDATE jobs SET status = 'queued', updated_at = ? WHERE seq IN ("
-        " SELECT seq FROM jobs WHERE status = 'scheduled' AND run_at <= ?"
-        " UNION ALL"
-        " SELECT seq FROM jobs WHERE status = 'retrying' AND next_retry_at <= ?"
-        " LIMIT ?) RETURNING *",
-        (now, now, now, limit),
+        " SELECT seq FROM jobs WHERE status = 'scheduled' AND run_at <= ? LIMIT ?) RETURNING *",
+        (now, now, limit),
     ).fetchall()
-    # RETURNING shows only the new status; the one each job left is told by next_retry_at,
-    # which every retrying job has and no scheduled one (a failure sets it; inserts, retries
-    # and unblocking leave it NULL). One statement, not one per former status: this runs in
-    # every claim.
-    retried = [row for row in rows if row["next_retry_at"] is not None]
-    scheduled = [row for row in rows if row["next_retry_at"] is None]
     record_job_events(conn, tx, scheduled, was=Status.SCHEDULED.value)
+    retried = conn.execute(
+        "UPDATE jobs SET status = 'queued', next_retry_at = NULL, updated_at = ? WHERE seq IN ("
+        " SELECT seq FROM jobs WHERE status = 'retrying' AND next_retry_at <= ? LIMIT ?)"
+        " RETURNING *",
+        (now, now, limit - len(scheduled)),
+    ).fetchall()
     record_job_events(conn, tx, retried, was=Status.RETRYING.value)
-    return len(rows)
+    return len(scheduled) + len(retried)
 
 
 def next_due_ms(conn: sqlite3.Connection) -> int | None:

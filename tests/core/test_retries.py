@@ -7,11 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
-from core_support import BASE_DELAY_S, MAX_DELAY_S, CoreKit, illegal_moves
+from core_support import BASE_DELAY_S, MAX_DELAY_S, CoreKit, illegal_moves, rows
 
 from edgejobs import Status
 from edgejobs.config import Config, RetryConfig, RunnerConfig
 from edgejobs.retry import RetryPolicy, backoff_delay_s
+from edgejobs.store.rows import job_event_fields
 from edgejobs.testing import FakeClock
 
 
@@ -58,6 +59,7 @@ async def test_schedule_of_retries_is_exact_without_jitter(kit: CoreKit) -> None
         kit.clock.advance(0.001)
         await kit.harness.tick()
         assert kit.status(job.id) is Status.QUEUED
+        assert kit.row(job.id)["next_retry_at"] is None  # no retry pending any more
     assert await kit.harness.run_once() == 1
     row = kit.row(job.id)
     assert row["status"] == "dead_letter" and row["attempts"] == 7
@@ -185,3 +187,19 @@ async def test_manual_retry_of_a_completed_or_pending_job_is_a_conflict(kit: Cor
         with pytest.raises(Conflict):
             await kit.ej.retry(job.id)
         assert kit.row(job.id) == before
+
+
+async def test_a_promoted_retry_shows_no_next_retry(kit: CoreKit) -> None:
+    """``next_retry_at`` is the pending retry's time: gone once the retry is promoted, so the
+    queued job and its ``job`` event do not show a retry that already happened (SPEC §6)."""
+    job = await kit.submit(params={"mode": "fail"})
+    assert await kit.harness.run_once() == 1
+    assert (await kit.ej.get(job.id)).next_retry_at is not None
+    kit.clock.advance(BASE_DELAY_S * 1.1)
+    await kit.harness.tick()
+    queued = await kit.ej.get(job.id)
+    assert queued.status is Status.QUEUED and queued.next_retry_at is None
+    newest = "SELECT data FROM events WHERE job_id = ? ORDER BY id DESC LIMIT 1"
+    (event,) = rows(kit.path, newest, (job.id,))
+    fields = job_event_fields(event["data"])
+    assert fields["status"] == "queued" and fields["next_retry_at"] is None
