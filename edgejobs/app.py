@@ -95,7 +95,7 @@ def parse_time_ms(value: datetime | str | int | float) -> int:
     if isinstance(value, int | float):
         if not 0 <= value <= LATEST_RUN_AT_S:  # (also refuses NaN)
             raise ValidationError(f"run_at must be unix seconds from 0 to {LATEST_RUN_AT_S}")
-        return int(value * 1000)
+        return round(value * 1000)
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -105,7 +105,7 @@ def parse_time_ms(value: datetime | str | int | float) -> int:
         raise ValidationError("run_at must be an ISO 8601 time with a UTC offset")
     if value.tzinfo is None:
         raise ValidationError("run_at needs a UTC offset (e.g. 2026-11-29T10:00:00Z)")
-    return int(value.timestamp() * 1000)
+    return round(value.timestamp() * 1000)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -631,7 +631,7 @@ class EdgeJobs:
                 or not 0 <= spec.delay_s <= MAX_DELAY_S  # (also refuses NaN)
             ):
                 raise ValidationError(f"delay_s must be a number from 0 to {MAX_DELAY_S:.0f}")
-            run_at = now + int(spec.delay_s * 1000)
+            run_at = now + round(spec.delay_s * 1000)
         if len(spec.depends_on) > MAX_DEPENDS_ON:
             raise ValidationError(f"depends_on holds at most {MAX_DEPENDS_ON} parents")
         depends_on: list[str | int] = []

@@ -183,7 +183,7 @@ def _time_ms(name: str, text: str | None) -> int | None:
     if value.tzinfo is None:
         raise BadRequest(f"{name} needs a UTC offset (e.g. 2026-11-29T10:00:00Z)")
     try:
-        return int(value.astimezone(UTC).timestamp() * 1000)
+        return round(value.astimezone(UTC).timestamp() * 1000)
     except (OverflowError, ValueError):
         raise BadRequest(f"{name} is out of range") from None
 

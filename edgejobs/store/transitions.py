@@ -231,7 +231,7 @@ def _apply_failure(
     )
     if status is Status.RETRYING:
         assert retry_number is not None
-        next_retry_at = now + int(backoff_delay_s(retry_number, policy, _rng) * 1000)
+        next_retry_at = now + round(backoff_delay_s(retry_number, policy, _rng) * 1000)
         row: sqlite3.Row = conn.execute(
             "UPDATE jobs SET status = 'retrying', error = ?, next_retry_at = ?, updated_at = ?,"
             " lease_expires_at = NULL WHERE seq = ? AND status = 'running' RETURNING *",

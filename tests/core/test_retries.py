@@ -203,3 +203,29 @@ async def test_a_promoted_retry_shows_no_next_retry(kit: CoreKit) -> None:
     (event,) = rows(kit.path, newest, (job.id,))
     fields = job_event_fields(event["data"])
     assert fields["status"] == "queued" and fields["next_retry_at"] is None
+
+
+@pytest.mark.parametrize("seconds", [2.01, 2.03, 4.06, 8.03])
+async def test_delays_are_whole_milliseconds_rounded_not_cut(
+    db_path: Path, clock: FakeClock, seconds: float
+) -> None:
+    """2.01 s is 2,010 ms (a float product cut with int() gave 2,009): a retry's backoff
+    without jitter, a submit's ``delay_s`` and a unix-seconds ``run_at`` alike."""
+    config = Config(
+        retry=RetryConfig(base_delay_s=seconds, max_delay_s=3600, jitter=False),
+        runner=RunnerConfig(workers=4),
+    )
+    kit = await CoreKit(db_path, clock, config=config).start()
+    try:
+        expected_ms = round(seconds * 1000)
+        delayed = await kit.submit(params={"mode": "ok"}, delay_s=seconds)
+        assert kit.row(delayed.id)["run_at"] - kit.row(delayed.id)["created_at"] == expected_ms
+        at = await kit.submit(params={"n": 1}, run_at=clock.now_ms() / 1000 + seconds)
+        assert kit.row(at.id)["run_at"] - clock.now_ms() == expected_ms
+        failing = await kit.submit(params={"mode": "fail"})
+        await kit.harness.run_once()
+        row = kit.row(failing.id)
+        assert row["status"] == "retrying"
+        assert row["next_retry_at"] - row["updated_at"] == expected_ms
+    finally:
+        await kit.close()
