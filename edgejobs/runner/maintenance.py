@@ -308,14 +308,20 @@ HEALTH_DB_TIMEOUT_S = 2.0
 
 
 def tick_age_s(ej: EdgeJobs) -> float | None:
-    """Seconds since the tick loop last showed life (a finished tick or a retention batch;
-    a quiet sleep counts as life until its planned end, see :mod:`edgejobs.runner.ticks`),
+    """Seconds since the tick loop last showed life (a finished tick, a retention batch, the
+    end of a quiet sleep; a quiet sleep counts as life until its planned end, see
+    :mod:`edgejobs.runner.ticks`),
     counted from the runner's start before the first tick; None when this process runs no
     tick loop (not a runner, or a runner stepped by tests)."""
     ticker = ej.ticker
     if ticker is None or not ticker.looping:
         return None
-    marks = [ticker.last_tick_monotonic, ticker.last_progress_monotonic, ej.started_monotonic]
+    marks = [
+        ticker.last_tick_monotonic,
+        ticker.last_progress_monotonic,
+        ticker.woke_monotonic,
+        ej.started_monotonic,
+    ]
     if ticker.quiet_until is not None:
         # A planned quiet sleep is life until its end, as if it were one interval long.
         marks.append(ticker.quiet_until - ticker.settings.interval_s)

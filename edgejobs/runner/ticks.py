@@ -119,6 +119,9 @@ class Ticker:
         (unix ms; None: no need) a quiet tick loop must tick for them."""
         self.quiet_until: float | None = None
         """Monotonic time a quiet sleep ends (None while ticking every interval)."""
+        self.woke_monotonic: float | None = None
+        """When the last quiet sleep ended: life, like a tick (the tick it woke for may wait
+        for the write lock a while, and the tick before may be a quiet sleep ago)."""
 
     async def tick(self) -> None:
         """One pass of every tick task."""
@@ -234,6 +237,7 @@ class Ticker:
                     if self._changes() != self._changes_seen:
                         break
             finally:
+                self.woke_monotonic = self._clock.monotonic()
                 self.quiet_until = None
             since_tick = self._clock.monotonic() - (self.last_tick_monotonic or 0.0)
             interval = max(0.0, interval - since_tick)

@@ -14,6 +14,7 @@ from ops_support import DAY_MS, insert_jobs, make_app
 
 import edgejobs.runner.ticks as ticks_module
 from edgejobs import EdgeJobs
+from edgejobs.clock import SystemClock
 from edgejobs.runner.maintenance import runner_health
 from edgejobs.store.maintenance import file_sizes
 from edgejobs.testing import FakeClock
@@ -104,6 +105,56 @@ async def test_a_stuck_tick_loop_turns_healthz_503_with_the_reason(
             await ticked.wait()
             assert (await client.get("/healthz")).status_code == 200
     finally:
+        await ej.close()
+
+
+class ShiftedClock(SystemClock):
+    """The real clock (a runner sleeps quietly only on it) whose monotonic time the test can
+    move forward: what health reads, without waiting for it."""
+
+    def __init__(self) -> None:
+        self.shift_s = 0.0
+
+    def monotonic(self) -> float:
+        """Real monotonic seconds plus the shift."""
+        return super().monotonic() + self.shift_s
+
+
+async def test_a_tick_woken_from_a_quiet_sleep_gets_the_same_grace_as_any_tick(
+    db_path: Path,
+) -> None:
+    """An idle runner sleeps up to 30 s between ticks. The tick a submission wakes it for may
+    wait for the write lock (a backup, a CLI write): that is 3 intervals of grace from the
+    wake, not a stall counted from the tick before the sleep (a liveness probe would kill a
+    healthy runner)."""
+    clock = ShiftedClock()
+    ej = make_app(db_path, clock, runner={"tick_interval_s": INTERVAL_S})
+    await ej.start()
+    ticker = ej.ticker
+    assert ticker is not None
+    hanging, release = asyncio.Event(), asyncio.Event()
+
+    async def hang(now_ms: int) -> None:
+        hanging.set()
+        await release.wait()
+
+    try:
+        async with asyncio.timeout(30):
+            while ticker.quiet_until is None:
+                await asyncio.sleep(0.01)
+        ticker.extra_tasks.append(hang)
+        clock.shift_s += 25  # most of the quiet sleep has passed, on the clock health reads
+        await ej.submit("quick", org="acme", params={"n": 1})  # ... and a submission ends it
+        async with asyncio.timeout(30):
+            await hanging.wait()
+        async with http_client(ej) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            clock.shift_s += 3.5 * INTERVAL_S
+            response = await client.get("/healthz")
+            assert response.status_code == 503  # a tick that really hangs is still caught
+            assert response.json()["details"]["last_tick_age_s"] >= 3.5
+    finally:
+        release.set()
         await ej.close()
 
 
