@@ -710,6 +710,11 @@ class EdgeJobs:
         """
         self._refuse_if_closed()
         if self._stopping:
+            if self.pool is None:  # stop() has returned
+                raise ShuttingDown(
+                    "this runner was stopped: start() it again, or submit through a client"
+                    " (an EdgeJobs that is not started)"
+                )
             raise ShuttingDown("the runner is shutting down")
         await self.open()
         specs = list(specs)

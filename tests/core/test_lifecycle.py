@@ -31,8 +31,9 @@ async def test_a_runner_stopped_and_started_again_takes_and_runs_jobs(tmp_path: 
         assert (await ej.wait(first.id, timeout=10)).result == 2
         await ej.stop()
         assert ej.stopping and not ej.is_runner
-        with pytest.raises(ShuttingDown):
+        with pytest.raises(ShuttingDown, match="this runner was stopped: start"):
             await ej.submit("double", org="acme", params={"n": 2})
+        assert (await ej.get(first.id)).result == 2  # reads still work
         await ej.start()
         assert not ej.stopping and ej.is_runner
         again = await ej.submit("double", org="acme", params={"n": 3})
