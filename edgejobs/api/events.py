@@ -19,8 +19,12 @@ ended): a revoked token or an ended session closes the stream within one interva
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+import socket
+import struct
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -88,6 +92,40 @@ def stream_org(principal: Principal, requested: str | None) -> str | None:
     return principal.org
 
 
+def transport_of(send: Send) -> asyncio.Transport | None:
+    """The connection under an ASGI ``send``, when the server is uvicorn (its ``send`` is a
+    method of an object holding the transport; middleware wraps it in closures); None when it
+    cannot be found. ASGI has no way to abort a connection whose client stopped reading."""
+    seen: set[int] = set()
+    pending: list[object] = [send]
+    while pending and len(seen) < 64:
+        candidate = pending.pop()
+        if id(candidate) in seen:
+            continue
+        seen.add(id(candidate))
+        transport = getattr(getattr(candidate, "__self__", None), "transport", None)
+        if isinstance(transport, asyncio.Transport):
+            return transport
+        for cell in getattr(candidate, "__closure__", None) or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                if callable(cell.cell_contents):
+                    pending.append(cell.cell_contents)
+        inner = getattr(candidate, "__wrapped__", None) or getattr(candidate, "__func__", None)
+        if inner is not None:
+            pending.append(inner)
+    return None
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Cut a connection at once: what is buffered for it in the process and in the kernel is
+    dropped (a TCP reset, not a close that would still deliver the kernel's buffer)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
 class EventStream(EventSourceResponse):
     """One subscriber's stream: replay of the missed events, then live events and keep-alives.
 
@@ -142,14 +180,22 @@ class EventStream(EventSourceResponse):
             self._broker.unsubscribe(self._subscriber)
 
     async def _finish_aborted(self, send: Send) -> None:
-        # End the chunked body so the client sees a clean end of stream and reconnects; a
-        # client that does not read at all cannot take even that, and is left to the server.
-        with anyio.move_on_after(ABORT_FINISH_S):
+        # End the chunked body so the client sees a clean end of stream and reconnects. A
+        # client that does not read at all cannot take even that: the server would keep its
+        # connection, and the megabytes buffered for it, for as long as the client likes
+        # (closing a transport waits until its buffer is written). Its connection is cut.
+        with anyio.move_on_after(ABORT_FINISH_S) as finishing:
             if not self._response_started:
                 await send(
                     {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
                 )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if finishing.cancelled_caught:
+            transport = transport_of(send)
+            if transport is not None:
+                _reset(transport)
+            else:
+                log.warning("could not cut the connection of an event stream that stopped reading")
 
     async def _end_on_shutdown(self) -> None:
         await self._shutdown.wait()

@@ -4,6 +4,7 @@ the server's buffering stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 from sse_support import (
@@ -128,10 +129,50 @@ async def test_a_subscriber_that_stops_reading_is_disconnected_and_buffering_is_
             async with asyncio.timeout(GUARD_S):
                 seen = await reader
             assert seen[-1].data["id"] == job.id
-            # The server closed the stalled connection: after the bytes it managed to send,
-            # the client reads the end of the stream.
+            # The server ended the stalled connection: the client reads the end of the stream
+            # after the bytes it managed to send, or a reset once the server gave up on it.
+            with contextlib.suppress(ConnectionResetError):
+                async with asyncio.timeout(GUARD_S):
+                    while await loop.sock_recv(stalled, 65536):
+                        pass
+    finally:
+        stalled.close()
+
+
+async def test_the_connection_of_a_client_that_never_reads_again_is_cut(serve: Serve) -> None:
+    """Disconnecting a stalled stream must release its connection: closing it politely waits
+    until the bytes buffered for it are written, which a client that never reads never lets
+    happen (its socket, and megabytes for it, stayed for as long as the client liked)."""
+    server = await serve(make_config(buffer=20))
+    ej, broker = server.ej, server.broker
+    connections = server.server.server_state.connections
+    token = await make_token(ej, "acme")
+    stalled = _raw_stream(server.port, token.secret)
+    stalled.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await wait_for(lambda: broker.subscriber_count == 1, "the stream to subscribe")
+        rounds = 0
+        while broker.subscriber_count == 1:
+            rounds += 1
+            assert rounds < 300, "the stalled subscriber was never disconnected"
+            jobs = await ej.submit_many(
+                [
+                    JobSpec("steps", "acme", {"steps": [50], "message": "x" * 1000})
+                    for _ in range(50)
+                ]
+            )
+            for job in jobs:
+                await ej.wait(job.id, timeout=GUARD_S)
+        assert broker.disconnected == 1
+        # The client still has not read a byte: the server lets go of the connection anyway.
+        await wait_for(lambda: not connections, "the server to drop the stalled connection")
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
             async with asyncio.timeout(GUARD_S):
-                while await loop.sock_recv(stalled, 65536):
-                    pass
+                while chunk := await loop.sock_recv(stalled, 65536):
+                    received += len(chunk)
+        # What was still buffered for it on the server was dropped, not delivered.
+        assert received < 256 * 1024, received
     finally:
         stalled.close()
