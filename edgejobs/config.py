@@ -54,6 +54,7 @@ __all__ = [
     "RunnerConfig",
     "ScheduleConfig",
     "ServerConfig",
+    "config_path",
     "default_config_text",
     "load",
     "load_config",
@@ -636,20 +637,34 @@ load = load_config
 """Alias of :func:`load_config` (the name ARCHITECTURE.md uses)."""
 
 
+def config_path(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """The config file of a command: ``path``, else ``$EDGEJOBS_CONFIG``, else
+    ``./edgejobs.toml`` (``~`` expanded; it need not exist).
+
+    :func:`load_config` reads it and ``edgejobs init`` writes it, so a file written by
+    ``init`` is the one every other command then reads.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    if path is not None:
+        return Path(path).expanduser()
+    return Path(env.get("EDGEJOBS_CONFIG") or DEFAULT_CONFIG_NAME).expanduser()
+
+
 def _locate(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> tuple[Path | None, str]:
     """The config file to read (absolute) and how to name it in messages."""
+    file = config_path(path, env)
     if path is not None:
         label = os.fspath(path)
         explicit_label = label
     elif env.get("EDGEJOBS_CONFIG"):
         label = env["EDGEJOBS_CONFIG"]
         explicit_label = f"environment: EDGEJOBS_CONFIG: {label}"
+    elif file.is_file():
+        return file.absolute(), DEFAULT_CONFIG_NAME
     else:
-        candidate = Path(DEFAULT_CONFIG_NAME)
-        if candidate.is_file():
-            return candidate.absolute(), DEFAULT_CONFIG_NAME
         return None, "configuration"
-    file = Path(label).expanduser()
     if not file.exists():
         raise ConfigError(f"{explicit_label}: config file not found")
     if not file.is_file():

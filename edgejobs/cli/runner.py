@@ -9,11 +9,10 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from edgejobs.app import EdgeJobs
-from edgejobs.config import DEFAULT_CONFIG_NAME, default_config_text, load_config
+from edgejobs.config import config_path, default_config_text, load_config
 
 log = logging.getLogger("edgejobs")
 
@@ -37,8 +36,9 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
 
 
 def run_init(args: argparse.Namespace) -> int:
-    """Write the default config; never overwrite an existing file."""
-    target = Path(getattr(args, "config", None) or DEFAULT_CONFIG_NAME)
+    """Write the default config where every other command looks for it (``--config``, else
+    ``$EDGEJOBS_CONFIG``, else ``./edgejobs.toml``); never overwrite an existing file."""
+    target = config_path(getattr(args, "config", None))
     try:
         with target.open("x", encoding="utf-8") as handle:
             handle.write(default_config_text())

@@ -154,6 +154,24 @@ def test_init_writes_a_config_that_loads_and_never_overwrites(
     assert load_config(tmp_path / "edgejobs.toml", environ={}).runner.workers >= 1
 
 
+def test_init_writes_the_file_named_by_edgejobs_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every other command reads $EDGEJOBS_CONFIG: init must write there, not ./edgejobs.toml."""
+    target = tmp_path / "conf" / "env.toml"
+    target.parent.mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EDGEJOBS_CONFIG", str(target))
+    assert main(["init"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {target}"
+    assert not (tmp_path / "edgejobs.toml").exists()
+    assert load_config().source == target
+    # The flag still comes first.
+    flagged = tmp_path / "flag.toml"
+    assert main(["init", "--config", str(flagged)]) == 0
+    assert flagged.is_file()
+
+
 # -- the operator's flow ------------------------------------------------------------------------
 
 
