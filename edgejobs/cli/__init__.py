@@ -19,12 +19,25 @@ from edgejobs.errors import ConfigError, EdgeJobsError, RunnerAlreadyActive
 
 Command = Callable[[argparse.Namespace], int]
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+"""What ``--log-level`` accepts (in any case)."""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one short line (no usage dump) on bad arguments."""
 
     def error(self, message: str) -> Any:
         self.exit(2, f"edgejobs: {message} (see --help)\n")
+
+
+def _log_level(text: str) -> str:
+    """An argparse ``type``: one of :data:`LOG_LEVELS`, in any case (else a usage error)."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}, got {text!r}"
+        )
+    return level
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -41,8 +54,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
         default=argparse.SUPPRESS,
         help="log line format (default: human)",
     )
+    # A misspelled level is a usage error, as a bad --log-format is: a warning and INFO would
+    # run the command without the logging that was asked for.
     parser.add_argument(
-        "--log-level", default=argparse.SUPPRESS, help="DEBUG, INFO (default), WARNING, ERROR"
+        "--log-level",
+        metavar="LEVEL",
+        type=_log_level,
+        default=argparse.SUPPRESS,
+        help="DEBUG, INFO (default), WARNING, ERROR",
     )
 
 

@@ -362,6 +362,24 @@ async def test_user_errors_are_one_clear_line(
     _one_line_error(err, *needles)
 
 
+@pytest.mark.parametrize("argv", [["--log-level", "foo", "stats"], ["stats", "--log-level", "foo"]])
+async def test_an_unknown_log_level_is_a_usage_error(
+    database: Path, config: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    code = await asyncio.to_thread(exit_code_of, [*argv, "--config", str(config)])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "", (code, out, err)
+    _one_line_error(err, "--log-level", "DEBUG, INFO, WARNING or ERROR", "'foo'")
+
+
+async def test_the_log_level_may_be_any_case(
+    database: Path, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["stats", "--json", "--log-level", "warning", "--config", str(config)]
+    assert await asyncio.to_thread(exit_code_of, argv) == 0
+    assert logging.getLogger().level == logging.WARNING
+
+
 @pytest.mark.parametrize(
     "args",
     [
