@@ -148,6 +148,30 @@ def _check_delays(base: float | None, maximum: float | None) -> None:
         )
 
 
+def _not_json(value: Any) -> tuple[tuple[int | str, ...], Any] | None:
+    """The first item of ``value`` that JSON cannot carry (NaN, an infinity, a TOML date or
+    time...) with its location inside ``value``, or None when ``value`` is JSON throughout.
+
+    Iterative, so a deeply nested value cannot exhaust the stack here.
+    """
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            children: list[tuple[int | str, Any]] = list(item.items())
+        elif isinstance(item, list | tuple):
+            children = list(enumerate(item))
+        elif item is None or isinstance(item, str | int | bool):
+            continue
+        elif isinstance(item, float) and math.isfinite(item):
+            continue
+        else:
+            return where, item
+        # Reversed, so the first problem in the file's order is the one reported.
+        stack.extend(((*where, key), child) for key, child in reversed(children))
+    return None
+
+
 def _located(message: str, subloc: tuple[int | str, ...]) -> PydanticCustomError:
     """An error about an item inside the validated value (e.g. entry #3's ``name``)."""
     return PydanticCustomError(
@@ -497,6 +521,20 @@ class ScheduleConfig(_Model):
     def _non_blank_org(cls, value: str) -> str:
         if not value.strip():
             raise ValueError(f"expected a non-empty org name, got {_show(value)}")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _json_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Every firing stores the params as JSON: a value JSON has no spelling for would make
+        # the runner fail at start, while the other commands accepted the file.
+        problem = _not_json(value)
+        if problem is not None:
+            where, item = problem
+            raise _located(
+                f"params must be JSON (no nan, inf, dates or times), got {_show(item)}",
+                where,
+            )
         return value
 
 

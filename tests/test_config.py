@@ -30,6 +30,10 @@ SCHEDULE = (
     'org = "acme"\n'
 )
 
+JSON_PARAMS = (
+    "[[schedules]] #1 params.{}: params must be JSON (no nan, inf, dates or times), got {}"
+)
+
 
 def write(folder: Path, text: str, name: str = "edgejobs.toml") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -483,6 +487,35 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
         ["[[schedules]] #1 params: expected a table"],
     ),
     ("bad catch_up", SCHEDULE + 'catch_up = "all"\n', ['#1 catch_up: expected "once" or "skip"']),
+    # Params are stored as JSON at every firing: what JSON cannot carry is refused here, not
+    # when the runner starts (the other commands accepted the file).
+    ("nan param", SCHEDULE + "params = { x = nan }\n", [JSON_PARAMS.format("x", "nan")]),
+    ("inf param", SCHEDULE + "params = { x = -inf }\n", [JSON_PARAMS.format("x", "-inf")]),
+    (
+        "date param",
+        SCHEDULE + "params = { day = 1979-05-27 }\n",
+        [JSON_PARAMS.format("day", "1979-05-27")],
+    ),
+    (
+        "time param",
+        SCHEDULE + "params = { at = 07:32:00 }\n",
+        [JSON_PARAMS.format("at", "07:32:00")],
+    ),
+    (
+        "datetime param",
+        SCHEDULE + "params = { at = 1979-05-27T07:32:00Z }\n",
+        [JSON_PARAMS.format("at", "1979-05-27T07:32:00+00:00")],
+    ),
+    (
+        "nested param",
+        SCHEDULE + "params = { ok = 1, list = [1, { inner = nan }] }\n",
+        [JSON_PARAMS.format("list.1.inner", "nan")],
+    ),
+    (
+        "param in the 2nd schedule",
+        SCHEDULE + SCHEDULE.replace("nightly", "other") + "[schedules.params]\nx = inf\n",
+        ["[[schedules]] #2 params.x: params must be JSON"],
+    ),
     (
         "duplicate job type names",
         JOB_TYPE + JOB_TYPE.replace("build_report", "other"),

@@ -448,6 +448,11 @@ async def test_database_that_cannot_be_opened_is_a_user_error(
         ("[database]\nsynchronous = 'sometimes'\n", "synchronous"),
         ('[[job_types]]\nname = "a"\nhandler = "m:f"\ntimeout_s = "soon"\n', "timeout_s"),
         ('[[job_types]]\nname = "a"\nhandler = "not a path"\n', "handler"),
+        (
+            '[[schedules]]\nname = "s"\ncron = "0 2 * * *"\njob_type = "a"\norg = "o"\n'
+            "params = { x = nan }\n",
+            "params.x",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", [("worker",), ("jobs", "list"), ("submit", "a", "--org", "o")])
