@@ -234,9 +234,13 @@ class DatabaseConfig(_Model):
 
     @field_validator("path", mode="before")
     @classmethod
-    def _non_empty_path(cls, value: Any) -> Any:
+    def _usable_path(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             raise ValueError(f"expected a non-empty file path, got {_show(value)}")
+        # No file system takes a NUL in a name: refused here, naming the key, not later when
+        # the database is opened.
+        if isinstance(value, str | Path) and "\0" in str(value):
+            raise ValueError(f"expected a file path without NUL characters, got {_show(value)}")
         return value
 
 

@@ -400,6 +400,11 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
     ("port out of range", "[server]\nport = 70000\n", ["[server] port:", "65535", "got 70000"]),
     ("empty db path", '[database]\npath = ""\n', ["[database] path: expected a non-empty"]),
     (
+        "NUL in the db path",
+        '[database]\npath = "jobs\\u0000.db"\n',
+        ['[database] path: expected a file path without NUL characters, got "jobs\\u0000.db"'],
+    ),
+    (
         "max_delay below base_delay",
         "[retry]\nbase_delay_s = 60\nmax_delay_s = 30\n",
         ["[retry] max_delay_s: expected a number >= base_delay_s (60), got 30"],

@@ -453,6 +453,7 @@ async def test_database_that_cannot_be_opened_is_a_user_error(
             "params = { x = nan }\n",
             "params.x",
         ),
+        ('[database]\npath = "jobs\\u0000.db"\n', "path"),
     ],
 )
 @pytest.mark.parametrize("command", [("worker",), ("jobs", "list"), ("submit", "a", "--org", "o")])
