@@ -113,8 +113,36 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
+def _not_utf8(argv: Sequence[str]) -> str | None:
+    """The first argument that is not valid UTF-8 text, its bad bytes shown as ``\\xff``
+    (None when every argument is text)."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return _escaped(arg)
+    return None
+
+
+def _escaped(arg: str) -> str:
+    try:
+        # Python hands over the bytes it could not decode as lone surrogates: get them back.
+        raw = arg.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that did not come from the OS
+        raw = arg.encode("utf-8", "surrogatepass")
+    text = raw.decode("utf-8", "backslashreplace")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edgejobs`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    # Checked once here rather than by every command: such text cannot be stored in the
+    # database nor printed back, and failed deep inside whichever command got it.
+    bad = _not_utf8(argv)
+    if bad is not None:
+        print(f"edgejobs: argument '{bad}' is not valid UTF-8 text", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args)

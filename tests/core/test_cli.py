@@ -380,6 +380,37 @@ async def test_the_log_level_may_be_any_case(
     assert logging.getLogger().level == logging.WARNING
 
 
+# What Python makes of an argument byte that is not UTF-8 (here 0xff): a lone surrogate.
+NOT_UTF8 = b"\xff".decode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("jobs", "show", NOT_UTF8),
+        ("jobs", "list", "--type", NOT_UTF8),
+        ("submit", "echo", "--org", "a", "--after", NOT_UTF8),
+        ("submit", "echo", "--org", "a", "--params", f'{{"s": "{NOT_UTF8}"}}'),
+        ("token", "create", "--org", "a", "--role", "viewer", "--name", NOT_UTF8),
+        ("token", "revoke", NOT_UTF8),
+        ("stats", "--org", NOT_UTF8),
+        ("backup", f"/tmp/{NOT_UTF8}.db"),
+    ],
+)
+async def test_arguments_that_are_not_utf8_are_a_usage_error(
+    cli: Cli, database: Path, args: tuple[str, ...]
+) -> None:
+    got, out, err = await cli(*args)
+    assert got == 2 and out == "", (got, out, err)
+    _one_line_error(err, "is not valid UTF-8", "\\xff")
+
+
+def test_an_argument_byte_that_is_not_utf8_is_named_in_the_error(tmp_path: Path) -> None:
+    result = run_cli("jobs", "show", NOT_UTF8, cwd=tmp_path)  # the byte 0xff itself
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "edgejobs: argument '\\xff' is not valid UTF-8 text\n"
+
+
 @pytest.mark.parametrize(
     "args",
     [
