@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edgejobs.api.body import MAX_DEPTH
 from edgejobs.app import EdgeJobs
 from edgejobs.cli import print_json, print_table, run_async
 from edgejobs.cli.runner import app_from_args
@@ -167,17 +168,42 @@ def usage_error(message: str) -> int:
     return 2
 
 
+_TOO_DEEP = f"--params is nested deeper than {MAX_DEPTH} levels"
+
+
 def parse_params(text: str | None) -> dict[str, Any]:
-    """``--params``: a JSON object (absent means ``{}``); ValueError with a short reason."""
+    """``--params``: a JSON object (absent means ``{}``); ValueError with a short reason.
+
+    Arrays and objects may nest at most :data:`~edgejobs.api.body.MAX_DEPTH` levels deep, as
+    in a request body of the HTTP API.
+    """
     if text is None:
         return {}
     try:
         value = json.loads(text)
+    except RecursionError:  # the parser recurses; thousands of levels exhaust the stack
+        raise ValueError(_TOO_DEEP) from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"--params is not valid JSON: {exc.msg} at character {exc.pos}") from None
     if not isinstance(value, dict):
         raise ValueError(f"--params must be a JSON object, got {type(value).__name__}")
+    if _too_deep(value):
+        raise ValueError(_TOO_DEEP)
     return value
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether arrays and objects in ``value`` nest deeper than ``MAX_DEPTH`` levels
+    (walked iteratively, so a deep value cannot exhaust the stack here)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 # -- the client -------------------------------------------------------------------------------

@@ -327,11 +327,20 @@ async def test_submit_wait_exit_code_follows_the_outcome(cli: Cli, runner: Harne
 # -- user errors: one line on stderr, never a traceback --------------------------------------------
 
 
+def nested(levels: int) -> str:
+    """A JSON object whose value ``a`` is ``levels`` arrays deep (``levels + 1`` in all)."""
+    return '{"a": ' + "[" * levels + "]" * levels + "}"
+
+
 @pytest.mark.parametrize(
     ("args", "code", "needles"),
     [
         (("submit", "echo", "--org", "a", "--params", "{bad"), 2, ("--params", "JSON")),
         (("submit", "echo", "--org", "a", "--params", "[1, 2]"), 2, ("JSON object",)),
+        # Deeper than a request body of the HTTP API may nest (64 levels); thousands of
+        # levels once ended in a RecursionError traceback.
+        (("submit", "echo", "--org", "a", "--params", nested(64)), 2, ("--params", "64 levels")),
+        (("submit", "echo", "--org", "a", "--params", nested(20_000)), 2, ("64 levels",)),
         (("submit", "nope", "--org", "a"), 1, ("unknown job type", "nope")),
         (("submit", "echo", "--org", "a", "--after", "01NOPE"), 1, ("unknown parent",)),
         (("submit", "echo", "--org", "a", "--priority", "urgent"), 2, ("priority",)),
@@ -378,6 +387,11 @@ async def test_the_log_level_may_be_any_case(
     argv = ["stats", "--json", "--log-level", "warning", "--config", str(config)]
     assert await asyncio.to_thread(exit_code_of, argv) == 0
     assert logging.getLogger().level == logging.WARNING
+
+
+async def test_params_may_nest_as_deep_as_the_http_api_allows(cli: Cli, database: Path) -> None:
+    code, out, err = await cli("submit", "echo", "--org", "a", "--params", nested(63))
+    assert code == 0 and out.strip(), err
 
 
 # What Python makes of an argument byte that is not UTF-8 (here 0xff): a lone surrogate.
