@@ -731,6 +731,8 @@ def _read_toml(file: Path, label: str) -> dict[str, Any]:
         raise ConfigError(f"{label}: {position}: invalid TOML: {reason}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{label}: invalid TOML: not UTF-8 text (byte {exc.start})") from None
+    except RecursionError:  # the TOML reader recurses into nested arrays and inline tables
+        raise ConfigError(f"{label}: invalid TOML: arrays or tables nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"{label}: cannot read config file: {exc.strerror or exc}") from None
 

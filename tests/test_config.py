@@ -576,6 +576,10 @@ def test_toml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     assert message.startswith(f"{path}: line 2") and "invalid TOML" in message
     path.write_bytes(b'[server]\nhost = "\xff"\n')
     assert "not UTF-8" in config_error(path, environ={})
+    deep = "x = " + "[" * 5000 + "]" * 5000 + "\n"  # the TOML reader recursed past the stack
+    assert config_error(path, deep, environ={}) == (
+        f"{path}: invalid TOML: arrays or tables nested too deeply"
+    )
 
 
 def test_environment_errors_name_the_variable(
