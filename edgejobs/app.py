@@ -34,11 +34,13 @@ from edgejobs.models import (
     LATEST_RUN_AT_S,
     MAX_DELAY_S,
     MAX_RETRIES,
+    RUN_AT_RANGE,
     TERMINAL,
     Attempt,
     Job,
     Priority,
     Status,
+    run_at_in_range,
 )
 from edgejobs.retry import RetryPolicy
 from edgejobs.runner.lock import RunnerLock
@@ -89,7 +91,7 @@ def check_org(org: object) -> str:
 
 def parse_time_ms(value: datetime | str | int | float) -> int:
     """A due time as unix milliseconds: an aware datetime, an ISO 8601 string with an offset,
-    or unix seconds."""
+    or unix seconds; from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z whichever the form."""
     if isinstance(value, bool):
         raise ValidationError("run_at must be a time, not a boolean")
     if isinstance(value, int | float):
@@ -105,6 +107,8 @@ def parse_time_ms(value: datetime | str | int | float) -> int:
         raise ValidationError("run_at must be an ISO 8601 time with a UTC offset")
     if value.tzinfo is None:
         raise ValidationError("run_at needs a UTC offset (e.g. 2026-11-29T10:00:00Z)")
+    if not run_at_in_range(value):  # the bounds of the unix seconds above
+        raise ValidationError(f"run_at must be a time {RUN_AT_RANGE}")
     return round(value.timestamp() * 1000)
 
 

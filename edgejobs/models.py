@@ -37,6 +37,20 @@ MAX_RETENTION_DAYS = 36_500
 LATEST_RUN_AT_S = 253_402_300_799
 """The latest ``run_at`` in unix seconds (9999-12-31T23:59:59Z, as far as a datetime goes)."""
 
+RUN_AT_RANGE = "from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z"
+"""The ``run_at`` times accepted, as said in error messages."""
+
+_EARLIEST_RUN_AT = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST_RUN_AT = datetime.fromtimestamp(LATEST_RUN_AT_S, tz=UTC)
+
+
+def run_at_in_range(value: datetime) -> bool:
+    """Whether an aware datetime is an acceptable ``run_at``: within :data:`RUN_AT_RANGE`, the
+    same bounds as unix seconds from 0 to :data:`LATEST_RUN_AT_S`."""
+    # Compared as datetimes, not as rounded milliseconds: 1969-12-31T23:59:59.9999Z is before.
+    return _EARLIEST_RUN_AT <= value <= _LATEST_RUN_AT
+
+
 TERMINAL: frozenset[Status] = frozenset(
     {Status.COMPLETED, Status.FAILED, Status.TIMED_OUT, Status.DEAD_LETTER, Status.CANCELED}
 )
@@ -122,7 +136,9 @@ def iso_ms(ms: int | None) -> str | None:
         # Formatting is the costly part and a burst of jobs shares a few seconds: cache them.
         if len(_iso_seconds) > 4096:
             _iso_seconds.clear()
-        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        # isoformat, not strftime("%Y"): glibc does not pad a year before 1000 to four digits,
+        # and a row stored before run_at was bounded may hold one.
+        prefix = datetime.fromtimestamp(second, tz=UTC).replace(tzinfo=None).isoformat()
         _iso_seconds[second] = prefix
     return f"{prefix}.{millis:03d}Z"
 

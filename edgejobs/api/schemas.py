@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from edgejobs.app import MAX_DEPENDS_ON
-from edgejobs.models import MAX_DELAY_S
+from edgejobs.models import MAX_DELAY_S, RUN_AT_RANGE, run_at_in_range
 
 PriorityName = Literal["critical", "high", "normal", "low"]
 StatusName = Literal[
@@ -41,10 +41,10 @@ def _aware_time(value: object) -> datetime:
         raise ValueError("expected an ISO 8601 time such as 2026-11-29T10:00:00Z") from None
     if parsed.tzinfo is None:
         raise ValueError("the time needs a UTC offset (e.g. 2026-11-29T10:00:00Z)")
-    try:
-        return parsed.astimezone(UTC)  # e.g. 0001-01-01T00:00+14:00 is before year 1
-    except (OverflowError, ValueError):
-        raise ValueError("the time is out of range") from None
+    # Checked before converting: e.g. 0001-01-01T00:00+14:00 is before year 1 in UTC.
+    if not run_at_in_range(parsed):
+        raise ValueError(f"the time must be {RUN_AT_RANGE}")
+    return parsed.astimezone(UTC)
 
 
 AwareTime = Annotated[
@@ -52,7 +52,8 @@ AwareTime = Annotated[
     BeforeValidator(_aware_time),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
-"""An ISO 8601 time with an offset (strings only: no unix numbers, no naive times)."""
+"""An ISO 8601 time with an offset (strings only: no unix numbers, no naive times), from 1970
+to year 9999 like :func:`edgejobs.app.parse_time_ms`."""
 
 JobId = Annotated[str, Field(min_length=1, max_length=64)]
 JsonObject = dict[str, Any]

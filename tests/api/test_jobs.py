@@ -55,6 +55,39 @@ async def test_submit_scheduled_and_dependent_jobs(api: Api) -> None:
     assert shown.json()["status"] == "completed"
 
 
+@pytest.mark.parametrize(
+    "run_at",
+    [
+        "0001-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999Z",
+        "1970-01-01T00:30:00+01:00",  # 1969 in UTC
+        "9999-12-31T23:59:59.500Z",
+    ],
+)
+async def test_submit_refuses_a_run_at_outside_unix_seconds(api: Api, run_at: str) -> None:
+    response = await api.client.post(
+        "/api/v1/jobs", json={"job_type": "t.echo", "run_at": run_at}, headers=api.auth("operator")
+    )
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert "run_at" in error["message"] and "1970-01-01T00:00:00Z" in error["message"]
+    assert sum((await api.ej.stats())["by_status"].values()) == 0
+
+
+async def test_submit_accepts_the_bounds_of_run_at(api: Api) -> None:
+    headers = api.auth("operator")
+    for run_at, shown in [
+        ("1970-01-01T00:00:00Z", "1970-01-01T00:00:00.000Z"),
+        ("9999-12-31T23:59:59Z", "9999-12-31T23:59:59.000Z"),
+    ]:
+        response = await api.client.post(
+            "/api/v1/jobs", json={"job_type": "t.echo", "run_at": run_at}, headers=headers
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["run_at"] == shown
+
+
 async def test_batch_is_all_or_nothing_with_index_references(api: Api) -> None:
     headers = api.auth("operator")
     jobs = [

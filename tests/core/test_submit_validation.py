@@ -5,13 +5,14 @@ deep inside, or, for NaN in params, were stored as text that is not JSON), and n
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from core_support import CoreKit
 
 from edgejobs.errors import ValidationError
-from edgejobs.models import LATEST_RUN_AT_S, MAX_DELAY_S
+from edgejobs.models import LATEST_RUN_AT_S, MAX_DELAY_S, iso_ms
 
 REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("huge delay", {"delay_s": 1e20}, "delay_s"),
@@ -20,6 +21,14 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("huge run_at", {"run_at": 1e300}, "run_at"),
     ("NaN run_at", {"run_at": math.nan}, "run_at"),
     ("negative run_at", {"run_at": -1}, "run_at"),
+    ("run_at in year 1", {"run_at": datetime(1, 1, 1, tzinfo=UTC)}, "1970"),
+    ("run_at ISO before 1970", {"run_at": "1969-12-31T23:59:59.999Z"}, "1970"),
+    (
+        "run_at 1969 in UTC",
+        {"run_at": datetime(1970, 1, 1, tzinfo=timezone(timedelta(hours=1)))},
+        "1970",
+    ),
+    ("run_at ISO after the last second", {"run_at": "9999-12-31T23:59:59.5Z"}, "9999"),
     ("NaN in params", {"params": {"n": math.nan}}, "params"),
     ("infinity in params", {"params": {"n": [1, math.inf]}}, "params"),
     ("lone surrogate in params", {"params": {"s": "\ud800"}}, "surrogate"),
@@ -44,3 +53,12 @@ async def test_the_bounds_themselves_are_accepted(kit: CoreKit) -> None:
     assert later.run_at == kit.clock.now_ms() + MAX_DELAY_S * 1000
     assert last.run_at == LATEST_RUN_AT_S * 1000
     assert (await kit.ej.get(last.id)).to_dict()["run_at"].startswith("9999-12-31T23:59:59")
+    first = await kit.submit(run_at="1970-01-01T00:00:00Z")
+    assert first.run_at == 0
+
+
+def test_iso_ms_always_writes_a_four_digit_year() -> None:
+    # A row stored before run_at was bounded may hold a time before year 1000.
+    assert iso_ms(-62_135_596_800_000) == "0001-01-01T00:00:00.000Z"
+    assert iso_ms(-30_610_224_000_001) == "0999-12-31T23:59:59.999Z"
+    assert iso_ms(0) == "1970-01-01T00:00:00.000Z"
