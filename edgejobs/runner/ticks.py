@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 
 from edgejobs.clock import Clock
 from edgejobs.errors import EdgeJobsError
@@ -28,6 +29,7 @@ from edgejobs.store.claim import renew_leases
 from edgejobs.store.clock_skew import shift_pending_retries
 from edgejobs.store.db import WriteTx
 from edgejobs.store.retention import delete_old_jobs
+from edgejobs.store.tokens import delete_expired_sessions
 from edgejobs.store.transitions import (
     next_maintenance_due_ms,
     promote_due,
@@ -68,6 +70,8 @@ class PruneReport:
     jobs: int = 0
     events: int = 0
     batches: int = 0
+    sessions: int = 0
+    """Expired dashboard sessions deleted."""
 
 
 class Ticker:
@@ -286,7 +290,8 @@ class Ticker:
         self, *, now: int | None = None, older_than_days: float | None = None
     ) -> PruneReport:
         """Delete terminal jobs older than the retention period (``older_than_days = 0``: every
-        terminal job), one batch per transaction, with their attempts and events."""
+        terminal job), one batch per transaction, with their attempts and events; and the
+        dashboard sessions that have expired."""
         now = self._clock.now_ms() if now is None else now
         days = self.settings.retention_days if older_than_days is None else older_than_days
         cutoff = now - int(days * 86_400_000)
@@ -303,6 +308,9 @@ class Ticker:
             if deleted.jobs < batch:
                 break
         report.events += await self._trim_events(now)  # the event log's own retention
+        # Logins only sweep expired sessions when someone logs in: a dashboard nobody opens
+        # again would keep its rows for good.
+        report.sessions = await self._store.write(partial(delete_expired_sessions, now=now))
         self.last_progress_monotonic = self._clock.monotonic()
         if report.jobs:
             log.info("retention deleted %d jobs and %d events", report.jobs, report.events)

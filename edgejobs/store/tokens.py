@@ -32,6 +32,11 @@ SECRET_PREFIX = "ej_"
 
 _MAX_SECRET_LEN = 256
 
+MAX_SESSIONS_PER_TOKEN = 50
+"""The most live dashboard sessions one token holds: a new login beyond it ends the oldest
+(so a browser that signs in again keeps working), and no token, even a viewer's, can grow
+the database by logging in again and again."""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TokenInfo:
@@ -143,13 +148,26 @@ def is_active(conn: sqlite3.Connection, token_id: str) -> bool:
     return row is not None
 
 
+def delete_expired_sessions(conn: sqlite3.Connection, tx: WriteTx, *, now: int) -> int:
+    """Delete the sessions that have expired by ``now``; returns how many."""
+    return conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,)).rowcount
+
+
 def create_session(
     conn: sqlite3.Connection, tx: WriteTx, *, token_id: str, ttl_ms: int, now: int
 ) -> NewSession:
-    """Start a dashboard session bound to an active token (expired sessions are swept here)."""
-    conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
+    """Start a dashboard session bound to an active token. Expired sessions are swept here,
+    and the token's oldest ones beyond :data:`MAX_SESSIONS_PER_TOKEN` are ended."""
+    delete_expired_sessions(conn, tx, now=now)
     if not is_active(conn, token_id):
         raise NotFound(f"no active token {token_id}")
+    # Room is made before the insert, so the new session is never the one ended (logins in
+    # the same millisecond share created_at). The token's sessions are read by their index.
+    conn.execute(
+        "DELETE FROM sessions WHERE id_hash IN (SELECT id_hash FROM sessions WHERE token_id = ?"
+        " ORDER BY created_at DESC, expires_at DESC LIMIT -1 OFFSET ?)",
+        (token_id, MAX_SESSIONS_PER_TOKEN - 1),
+    )
     session_id = secrets.token_urlsafe(32)
     csrf_token = secrets.token_urlsafe(32)
     expires_at = now + ttl_ms

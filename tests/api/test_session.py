@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import httpx
 import pytest
 from api_support import Api, lifespan, make_api
 
+from edgejobs.store.tokens import MAX_SESSIONS_PER_TOKEN
 from edgejobs.testing import FakeClock
 
 
@@ -147,6 +150,49 @@ async def test_sessions_expire(tmp_path: Path) -> None:
             assert (await api.client.get("/api/v1/whoami")).status_code == 200
             clock.advance(2)
             assert (await api.client.get("/api/v1/whoami")).status_code == 401
+    finally:
+        await api.client.aclose()
+        await api.ej.close()
+
+
+async def test_a_token_keeps_a_bounded_number_of_sessions(tmp_path: Path) -> None:
+    """Each login stored a session for session_ttl_s, so any token, a viewer's too, could grow
+    the database without bound; the oldest sessions beyond the bound are ended instead, and a
+    new login always works."""
+    clock = FakeClock()
+    api = await make_api(tmp_path / "api.db", clock=clock)
+    db = api.ej.config.database.path
+
+    def sessions(name: str) -> int:
+        with closing(sqlite3.connect(db)) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM sessions WHERE token_id = ?", (api.token_ids[name],)
+            ).fetchone()
+        return int(row[0])
+
+    try:
+        async with lifespan(api.app):
+            await api.client.post("/login", json={"token": api.secrets["operator"]})
+            other = api.client.cookies["edgejobs_session"]
+            cookies = []
+            for n in range(MAX_SESSIONS_PER_TOKEN + 10):
+                if n < MAX_SESSIONS_PER_TOKEN + 5:
+                    clock.advance(0.001)  # the last six logins share a millisecond
+                login = await api.client.post("/login", json={"token": api.secrets["viewer"]})
+                assert login.status_code == 200
+                cookies.append(api.client.cookies["edgejobs_session"])
+            assert sessions("viewer") == MAX_SESSIONS_PER_TOKEN
+            assert sessions("operator") == 1
+
+            async def whoami(session: str) -> int:
+                api.client.cookies.set("edgejobs_session", session)
+                return (await api.client.get("/api/v1/whoami")).status_code
+
+            kept = cookies[-MAX_SESSIONS_PER_TOKEN:]
+            assert [await whoami(session) for session in kept] == [200] * len(kept)
+            ended = cookies[:-MAX_SESSIONS_PER_TOKEN]  # the oldest, by the later logins
+            assert [await whoami(session) for session in ended] == [401] * len(ended)
+            assert await whoami(other) == 200  # another token's session is not touched
     finally:
         await api.client.aclose()
         await api.ej.close()

@@ -24,6 +24,7 @@ from ops_support import (
 
 import edgejobs.runner.maintenance as maintenance_module
 import edgejobs.runner.ticks as ticks_module
+from edgejobs.store import tokens
 from edgejobs.store.maintenance import file_sizes
 from edgejobs.store.migrations import migrate
 from edgejobs.store.retention import delete_old_events
@@ -216,6 +217,31 @@ async def test_prune_now_with_zero_days_deletes_every_terminal_job_and_keeps_ope
     assert counts["completed"] == 0 and counts["scheduled"] == 1
     with closing(connect(db_path)) as conn:
         assert count_drift(conn) == {}
+
+
+async def test_retention_deletes_expired_dashboard_sessions(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Logins sweep expired sessions, but a dashboard nobody signs in to again would keep its
+    rows for good: retention deletes them too, and only them."""
+    ej = make_app(db_path, clock)
+    async with ej:
+        token = await ej.store.write(
+            partial(tokens.create_token, org="acme", role="viewer", name="d", now=clock.now_ms())
+        )
+        for ttl_ms in (1_000, 1_000, 3_600_000):
+            await ej.store.write(
+                partial(
+                    tokens.create_session, token_id=token.info.id, ttl_ms=ttl_ms, now=clock.now_ms()
+                )
+            )
+        clock.advance(2)
+        report = await ej.prune()
+    assert report.sessions == 2
+    assert scalar(db_path, "SELECT count(*) FROM sessions") == 1
+    assert (
+        scalar(db_path, "SELECT count(*) FROM sessions WHERE expires_at > ?", clock.now_ms()) == 1
+    )
 
 
 async def test_the_seqs_of_pruned_jobs_are_never_handed_out_again(
