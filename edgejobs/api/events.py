@@ -35,6 +35,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from edgejobs.api.auth import Principal, authenticate
+from edgejobs.api.body import query_values
 from edgejobs.api.errors import BadRequest, Forbidden, Unauthorized
 from edgejobs.api.jobs import checked_job_id
 from edgejobs.api.openapi import Operation, Param
@@ -64,11 +65,12 @@ def _comment(text: str) -> bytes:
     return b": " + " ".join(text.split()).encode() + b"\r\n\r\n"
 
 
-def parse_last_event_id(request: Request) -> int | None:
-    """The ``Last-Event-ID`` header, else the ``last_event_id`` query parameter (None: absent)."""
+def parse_last_event_id(request: Request, query_value: str | None) -> int | None:
+    """The ``Last-Event-ID`` header, else ``query_value``, the ``last_event_id`` query
+    parameter (None: absent)."""
     raw = request.headers.get("last-event-id")
     if raw is None or not raw.strip():
-        raw = request.query_params.get("last_event_id")
+        raw = query_value
     if raw is None or not raw.strip():
         return None
     raw = raw.strip()
@@ -270,9 +272,13 @@ class EventStream(EventSourceResponse):
 async def open_stream(ej: EdgeJobs, request: Request) -> Response:
     """Authenticate (role viewer), resolve the filters and open the caller's stream."""
     principal = await authenticate(request, "viewer")
-    org = stream_org(principal, request.query_params.get("org"))
-    job_id = request.query_params.get("job_id") or None
-    last_event_id = parse_last_event_id(request)
+    # Read like every other route's query: an unknown parameter (a misspelled filter would
+    # stream everything) or a repeated one (``org=a&org=b`` must not mean whichever came
+    # first) is a 400.
+    query = query_values(request, _QUERY)
+    org = stream_org(principal, query.get("org"))
+    job_id = query.get("job_id") or None
+    last_event_id = parse_last_event_id(request, query.get("last_event_id"))
     if job_id is not None:
         # Another org's job is "not found", exactly like GET /api/v1/jobs/{id}.
         await ej.get(checked_job_id(job_id), org=org)
@@ -304,6 +310,8 @@ _PARAMS = (
         "the same as the Last-Event-ID header, for clients that cannot set headers",
     ),
 )
+_QUERY = frozenset(param.name for param in _PARAMS if param.location == "query")
+"""The query parameters the stream takes; any other is a 400."""
 
 
 def operations(ej: EdgeJobs) -> list[Operation]:

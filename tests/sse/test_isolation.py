@@ -101,6 +101,34 @@ async def test_system_token_org_filter_and_tenant_naming_another_org(serve: Serv
     assert {e.data["org"] for e in a_seen} == {"acme"}
 
 
+async def test_unknown_and_repeated_query_parameters_are_a_bad_request(serve: Serve) -> None:
+    """Like every other route's: a misspelled filter must not stream everything, and a repeated
+    org must not be resolved by its order (``org=globex&org=acme`` streamed acme's events to
+    an acme token while ``org=acme&org=globex`` was a 403)."""
+    server = await serve()
+    token_a = await make_token(server.ej, "acme")
+    job = await server.ej.submit("quick", org="acme")
+    async with client() as http:
+        for query in (
+            "bogus=1",
+            "jobid=" + job.id,
+            "org=acme&org=globex",
+            "org=globex&org=acme",
+            "org=acme&org=acme",
+            f"job_id={job.id}&job_id={job.id}",
+            "last_event_id=1&last_event_id=2",
+        ):
+            url = f"{server.base_url}/api/v1/events?{query}"
+            async with http.stream("GET", url, headers=token_a.headers) as response:
+                assert response.status_code == 400, query  # not a stream that never ends
+                body = json.loads(await response.aread())
+            assert body["error"]["code"] == "bad_request", query
+        # The documented parameters still work, each once.
+        query = {"org": "acme", "job_id": job.id, "last_event_id": "0"}
+        async with open_stream(http, server, token_a, params=query):
+            pass
+
+
 async def test_job_filter_carries_only_that_job(serve: Serve) -> None:
     server = await serve()
     ej = server.ej
