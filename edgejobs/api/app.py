@@ -38,7 +38,7 @@ from edgejobs.api.errors import (
 )
 from edgejobs.api.metrics import Metrics
 from edgejobs.api.middleware import BodyLimit, SecurityHeaders
-from edgejobs.api.openapi import Operation, build_document
+from edgejobs.api.openapi import Operation, build_document, build_routes
 from edgejobs.errors import EdgeJobsError, NotFound
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def create_app(ej: EdgeJobs) -> Starlette:
         ),
     ]
     documented.extend(meta)
-    routes: list[BaseRoute] = [op.route() for op in [*own, *meta, *external]]
+    routes: list[BaseRoute] = [*build_routes([*own, *meta, *external])]
     if web is not None:
         routes.append(Mount("/static", app=StaticFiles(directory=web), name="static"))
 

@@ -1,8 +1,9 @@
 """Operations (route + documentation in one record) and the OpenAPI 3.1 document built from them.
 
-Each API module lists its :class:`Operation` objects; the app turns them into Starlette routes
-and this module turns the same objects into ``/api/v1/openapi.json``, with the schemas taken
-from the pydantic models (``models_json_schema``), so the document cannot drift from the code.
+Each API module lists its :class:`Operation` objects; :func:`build_routes` turns them into
+Starlette routes and :func:`build_document` into ``/api/v1/openapi.json``, with the schemas
+taken from the pydantic models (``models_json_schema``), so the document cannot drift from the
+code.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from edgejobs.api.schemas import ErrorBody
 
@@ -63,9 +66,45 @@ class Operation:
         """A stable id: the endpoint's function name."""
         return self.endpoint.__name__.strip("_")
 
-    def route(self) -> Route:
-        """The Starlette route serving this operation."""
-        return Route(self.path, self.endpoint, methods=[self.method], name=self.operation_id)
+
+class _PathRoute(Route):
+    """Every method one path serves, so a method it does not serve is answered 405 with all
+    of them in ``Allow`` (sorted: the same header every time)."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request, or raise the 405 the app's handler turns into the error body."""
+        if self.methods and scope["method"] not in self.methods:
+            raise HTTPException(405, headers={"Allow": ", ".join(sorted(self.methods))})
+        await super().handle(scope, receive, send)
+
+
+def build_routes(operations: Iterable[Operation]) -> list[Route]:
+    """The Starlette routes serving ``operations``: one per path, in the order the paths first
+    appear, dispatching on the method.
+
+    A route per operation would answer a method the path does not serve with the ``Allow``
+    of whichever of its routes came first (``DELETE /api/v1/jobs``: ``POST``, though GET is
+    served there too).
+    """
+    by_path: dict[str, dict[str, Operation]] = {}
+    for op in operations:
+        methods = by_path.setdefault(op.path, {})
+        if op.method in methods:
+            raise ValueError(f"two operations for {op.method} {op.path}")
+        methods[op.method] = op
+    return [_path_route(path, methods) for path, methods in by_path.items()]
+
+
+def _path_route(path: str, ops: dict[str, Operation]) -> Route:
+    endpoints = {method: op.endpoint for method, op in ops.items()}
+    if "GET" in endpoints:
+        endpoints.setdefault("HEAD", endpoints["GET"])  # as Starlette serves HEAD for a GET
+
+    async def dispatch(request: Request) -> Response:
+        return await endpoints[request.method](request)
+
+    name = "|".join(op.operation_id for op in ops.values())
+    return _PathRoute(path, dispatch, methods=list(ops), name=name)
 
 
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}]

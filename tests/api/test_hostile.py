@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from api_support import ORG_B, Api
-from route_table import RouteCase, active_routes, url
+from route_table import RouteCase, active_routes, served, url
 
 MARKER = "SECRET-OF-GLOBEX"
 
@@ -334,6 +334,24 @@ async def test_unknown_routes_and_methods_get_the_error_body(api: Api) -> None:
         assert error["code"] in ("not_found", "method_not_allowed")
         if status == 405:
             assert response.headers["allow"]
+
+
+async def test_a_wrong_method_is_answered_with_every_method_of_the_path(api: Api) -> None:
+    """Each method used to be its own route, so a 405 listed only the first route's method
+    (``DELETE /api/v1/jobs``: ``Allow: POST``, though GET is served there too)."""
+    response = await api.client.delete("/api/v1/jobs", headers=api.auth("admin"))
+    assert assert_error(response, 405)["code"] == "method_not_allowed"
+    assert response.headers["allow"] == "GET, HEAD, POST"
+    by_path: dict[str, set[str]] = {}
+    for method, path in served(api):
+        by_path.setdefault(path, set()).add(method)
+    for path, methods in by_path.items():
+        concrete = path.replace("{id}", "ABC").replace("{name}", "t.echo")
+        response = await api.client.request("PUT", concrete, headers=api.auth("admin"))
+        assert assert_error(response, 405)["code"] == "method_not_allowed", path
+        if "GET" in methods:
+            methods = methods | {"HEAD"}
+        assert response.headers["allow"] == ", ".join(sorted(methods)), path
 
 
 _FIELDS = [
