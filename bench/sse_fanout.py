@@ -49,11 +49,14 @@ async def _serve(args: argparse.Namespace) -> None:
     from edgejobs import EdgeJobs
     from edgejobs.api.app import create_app
     from edgejobs.broker import get_broker
+    from edgejobs.config import Config, EventsConfig
     from edgejobs.store.db import WriteTx
     from edgejobs.store.tokens import create_token
 
     workdir = Path(args.workdir)
-    ej = EdgeJobs(database=workdir / "bench.db")
+    # Every subscriber uses one token: without the per-token stream limit.
+    config = Config(events=EventsConfig(max_streams_per_token=0))
+    ej = EdgeJobs(database=workdir / "bench.db", config=config)
     ej.register("bench.tick", "builtins:print", dedup=False)
     await ej.open()
     token = await ej.store.write(

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from sse_starlette import ServerSentEvent
 
-from edgejobs.errors import ShuttingDown
+from edgejobs.errors import RateLimited, ShuttingDown
 from edgejobs.store import events as event_store
 from edgejobs.store.db import WriteTx
 from edgejobs.store.rows import JobEventExtras, render_job_event
@@ -125,11 +125,14 @@ class Subscriber:
         buffer: int,
         start_id: int,
         max_bytes: int = SUBSCRIBER_MAX_BYTES,
+        owner: str | None = None,
     ) -> None:
         self.org = org
         """The org this stream is for; None for a system token's all-orgs stream."""
         self.job_id = job_id
         """Only events of this job when set."""
+        self.owner = owner
+        """The token this stream was opened with (counted against its limit), if any."""
         self.start_id = start_id
         """Every event with an id above this one reaches the queue (older ones: replay)."""
         self.closed_reason: str | None = None
@@ -231,6 +234,11 @@ class Broker:
         self.replay_max_events = settings.replay_max_events
         self.replay_max_age_s = settings.replay_max_age_s
         self.keepalive_s = settings.keepalive_s
+        self.max_streams_per_owner = settings.max_streams_per_token
+        """How many streams one token (its dashboard sessions included) may hold open; 0: no
+        limit. Each is a connection and a queue: one tenant's client could otherwise take
+        every file descriptor of the server and lock every other tenant out."""
+        self._owned: collections.Counter[str] = collections.Counter()
         self.max_bytes = SUBSCRIBER_MAX_BYTES
         """The byte bound of each new stream's queue (see :data:`SUBSCRIBER_MAX_BYTES`)."""
         self.last_id = 0
@@ -299,17 +307,34 @@ class Broker:
 
     # -- subscribers --------------------------------------------------------------------------
 
-    def subscribe(self, *, org: str | None, job_id: str | None = None) -> Subscriber:
+    def subscribe(
+        self, *, org: str | None, job_id: str | None = None, owner: str | None = None
+    ) -> Subscriber:
         """Register a stream for ``org`` (None: every org). Events newer than
-        :attr:`Subscriber.start_id` reach its queue from now on."""
+        :attr:`Subscriber.start_id` reach its queue from now on.
+
+        ``owner`` (a token id) may hold at most :attr:`max_streams_per_owner` streams at once:
+        :class:`~edgejobs.errors.RateLimited` beyond.
+        """
         if not self._running:
             raise ShuttingDown("the event stream is not running")
+        if owner is not None:
+            limit = self.max_streams_per_owner
+            if limit and self._owned[owner] >= limit:
+                raise RateLimited(
+                    f"this token already holds {limit} open event streams ([events]"
+                    " max_streams_per_token); close one first"
+                    " close one first",
+                    retry_after_s=max(1, int(self.keepalive_s)),
+                )
+            self._owned[owner] += 1
         subscriber = Subscriber(
             org=org,
             job_id=job_id,
             buffer=self.buffer,
             start_id=self.last_id,
             max_bytes=self.max_bytes,
+            owner=owner,
         )
         self._by_org.setdefault(org, set()).add(subscriber)
         self._empty.clear()
@@ -318,10 +343,14 @@ class Broker:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Forget a stream (idempotent)."""
         group = self._by_org.get(subscriber.org)
-        if group is not None:
+        if group is not None and subscriber in group:
             group.discard(subscriber)
             if not group:
                 del self._by_org[subscriber.org]
+            if subscriber.owner is not None:
+                self._owned[subscriber.owner] -= 1
+                if not self._owned[subscriber.owner]:
+                    del self._owned[subscriber.owner]
         if not self._by_org:
             self._empty.set()
 

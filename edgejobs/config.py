@@ -339,6 +339,12 @@ class EventsConfig(_Model):
         ge=1,
         description="events queued for a slow client before it is dropped",
     )
+    max_streams_per_token: int = Field(
+        default=64,
+        ge=0,
+        le=1_000_000,
+        description="open streams one token may hold (0: no limit); more get 429",
+    )
 
 
 class ServerConfig(_Model):

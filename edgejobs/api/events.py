@@ -284,7 +284,7 @@ async def open_stream(ej: EdgeJobs, request: Request) -> Response:
         await ej.get(checked_job_id(job_id), org=org)
     broker = get_broker(ej)
     await broker.ensure_started()
-    subscriber = broker.subscribe(org=org, job_id=job_id)
+    subscriber = broker.subscribe(org=org, job_id=job_id, owner=principal.token_id)
     return EventStream(
         ej=ej,
         broker=broker,

@@ -40,8 +40,10 @@ def make_config(
     min_interval_ms: int = 0,
     workers: int = 8,
     shutdown_grace_s: float = 5.0,
+    max_streams_per_token: int = 0,
 ) -> Config:
-    """A configuration for one test (events and progress settings overridden)."""
+    """A configuration for one test (events and progress settings overridden; tests open
+    many streams with one token, so by default without the per-token limit)."""
     return Config(
         runner=RunnerConfig(workers=workers, shutdown_grace_s=shutdown_grace_s),
         progress=ProgressConfig(min_interval_ms=min_interval_ms),
@@ -50,6 +52,7 @@ def make_config(
             subscriber_buffer=buffer,
             replay_max_events=replay_max_events,
             replay_max_age_s=replay_max_age_s,
+            max_streams_per_token=max_streams_per_token,
         ),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from functools import partial
@@ -12,6 +13,7 @@ from sse_support import (
     client,
     event_rows,
     is_final,
+    make_config,
     make_token,
     open_stream,
     wait_for,
@@ -184,3 +186,28 @@ async def test_event_whose_org_differs_from_its_jobs_stored_org_is_dropped(serve
         seen = await replayed.until(is_final(marker2.id))
     assert forged_id not in {e.id for e in seen}
     assert {e.data["org"] for e in seen} == {"acme"}
+
+
+async def test_one_token_holds_a_bounded_number_of_streams_and_others_still_connect(
+    serve: Serve,
+) -> None:
+    """Each stream is a connection and a queue: a client opening streams without end took
+    every file descriptor of the server, and every other tenant was locked out. Past its
+    limit a token gets 429 (with Retry-After); other tokens are not affected, and a closed
+    stream frees its place."""
+    server = await serve(make_config(max_streams_per_token=3))
+    token_a, token_b = await make_token(server.ej, "acme"), await make_token(server.ej, "globex")
+    async with client() as http, contextlib.AsyncExitStack() as streams:
+        for _ in range(3):
+            await streams.enter_async_context(open_stream(http, server, token_a))
+        url = server.base_url + "/api/v1/events"
+        refused = await http.get(url, headers=token_a.headers)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "rate_limited"
+        assert int(refused.headers["retry-after"]) >= 1
+        async with open_stream(http, server, token_b):
+            assert server.broker.subscriber_count == 4
+        await streams.aclose()
+        await wait_for(lambda: server.broker.subscriber_count == 0, "the streams to close")
+        async with open_stream(http, server, token_a):
+            assert server.broker.subscriber_count == 1

@@ -129,7 +129,7 @@ async def test_sigterm_to_edgejobs_serve_with_50_open_streams_exits_promptly(
     config = tmp_path / "edgejobs.toml"
     config.write_text(
         f'[database]\npath = "jobs.db"\n[server]\nport = {port}\n'
-        f"[runner]\nshutdown_grace_s = {grace_s}\n"
+        f"[runner]\nshutdown_grace_s = {grace_s}\n[events]\nmax_streams_per_token = 0\n"
     )
     ej = EdgeJobs(database=tmp_path / "jobs.db")
     await ej.open()
