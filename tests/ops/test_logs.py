@@ -198,5 +198,5 @@ async def test_the_command_line_switches_to_json_lines(
     assert await asyncio.to_thread(main, argv) == 0
     captured = capsys.readouterr()
     records = [json.loads(line) for line in captured.err.splitlines()]
-    assert any(r["message"] == "retention deleted 1 jobs and 0 events" for r in records), records
+    assert any(r["message"] == "retention deleted 1 jobs and 3 events" for r in records), records
     assert "deleted 1 jobs" in captured.out
