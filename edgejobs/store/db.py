@@ -685,6 +685,8 @@ class Reader:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self.size = threads
+        """How many reads run at once (the others wait their turn)."""
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edgejobs-read")
 
     def _connection(self) -> sqlite3.Connection:

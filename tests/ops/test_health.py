@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,30 @@ async def test_a_tick_woken_from_a_quiet_sleep_gets_the_same_grace_as_any_tick(
     finally:
         release.set()
         await ej.close()
+
+
+async def test_healthz_answers_while_slow_reads_hold_every_reader(
+    ej: EdgeJobs, client: httpx.AsyncClient
+) -> None:
+    """Its query does not queue behind the reader pool: listings that scan a big org's
+    history (hundreds of ms each) filling the pool made /healthz time out and answer 503."""
+    readers = ej.store.reader.size
+    started = threading.Barrier(readers + 1)
+    release = threading.Event()
+
+    def slow_listing(conn: Any) -> None:
+        started.wait(timeout=30)
+        release.wait(timeout=30)
+
+    slow = [asyncio.create_task(ej.store.read(slow_listing)) for _ in range(readers)]
+    try:
+        await asyncio.to_thread(started.wait, 30)  # every reader thread is now busy
+        response = await asyncio.wait_for(client.get("/healthz"), timeout=30)
+        assert response.status_code == 200, response.text
+        assert response.json()["database"] == "ok"
+    finally:
+        release.set()
+        await asyncio.gather(*slow)
 
 
 async def test_healthz_is_503_while_shutting_down(ej: EdgeJobs, client: httpx.AsyncClient) -> None:
