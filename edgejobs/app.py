@@ -52,6 +52,7 @@ from edgejobs.runner.watchdog import LoopWatchdog
 from edgejobs.store import Store
 from edgejobs.store import job_types as job_type_store
 from edgejobs.store.audit import Actor, record_job_action
+from edgejobs.store.claim import drop_pair_index
 from edgejobs.store.db import Pragmas, WriteTx
 from edgejobs.store.jobs import (
     JobFilter,
@@ -408,6 +409,9 @@ class EdgeJobs:
             from edgejobs.control import prepare_runner
 
             control_tasks = await prepare_runner(self, now)
+            if not any(self.registry.get(t.name).has_limits for t in self.registry):
+                # The index of limited claims costs every submit and claim its upkeep.
+                await self.store.write(lambda conn, tx: drop_pair_index(conn))
         except BaseException:
             lock.release()
             self._lock = None

@@ -58,6 +58,11 @@ class JobType:
         return f"{self.handler_ref.__module__}:{self.handler_ref.__qualname__}"
 
     @property
+    def has_limits(self) -> bool:
+        """Whether a ``concurrency`` or ``org_concurrency`` limit applies to this type."""
+        return self.concurrency is not None or self.org_concurrency is not None
+
+    @property
     def is_async(self) -> bool:
         """Whether the handler is a coroutine function."""
         return is_async_handler(self.handler())

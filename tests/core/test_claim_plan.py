@@ -4,15 +4,28 @@ temporary b-tree for its ORDER BY, however many finished jobs the table holds.""
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
 from core_support import connect
 
 from edgejobs import EdgeJobs, JobSpec
-from edgejobs.store.claim import _CANDIDATES, _CLAIM_SIMPLE, ClaimLimits, claim_ready
+from edgejobs.store.claim import (
+    _CANDIDATES,
+    _CLAIM_SIMPLE,
+    ClaimLimits,
+    _choose_by_pairs,
+    _choose_by_walk,
+    _Room,
+    claim_ready,
+    ensure_pair_index,
+)
 from edgejobs.store.db import WriteTx
+from edgejobs.store.store import Store
 
 PARAMS = {
     "now": 0,
@@ -126,3 +139,146 @@ async def test_a_full_orgs_backlog_is_left_out_by_sqlite_not_paged_through(
         conn.close()
     assert [row["id"] for row in rows] == [small.id]
     assert pages <= 2, pages
+
+
+def _vm_steps(conn: sqlite3.Connection, statement: Callable[[], object]) -> int:
+    """SQLite virtual-machine steps (thousands) that ``statement`` took: work, not time."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 1000)
+    try:
+        statement()
+    finally:
+        conn.set_progress_handler(None, 0)
+    return steps
+
+
+async def _backlog_ahead(path: Path, backlog: int) -> list[str]:
+    """``backlog`` high-priority jobs of org "big" (at its limit), then low-priority jobs of
+    three small orgs; returns the small orgs' job ids."""
+
+    async def noop(ctx: object, params: dict[str, object]) -> None:
+        return None
+
+    ej = EdgeJobs(database=path)
+    ej.register("a", noop, dedup=False)
+    ej.register("b", noop, dedup=False)
+    for start in range(0, backlog, 1000):
+        count = min(1000, backlog - start)
+        await ej.submit_many(JobSpec("a", "big", {}, priority="high") for _ in range(count))
+    small = await ej.submit_many(
+        JobSpec("a" if n % 2 else "b", f"small{n % 3}", {"n": n}, priority="low") for n in range(6)
+    )
+    await ej.close()
+    return [job.id for job in small]
+
+
+async def test_a_full_orgs_backlog_costs_the_claim_nothing_however_long(tmp_path: Path) -> None:
+    """One org at its ``org_concurrency`` with a long backlog ahead in priority: the claim
+    used to walk the whole backlog on the ready index (in SQLite, but ~90 ms per claim with
+    100,000 such jobs, in every write transaction: the whole runner at half speed). It now
+    reads the first jobs of each pair with room: the same work for 1,000 or 20,000."""
+    limits = ClaimLimits(
+        types=frozenset({"a", "b"}), org_limit={"a": 1}, running_per_org={("a", "big"): 1}
+    )
+    steps: dict[int, int] = {}
+    for backlog in (1_000, 20_000):
+        path = tmp_path / f"backlog-{backlog}.db"
+        small = await _backlog_ahead(path, backlog)
+        conn = connect(path)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            ensure_pair_index(conn)  # what the first limited claim does, once
+            claimed: list[sqlite3.Row] = []
+            claim = partial(_claim_into, claimed, conn, limits)
+            steps[backlog] = _vm_steps(conn, claim)
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+        # Oldest first among the small orgs' low-priority jobs, one per (a, org) pair.
+        assert [row["id"] for row in claimed] == small[:4]
+    assert steps[20_000] <= steps[1_000] + 2, steps
+
+
+def _claim_into(claimed: list[sqlite3.Row], conn: sqlite3.Connection, limits: ClaimLimits) -> None:
+    claimed += claim_ready(conn, WriteTx(), now=10**13, slots=4, lease_ms=1, limits=limits)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_reading_pair_by_pair_chooses_what_the_walk_chooses(tmp_path: Path, seed: int) -> None:
+    """The two ways of finding the limited claim's candidates, on random queues, limits and
+    running jobs: the same jobs, in the same order."""
+    rng = random.Random(seed)
+    path = tmp_path / "jobs.db"
+    Store(path).prepare()
+    conn = connect(path)
+    try:
+        ensure_pair_index(conn)
+        types, orgs = ["a", "b", "c"], [f"o{n}" for n in range(rng.randint(1, 6))]
+        rows = [
+            (
+                seq,
+                f"job-{seq}",
+                rng.choice(orgs),
+                rng.choice(types),
+                rng.randint(0, 3),
+                rng.randint(0, 5),
+            )
+            for seq in range(1, rng.randint(0, 120) + 1)
+        ]
+        conn.executemany(
+            "INSERT INTO jobs (seq, id, org, job_type, status, priority, params, max_retries,"
+            " run_at, created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, '{}', 0, ?, 0, 0)",
+            rows,
+        )
+        org_limit = {t: rng.randint(1, 3) for t in types if rng.random() < 0.6}
+        limits = ClaimLimits(
+            types=frozenset(t for t in types if rng.random() < 0.9),
+            type_free={t: rng.randint(0, 6) for t in types if rng.random() < 0.4},
+            org_limit=org_limit,
+            running_per_org={
+                (t, o): rng.randint(0, 3) for t in types for o in orgs if rng.random() < 0.5
+            },
+        )
+        for slots in (1, 3, 16):
+            walked = _choose_by_walk(conn, _Room.of(limits), slots)
+            paired = _choose_by_pairs(conn, _Room.of(limits), slots)
+            assert paired == walked, (slots, limits)
+    finally:
+        conn.close()
+
+
+def _pair_index_exists(path: Path) -> bool:
+    conn = connect(path)
+    try:
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'jobs_ready_pair'")
+        return found.fetchone() is not None
+    finally:
+        conn.close()
+
+
+async def test_the_pair_index_exists_only_while_a_type_has_a_limit(tmp_path: Path) -> None:
+    """Every submit and claim keeps jobs_ready_pair up to date: a runner whose types have no
+    limit does not carry it; the first limited claim creates it."""
+    path = tmp_path / "jobs.db"
+
+    async def noop(ctx: object, params: dict[str, object]) -> None:
+        return None
+
+    limited = EdgeJobs(database=path)
+    limited.register("a", noop, dedup=False, org_concurrency=1)
+    async with limited:
+        job = await limited.submit("a", org="acme")
+        assert (await limited.wait(job.id, timeout=30)).status.value == "completed"
+    assert _pair_index_exists(path)
+    plain = EdgeJobs(database=path)
+    plain.register("a", noop, dedup=False)
+    async with plain:
+        job = await plain.submit("a", org="acme")
+        assert (await plain.wait(job.id, timeout=30)).status.value == "completed"
+    assert not _pair_index_exists(path)
