@@ -301,9 +301,13 @@ class Pool:
             return
         for job_id, (status, number) in states.items():
             attempt = self._attempts.get(job_id)
-            if attempt is None or attempt.number != number:
-                continue
-            if status == Status.CANCELED.value:
+            if attempt is None or attempt.number > number:
+                continue  # (our claim of a newer attempt is not in that read yet)
+            if attempt.number < number:
+                # Ended and the job claimed again since (a cancel then a retry from another
+                # process): this attempt is no longer the job's, whatever the status says.
+                self.abort(job_id, attempt.number, "lost")
+            elif status == Status.CANCELED.value:
                 self.abort(job_id, number, "cancel")
             elif status != Status.RUNNING.value:
                 self.abort(job_id, number, "lost")
@@ -506,6 +510,12 @@ class Pool:
             job_type=row["job_type"],
             org=row["org"],
         )
+        previous = self._attempts.get(attempt.job_id)
+        if previous is not None and previous.number < attempt.number:
+            # The job's earlier attempt here was ended by another process's write and the job
+            # claimed again before this process heard of it (a cancel then a retry from the
+            # command line): stop it, or it would run on beside the new one, out of reach.
+            self.abort(previous.job_id, previous.number, "lost")
         self._attempts[attempt.job_id] = attempt
         self._occupied += 1
         self._per_type[attempt.job_type] += 1

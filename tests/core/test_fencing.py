@@ -9,9 +9,10 @@ import threading
 from functools import partial
 from typing import Any
 
+import pytest
 from core_support import BASE_DELAY_S, CoreKit, illegal_moves, rows, wait_until
 
-from edgejobs import Status
+from edgejobs import EdgeJobs, Status
 from edgejobs.models import JobError, Outcome
 from edgejobs.retry import RetryPolicy
 from edgejobs.store.claim import ClaimLimits, claim_ready, renew_leases
@@ -184,3 +185,43 @@ async def test_abandoned_sync_handler_returning_late_changes_nothing(kit: CoreKi
     assert not handler_thread.is_alive()
     await kit.settle()
     assert kit.row(job.id) == recovered
+
+
+async def _foreign_cancel_then_retry(path: Any, job_id: str) -> None:
+    """What `edgejobs jobs cancel` then `jobs retry` do from another process: writes on a
+    connection of their own, which this runner hears of only after they committed."""
+    other = EdgeJobs(database=path)
+    try:
+        await other.cancel(job_id)
+        await other.retry(job_id)
+    finally:
+        await other.close()
+
+
+@pytest.mark.parametrize("heard_first", [False, True], ids=["claimed-first", "heard-first"])
+async def test_an_attempt_ended_and_claimed_again_by_another_process_is_stopped(
+    kit: CoreKit, heard_first: bool
+) -> None:
+    """A cancel then a retry from another process, and this runner claims the job again
+    before (or after) it reads what happened: the first attempt was left running beside the
+    second, unreachable, holding its slot (SPEC rule 5: a canceled job's handler is stopped)."""
+    job = await kit.submit(params={"mode": "gate", "gate": "first"})
+    await kit.pool.claim_once()
+    first = kit.pool._attempts[job.id]
+    assert first.number == 1 and first.task is not None
+    await _foreign_cancel_then_retry(kit.path, job.id)
+    if heard_first:
+        await kit.pool.on_foreign_change()
+    await kit.pool.claim_once()  # attempt 2 (its handler waits on the same gate)
+    await wait_until(
+        lambda: first.task is None or first.task.done(), timeout=2
+    )  # < its 5 s timeout
+    assert first.aborted_by == "lost"
+    assert kit.pool._attempts[job.id].number == 2
+    assert kit.row(job.id)["status"] == "running" and kit.row(job.id)["attempts"] == 2
+    assert [a["outcome"] for a in kit.attempt_rows(job.id)] == ["canceled", None]
+    kit.gates["first"].set()
+    await kit.settle()
+    await kit.pool.wait_idle()
+    assert kit.status(job.id) is Status.COMPLETED
+    assert kit.pool.running_count == 0
