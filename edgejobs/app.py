@@ -252,6 +252,7 @@ class EdgeJobs:
         self._opened = False
         self._closed = False
         self._open_lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one it was opened in
         self.started_monotonic: float | None = None
 
     # -- construction -----------------------------------------------------------------------
@@ -330,8 +331,15 @@ class EdgeJobs:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the database (creating and migrating it) without running any worker."""
+        """Open the database (creating and migrating it) without running any worker.
+
+        An instance works in one event loop at a time. A client (not started) opened in a loop
+        that has since ended or stopped moves to the running one, so that a module-level
+        instance serves successive ``asyncio.run`` calls; a runner stays in the loop it was
+        started in (:class:`~edgejobs.errors.EdgeJobsError` from any other).
+        """
         self._refuse_if_closed()
+        self._use_running_loop()
         if self._opened and not self._open_lock.locked():
             return
         # Concurrent first calls (e.g. a gather of submits on a fresh client) must open the
@@ -339,14 +347,53 @@ class EdgeJobs:
         async with self._open_lock:
             if self._opened:
                 return
+            was_open = self.store.is_open  # in the loop this instance moved from
             try:
                 await self.store.open()
             except (sqlite3.Error, OSError) as exc:  # not a database, a folder, unwritable
                 raise _cannot_open(Path(self.config.database.path), exc) from None
-            self.store.writer.add_commit_listener(self._on_commit)
-            self.store.writer.add_foreign_listener(self._on_foreign_change)
+            if not was_open:
+                self.store.writer.add_commit_listener(self._on_commit)
+                self.store.writer.add_foreign_listener(self._on_foreign_change)
             self._opened = True
             self.set_stored_types(await self.store.read(job_type_store.load_states))
+
+    def _use_running_loop(self) -> None:
+        """Bind this instance to the running event loop, or raise before anything is queued.
+
+        The writer resolves every caller's future on the loop the store was opened in: from
+        another loop a submission was committed and its caller then told it failed
+        (``RuntimeError: ... attached to a different loop``).
+        """
+        loop = asyncio.get_running_loop()
+        old = self._loop
+        if old is loop:
+            return
+        if old is not None:
+            if self.pool is not None:
+                raise EdgeJobsError(
+                    "this EdgeJobs is the runner in another event loop: use it there (a client,"
+                    " an EdgeJobs that is not started, may be used from any one loop at a time)"
+                )
+            if old.is_running():
+                raise EdgeJobsError(
+                    "this EdgeJobs is in use in an event loop that still runs (in another"
+                    " thread): use one EdgeJobs per event loop"
+                )
+            if self._commit_listeners or self._foreign_listeners:
+                # An event broker, metrics or a progress display of that loop listens: their
+                # events and tasks belong to it.
+                raise EdgeJobsError(
+                    "this EdgeJobs serves listeners of another event loop (an app, a progress"
+                    " display): use one EdgeJobs per event loop"
+                )
+            if old.is_closed():
+                # Waiters of a closed loop never wake; setting their events would fail.
+                self._waiters.clear()
+            self._open_lock = asyncio.Lock()  # the old one may be bound to the old loop
+            self.maintenance.loop_changed()
+            self._opened = False  # the next open() moves the store's writer to this loop
+        self._loop = loop
 
     def _refuse_if_closed(self) -> None:
         # close() ends the writer and reader threads for good; without this, opening again
@@ -380,6 +427,7 @@ class EdgeJobs:
         """
         self._refuse_if_closed()
         if self.pool is not None:
+            self._use_running_loop()  # not started again from another loop: that is an error
             return
         self._import_handlers()
         path = Path(self.config.database.path)
@@ -477,6 +525,7 @@ class EdgeJobs:
         requeue the rest, and stop the ticks. The database stays open."""
         if self.pool is None:
             return
+        self._use_running_loop()  # the runner's tasks run in the loop it was started in
         self._stopping = True
         grace = self.config.runner.shutdown_grace_s if grace_s is None else grace_s
         if self.ticker is not None:
@@ -498,9 +547,8 @@ class EdgeJobs:
         be opened again (a new :class:`EdgeJobs` on the same file can)."""
         await self.stop()
         self._closed = True
-        if self._opened:
-            self._opened = False
-            await self.store.close()
+        self._opened = False
+        await self.store.close()  # (also a store left open by a move to another loop)
 
     async def __aenter__(self) -> EdgeJobs:
         await self.start()
@@ -867,6 +915,7 @@ class EdgeJobs:
         """Run jobs until none is ready or running (retries and schedules not yet due wait)."""
         if self.pool is None:
             raise EdgeJobsError("drain() needs a running runner: use `async with ej:` or start()")
+        self._use_running_loop()
         pool = self.pool
         async with asyncio.timeout(timeout):
             while True:

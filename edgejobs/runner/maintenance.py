@@ -120,6 +120,11 @@ class Maintenance:
         self._events_trimmed_at: int | None = None
         self._vacuum_looked: tuple[int, int] | None = None  # (rows changed, tick time in ms)
 
+    def loop_changed(self) -> None:
+        """Start afresh in another event loop (a client moved on to the next one): an asyncio
+        lock that was ever waited for is bound to the loop it was waited in."""
+        self._lock = asyncio.Lock()
+
     def tick_tasks(self) -> list[TickTask]:
         """The tasks to append to :attr:`Ticker.extra_tasks`, in order."""
         return [self.events_task, self.vacuum_task, self.checkpoint_task]

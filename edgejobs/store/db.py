@@ -352,6 +352,11 @@ class Writer:
         """Call ``listener()`` on the event loop when another connection has committed."""
         self._foreign_listeners.append(listener)
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop the writer was started in: its futures and wake-ups live there."""
+        return self._loop
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Open the connection and start the writer thread."""
         self._loop = loop
@@ -361,10 +366,35 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name="edgejobs-writer", daemon=True)
         self._thread.start()
 
+    async def restart(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Move to ``loop`` from the event loop the writer was started in, which has ended or
+        stopped.
+
+        The thread first finishes what was queued there (resolved on that loop, as it would
+        have been); then a new thread, connection and WAL watch resolve and wake on ``loop``.
+        Refused while the old loop still runs (in another thread): its callers would have
+        their futures resolved on a loop they do not run in.
+        """
+        if self._loop is not None and self._loop is not loop and self._loop.is_running():
+            raise EdgeJobsError("the store is in use by an event loop that is still running")
+        await self.close()
+        self._closed = False
+        self._idle = False
+        self._check_queued = False
+        self.start(loop)
+
+    def _on_own_loop(self) -> bool:
+        # False in a callback the thread scheduled on an event loop the writer has since left
+        # (see restart) and that ran again: it may still resolve its futures, which belong to
+        # that loop, but must not touch the watch or tell the listeners, which live elsewhere.
+        return asyncio.get_running_loop() is self._loop
+
     def _arm(self) -> None:
         # On the event loop, asked by the writer once it went idle. Events that arrived since
         # the writer's last look are still in the descriptor: they fire the callback at once.
         if not self._idle or self._armed or self._closed or self._watch is None:
+            return
+        if not self._on_own_loop():
             return
         assert self._loop is not None
         try:
@@ -432,11 +462,26 @@ class Writer:
             if conn is not self._conn:
                 conn.close()
 
-    async def submit(self, op: WriteOp[T]) -> T:
-        """Queue ``op`` for the next group commit and wait for that commit."""
+    def _check_loop(self) -> asyncio.AbstractEventLoop:
+        # Before anything is queued: an operation queued from another event loop than the
+        # writer's would be committed, and its caller then told it failed (its future is
+        # resolved on a loop it does not await in).
         if self._closed or self._loop is None:
             raise EdgeJobsError("the store is closed")
-        future: asyncio.Future[T] = self._loop.create_future()
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not self._loop:
+            raise EdgeJobsError(
+                "the store was opened in another event loop; nothing was written"
+                " (use one EdgeJobs per event loop)"
+            )
+        return running
+
+    async def submit(self, op: WriteOp[T]) -> T:
+        """Queue ``op`` for the next group commit and wait for that commit."""
+        future: asyncio.Future[T] = self._check_loop().create_future()
         self._disarm()
         self._queue.put(_Pending(op, future))
         return await future
@@ -448,9 +493,7 @@ class Writer:
         transaction (the pool's claims: the handlers they start then run before the callers
         that submitted those jobs go on).
         """
-        if self._closed or self._loop is None:
-            raise EdgeJobsError("the store is closed")
-        future: asyncio.Future[T] = self._loop.create_future()
+        future: asyncio.Future[T] = self._check_loop().create_future()
         self._disarm()
         self._queue.put(_Pending(op, future, first))
         return future
@@ -535,6 +578,8 @@ class Writer:
                 self._call_soon(self._notify_foreign)
 
     def _notify_foreign(self) -> None:
+        if not self._on_own_loop():
+            return
         for listener in self._foreign_listeners:
             try:
                 listener()
@@ -582,18 +627,18 @@ class Writer:
     def _after_commit(
         self, batch: list[_Pending[Any]], outcomes: list[tuple[bool, Any]], tx: WriteTx
     ) -> None:
-        for listener in self._commit_listeners:
-            try:
-                listener(tx)
-            except Exception:
-                log.exception("commit listener failed")
+        if self._on_own_loop():
+            for listener in self._commit_listeners:
+                try:
+                    listener(tx)
+                except Exception:
+                    log.exception("commit listener failed")
         results = list(zip(batch, outcomes, strict=True))
         first = [result for result in results if result[0].first]
         rest = [result for result in results if not result[0].first]
         _resolve(first)
         if first and rest:
-            assert self._loop is not None
-            self._loop.call_soon(_resolve, rest)
+            asyncio.get_running_loop().call_soon(_resolve, rest)
         else:
             _resolve(rest)
 

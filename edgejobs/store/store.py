@@ -58,11 +58,21 @@ class Store:
             conn.close()
 
     async def open(self) -> None:
-        """Prepare the file and start the writer thread."""
+        """Prepare the file and start the writer thread.
+
+        Open already, in an event loop that has since ended or stopped: move to the running
+        one (:meth:`Writer.restart <edgejobs.store.db.Writer.restart>`).
+        """
+        loop = asyncio.get_running_loop()
         if self._opened:
+            if self.writer.loop is not loop:
+                await self.writer.restart(loop)
+                # Its connection is bound to no loop, but it is used on the loop's thread and
+                # this loop may run on another one: the next point read opens a new one.
+                self.point_reader.close()
             return
-        await asyncio.get_running_loop().run_in_executor(None, self.prepare)
-        self.writer.start(asyncio.get_running_loop())
+        await loop.run_in_executor(None, self.prepare)
+        self.writer.start(loop)
         self._opened = True
 
     async def close(self) -> None:

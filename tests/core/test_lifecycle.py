@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ej_testkit import count_drift
 
 from edgejobs import EdgeJobs, Status
 from edgejobs.errors import EdgeJobsError, ShuttingDown
@@ -68,3 +73,108 @@ async def test_a_closed_instance_says_so_instead_of_failing_deep_inside(
     # The database is intact: a new instance opens it and finds the job.
     async with _app(tmp_path / "jobs.db") as fresh:
         assert (await fresh.wait(job.id, timeout=10)).result == 2
+
+
+def _job_count(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        assert count_drift(conn) == {}
+        count: int = conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+        return count
+
+
+def test_a_client_serves_one_event_loop_after_another(tmp_path: Path) -> None:
+    """A module-level client used from successive ``asyncio.run`` calls (or tests, each in its
+    own loop): the second submit committed its job, then raised ``RuntimeError: ... attached
+    to a different loop``. The client moves to each new loop: writes, reads and waits work."""
+    path = tmp_path / "jobs.db"
+    client = _app(path)
+
+    async def submit(n: int) -> str:
+        return (await client.submit("double", org="acme", params={"n": n})).id
+
+    first = asyncio.run(submit(1))
+    assert asyncio.run(submit(2)) != first
+
+    async def gather() -> list[str]:
+        # Concurrent first calls in a new loop: the store moves once.
+        return await asyncio.gather(*(submit(n) for n in range(3, 8)))
+
+    assert len(set(asyncio.run(gather()))) == 5
+    paused = asyncio.new_event_loop()  # stopped between uses, not closed: moved back to
+    try:
+        paused.run_until_complete(submit(8))
+        asyncio.run(submit(9))
+        paused.run_until_complete(submit(10))
+    finally:
+        paused.close()
+
+    async def wait_for_a_runner() -> int:
+        # The wait wakes on another writer's commit: the client's WAL watch (or its polling)
+        # moved to this loop with it.
+        waiter = asyncio.create_task(client.wait(first, timeout=20))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        async with _app(path):
+            done = await waiter
+        assert (await client.get(first)).status is Status.COMPLETED
+        return int(done.result)
+
+    assert asyncio.run(wait_for_a_runner()) == 2
+    asyncio.run(client.close())
+    assert _job_count(path) == 10
+
+
+def test_a_runner_refuses_another_event_loop_before_writing(tmp_path: Path) -> None:
+    """A started runner stays in its loop: from another one every call is refused with an
+    ``EdgeJobsError`` before anything is queued (a submit used to commit and then fail)."""
+    path = tmp_path / "jobs.db"
+    ej = _app(path)
+    home = asyncio.new_event_loop()
+    try:
+        home.run_until_complete(ej.start(run_workers=False))
+        written: list[int] = []
+
+        async def elsewhere() -> None:
+            calls = {
+                "submit": lambda: ej.submit("double", org="acme", params={"n": 1}),
+                "open": ej.open,
+                "start": ej.start,
+                "drain": ej.drain,
+                "write": lambda: ej.store.write(lambda conn, tx: written.append(1)),
+            }
+            for name, call in calls.items():
+                with pytest.raises(EdgeJobsError, match="another event loop") as caught:
+                    await call()
+                assert type(caught.value) is EdgeJobsError, name
+
+        asyncio.run(elsewhere())
+        assert written == []
+        job = home.run_until_complete(ej.submit("double", org="acme", params={"n": 2}))
+        home.run_until_complete(ej.drain(timeout=10))
+        assert home.run_until_complete(ej.get(job.id)).result == 4
+    finally:
+        home.run_until_complete(ej.close())
+        home.close()
+    assert _job_count(path) == 1
+
+
+def test_a_client_in_use_by_a_running_loop_refuses_another(tmp_path: Path) -> None:
+    """A client whose loop still runs (in another thread) is not taken away from it: another
+    loop's calls are refused before anything is queued, and the home loop carries on."""
+    path = tmp_path / "jobs.db"
+    client = _app(path)
+    home = asyncio.new_event_loop()
+    thread = threading.Thread(target=home.run_forever, daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(client.open(), home).result(10)
+        with pytest.raises(EdgeJobsError, match="still runs"):
+            asyncio.run(client.submit("double", org="acme", params={"n": 1}))
+        submitted = client.submit("double", org="acme", params={"n": 2})
+        asyncio.run_coroutine_threadsafe(submitted, home).result(10)
+        asyncio.run_coroutine_threadsafe(client.close(), home).result(10)
+    finally:
+        home.call_soon_threadsafe(home.stop)
+        thread.join(10)
+        home.close()
+    assert _job_count(path) == 1
