@@ -380,6 +380,7 @@ def _child_main(
     params_json: str,
     conn: Connection,
     parent_pid: int,
+    max_result_bytes: int,
 ) -> None:
     """Entry point of the child process (imports the handler by path)."""
     _exit_with_parent(parent_pid)
@@ -395,7 +396,15 @@ def _child_main(
     try:
         handler = import_handler(handler_path)
         value = handler(ctx, json.loads(params_json))
-        conn.send(("result", dumps(value)))
+        # Encoded as in a thread (encode_result): a value that is not JSON, or JSON that is
+        # not storable text, is the handler's ResultNotSerializable, not an exception the
+        # handler raised (a TypeError) nor one of the runner's on receiving it.
+        execution = encode_result(value, max_result_bytes)
+        if execution.error is None:
+            conn.send(("result", execution.result_json))
+        else:
+            error = execution.error
+            conn.send(("error", error.type, error.message, error.traceback, False))
     except BaseException as exc:
         error = error_from(exc)
         try:
@@ -434,7 +443,7 @@ async def _execute_in_process(
     }
     process = mp.Process(
         target=_child_main,
-        args=(job_type.handler_path, info, dumps(params), sender, os.getpid()),
+        args=(job_type.handler_path, info, dumps(params), sender, os.getpid(), max_result_bytes),
         name=f"edgejobs-job-{ctx.job_id}",
         daemon=True,
     )
@@ -481,11 +490,8 @@ async def _execute_in_process(
                 "ProcessDied", f"the handler's process exited with code {exitcode} before returning"
             ),
         )
-    if final[0] == "result":
-        text = final[1]
-        if len(text.encode()) > max_result_bytes:
-            return encode_result(json.loads(text), max_result_bytes)
-        return Execution(Outcome.COMPLETED, result_json=text)
+    if final[0] == "result":  # JSON within the size limit (the child checked)
+        return Execution(Outcome.COMPLETED, result_json=final[1])
     _, etype, message, tb, permanent = final
     return Execution(Outcome.FAILED, error=JobError(etype, message, tb), permanent=permanent)
 

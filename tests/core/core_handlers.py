@@ -43,3 +43,14 @@ def sync_pid_sleep(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     Path(params["pid_file"]).write_text(str(os.getpid()))
     time.sleep(float(params.get("seconds", 60)))
     return {"slept": params.get("seconds", 60)}
+
+
+def returns_a_set(ctx: Any, params: dict[str, Any]) -> set[int]:
+    """Return a value JSON has no form for."""
+    return {1, 2}
+
+
+def returns_a_lone_surrogate(ctx: Any, params: dict[str, Any]) -> str:
+    """Return a file name that is not UTF-8, as ``os.listdir`` gives it (JSON encodes it, but
+    as text it cannot be stored)."""
+    return os.fsdecode(b"report-\xff.csv")

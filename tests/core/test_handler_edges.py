@@ -68,9 +68,13 @@ async def blocks_the_loop_past_its_deadline(ctx: Any, params: dict[str, Any]) ->
     return "late"
 
 
-async def _run_one(handler: Callable[..., Any], *, timeout_s: float = TIMEOUT_S) -> Any:
+async def _run_one(
+    handler: Callable[..., Any] | str, *, timeout_s: float = TIMEOUT_S, isolation: str = "thread"
+) -> Any:
     harness = Harness(clock=SystemClock())
-    harness.ej.register("edge", handler, timeout_s=timeout_s, max_retries=0, dedup=False)
+    harness.ej.register(
+        "edge", handler, timeout_s=timeout_s, max_retries=0, dedup=False, isolation=isolation
+    )
     async with harness:
         job = await harness.submit("edge", org="acme")
         started = time.monotonic()
@@ -98,6 +102,24 @@ async def test_the_attempt_fails_at_once_with_the_real_error(
     assert job.error is not None
     assert (job.error.type, message in job.error.message) == (error_type, True), job.error
     assert elapsed < TIMEOUT_S / 2
+
+
+@pytest.mark.parametrize("handler", ["returns_a_set", "returns_a_lone_surrogate"])
+async def test_a_result_that_is_not_json_fails_alike_in_a_thread_and_in_a_process(
+    handler: str,
+) -> None:
+    """In a process, the child's failure to encode the value was reported as the handler's
+    own exception (a set: ``TypeError``), or failed in the runner on receiving it (a file name
+    that is not UTF-8: ``UnicodeEncodeError``, the attempt never written as such)."""
+    errors = []
+    for isolation in ("thread", "process"):
+        job, _ = await _run_one(f"core_handlers:{handler}", isolation=isolation)
+        assert job.status is Status.FAILED, (isolation, job)
+        assert job.error is not None
+        errors.append((job.error.type, job.error.message))
+    assert errors[0][0] == "ResultNotSerializable"
+    assert "not JSON" in errors[0][1]
+    assert errors[1] == errors[0]
 
 
 async def test_an_object_with_an_async_call_is_awaited() -> None:
