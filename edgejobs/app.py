@@ -892,7 +892,14 @@ class EdgeJobs:
     async def wait(
         self, job_id: str, *, timeout: float | None = None, org: str | None = None
     ) -> Job:
-        """Wait until the job is terminal and return it (``TimeoutError`` after ``timeout``)."""
+        """Wait until the job is terminal and return it (``TimeoutError`` after ``timeout``).
+
+        Something must run the job meanwhile: workers of this instance or of another process.
+        A runner started with ``start(run_workers=False)`` (as :class:`edgejobs.testing.Harness`
+        starts it) runs nothing in the background, so waiting on it blocks forever (or until
+        ``timeout``) unless the caller steps it concurrently: there, :meth:`drain`, then
+        :meth:`get`.
+        """
         await self.open()
         event = asyncio.Event()
         self._waiters.setdefault(job_id, set()).add(event)

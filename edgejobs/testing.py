@@ -149,6 +149,10 @@ class Harness:
 
     The instance is available as :attr:`ej` before the harness is entered, so job types can
     be registered on it; entering opens the database and becomes its runner.
+
+    Nothing runs unless the test steps it, so ``await h.ej.wait(job.id)`` blocks forever (or
+    until its ``timeout``): run the job with :meth:`drain` (or :meth:`run_once`), then read it
+    with :meth:`get`.
     """
 
     def __init__(
