@@ -16,11 +16,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Never, TypeVar
 
 from edgejobs import faults
 from edgejobs.clock import Clock, SystemClock
-from edgejobs.config import Config, load_config, parse_rate_limit
+from edgejobs.config import Config, check_job_type, load_config, parse_rate_limit
 from edgejobs.errors import (
     ConfigError,
     EdgeJobsError,
@@ -33,7 +33,6 @@ from edgejobs.errors import (
 from edgejobs.models import (
     LATEST_RUN_AT_S,
     MAX_DELAY_S,
-    MAX_RETRIES,
     RUN_AT_RANGE,
     TERMINAL,
     Attempt,
@@ -290,37 +289,58 @@ class EdgeJobs:
         org_concurrency: int | None = None,
         rate_limit: str | None = None,
         dedup: bool = True,
-        isolation: str = "thread",
+        isolation: Literal["thread", "process"] = "thread",
+        **unknown: Never,
     ) -> JobType:
-        """Register a job type (a handler callable or an import path, plus its policy)."""
-        if timeout_s <= 0 or not 0 <= max_retries <= MAX_RETRIES:
+        """Register a job type (a handler callable or an import path, plus its policy).
+
+        The policy follows the rules of a ``[[job_types]]`` table in ``edgejobs.toml`` (see
+        :func:`edgejobs.config.check_job_type`): a wrong type, an impossible value or an
+        unknown option is a :class:`~edgejobs.errors.ValidationError` naming it. (``unknown``
+        only catches misspelled options, so that the error lists the valid ones.)
+        """
+        if not isinstance(handler, str) and not callable(handler):
             raise ValidationError(
-                f"job type {name}: timeout_s must be > 0 and max_retries 0..{MAX_RETRIES}"
+                f"job type {name!r}: handler must be a callable or an import path"
+                f' "package.module:function", got {type(handler).__name__}'
             )
-        if isolation not in ("thread", "process"):
-            raise ValidationError(f"job type {name}: isolation must be 'thread' or 'process'")
+        options: dict[str, Any] = {
+            "timeout_s": timeout_s,
+            "max_retries": max_retries,
+            "base_delay_s": base_delay_s,
+            "max_delay_s": max_delay_s,
+            "priority": priority.value if isinstance(priority, Priority) else priority,
+            "concurrency": concurrency,
+            "org_concurrency": org_concurrency,
+            "rate_limit": rate_limit,
+            "dedup": dedup,
+            "isolation": isolation,
+            **unknown,
+        }
         try:
-            priority = Priority(priority)
-        except ValueError:
-            raise ValidationError(f"job type {name}: unknown priority {priority!r}") from None
+            declared = check_job_type(
+                name, handler if isinstance(handler, str) else None, options, self.config.retry
+            )
+        except ValueError as exc:
+            raise ValidationError(f"job type {name!r}: {exc}") from None
         job_type = JobType(
-            name=name,
+            name=declared.name,
             handler_ref=handler,
-            timeout_s=timeout_s,
-            max_retries=max_retries,
-            retry=self._retry_policy(base_delay_s, max_delay_s),
-            priority=priority,
-            concurrency=concurrency,
-            org_concurrency=org_concurrency,
-            rate_limit=rate_limit,
-            dedup=dedup,
-            isolation=isolation,
+            timeout_s=declared.timeout_s,
+            max_retries=declared.max_retries,
+            retry=self._retry_policy(declared.base_delay_s, declared.max_delay_s),
+            priority=Priority(declared.priority),
+            concurrency=declared.concurrency,
+            org_concurrency=declared.org_concurrency,
+            rate_limit=declared.rate_limit,
+            dedup=declared.dedup,
+            isolation=declared.isolation,
         )
         self.registry.add(job_type)
         return job_type
 
     def job_type(self, name: str, **policy: Any) -> Callable[[F], F]:
-        """Decorator form of :meth:`register`."""
+        """Decorator form of :meth:`register` (the same options, checked the same way)."""
 
         def decorate(handler: F) -> F:
             self.register(name, handler, **policy)

@@ -43,6 +43,7 @@ from edgejobs.models import MAX_DELAY_S, MAX_RETENTION_DAYS, MAX_RETRIES
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
+    "JOB_TYPE_OPTIONS",
     "Config",
     "DatabaseConfig",
     "EventsConfig",
@@ -54,6 +55,7 @@ __all__ = [
     "RunnerConfig",
     "ScheduleConfig",
     "ServerConfig",
+    "check_job_type",
     "config_path",
     "default_config_text",
     "load",
@@ -615,6 +617,61 @@ def _check_unique(what: str, names: Sequence[str]) -> None:
 
 
 _NON_TOML_KEYS = frozenset({"source"})
+
+
+# --------------------------------------------------------------------------------------------
+# Job types declared in code
+
+JOB_TYPE_OPTIONS: tuple[str, ...] = tuple(
+    key for key in JobTypeConfig.model_fields if key not in ("name", "handler")
+)
+"""The policy options of a job type: the keys of a ``[[job_types]]`` table besides ``name``
+and ``handler``, and the keyword arguments of ``EdgeJobs.register``."""
+
+# A callable handler has no import path to check; the model still needs a valid one.
+_CALLABLE_HANDLER = "edgejobs.code:handler"
+
+
+def check_job_type(
+    name: Any, handler: str | None, options: Mapping[str, Any], retry: RetryConfig
+) -> JobTypeConfig:
+    """Check a job type declared in code (``EdgeJobs.register``) by the rules of a
+    ``[[job_types]]`` table: the same model and validators, so the two cannot drift.
+
+    ``handler`` is the import path, or None for a callable (the result's ``handler`` is then
+    a stand-in). ``options`` are the policy options given; ``retry`` is the ``[retry]``
+    section whose delays the type inherits. Raises :class:`ValueError` with one line naming
+    each bad option and what was expected, e.g.
+    ``timeout_s: expected a number > 0 and <= 315360000, got nan``.
+    """
+    data = {"name": name, "handler": _CALLABLE_HANDLER if handler is None else handler}
+    try:
+        declared = JobTypeConfig.model_validate({**options, **data})
+        _check_delays_against(retry, [declared])
+    except PydanticValidationError as exc:
+        errors = exc.errors()
+        messages = list(dict.fromkeys(_describe_option(error) for error in errors))
+        if any(error["type"] == "extra_forbidden" for error in errors):
+            messages.append(f"the options are {', '.join(JOB_TYPE_OPTIONS)}")
+        raise ValueError("; ".join(messages)) from None
+    except PydanticCustomError as exc:  # from _check_delays_against: one option
+        context = exc.context or {}
+        raise ValueError(f"{context['subloc'][-1]}: {context['message']}") from None
+    return declared
+
+
+def _describe_option(error: Mapping[str, Any]) -> str:
+    """One error of :func:`check_job_type` as ``<option>: <what was expected>``."""
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    key = str(loc[-1]) if loc else ""
+    ctx: Mapping[str, Any] = error.get("ctx") or {}
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, JOB_TYPE_OPTIONS, n=1)
+        suggestion = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown option {key!r}{suggestion}"
+    if error["type"] in ("value_error", "assertion_error") and "error" in ctx:
+        return f"{key}: {ctx['error']}"
+    return f"{key}: expected {_expected(('job_types', 0, *loc))}, got {_show(error.get('input'))}"
 
 
 # --------------------------------------------------------------------------------------------
