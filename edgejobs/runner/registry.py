@@ -117,6 +117,18 @@ def _is_coroutine_callable(handler: Handler) -> bool:
     )
 
 
+def import_path_of(handler: Handler) -> str | None:
+    """``module:qualname`` of a handler when a child process can import it by that path, else
+    None: a lambda, a function defined inside another (``<locals>``) or a callable without a
+    module path (a ``functools.partial``, an instance)."""
+    module = getattr(handler, "__module__", None)
+    qualname = getattr(handler, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    parts = [*module.split("."), *qualname.split(".")]
+    return f"{module}:{qualname}" if all(part.isidentifier() for part in parts) else None
+
+
 @functools.lru_cache(maxsize=512)
 def import_handler(path: str) -> Handler:
     """Import ``package.module:function`` (a clear error when it cannot be found)."""

@@ -5,6 +5,7 @@ due before the failure, and a misspelled option was a raw TypeError."""
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -139,3 +140,36 @@ def test_valid_options_are_kept(tmp_path: Path) -> None:
         "isolation": "process",
     }
     assert ej.registry.declared("t.work") is job_type
+
+
+def _closure() -> Any:
+    def inner(ctx: Any, params: dict[str, Any]) -> None:
+        return None
+
+    return inner
+
+
+@pytest.mark.parametrize(
+    ("ref", "what"),
+    [
+        (_closure(), "'_closure.<locals>.inner', defined inside a function"),
+        (lambda ctx, params: None, "a lambda"),
+        (functools.partial(handler), "a partial object, which has no module path"),
+    ],
+    ids=["closure", "lambda", "partial"],
+)
+def test_process_isolation_refuses_a_handler_the_child_cannot_import(
+    tmp_path: Path, ref: Any, what: str
+) -> None:
+    """Such a handler once failed every attempt in the child (ConfigError), retry after retry."""
+    ej = EdgeJobs(database=tmp_path / "jobs.db")
+    with pytest.raises(ValidationError) as info:
+        ej.register("t.work", ref, isolation="process")
+    message = info.value.message
+    assert what in message and "define it at module level" in message
+    with pytest.raises(ValidationError, match="define it at module level"):
+        ej.job_type("t.deco", isolation="process")(ref)
+    assert "t.work" not in ej.registry and "t.deco" not in ej.registry
+    ej.register("t.work", ref)  # a thread runs it as it is
+    ej.register("t.path", "core_handlers:sync_sleep", isolation="process")
+    ej.register("t.module", handler, isolation="process")
