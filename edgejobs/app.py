@@ -131,6 +131,14 @@ class JobSpec:
     dedup_key: str | None = None
 
 
+def _parent_list(value: object) -> tuple[Any, ...]:
+    """``depends_on`` as a tuple. A str is a sequence too: one job id was read a character at
+    a time (``unknown parent job 0``), so a string or bytes is refused."""
+    if isinstance(value, str | bytes) or not isinstance(value, Iterable):
+        raise ValidationError(f"depends_on must be a list of job ids, got {type(value).__name__}")
+    return tuple(value)
+
+
 def _cannot_open(path: Path, exc: BaseException) -> EdgeJobsError:
     """One line for a database file that cannot be opened (the CLI prints it, exit 1)."""
     reason = str(exc)
@@ -731,10 +739,11 @@ class EdgeJobs:
             ):
                 raise ValidationError(f"delay_s must be a number from 0 to {MAX_DELAY_S:.0f}")
             run_at = now + round(spec.delay_s * 1000)
-        if len(spec.depends_on) > MAX_DEPENDS_ON:
+        parents = _parent_list(spec.depends_on)
+        if len(parents) > MAX_DEPENDS_ON:
             raise ValidationError(f"depends_on holds at most {MAX_DEPENDS_ON} parents")
         depends_on: list[str | int] = []
-        for ref in spec.depends_on:
+        for ref in parents:
             if isinstance(ref, JobSpec):
                 if id(ref) not in refs:
                     raise ValidationError(
@@ -797,7 +806,15 @@ class EdgeJobs:
     ) -> Job:
         """Submit one job; returns it as stored (``deduplicated`` when an equal one was pending)."""
         spec = JobSpec(
-            job_type, org, params, priority, tuple(depends_on), run_at, delay_s, dedup, dedup_key
+            job_type,
+            org,
+            params,
+            priority,
+            _parent_list(depends_on),
+            run_at,
+            delay_s,
+            dedup,
+            dedup_key,
         )
         return (await self.submit_many([spec]))[0]
 
@@ -873,6 +890,11 @@ class EdgeJobs:
         limit: int = 50,
     ) -> tuple[list[Job], int | None]:
         """A page of jobs, newest first, and the cursor (a seq) of the next page."""
+        if isinstance(statuses, str | bytes) or not isinstance(statuses, Iterable):
+            # A str is a sequence too: "failed" was read as the statuses "f", "a", ...
+            raise ValidationError(
+                f"statuses must be a list of statuses, got {type(statuses).__name__}"
+            )
         await self.open()
         flt = JobFilter(
             org=org,

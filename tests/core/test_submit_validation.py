@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from core_support import CoreKit
 
+from edgejobs.app import JobSpec
 from edgejobs.errors import ValidationError
 from edgejobs.models import LATEST_RUN_AT_S, MAX_DELAY_S, iso_ms
 
@@ -62,3 +63,26 @@ def test_iso_ms_always_writes_a_four_digit_year() -> None:
     assert iso_ms(-62_135_596_800_000) == "0001-01-01T00:00:00.000Z"
     assert iso_ms(-30_610_224_000_001) == "0999-12-31T23:59:59.999Z"
     assert iso_ms(0) == "1970-01-01T00:00:00.000Z"
+
+
+async def test_a_single_id_string_is_not_a_list_of_parents(kit: CoreKit) -> None:
+    """A str is a sequence too: ``depends_on="<id>"`` was read one character at a time and
+    failed with ``unknown parent job 0``; ``statuses="failed"`` with ``'f' is not a valid
+    Status``."""
+    parent = await kit.submit()
+    parents: Any = parent.id  # what a caller who forgot the brackets passes
+    with pytest.raises(ValidationError, match="depends_on must be a list of job ids, got str"):
+        await kit.submit(depends_on=parents)
+    spec = JobSpec("t.work", "acme", depends_on=parents, dedup=False)
+    with pytest.raises(ValidationError, match=r"jobs\[1\]: depends_on must be a list of job ids"):
+        await kit.ej.submit_many([JobSpec("t.work", "acme", dedup=False), spec])
+    jobs, _ = await kit.ej.list_jobs(org="acme")
+    assert [job.id for job in jobs] == [parent.id]
+    child = await kit.submit(depends_on=[parent.id])
+    assert child.depends_on == (parent.id,)
+
+    statuses: Any = "queued"
+    with pytest.raises(ValidationError, match="statuses must be a list of statuses, got str"):
+        await kit.ej.list_jobs(org="acme", statuses=statuses)
+    jobs, _ = await kit.ej.list_jobs(org="acme", statuses=["queued"])
+    assert {job.id for job in jobs} == {parent.id}
