@@ -33,6 +33,7 @@ from edgejobs.errors import (
 from edgejobs.models import (
     LATEST_RUN_AT_S,
     MAX_DELAY_S,
+    MAX_PAGE,
     RUN_AT_RANGE,
     TERMINAL,
     Attempt,
@@ -889,18 +890,36 @@ class EdgeJobs:
         before_seq: int | None = None,
         limit: int = 50,
     ) -> tuple[list[Job], int | None]:
-        """A page of jobs, newest first, and the cursor (a seq) of the next page."""
+        """A page of jobs, newest first, and the cursor (a seq) of the next page (at most
+        :data:`~edgejobs.models.MAX_PAGE` jobs a page; bad filters are a ValidationError)."""
         if isinstance(statuses, str | bytes) or not isinstance(statuses, Iterable):
             # A str is a sequence too: "failed" was read as the statuses "f", "a", ...
             raise ValidationError(
                 f"statuses must be a list of statuses, got {type(statuses).__name__}"
             )
+        wanted: list[str] = []
+        for status in statuses:
+            try:
+                wanted.append(Status(status).value)
+            except ValueError:
+                known = ", ".join(s.value for s in Status)
+                raise ValidationError(f"statuses must be among {known}; got {status!r}") from None
+        try:
+            rank = Priority(priority).rank if priority is not None else None
+        except ValueError:
+            raise ValidationError(
+                f"priority must be one of critical, high, normal, low; got {priority!r}"
+            ) from None
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            # As over HTTP: 0 or less returned nothing without a word, and a huge limit
+            # read a whole org's history in one go.
+            raise ValidationError(f"limit must be an integer from 1 to {MAX_PAGE}")
         await self.open()
         flt = JobFilter(
             org=org,
-            statuses=tuple(Status(s).value for s in statuses),
+            statuses=tuple(wanted),
             job_type=job_type,
-            priority_rank=Priority(priority).rank if priority is not None else None,
+            priority_rank=rank,
             created_after=created_after,
             created_before=created_before,
             text=text,

@@ -34,6 +34,10 @@ policy, and it keeps attempt counts inside SQLite's 64-bit integers."""
 MAX_RETENTION_DAYS = 36_500
 """The longest retention (``[retention] days``, ``edgejobs prune --older-than-days``): 100 years."""
 
+MAX_PAGE = 500
+"""The most jobs one listing page holds (``limit`` of ``GET /api/v1/jobs`` and of
+:meth:`edgejobs.EdgeJobs.list_jobs`); longer listings follow the cursor."""
+
 LATEST_RUN_AT_S = 253_402_300_799
 """The latest ``run_at`` in unix seconds (9999-12-31T23:59:59Z, as far as a datetime goes)."""
 

@@ -34,13 +34,12 @@ from edgejobs.api.schemas import (
 from edgejobs.app import JobSpec
 from edgejobs.errors import NotFound, PayloadTooLarge, ValidationError
 from edgejobs.ids import looks_like_job_id
-from edgejobs.models import Priority, Status
+from edgejobs.models import MAX_PAGE, Priority, Status
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
 
 DEFAULT_LIMIT = 50
-MAX_LIMIT = 500
 MAX_QUERY_TEXT = 200
 
 _STATUS_SET = frozenset(status.value for status in Status)
@@ -207,8 +206,8 @@ def parse_list_query(request: Request, principal: Principal) -> ListQuery:
     limit_text = _single(values, "limit")
     limit = DEFAULT_LIMIT
     if limit_text is not None:
-        if not re.fullmatch(r"[0-9]{1,6}", limit_text) or not 1 <= int(limit_text) <= MAX_LIMIT:
-            raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}")
+        if not re.fullmatch(r"[0-9]{1,6}", limit_text) or not 1 <= int(limit_text) <= MAX_PAGE:
+            raise BadRequest(f"limit must be an integer from 1 to {MAX_PAGE}")
         limit = int(limit_text)
     job_type = _single(values, "job_type")
     text = _single(values, "q")
@@ -336,7 +335,7 @@ LIST_PARAMS: tuple[Param, ...] = (
         "text in params or error, or a job id (empty: no search)",
     ),
     Param(
-        "limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
+        "limit", {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_LIMIT}
     ),
     Param("cursor", {"type": "string", "maxLength": 128}, "next_cursor of the previous page"),
     Param(

@@ -23,7 +23,7 @@ from edgejobs.app import EdgeJobs
 from edgejobs.cli import print_json, print_table, run_async
 from edgejobs.cli.runner import app_from_args
 from edgejobs.errors import EdgeJobsError
-from edgejobs.models import MAX_DELAY_S, Attempt, Job, Priority, Status, iso_ms
+from edgejobs.models import MAX_DELAY_S, MAX_PAGE, Attempt, Job, Priority, Status, iso_ms
 from edgejobs.store.audit import CLI_ACTOR
 
 T = TypeVar("T")
@@ -308,13 +308,20 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 async def _list(args: argparse.Namespace) -> int:
+    jobs: list[Job] = []
     async with open_client(args) as ej:
-        jobs, _ = await ej.list_jobs(
-            org=args.org,
-            statuses=args.status or (),
-            job_type=args.job_type,
-            limit=args.limit,
-        )
+        before: int | None = None
+        while len(jobs) < args.limit:  # --limit goes past one page (MAX_PAGE): follow the cursor
+            page, before = await ej.list_jobs(
+                org=args.org,
+                statuses=args.status or (),
+                job_type=args.job_type,
+                before_seq=before,
+                limit=min(MAX_PAGE, args.limit - len(jobs)),
+            )
+            jobs.extend(page)
+            if before is None:
+                break
     if args.json:
         print_json([job.to_dict() for job in jobs])
         return 0

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from core_support import count_status, run_cli, write_config
 
-from edgejobs import Status
+from edgejobs import JobSpec, Status
 from edgejobs.cli import main
 from edgejobs.clock import SystemClock
 from edgejobs.config import load_config
+from edgejobs.models import MAX_PAGE
 from edgejobs.store.store import Store
 from edgejobs.testing import Harness
 
@@ -228,6 +229,17 @@ async def test_submit_list_show_and_dependencies(cli: Cli, runner: Harness) -> N
     assert fields["depends_on"].strip() == parent
     assert '"child": true' in fields["result"]
     assert "ATTEMPT" in out and "completed" in out.split("ATTEMPT", 1)[1]
+
+
+async def test_jobs_list_limit_goes_past_one_page(cli: Cli, runner: Harness) -> None:
+    """A listing page holds at most MAX_PAGE jobs; --limit (up to 10,000) follows the cursor."""
+    specs = [JobSpec("echo", "acme", {"n": n}) for n in range(MAX_PAGE + 2)]
+    submitted = [job.id for job in await runner.ej.submit_many(specs)]
+    code, out, _ = await cli("jobs", "list", "--limit", str(MAX_PAGE + 1), "--json")
+    assert code == 0
+    assert [job["id"] for job in json.loads(out)] == submitted[::-1][: MAX_PAGE + 1]
+    code, out, _ = await cli("jobs", "list", "--limit", "10000", "--json")
+    assert code == 0 and len(json.loads(out)) == MAX_PAGE + 2
 
 
 async def test_failed_job_show_retry_cancel(cli: Cli, runner: Harness) -> None:

@@ -13,7 +13,7 @@ from core_support import CoreKit
 
 from edgejobs.app import JobSpec
 from edgejobs.errors import ValidationError
-from edgejobs.models import LATEST_RUN_AT_S, MAX_DELAY_S, iso_ms
+from edgejobs.models import LATEST_RUN_AT_S, MAX_DELAY_S, MAX_PAGE, iso_ms
 
 REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("huge delay", {"delay_s": 1e20}, "delay_s"),
@@ -86,3 +86,46 @@ async def test_a_single_id_string_is_not_a_list_of_parents(kit: CoreKit) -> None
         await kit.ej.list_jobs(org="acme", statuses=statuses)
     jobs, _ = await kit.ej.list_jobs(org="acme", statuses=["queued"])
     assert {job.id for job in jobs} == {parent.id}
+
+
+@pytest.mark.parametrize(
+    ("filters", "needle"),
+    [
+        ({"statuses": ["bogus"]}, "statuses must be among blocked, scheduled, queued"),
+        ({"statuses": ["queued", "Failed"]}, "got 'Failed'"),
+        ({"priority": "urgent"}, "priority must be one of critical, high, normal, low"),
+        ({"limit": 0}, "limit must be an integer from 1 to 500"),
+        ({"limit": -1}, "limit must be an integer from 1 to 500"),
+        ({"limit": 501}, "limit must be an integer from 1 to 500"),
+        ({"limit": 10**12}, "limit must be an integer from 1 to 500"),
+        ({"limit": 2.5}, "limit must be an integer from 1 to 500"),
+        ({"limit": True}, "limit must be an integer from 1 to 500"),
+    ],
+    ids=[
+        "unknown status",
+        "miscased status",
+        "unknown priority",
+        "limit 0",
+        "negative limit",
+        "limit past a page",
+        "huge limit",
+        "fractional limit",
+        "boolean limit",
+    ],
+)
+async def test_bad_listing_filters_are_a_validation_error(
+    kit: CoreKit, filters: dict[str, Any], needle: str
+) -> None:
+    """They leaked ValueError (an unknown status or priority), returned [] without a word
+    (``limit`` 0 or less) or read without bound (a huge ``limit``); HTTP allows 1 to 500."""
+    await kit.submit()
+    with pytest.raises(ValidationError, match=needle):
+        await kit.ej.list_jobs(org="acme", **filters)
+
+
+async def test_the_largest_page_is_accepted(kit: CoreKit) -> None:
+    await kit.ej.submit_many([JobSpec("t.work", "acme", {"n": n}) for n in range(3)])
+    jobs, cursor = await kit.ej.list_jobs(org="acme", limit=MAX_PAGE, priority="normal")
+    assert len(jobs) == 3 and cursor is None
+    jobs, cursor = await kit.ej.list_jobs(org="acme", limit=1, statuses=["queued"])
+    assert len(jobs) == 1 and cursor is not None
