@@ -2,11 +2,13 @@
 
 The public API: :class:`EdgeJobs` (the runner and client), :class:`JobContext` and
 :class:`SyncJobContext` (what handlers receive), :class:`PermanentError` (fail without retry),
-the :class:`Status` and :class:`Priority` enums, :class:`Job` and the errors.
+the :class:`Status` and :class:`Priority` enums, :class:`Job` and the errors a user meets
+(every subclass of :class:`EdgeJobsError` in :mod:`edgejobs.errors`).
 """
 
 from edgejobs.app import EdgeJobs, JobSpec
 from edgejobs.errors import (
+    ConfigError,
     Conflict,
     DatabaseBusy,
     EdgeJobsError,
@@ -15,7 +17,9 @@ from edgejobs.errors import (
     PermanentError,
     RateLimited,
     RunnerAlreadyActive,
+    ShuttingDown,
     StorageFull,
+    StoreTooOld,
     UnknownJobType,
     UnknownParent,
     ValidationError,
@@ -28,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Attempt",
+    "ConfigError",
     "Conflict",
     "DatabaseBusy",
     "EdgeJobs",
@@ -43,8 +48,10 @@ __all__ = [
     "Priority",
     "RateLimited",
     "RunnerAlreadyActive",
+    "ShuttingDown",
     "Status",
     "StorageFull",
+    "StoreTooOld",
     "SyncJobContext",
     "UnknownJobType",
     "UnknownParent",
