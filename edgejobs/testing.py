@@ -5,7 +5,8 @@ this module adds is a way to test how your jobs behave *inside* edgejobs (retrie
 dependencies, deduplication, schedules) quickly and deterministically:
 
 * :class:`FakeClock` replaces the wall clock: retries and schedules become due when the test
-  says so (:meth:`FakeClock.advance`), never by sleeping.
+  says so (:meth:`FakeClock.advance`), never by sleeping. A due retry or delayed job runs at
+  the next :meth:`Harness.drain`; a due schedule fires only at :meth:`Harness.tick`.
 * :func:`temporary_database` gives a fresh database file in a temporary folder (WAL needs a
   real file; an in-memory database would behave differently).
 * :class:`Harness` runs an :class:`~edgejobs.EdgeJobs` on such a file with a fake clock and
@@ -246,8 +247,9 @@ class Harness:
         await self.ej.ticker.tick()
 
     def advance(self, seconds: float) -> None:
-        """Move the fake clock forward. Due work is picked up by the next :meth:`drain`,
-        :meth:`run_once` or :meth:`tick` (an expired lease only by :meth:`tick`)."""
+        """Move the fake clock forward. Retries and delayed (``run_at``/``delay_s``) jobs that
+        are now due run at the next :meth:`drain` or :meth:`run_once`; a due schedule fires,
+        and an expired lease is recovered, only at the next :meth:`tick`."""
         if not isinstance(self.clock, FakeClock):
             raise EdgeJobsError("advance() needs the harness's FakeClock")
         self.clock.advance(seconds)

@@ -11,7 +11,7 @@ import pytest
 
 from edgejobs import EdgeJobs, EdgeJobsError, Status
 from edgejobs.clock import Clock
-from edgejobs.config import Config, RetryConfig
+from edgejobs.config import Config, RetryConfig, ScheduleConfig
 from edgejobs.testing import DEFAULT_START, FakeClock, Harness, temporary_database
 
 
@@ -107,6 +107,27 @@ async def test_harness_steps_retries_with_advance_and_tick() -> None:
             "failed",
             "completed",
         ]
+
+
+async def test_after_advance_a_due_retry_runs_at_drain_but_a_schedule_fires_at_tick() -> None:
+    """What :meth:`Harness.advance` documents: drain picks up due retries and delayed jobs,
+    while a due cron schedule fires only from tick()."""
+    schedule = ScheduleConfig(name="every", cron="* * * * *", job_type="reports.build", org="o")
+    h = Harness(config=Config(retry=RetryConfig(jitter=False), schedules=[schedule]))
+    h.ej.job_type("reports.build", max_retries=2, base_delay_s=30)(_build)
+    async with h:
+        job = await h.submit("reports.build", org="acme", params={"month": "bad"})
+        await h.drain()
+        assert (await h.get(job.id)).status is Status.RETRYING
+        h.advance(120)  # the retry and the next minute's schedule are both due
+        await h.drain()
+        assert (await h.get(job.id)).status is Status.COMPLETED  # no tick needed
+        before, _ = await h.ej.list_jobs(org="o")
+        await h.drain()
+        assert (await h.ej.list_jobs(org="o"))[0] == before  # drain fires no schedule
+        await h.tick()
+        after, _ = await h.ej.list_jobs(org="o")
+        assert len(after) == len(before) + 1
 
 
 async def test_harness_registration_and_errors(tmp_path: Path) -> None:
