@@ -46,6 +46,7 @@ async def _check_health(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
         raise DatabaseBusy("the database is locked by another process; try again")
 
     monkeypatch.setattr(api.ej.store, "read", busy)
+    monkeypatch.setattr(api.ej.store, "read_point", busy)  # the check's own read
     response = await api.client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["status"] == "unavailable"
