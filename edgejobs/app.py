@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Never, TypeVar
 
 from edgejobs import faults
 from edgejobs.clock import Clock, SystemClock
-from edgejobs.config import Config, check_job_type, load_config, parse_rate_limit
+from edgejobs.config import Config, JobTypeConfig, check_job_type, load_config, parse_rate_limit
 from edgejobs.errors import (
     ConfigError,
     EdgeJobsError,
@@ -46,7 +46,7 @@ from edgejobs.retry import RetryPolicy
 from edgejobs.runner.lock import RunnerLock
 from edgejobs.runner.maintenance import Maintenance, MaintenanceSettings
 from edgejobs.runner.pool import Pool, PoolSettings
-from edgejobs.runner.registry import JobType, Registry, import_path_of
+from edgejobs.runner.registry import Handler, JobType, Registry, import_path_of
 from edgejobs.runner.ticks import PruneReport, Ticker, TickSettings
 from edgejobs.runner.watchdog import LoopWatchdog
 from edgejobs.store import Store
@@ -248,21 +248,7 @@ class EdgeJobs:
             config.retry.base_delay_s, config.retry.max_delay_s, config.retry.jitter
         )
         for declared in config.job_types:
-            self.registry.add(
-                JobType(
-                    name=declared.name,
-                    handler_ref=declared.handler,
-                    timeout_s=declared.timeout_s,
-                    max_retries=declared.max_retries,
-                    retry=self._retry_policy(declared.base_delay_s, declared.max_delay_s),
-                    priority=Priority(declared.priority),
-                    concurrency=declared.concurrency,
-                    org_concurrency=declared.org_concurrency,
-                    rate_limit=declared.rate_limit,
-                    dedup=declared.dedup,
-                    isolation=declared.isolation,
-                )
-            )
+            self.registry.add(self._job_type(declared, declared.handler))
         self.pool: Pool | None = None
         self.ticker: Ticker | None = None
         self._foreign_commits = 0
@@ -355,7 +341,13 @@ class EdgeJobs:
             raise ValidationError(f"job type {name!r}: {exc}") from None
         if declared.isolation == "process" and not isinstance(handler, str):
             _check_importable(name, handler)
-        job_type = JobType(
+        job_type = self._job_type(declared, handler)
+        self.registry.add(job_type)
+        return job_type
+
+    def _job_type(self, declared: JobTypeConfig, handler: Handler | str) -> JobType:
+        """A job type from its checked options (a ``[[job_types]]`` table or ``register``)."""
+        return JobType(
             name=declared.name,
             handler_ref=handler,
             timeout_s=declared.timeout_s,
@@ -368,8 +360,6 @@ class EdgeJobs:
             dedup=declared.dedup,
             isolation=declared.isolation,
         )
-        self.registry.add(job_type)
-        return job_type
 
     def job_type(self, name: str, **policy: Any) -> Callable[[F], F]:
         """Decorator form of :meth:`register` (the same options, checked the same way)."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import pytest
 from core_support import connect
+from ej_testkit import vm_steps
 
 from edgejobs import EdgeJobs, JobSpec
 from edgejobs.store.claim import (
@@ -141,23 +141,6 @@ async def test_a_full_orgs_backlog_is_left_out_by_sqlite_not_paged_through(
     assert pages <= 2, pages
 
 
-def _vm_steps(conn: sqlite3.Connection, statement: Callable[[], object]) -> int:
-    """SQLite virtual-machine steps (thousands) that ``statement`` took: work, not time."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    conn.set_progress_handler(count, 1000)
-    try:
-        statement()
-    finally:
-        conn.set_progress_handler(None, 0)
-    return steps
-
-
 async def _backlog_ahead(path: Path, backlog: int) -> list[str]:
     """``backlog`` high-priority jobs of org "big" (at its limit), then low-priority jobs of
     three small orgs; returns the small orgs' job ids."""
@@ -196,7 +179,7 @@ async def test_a_full_orgs_backlog_costs_the_claim_nothing_however_long(tmp_path
             ensure_pair_index(conn)  # what the first limited claim does, once
             claimed: list[sqlite3.Row] = []
             claim = partial(_claim_into, claimed, conn, limits)
-            steps[backlog] = _vm_steps(conn, claim)
+            steps[backlog] = vm_steps(conn, claim)
             conn.execute("ROLLBACK")
         finally:
             conn.close()

@@ -217,20 +217,3 @@ class WriteTrace:
             start = queued_at[number]
             result.append(sum(1 for i in long_runs if start < i < position))
         return result
-
-
-def vm_steps(conn: sqlite3.Connection, statement: Callable[[], Any]) -> int:
-    """SQLite virtual-machine steps (in thousands) that ``statement`` took: work, not time."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    conn.set_progress_handler(count, 1000)
-    try:
-        statement()
-    finally:
-        conn.set_progress_handler(None, 0)
-    return steps

@@ -13,7 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ops_support import DAY_MS, connect, insert_jobs, vm_steps
+from ej_testkit import vm_steps
+from ops_support import DAY_MS, connect, insert_jobs
 
 from edgejobs.store.jobs import JobFilter, list_jobs
 from edgejobs.store.stats import minute_series

@@ -16,8 +16,8 @@ from contextlib import closing
 from functools import partial
 from pathlib import Path
 
-from ej_testkit import count_drift
-from ops_support import DAY_MS, connect, insert_jobs, make_app, vm_steps
+from ej_testkit import count_drift, vm_steps
+from ops_support import DAY_MS, connect, insert_jobs, make_app
 
 from edgejobs.store.db import WriteTx
 from edgejobs.store.jobs import NewJob, count_by_org, count_by_status, recount_jobs

@@ -13,6 +13,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def free_port() -> int:
@@ -64,3 +65,20 @@ def count_drift(conn: sqlite3.Connection) -> dict[tuple[str, str, str], tuple[in
         for key in kept.keys() | counted.keys()
         if kept.get(key, 0) != counted.get(key, 0)
     }
+
+
+def vm_steps(conn: sqlite3.Connection, statement: Callable[[], Any]) -> int:
+    """SQLite virtual-machine steps (in thousands) that ``statement`` took: work, not time."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 1000)
+    try:
+        statement()
+    finally:
+        conn.set_progress_handler(None, 0)
+    return steps
