@@ -48,6 +48,12 @@ then is the watch armed. While operations flow it is not, so this process's own 
 not wake the event loop and the writer (that cost the pickup latency ~0.2 ms); the writer
 looks after its batches instead (every ``BUSY_POLL_S``) and at this timeout."""
 BUSY_POLL_S = 0.005
+RECHECK_AFTER_S = (0.002, 0.01, 0.05, 0.25)
+"""After the watch said the WAL was written but ``data_version`` shows no commit yet, look
+again after these pauses: the other process may be mid-commit (its frames written, its
+wal-index — shared memory, which no notification announces — not yet updated, an fsync away
+under ``synchronous = full``). Without them such a commit waited for the next unrelated
+wake-up, seconds on an idle runner (up to ``WATCHED_POLL_S``)."""
 """How often a busy writer looks (between batches; every batch would cost a statement each)."""
 
 
@@ -518,12 +524,17 @@ class Writer:
         assert self._conn is not None
         conn = self._conn
         timeout = self._settle_timeout()
+        rechecks: list[float] = []  # pauses before the next looks (RECHECK_AFTER_S)
         stop = False
         while not stop:
             try:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
-                self._check_foreign(conn)
+                changed = self._check_foreign(conn)
+                if not changed and rechecks:
+                    timeout = rechecks.pop(0)
+                    continue
+                rechecks = []
                 if self._watch is None:
                     timeout = IDLE_POLL_S
                 else:  # idle: let the watch tell us, and look once in a while anyway
@@ -552,7 +563,11 @@ class Writer:
                 timeout = self._settle_timeout()
             if check:
                 self._check_queued = False  # a write after this point queues a new check
-                self._check_foreign(conn)
+                if self._check_foreign(conn):
+                    rechecks = []
+                else:  # told of a write not visible yet: a commit may be on its way
+                    rechecks = list(RECHECK_AFTER_S)
+                    timeout = rechecks.pop(0)
             elif batch and time.monotonic() - self._checked_foreign_at >= BUSY_POLL_S:
                 self._check_foreign(conn)
         try:
@@ -566,16 +581,19 @@ class Writer:
         # After a batch: how long to wait for the next operation before looking once more.
         return IDLE_POLL_S if self._watch is None else SETTLE_S
 
-    def _check_foreign(self, conn: sqlite3.Connection) -> None:
+    def _check_foreign(self, conn: sqlite3.Connection) -> bool:
+        """Whether another connection committed since the last look (listeners are told)."""
         self._checked_foreign_at = time.monotonic()
         try:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.Error:
-            return
-        if version != self._data_version:
-            self._data_version = version
-            if self._foreign_listeners and self._loop is not None:
-                self._call_soon(self._notify_foreign)
+            return False
+        if version == self._data_version:
+            return False
+        self._data_version = version
+        if self._foreign_listeners and self._loop is not None:
+            self._call_soon(self._notify_foreign)
+        return True
 
     def _notify_foreign(self) -> None:
         if not self._on_own_loop():

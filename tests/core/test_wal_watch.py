@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,49 @@ async def test_a_closed_store_stops_watching(tmp_path: Path) -> None:
     writer = ej.store.writer
     await ej.close()
     assert not writer.watching
+
+
+async def test_a_commit_not_visible_yet_when_the_watch_fires_is_still_noticed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch fires as another process writes its WAL frames; the commit becomes visible a
+    moment later, when its wal-index (shared memory: no notification) is updated. A look in
+    between saw nothing, and nothing woke the runner again: a CLI submission waited seconds,
+    up to the 30 s safety look. The writer looks again after short pauses."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    # The runner's watch is one the test fires by hand: the real commits below write the WAL
+    # unannounced. (The other instance, opened later, polls.)
+    watches = [db.WalWatch(read_fd)]
+    monkeypatch.setattr(db, "open_watch", lambda path: watches.pop() if watches else None)
+    monkeypatch.setattr(db, "WATCHED_POLL_S", 3600.0)
+    monkeypatch.setattr(db, "BUSY_POLL_S", 3600.0)
+    path = tmp_path / "jobs.db"
+    quiet = Config().model_copy(
+        update={"runner": RunnerConfig(workers=2, tick_interval_s=3600, lease_s=3600)}
+    )
+    runner = EdgeJobs(database=path, config=quiet)
+    runner.register("echo", echo)
+    other = EdgeJobs(database=path)
+    try:
+        async with runner:
+            writer = runner.store.writer
+            await other.open()
+            for n in range(3):
+                await poll_until(
+                    lambda: writer.watch_armed, timeout=10, interval=0.005, message="not idle"
+                )
+                looked = writer._checked_foreign_at
+                os.write(write_fd, b"x")  # "the WAL was written" ...
+                await poll_until(
+                    lambda looked=looked: writer._checked_foreign_at > looked,
+                    timeout=10,
+                    interval=0.001,
+                    message="the writer never looked",
+                )
+                job = await other.submit("echo", org="acme", params={"n": n})  # ... then it is
+                done = await runner.wait(job.id, timeout=5)
+                assert done.status is Status.COMPLETED and done.result == {"n": n}
+    finally:
+        await other.close()
+        os.close(write_fd)
