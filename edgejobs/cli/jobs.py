@@ -102,11 +102,13 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
     common(cancel)
     cancel.add_argument("job_id", metavar="ID")
     cancel.add_argument("--reason", help="recorded as the job's cancel_reason")
+    cancel.add_argument("--json", action="store_true", help="print the job as JSON")
     cancel.set_defaults(handler=run_cancel)
 
     retry = actions.add_parser("retry", help="retry a failed, timed-out, dead or canceled job")
     common(retry)
     retry.add_argument("job_id", metavar="ID")
+    retry.add_argument("--json", action="store_true", help="print the job as JSON")
     retry.set_defaults(handler=run_retry)
 
     stats = subparsers.add_parser("stats", help="job counts by status and by type")
@@ -434,6 +436,9 @@ async def _act(args: argparse.Namespace, action: str) -> int:
             job = await ej.cancel(args.job_id, reason=args.reason, actor=CLI_ACTOR)
         else:
             job = await ej.retry(args.job_id, actor=CLI_ACTOR)
+    if args.json:
+        print_json(job.to_dict())
+        return 0
     print(f"{job.id} {job.status.value}")
     return 0
 

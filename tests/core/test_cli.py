@@ -275,6 +275,13 @@ async def test_failed_job_show_retry_cancel(cli: Cli, runner: Harness) -> None:
     _one_line_error(err, "canceled")
     code, out, _ = await cli("jobs", "show", job_id, "--json")
     assert [a["outcome"] for a in json.loads(out)["attempts"]] == ["failed"]
+    # --json: the job object as the API gives it (SPEC §5: "table or --json").
+    code, out, _ = await cli("jobs", "retry", job_id, "--json")
+    assert code == 0
+    retried = json.loads(out)
+    assert (retried["id"], retried["status"], retried["attempts"]) == (job_id, "queued", 1)
+    code, out, _ = await cli("jobs", "cancel", job_id, "--json")
+    assert code == 0 and json.loads(out)["status"] == "canceled"
 
 
 async def test_stats_and_prune(cli: Cli, runner: Harness, config: Path) -> None:
