@@ -728,6 +728,9 @@
       const known = list.jobs.get(job.id);
       if (isOlder(job, known)) return;
       const merged = mergeJob(known, job);
+      // A filtered list shows only the jobs that match it now: a job that completes leaves
+      // `status=running`. (Whether it still matches a text search stays the server's call.)
+      if (!matchesFilters(merged, state.route.filters)) return listRemove(job.id);
       const fresh = buildJobRow(merged, null);
       row.replaceWith(fresh);
       list.rows.set(job.id, fresh);
@@ -789,6 +792,14 @@
     $("jobs-body").prepend(fresh);
     list.rows.set(job.id, fresh);
     list.jobs.set(job.id, job);
+    updateListChrome();
+  }
+
+  function listRemove(id) {
+    const list = state.list;
+    list.rows.get(id).remove();
+    list.rows.delete(id);
+    list.jobs.delete(id);
     updateListChrome();
   }
 

@@ -378,6 +378,28 @@ def test_a_new_job_matching_the_text_search_appears_live(new_page: NewPage, org:
     assert_not_reloaded(page)
 
 
+@pytest.mark.parametrize("query", ["status=running", "status=running&q=nightly"])
+def test_a_job_that_stops_matching_the_filter_leaves_the_list(
+    new_page: NewPage, org: Org, server: Server, query: str
+) -> None:
+    """On a list filtered by status, a job that completes once stayed in it with a
+    `completed` badge (rows piled up while the running count read 0); it now leaves the list,
+    with or without a text search."""
+    api = org.api()
+    page, _ = new_page()
+    sign_in(page, org.token("operator"), f"#/jobs?{query}")
+    job_id = api.submit("exports.archive", {"bucket": "nightly"})
+    expect(row(page, job_id)).to_have_attribute("data-status", "running")
+    expect(page.get_by_test_id("count-running")).to_have_text("1")
+
+    server.release(job_id)
+    api.wait_status(job_id, "completed")
+    expect(page.get_by_test_id("count-running")).to_have_text("0")
+    expect(row(page, job_id)).to_have_count(0)
+    expect(page.locator("#jobs-empty")).to_be_visible()
+    assert_not_reloaded(page)
+
+
 def test_search_filters_and_pages(new_page: NewPage, org: Org) -> None:
     """Search by id opens the job, search by text narrows to it, the status, type and
     priority filters narrow the list, and the pager walks through more than one page."""
