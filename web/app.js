@@ -719,10 +719,24 @@
     return merged;
   }
 
+  const isChildOf = (job, parentId) => Array.isArray(job.depends_on) && job.depends_on.includes(parentId);
+
+  /** Note a child on its parent's known job; false when it was known already. */
+  function addChild(parent, childId) {
+    const children = Array.isArray(parent.dependents) ? parent.dependents : [];
+    if (children.includes(childId)) return false;
+    parent.dependents = children.concat(childId);
+    return true;
+  }
+
   function listOnJob(job) {
     const list = state.list;
     if (state.route.view !== "jobs") return;
     if (list.arrived) list.arrived.push(job);
+    // A new child is news for the parents shown too (as in detailOnChild).
+    for (const parent of job.depends_on || []) {
+      if (list.jobs.has(parent)) addChild(list.jobs.get(parent), job.id);
+    }
     const row = list.rows.get(job.id);
     if (row) {
       const known = list.jobs.get(job.id);
@@ -980,7 +994,8 @@
 
   function detailOnJob(job) {
     const detail = state.detail;
-    if (state.route.view !== "detail" || detail.id !== job.id) return;
+    if (state.route.view !== "detail") return;
+    if (detail.id !== job.id) return detailOnChild(job);
     if (detail.arrived) detail.arrived.push(job);
     if (!detail.job) return;
     if (isOlder(job, detail.job)) return;
@@ -989,6 +1004,17 @@
     // An event of an older server has no params, result, traceback or dependency lists.
     if (!isFullJob(job)) refreshDetail(job.id);
     if (statusChanged) loadAttempts(job.id);
+  }
+
+  /** A child submitted after the open job was read: no event of the parent tells of it (its
+   * row does not change), the child's own event does, through its `depends_on`. */
+  function detailOnChild(job) {
+    const detail = state.detail;
+    if (!isChildOf(job, detail.id)) return;
+    if (detail.arrived) detail.arrived.push(job);   // the answer on its way may not know it yet
+    if (!detail.job || !addChild(detail.job, job.id)) return;
+    const children = document.querySelector('[data-testid="job-children"]');
+    if (children) children.replaceChildren(linkList(detail.job.dependents));
   }
 
   async function refreshDetail(id) {

@@ -302,6 +302,31 @@ def test_detail_progress_eta_cancel_and_retry(new_page: NewPage, org: Org, serve
     assert_not_reloaded(page)
 
 
+def test_a_child_submitted_after_the_parent_opened_is_shown(
+    new_page: NewPage, org: Org, server: Server
+) -> None:
+    """A parent's detail view listed no child submitted after it opened (and, once the parent
+    had completed, none until a reload): the child's own event names its parent now."""
+    api = org.api()
+    running = api.submit("exports.archive", {"bucket": "backups"})
+    done = api.submit("emails.send", {"to": "ops@example.com"})
+    api.wait_status(running, "running")
+    api.wait_status(done, "completed")
+    page, _ = new_page()
+    sign_in(page, org.token("operator"), f"#/jobs/{running}")
+    children = page.get_by_test_id("job-children")
+    for parent, status in ((running, "running"), (done, "completed")):
+        page.evaluate(f"location.hash = '#/jobs/{parent}'")
+        expect(page.get_by_test_id("job-status")).to_have_text(status)
+        expect(page.locator("#view-detail h2")).to_have_text(parent)
+        expect(children).to_have_text("none")
+        child = api.submit("emails.send", {"to": "cfo@example.com"}, depends_on=[parent])
+        expect(children.get_by_role("link")).to_have_text([child])
+        assert api.job(parent)["dependents"] == [child]
+    assert_not_reloaded(page)
+    server.release(running)
+
+
 def test_viewer_sees_no_actions_and_is_refused(new_page: NewPage, org: Org, server: Server) -> None:
     """A viewer gets no Cancel/Retry/bulk-retry controls, and its own POST with the session
     cookie and a valid CSRF token is refused with 403; state changes need the CSRF header."""
