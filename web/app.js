@@ -378,10 +378,35 @@
     document.body.classList.remove("can-operate");
   }
 
+  /** The stream dropped and came back: the session cookie may now be another one (another
+   * tab signed out and in with another token, which closes this stream), and the page must
+   * not go on showing the old org and role with the new session's events. */
+  async function checkIdentity() {
+    let me;
+    try {
+      me = await api("GET", "/api/v1/whoami");   // a 401 here shows the login form
+    } catch (err) {
+      return;
+    }
+    if (state.started && identityChanged(me)) restartSession(me);
+  }
+
+  const identityChanged = (me) => Boolean(state.me && me &&
+    (me.token_id !== state.me.token_id || me.org !== state.me.org || me.role !== state.me.role));
+
+  /** Drop everything the old session showed and start over as the new one. */
+  async function restartSession(me) {
+    teardown();
+    await boot();
+    if (state.started) showMessage(`Signed in elsewhere as ${whoText(me)}: this page now shows that session.`, "info");
+  }
+
   // ---------------------------------------------------------------- 7. header
 
   const canOperate = () => Boolean(state.me && (state.me.role === "operator" || state.me.role === "admin"));
   const isSystem = () => Boolean(state.me && state.me.org === "*");
+
+  const whoText = (me) => `${me.org === "*" ? "all orgs" : me.org} · ${me.role}`;
 
   async function loadWhoami() {
     try {
@@ -390,8 +415,7 @@
       state.me = { org: "?", role: "viewer", token_id: null };   // unknown: show no actions
       if (err.status !== 401) showError(err);
     }
-    const org = state.me.org === "*" ? "all orgs" : state.me.org;
-    $("whoami").textContent = `${org} · ${state.me.role}`;
+    $("whoami").textContent = whoText(state.me);
     document.body.classList.toggle("can-operate", canOperate());
   }
 
@@ -1385,11 +1409,14 @@
       // The browser resumes a dropped stream with Last-Event-ID by itself; without any event
       // id seen yet there is nothing to resume from, so whatever was missed is reloaded.
       const missed = events.dropped && !events.lastId;
+      const reconnected = events.dropped;
       events.dropped = false;
       if (events.reloadOnOpen || missed) {
         events.reloadOnOpen = false;
         reloadAll();
       }
+      // The browser reconnected with whatever session cookie it holds now.
+      if (reconnected) checkIdentity();
     });
     source.addEventListener("error", () => onEventsError(source));
     source.addEventListener("job", (ev) => dispatch(ev, applyJob, true));
@@ -1438,8 +1465,9 @@
     events.timer = setTimeout(async () => {
       if (!state.started) return;
       try {
-        await api("GET", "/api/v1/whoami");   // a 401 here shows the login form
+        const me = await api("GET", "/api/v1/whoami");   // a 401 here shows the login form
         if (!state.started) return;
+        if (identityChanged(me)) return restartSession(me);
         const resumable = Boolean(state.events.lastId);
         openEvents();
         state.events.reloadOnOpen = !resumable;

@@ -605,6 +605,43 @@ def test_resume_with_last_event_id_and_reload_on_reset(new_page: NewPage, tmp_pa
         own.stop()
 
 
+def test_a_session_changed_in_another_tab_is_noticed(new_page: NewPage, tmp_path: Path) -> None:
+    """Another tab of the same browser signs out and in with another org's viewer token: the
+    session cookie changes under this tab, whose stream the server closes and the browser
+    reopens by itself. The tab kept the old org and role in its header, mixed the other
+    org's jobs into the old ones and offered Cancel/Retry to a viewer; it now starts over
+    as the new session."""
+    own = Server(tmp_path)
+    own.extra_config = "\n[events]\nkeepalive_s = 1\n"  # a stream checks its session each second
+    own.start()
+    try:
+        first, second = Org("first", own), Org("second", own)
+        old_job = first.api().submit("billing.sync", {"invoice": "INV-1"})
+        new_job = second.api().submit("billing.sync", {"invoice": "INV-2"})
+        page, _ = new_page()
+        sign_in(page, first.token("operator"), base=own.url)
+        expect(row(page, old_job)).to_have_attribute("data-status", "failed")
+        expect(page.locator("#whoami")).to_have_text("first · operator")
+
+        other = page.context.new_page()
+        other.goto(own.url + "/#/jobs")
+        other.get_by_test_id("logout").click()
+        other.get_by_test_id("login-token").fill(second.token("viewer"))
+        other.get_by_test_id("login-submit").click()
+        expect(other.locator("#whoami")).to_have_text("second · viewer")
+
+        expect(page.locator("#whoami")).to_have_text("second · viewer", timeout=15000)
+        expect(row(page, new_job)).to_have_attribute("data-status", "failed")
+        expect(row(page, old_job)).to_have_count(0)
+        expect(page.locator("body")).not_to_have_class(re.compile(r"\bcan-operate\b"))
+        page.evaluate(f"location.hash = '#/jobs/{new_job}'")
+        expect(page.get_by_test_id("job-status")).to_have_text("failed")
+        expect(page.get_by_test_id("btn-retry")).to_have_count(0)
+        assert_not_reloaded(page)
+    finally:
+        own.stop()
+
+
 def test_screenshots(new_page: NewPage, server: Server, artifacts: Path) -> None:
     """Screenshots of the job list and of a running job's detail, with realistic data, into
     test-artifacts/ (the README's docs/img/ copies come from here)."""
