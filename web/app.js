@@ -989,7 +989,8 @@
     }
     const body = document.querySelector("#view-detail .attempts-body");
     if (seq !== state.detail.attemptsSeq || !body) return;
-    body.replaceChildren(attemptsTable(items));
+    // In its own scroller, as the lists' tables: no row may widen the whole page.
+    body.replaceChildren(el("div", { class: "table-wrap" }, attemptsTable(items)));
   }
 
   function attemptsTable(items) {
@@ -1002,7 +1003,7 @@
         timeCell(a.started_at),
         timeCell(a.finished_at),
         el("td", { class: "num", text: fmtDuration(duration) }),
-        el("td", null, attemptError(a.error)),
+        el("td", { class: "attempt-error" }, attemptError(a.error)),
       ]);
     });
     if (!rows.length) rows.push(el("tr", null, el("td", { colspan: 6, class: "muted", text: "No attempts yet." })));

@@ -54,7 +54,9 @@ async def stepped(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
 
 
 async def broken(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
-    """Raises (with a traceback) until the test marks the job fixed."""
+    """Raises (with a traceback) until the test marks the job fixed; the error names the
+    ``endpoint`` param when there is one."""
     if _gate(ctx, "fixed").exists():
         return {"delivered": True, "attempt": ctx.attempt}
-    raise ConnectionError(f"upstream answered 502 Bad Gateway (attempt {ctx.attempt})")
+    endpoint = params.get("endpoint", "upstream")
+    raise ConnectionError(f"{endpoint} answered 502 Bad Gateway (attempt {ctx.attempt})")

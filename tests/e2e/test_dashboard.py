@@ -327,6 +327,22 @@ def test_a_child_submitted_after_the_parent_opened_is_shown(
     server.release(running)
 
 
+def test_a_long_error_does_not_widen_the_detail_page(new_page: NewPage, org: Org) -> None:
+    """An error message without spaces (a URL with its query) made the attempts table, and so
+    the whole detail page, about 2,500 px wide at any window size; it now wraps."""
+    api = org.api()
+    query = "&".join(f"param{n}=value{n}" for n in range(20))
+    endpoint = f"GET https://api.example.com/v1/exports?{query}"
+    job_id = api.submit("billing.sync", {"invoice": "INV-77", "endpoint": endpoint})
+    api.wait_status(job_id, "failed")
+    page, _ = new_page()
+    sign_in(page, org.token("operator"), f"#/jobs/{job_id}")
+    expect(page.get_by_test_id("attempts-table")).to_contain_text(query)
+    for width in (1280, 600):
+        page.set_viewport_size({"width": width, "height": 800})
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
 def test_viewer_sees_no_actions_and_is_refused(new_page: NewPage, org: Org, server: Server) -> None:
     """A viewer gets no Cancel/Retry/bulk-retry controls, and its own POST with the session
     cookie and a valid CSRF token is refused with 403; state changes need the CSRF header."""
