@@ -57,7 +57,7 @@
     detail: { seq: 0, id: null, job: null, arrived: null, attemptsSeq: 0, refreshSeq: 0 },
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set(), arrived: null },
     series: [],               // [{t: ms, completed, failed, queue_depth}], oldest first
-    counted: new Set(),       // terminal job events already added to the chart
+    counted: new Map(),       // job id -> {t, kind, updated_at}: the ending the page added to the chart
     // The series answer includes every event up to `seriesFrom`; events that come while it is
     // on its way wait in `seriesArrived` ([job, event id]) and count only when newer than it.
     seriesSeq: 0,
@@ -1267,11 +1267,17 @@
     return series[series.length - 1];
   }
 
+  const endingKind = (job) =>
+    job.status === "completed" ? "completed" : FAILED_FOR_CHART.has(job.status) ? "failed" : null;
+
   /** Count a job's ending in its minute; `eventId`: the SSE id of the event that told it (null
-   * for an action's answer), so that an ending the series already holds is not counted twice. */
+   * for an action's answer), so that an ending the series already holds is not counted twice.
+   * Like the server, the chart counts a job once, at its latest ending: a job it counted that
+   * is retried by hand has its earlier ending taken out again. */
   function chartsOnJob(job, eventId) {
-    const kind = job.status === "completed" ? "completed" : FAILED_FOR_CHART.has(job.status) ? "failed" : null;
-    if (!kind) return;
+    const kind = endingKind(job);
+    const counted = state.counted.get(job.id);
+    if (!kind && !counted) return;
     if (eventId) {
       if (state.seriesArrived) {
         state.seriesArrived.push([job, eventId]);
@@ -1279,13 +1285,24 @@
       }
       if (eventId <= state.seriesFrom) return;
     }
-    const when = job.finished_at || job.updated_at;
-    const key = `${job.id}|${job.status}|${when}`;
-    if (state.counted.has(key)) return;
-    state.counted.add(key);
-    const minute = ensureMinute(Date.parse(when));
-    if (!minute) return;
-    minute[kind] += 1;
+    if (counted && isOlder(job, counted)) return;   // an action's answer after newer events
+    const t = kind ? minuteOf(job.finished_at || job.updated_at) : null;
+    if (counted && counted.kind === kind && counted.t === t) return;   // the same ending again
+    if (counted) uncountEnding(job.id);
+    if (!kind) return;
+    const minute = ensureMinute(t);
+    state.counted.set(job.id, { t, kind, updated_at: job.updated_at });
+    if (minute) minute[kind] += 1;
+    scheduleChartDraw();
+  }
+
+  const minuteOf = (iso) => Math.floor(Date.parse(iso) / MINUTE_MS) * MINUTE_MS;
+
+  function uncountEnding(id) {
+    const { t, kind } = state.counted.get(id);
+    state.counted.delete(id);
+    const minute = state.series.find((m) => m.t === t);
+    if (minute && minute[kind] > 0) minute[kind] -= 1;
     scheduleChartDraw();
   }
 

@@ -250,6 +250,31 @@ def test_the_chart_keeps_endings_that_come_while_its_series_loads(
     assert_not_reloaded(page)
 
 
+def test_the_chart_counts_a_job_retried_by_hand_once(
+    new_page: NewPage, org: Org, server: Server
+) -> None:
+    """A job fails, is retried by hand and completes: the server counts it once, in the minute
+    of its latest ending. The page counted both endings (failed 1, completed 1, while a reload
+    showed failed 0); the retry now takes the earlier ending out of the chart."""
+    api = org.api()
+    page, _ = new_page()
+    sign_in(page, org.token("operator"))
+    chart = page.get_by_test_id("chart-throughput")
+    job_id = api.submit("billing.sync", {"invoice": "INV-5"})
+    expect(row(page, job_id)).to_have_attribute("data-status", "failed")
+    expect(chart).to_have_attribute("data-failed", "1")
+
+    server.release(job_id, "fixed")
+    assert api.client.post(f"/api/v1/jobs/{job_id}/retry").status_code == 200
+    expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+    expect(chart).to_have_attribute("data-completed", "1")
+    expect(chart).to_have_attribute("data-failed", "0")
+    minutes = api.client.get("/api/v1/stats/timeseries").json()["minutes"]
+    assert sum(m["completed"] for m in minutes) == 1
+    assert sum(m["failed"] for m in minutes) == 0
+    assert_not_reloaded(page)
+
+
 def test_detail_progress_eta_cancel_and_retry(new_page: NewPage, org: Org, server: Server) -> None:
     """The detail view shows a running job's live progress and ETA; Cancel and Retry act on
     the job (on screen and in the API); error, traceback and every attempt are shown."""
