@@ -578,6 +578,22 @@ def test_dead_letter_bulk_retry(new_page: NewPage, org: Org, server: Server) -> 
     assert_not_reloaded(page)
 
 
+@pytest.mark.parametrize("width", [320, 375])
+def test_the_charts_fit_a_phone_s_width(new_page: NewPage, org: Org, width: int) -> None:
+    """Each chart was at least 360 px wide, so at 320 to 375 px they ran off the screen; they
+    now shrink to the window."""
+    page, _ = new_page()
+    page.set_viewport_size({"width": width, "height": 800})
+    sign_in(page, org.token("viewer"))
+    expect(page.get_by_test_id("chart-depth")).to_be_visible()
+    figures = page.locator("figure.chart")
+    expect(figures).to_have_count(2)
+    for figure in figures.all():
+        box = figure.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, box
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+
+
 def test_resume_with_last_event_id_and_reload_on_reset(new_page: NewPage, tmp_path: Path) -> None:
     """When the stream drops, the browser resumes with Last-Event-ID and the missed events
     arrive without reloading any data; with no event id to resume from, or with missed events
