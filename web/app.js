@@ -137,6 +137,25 @@
     bar.querySelector(".bar-label").textContent = fmtPct(pct);
   }
 
+  /** What names a control across a rebuild of its part of the page from fresh data: its
+   * data-testid, its data-focus, or where it links to. */
+  function focusKey(node) {
+    return node.getAttribute("data-testid") || node.getAttribute("data-focus") ||
+      (node.tagName === "A" ? node.getAttribute("href") : null);
+  }
+
+  /** Live updates rebuild parts of the page; the keyboard focus must not fall back to the
+   * page's start each time. `rebuild()` returns the part as it is after (the same element or
+   * its replacement), where the control named like the focused one is focused again. */
+  function keepingFocus(part, rebuild) {
+    const active = document.activeElement;
+    const key = active && active !== part && part.contains(active) ? focusKey(active) : null;
+    const fresh = rebuild();
+    if (!key) return;
+    const twin = Array.from(fresh.querySelectorAll("[data-testid], [data-focus], a[href]")).find((n) => focusKey(n) === key);
+    if (twin && twin !== document.activeElement) twin.focus({ preventScroll: true });
+  }
+
   function linkList(ids) {
     if (!ids || !ids.length) return el("span", { class: "muted", text: "none" });
     return el("span", { class: "links" }, ids.map((id) => el("a", { class: "mono", href: jobHref(id), text: id })));
@@ -769,9 +788,7 @@
       // A filtered list shows only the jobs that match it now: a job that completes leaves
       // `status=running`. (Whether it still matches a text search stays the server's call.)
       if (!matchesFilters(merged, state.route.filters)) return listRemove(job.id);
-      const fresh = buildJobRow(merged, null);
-      row.replaceWith(fresh);
-      list.rows.set(job.id, fresh);
+      keepingFocus(row, () => replaceRow(list.rows, job.id, buildJobRow(merged, null)));
       list.jobs.set(job.id, merged);
       return;
     }
@@ -831,6 +848,12 @@
     list.rows.set(job.id, fresh);
     list.jobs.set(job.id, job);
     updateListChrome();
+  }
+
+  function replaceRow(rows, id, fresh) {
+    rows.get(id).replaceWith(fresh);
+    rows.set(id, fresh);
+    return fresh;
   }
 
   function listRemove(id) {
@@ -909,13 +932,10 @@
     const view = $("view-detail");
     const attempts = view.querySelector(".attempts") ||
       el("section", { class: "panel attempts" }, [el("h3", { text: "Attempts" }), el("div", { class: "attempts-body" })]);
-    view.replaceChildren(
-      detailHeader(job),
-      detailProgress(job),
-      detailFields(job),
-      detailData(job),
-      attempts,
-    );
+    keepingFocus(view, () => {
+      view.replaceChildren(detailHeader(job), detailProgress(job), detailFields(job), detailData(job), attempts);
+      return view;
+    });
   }
 
   function detailHeader(job) {
@@ -989,11 +1009,17 @@
     }
     const body = document.querySelector("#view-detail .attempts-body");
     if (seq !== state.detail.attemptsSeq || !body) return;
-    // In its own scroller, as the lists' tables: no row may widen the whole page.
-    body.replaceChildren(el("div", { class: "table-wrap" }, attemptsTable(items)));
+    // A traceback the user opened stays open when the table is read again.
+    const opened = new Set(Array.from(body.querySelectorAll("details[open]"), (d) => d.getAttribute("data-traceback")));
+    keepingFocus(body, () => {
+      // In its own scroller, as the lists' tables: no row may widen the whole page.
+      body.replaceChildren(el("div", { class: "table-wrap" }, attemptsTable(items, opened)));
+      return body;
+    });
   }
 
-  function attemptsTable(items) {
+  /** `opened`: the data-traceback names of the tracebacks to show open. */
+  function attemptsTable(items, opened) {
     const head = el("tr", null, ["#", "outcome", "started", "finished", "duration", "error"].map((t) => el("th", { text: t })));
     const rows = items.map((a) => {
       const duration = a.started_at && a.finished_at ? Date.parse(a.finished_at) - Date.parse(a.started_at) : NaN;
@@ -1003,18 +1029,23 @@
         timeCell(a.started_at),
         timeCell(a.finished_at),
         el("td", { class: "num", text: fmtDuration(duration) }),
-        el("td", { class: "attempt-error" }, attemptError(a.error)),
+        el("td", { class: "attempt-error" }, attemptError(a, opened)),
       ]);
     });
     if (!rows.length) rows.push(el("tr", null, el("td", { colspan: 6, class: "muted", text: "No attempts yet." })));
     return el("table", { class: "attempts-table", testid: "attempts-table" }, [el("thead", null, head), el("tbody", null, rows)]);
   }
 
-  function attemptError(error) {
+  function attemptError(attempt, opened) {
+    const error = attempt.error;
     if (!error) return el("span", { class: "muted", text: "—" });
     const head = el("span", { class: "mono", text: [error.type, error.message].filter(Boolean).join(": ") });
     if (!error.traceback) return head;
-    return el("details", null, [el("summary", null, head), el("pre", { text: error.traceback })]);
+    const name = `attempt-${attempt.attempt}-traceback`;
+    return el("details", { "data-traceback": name, open: opened.has(name) }, [
+      el("summary", { "data-focus": name }, head),
+      el("pre", { text: error.traceback }),
+    ]);
   }
 
   function detailOnJob(job) {
@@ -1212,9 +1243,7 @@
       if (isOlder(job, known)) return;
       const merged = mergeJob(known, job);
       dead.jobs.set(job.id, merged);
-      const fresh = buildDeadRow(merged);
-      row.replaceWith(fresh);
-      dead.rows.set(job.id, fresh);
+      keepingFocus(row, () => replaceRow(dead.rows, job.id, buildDeadRow(merged)));
     } else if (job.status === "dead_letter") {
       dead.jobs.set(job.id, job);
       const fresh = buildDeadRow(job);

@@ -368,6 +368,50 @@ def test_a_long_error_does_not_widen_the_detail_page(new_page: NewPage, org: Org
         assert page.evaluate("document.documentElement.scrollWidth") <= width
 
 
+def test_live_updates_keep_the_keyboard_focus(new_page: NewPage, org: Org, server: Server) -> None:
+    """Every live update rebuilt the row or the detail view it changed and threw the keyboard
+    focus back to the page's start, and every status change closed an opened traceback. The
+    focused control (a row's link, an action button, a traceback's summary) keeps the focus
+    now, and an opened traceback stays open."""
+    api = org.api()
+    listed = api.submit("exports.archive", {"bucket": "logs"})
+    api.wait_status(listed, "running")
+    page, _ = new_page()
+    sign_in(page, org.token("operator"))
+    link = row(page, listed).get_by_role("link")
+    link.focus()
+    server.release(listed)
+    expect(row(page, listed)).to_have_attribute("data-status", "completed")
+    expect(link).to_be_focused()
+
+    # A blocked child's Cancel button while its parent ends and the child starts.
+    parent = api.submit("exports.archive", {"bucket": "db"})
+    child = api.submit("exports.archive", {"bucket": "db-copy"}, depends_on=[parent])
+    page.evaluate(f"location.hash = '#/jobs/{child}'")
+    expect(page.get_by_test_id("job-status")).to_have_text("blocked")
+    page.get_by_test_id("btn-cancel").focus()
+    server.release(parent)
+    expect(page.get_by_test_id("job-status")).to_have_text("running")
+    expect(page.get_by_test_id("btn-cancel")).to_be_focused()
+    server.release(child)
+
+    # A failed job's opened traceback while the job is retried and completes.
+    failed = api.submit("billing.sync", {"invoice": "INV-3"})
+    api.wait_status(failed, "failed")
+    page.evaluate(f"location.hash = '#/jobs/{failed}'")
+    attempts = page.get_by_test_id("attempts-table")
+    attempts.locator("summary").click()
+    expect(attempts.locator("details")).to_have_attribute("open", "")
+    expect(attempts.locator("summary")).to_be_focused()
+    server.release(failed, "fixed")
+    assert api.client.post(f"/api/v1/jobs/{failed}/retry").status_code == 200
+    expect(page.get_by_test_id("job-status")).to_have_text("completed")
+    expect(attempts.locator("tbody tr")).to_have_count(2)
+    expect(attempts.locator("details")).to_have_attribute("open", "")
+    expect(attempts.locator("summary")).to_be_focused()
+    assert_not_reloaded(page)
+
+
 def test_viewer_sees_no_actions_and_is_refused(new_page: NewPage, org: Org, server: Server) -> None:
     """A viewer gets no Cancel/Retry/bulk-retry controls, and its own POST with the session
     cookie and a valid CSRF token is refused with 403; state changes need the CSRF header."""
