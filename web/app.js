@@ -871,7 +871,14 @@
     if (isOlder(event, job)) return;   // a load's answer read after this report
     const bar = row.querySelector(".bar");
     if (bar) setProgressBar(bar, event.progress);
+    const cell = row.querySelector(".progress-cell");
+    if (cell) setTitle(cell, event.progress_message);   // the message shows on hover
     if (job) Object.assign(job, progressFields(event));
+  }
+
+  function setTitle(node, text) {
+    if (text) node.setAttribute("title", text);
+    else node.removeAttribute("title");
   }
 
   function progressFields(event) {

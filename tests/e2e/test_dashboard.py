@@ -124,6 +124,25 @@ def test_login_live_list_progress_and_logout(new_page: NewPage, org: Org, server
     assert status == 401
 
 
+def test_a_row_s_progress_message_follows_the_reports(
+    new_page: NewPage, org: Org, server: Server
+) -> None:
+    """A row's progress tooltip kept the message the row was built with while its bar moved
+    on; it now says what the latest report said."""
+    api = org.api()
+    page, _ = new_page()
+    sign_in(page, org.token("operator"))
+    job_id = api.submit("reports.build", {"month": "2026-07"})
+    cell = row(page, job_id).locator(".progress-cell")
+    for step in (1, 2):
+        server.release(job_id, f"step{step}")
+        expect(cell.get_by_role("progressbar")).to_have_attribute("data-progress", str(25 * step))
+        expect(cell).to_have_attribute("title", f"section {step} of 4")
+    for step in (3, 4):  # let the job end: the job type runs one at a time
+        server.release(job_id, f"step{step}")
+    api.wait_status(job_id, "completed")
+
+
 def test_a_list_answer_older_than_live_events_does_not_hide_their_jobs(
     new_page: NewPage, org: Org
 ) -> None:
