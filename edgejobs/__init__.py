@@ -1,9 +1,10 @@
 """edgejobs: a background job runner for one machine, on SQLite.
 
 The public API: :class:`EdgeJobs` (the runner and client), :class:`JobContext` and
-:class:`SyncJobContext` (what handlers receive), :class:`PermanentError` (fail without retry),
-the :class:`Status` and :class:`Priority` enums, :class:`Job` and the errors a user meets
-(every subclass of :class:`EdgeJobsError` in :mod:`edgejobs.errors`).
+:class:`SyncJobContext` (what handlers receive), :class:`AsyncHandler` and :class:`SyncHandler`
+(the handler signatures), :class:`PermanentError` (fail without retry), the :class:`Status` and
+:class:`Priority` enums, :class:`Job` and the errors a user meets (every subclass of
+:class:`EdgeJobsError` in :mod:`edgejobs.errors`).
 """
 
 from edgejobs.app import EdgeJobs, JobSpec
@@ -25,12 +26,13 @@ from edgejobs.errors import (
     ValidationError,
 )
 from edgejobs.models import Attempt, Job, JobError, Outcome, Priority, Status
-from edgejobs.runner.context import JobContext, SyncJobContext
+from edgejobs.runner.context import AsyncHandler, JobContext, SyncHandler, SyncJobContext
 from edgejobs.workflows import Workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncHandler",
     "Attempt",
     "ConfigError",
     "Conflict",
@@ -52,6 +54,7 @@ __all__ = [
     "Status",
     "StorageFull",
     "StoreTooOld",
+    "SyncHandler",
     "SyncJobContext",
     "UnknownJobType",
     "UnknownParent",

@@ -43,6 +43,7 @@ from edgejobs.models import (
     run_at_in_range,
 )
 from edgejobs.retry import RetryPolicy
+from edgejobs.runner.context import AsyncHandler, SyncHandler
 from edgejobs.runner.lock import RunnerLock
 from edgejobs.runner.maintenance import Maintenance, MaintenanceSettings
 from edgejobs.runner.pool import Pool, PoolSettings
@@ -75,7 +76,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edgejobs")
 
-F = TypeVar("F", bound=Callable[..., Any])
+HandlerT = TypeVar("HandlerT", bound=AsyncHandler | SyncHandler)
 
 _ORG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 MAX_DEPENDS_ON = 1000
@@ -294,7 +295,7 @@ class EdgeJobs:
     def register(
         self,
         name: str,
-        handler: Callable[..., Any] | str,
+        handler: AsyncHandler | SyncHandler | str,
         *,
         timeout_s: float = 300.0,
         max_retries: int = 3,
@@ -309,6 +310,11 @@ class EdgeJobs:
         **unknown: Never,
     ) -> JobType:
         """Register a job type (a handler callable or an import path, plus its policy).
+
+        An ``async def`` handler takes ``(ctx: JobContext, params: dict[str, Any])``, a plain
+        ``def`` one ``(ctx: SyncJobContext, params: dict[str, Any])`` (see
+        :class:`~edgejobs.AsyncHandler` and :class:`~edgejobs.SyncHandler`): a type checker
+        refuses a handler whose context does not match how it runs.
 
         The policy follows the rules of a ``[[job_types]]`` table in ``edgejobs.toml`` (see
         :func:`edgejobs.config.check_job_type`): a wrong type, an impossible value or an
@@ -361,10 +367,10 @@ class EdgeJobs:
             isolation=declared.isolation,
         )
 
-    def job_type(self, name: str, **policy: Any) -> Callable[[F], F]:
+    def job_type(self, name: str, **policy: Any) -> Callable[[HandlerT], HandlerT]:
         """Decorator form of :meth:`register` (the same options, checked the same way)."""
 
-        def decorate(handler: F) -> F:
+        def decorate(handler: HandlerT) -> HandlerT:
             self.register(name, handler, **policy)
             return handler
 

@@ -1,11 +1,12 @@
-"""What a handler sees: :class:`JobContext` (async handlers) and :class:`SyncJobContext`."""
+"""What a handler sees: :class:`JobContext` (async handlers) and :class:`SyncJobContext`, and
+the handler signatures that go with them (:class:`AsyncHandler`, :class:`SyncHandler`)."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeAlias
 
 from edgejobs.errors import ValidationError
 
@@ -80,3 +81,28 @@ class SyncJobContext(BaseContext):
         """Report progress (0–100) from the handler's thread; never blocks on the database."""
         percent, message = check_progress(percent, message)
         self._loop.call_soon_threadsafe(self._sink, percent, message)
+
+
+JobResult: TypeAlias = Mapping[Any, Any] | list[Any] | tuple[Any, ...] | str | int | float | None
+"""What a handler may return: a value JSON can encode (a dict, also a TypedDict, a list, a
+string, a number or None), stored as the job's result. Any other value fails the attempt."""
+
+
+class AsyncHandler(Protocol):
+    """An ``async def handler(ctx, params)``: it runs in the event loop with a :class:`JobContext`,
+    whose ``progress`` must be awaited."""
+
+    def __call__(self, ctx: JobContext, params: dict[str, Any], /) -> Awaitable[JobResult]: ...
+
+
+class SyncHandler(Protocol):
+    """A plain ``def handler(ctx, params)``: it runs in a worker thread (or a child process) with
+    a :class:`SyncJobContext`, whose ``progress`` is a plain call.
+
+    The result type is what tells it from an :class:`AsyncHandler`: an ``async def`` that
+    declares a :class:`SyncJobContext` returns a coroutine, which is not a :data:`JobResult`, so
+    it is refused; it would run with a :class:`JobContext` and call ``progress`` without
+    awaiting it, and the report would be lost.
+    """
+
+    def __call__(self, ctx: SyncJobContext, params: dict[str, Any], /) -> JobResult: ...

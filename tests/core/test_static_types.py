@@ -1,0 +1,156 @@
+"""What a user's code gets from the package's types under ``mypy --strict``.
+
+The package ships ``py.typed``, so its annotations are part of the API: a handler whose context
+does not match how it runs must be refused by the type checker, and the everyday uses must
+pass without a cast. Two small user modules are checked with the mypy of this environment, in
+one run: ``good.py`` must be clean, and every line of ``bad.py`` marked ``# error: <code>`` must
+be reported with that code, and nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edgejobs
+
+pytest.importorskip("mypy")
+
+GOOD = """
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any, TypedDict
+
+from edgejobs import EdgeJobs, JobContext, SyncJobContext
+
+ej = EdgeJobs(database="jobs.db")
+
+
+class Summary(TypedDict):
+    rows: int
+
+
+@ej.job_type("reports.build", timeout_s=120)
+async def build(ctx: JobContext, params: dict[str, Any]) -> dict[str, Any]:
+    await ctx.progress(50, "halfway")
+    return {"rows": 42}
+
+
+@ej.job_type("files.scan")
+def scan(ctx: SyncJobContext, params: dict[str, Any]) -> None:
+    ctx.progress(50)
+
+
+@ej.job_type("reports.summary")
+async def summary(ctx: Any, params: dict[str, object]) -> Summary:
+    return {"rows": 1}
+
+
+# The decorator gives the handler back unchanged (tests call handlers directly).
+unchanged: Callable[[JobContext, dict[str, Any]], Coroutine[Any, Any, dict[str, Any]]] = build
+
+
+def either(ctx: object, params: dict[str, Any], retries: int = 1) -> list[int]:
+    return [retries]
+
+
+class Handler:
+    async def __call__(self, ctx: JobContext, params: dict[str, Any]) -> None:
+        return None
+
+
+def untyped(ctx, params):  # type: ignore[no-untyped-def]
+    return params
+
+
+ej.register("either", either)
+ej.register("partial", functools.partial(either, retries=2))
+ej.register("object", Handler())
+ej.register("path", "myapp.jobs:build")
+ej.register("lambda", lambda ctx, params: None)
+ej.register("untyped", untyped)
+"""
+
+BAD = """
+from __future__ import annotations
+
+from typing import Any
+
+from edgejobs import EdgeJobs, JobContext, SyncJobContext
+
+ej = EdgeJobs(database="jobs.db")
+
+
+@ej.job_type("async.sync_context")  # error: type-var
+async def async_with_sync_context(ctx: SyncJobContext, params: dict[str, Any]) -> None:
+    ctx.progress(50)  # (at runtime: JobContext.progress, a coroutine never awaited)
+
+
+@ej.job_type("sync.async_context")  # error: type-var
+def sync_with_async_context(ctx: JobContext, params: dict[str, Any]) -> None:
+    pass
+
+
+@ej.job_type("no.params")  # error: type-var
+async def no_params(ctx: JobContext) -> None:
+    pass
+
+
+async def registered(ctx: SyncJobContext, params: dict[str, Any]) -> None:
+    pass
+
+
+def too_many(ctx: SyncJobContext, params: dict[str, Any], extra: int) -> None:
+    pass
+
+
+def not_json(ctx: SyncJobContext, params: dict[str, Any]) -> object:
+    return object()
+
+
+ej.register("registered", registered)  # error: arg-type
+ej.register("too.many", too_many)  # error: arg-type
+ej.register("not.json", not_json)  # error: arg-type
+ej.register("number", 42)  # error: arg-type
+"""
+
+_ERROR = re.compile(r"^(?P<file>[\w.]+):(?P<line>\d+): error: .*\[(?P<code>[a-z-]+)\]$")
+_EXPECTED = re.compile(r"# error: (?P<code>[a-z-]+)")
+
+
+def _expected(source: str) -> set[tuple[int, str]]:
+    return {
+        (number, match["code"])
+        for number, line in enumerate(source.splitlines(), start=1)
+        if (match := _EXPECTED.search(line))
+    }
+
+
+def test_user_modules_type_check_strictly(tmp_path: Path) -> None:
+    root = Path(edgejobs.__file__).resolve().parent.parent  # the package under test
+    (tmp_path / "good.py").write_text(GOOD)
+    (tmp_path / "bad.py").write_text(BAD)
+    # edgejobs is followed silently, as an installed package would be: only the user modules'
+    # errors count (its own are `mypy --strict edgejobs`'s business).
+    (tmp_path / "mypy.ini").write_text(
+        f"[mypy]\nstrict = True\nmypy_path = {root}\ncache_dir = {tmp_path / 'cache'}\n"
+        "[mypy-edgejobs.*]\nfollow_imports = silent\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "good.py", "bad.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    errors: dict[str, set[tuple[int, str]]] = {"good.py": set(), "bad.py": set()}
+    for line in run.stdout.splitlines():
+        if match := _ERROR.match(line):
+            errors[match["file"]].add((int(match["line"]), match["code"]))
+    assert errors == {"good.py": set(), "bad.py": _expected(BAD)}, run.stdout + run.stderr
