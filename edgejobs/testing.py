@@ -174,7 +174,8 @@ class Harness:
         self.path = Path(database)
         """The database file."""
         self.clock: Clock = clock if clock is not None else FakeClock()
-        """The clock the instance reads (a :class:`FakeClock` unless one was given)."""
+        """The clock the instance reads (a :class:`FakeClock` unless one was given, also
+        available typed as one: :attr:`fake_clock`)."""
         base = config if config is not None else (app.config if app is not None else None)
         self.ej = EdgeJobs(self.path, config=base, clock=self.clock, workers=workers)
         """The :class:`~edgejobs.EdgeJobs` under test."""
@@ -182,6 +183,18 @@ class Harness:
             for job_type in app.registry:
                 self.ej.registry.add(job_type)
         self.shutdown_grace_s = shutdown_grace_s
+
+    @property
+    def fake_clock(self) -> FakeClock:
+        """:attr:`clock` typed as the :class:`FakeClock` it is by default, for moving it
+        without a cast (``h.fake_clock.set(...)``); :class:`~edgejobs.errors.EdgeJobsError`
+        when the harness was given another clock."""
+        if not isinstance(self.clock, FakeClock):
+            raise EdgeJobsError(
+                f"the harness was given a {type(self.clock).__name__}, not a FakeClock:"
+                " fake_clock is only for the default clock"
+            )
+        return self.clock
 
     # -- lifecycle --------------------------------------------------------------------------
 

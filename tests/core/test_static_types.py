@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from edgejobs import EdgeJobs, JobContext, SyncJobContext
+from edgejobs.testing import Harness
 
 ej = EdgeJobs(database="jobs.db")
 
@@ -75,6 +77,12 @@ ej.register("object", Handler())
 ej.register("path", "myapp.jobs:build")
 ej.register("lambda", lambda ctx, params: None)
 ej.register("untyped", untyped)
+
+
+async def test_a_report_runs_the_next_day() -> None:
+    async with Harness(ej) as h:
+        h.fake_clock.advance(86_400)
+        h.fake_clock.set(datetime(2030, 1, 1, tzinfo=UTC))
 """
 
 BAD = """

@@ -80,7 +80,7 @@ async def test_harness_runs_the_apps_job_types_on_a_temporary_database() -> None
         assert await h.run_once() == 1
         job = await h.get(job.id)
         assert job.status is Status.RETRYING
-        assert isinstance(h.clock, FakeClock)
+        assert isinstance(h.clock, FakeClock) and h.fake_clock is h.clock
         # The default config jitters the 30 s delay by up to 10 %.
         assert job.next_retry_at is not None
         assert 27_000 <= job.next_retry_at - h.clock.now_ms() <= 33_000
@@ -159,12 +159,14 @@ async def test_harness_registration_and_errors(tmp_path: Path) -> None:
     assert (tmp_path / "mine.db").exists()  # a given database is kept
 
 
-async def test_harness_with_a_real_clock_refuses_advance() -> None:
+async def test_harness_with_a_real_clock_refuses_advance_and_fake_clock() -> None:
     from edgejobs.clock import SystemClock
 
     async with Harness(clock=SystemClock()) as h:
         with pytest.raises(EdgeJobsError):
             h.advance(1)
+        with pytest.raises(EdgeJobsError, match="given a SystemClock, not a FakeClock"):
+            h.fake_clock.advance(1)
         assert (
             abs(h.clock.now_ms() - datetime.now(UTC).timestamp() * 1000)
             < timedelta(minutes=1).total_seconds() * 1000
