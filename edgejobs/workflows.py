@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, overload
 
 from edgejobs.app import JobSpec, check_org
 from edgejobs.errors import ValidationError
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
 
 RunAt: TypeAlias = datetime | str | int | float
+_T = TypeVar("_T")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -65,6 +66,14 @@ class Node:
     index: int
     spec: JobSpec
     workflow: Workflow = dataclasses.field(repr=False)
+
+    # The identity comparison every object has, declared: a strict type checker refuses
+    # `node in jobs` (WorkflowJobs is a Mapping[str, Job]) unless the node's class defines
+    # __eq__, though the lookup takes a Node.
+    def __eq__(self, other: object) -> bool:
+        return True if self is other else NotImplemented
+
+    __hash__ = object.__hash__
 
 
 After: TypeAlias = Node | str | Iterable[Node | str]
@@ -236,10 +245,30 @@ class WorkflowJobs(Mapping[str, Job]):
 
     def __getitem__(self, key: str | Node) -> Job:
         if isinstance(key, Node):
-            if key.workflow is not self._workflow:
+            # A node of another workflow, or one added to this one after the submit, has no
+            # job here: a KeyError, which is what get() and `in` rely on (not an IndexError).
+            if key.workflow is not self._workflow or key.index >= len(self.jobs):
                 raise KeyError(key.name)
             return self.jobs[key.index]
         return self._by_name[key]
+
+    # get() goes through __getitem__, so it takes a Node too; Mapping[str, Job] types it for
+    # names only, and a strict type checker refused `jobs.get(node)`.
+    @overload
+    def get(self, key: str | Node) -> Job | None: ...
+
+    @overload
+    def get(self, key: str | Node, default: Job) -> Job: ...
+
+    @overload
+    def get(self, key: str | Node, default: _T) -> Job | _T: ...
+
+    def get(self, key: str | Node, default: object = None) -> object:
+        """The job of a node name or :class:`Node`, or ``default``."""
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._by_name)

@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
-from edgejobs import EdgeJobs, JobContext, SyncJobContext
+from edgejobs import EdgeJobs, Job, JobContext, SyncJobContext, Workflow
 from edgejobs.testing import Harness
 
 ej = EdgeJobs(database="jobs.db")
@@ -83,6 +83,16 @@ async def test_a_report_runs_the_next_day() -> None:
     async with Harness(ej) as h:
         h.fake_clock.advance(86_400)
         h.fake_clock.set(datetime(2030, 1, 1, tzinfo=UTC))
+
+
+async def submit_a_workflow() -> None:
+    wf = Workflow(org="acme")
+    fetch = wf.add("reports.build")
+    jobs = await wf.submit(ej)
+    found: Job | None = jobs.get(fetch)
+    either: Job | int = jobs.get(fetch, 0)
+    assert fetch in jobs and "reports.build" in jobs and jobs[fetch] is found
+    names: list[str] = list(jobs)  # still a Mapping[str, Job]
 """
 
 BAD = """

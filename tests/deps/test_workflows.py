@@ -37,6 +37,21 @@ async def test_chain_runs_in_order(h: Harness) -> None:
     }
 
 
+async def test_jobs_are_found_by_node_with_get_and_in(h: Harness) -> None:
+    wf = Workflow(org="acme")
+    fetch = wf.add("step", name="fetch")
+    jobs = await wf.submit(h.ej)
+    later = wf.add("step", name="later")  # added after the submit: it has no job
+    other = Workflow(org="acme").add("step", name="fetch")
+    assert fetch in jobs and "fetch" in jobs
+    assert jobs.get(fetch) is jobs["fetch"] and jobs.get("fetch", None) is jobs[fetch]
+    for missing in (later, other, "later"):
+        assert missing not in jobs
+        assert jobs.get(missing) is None and jobs.get(missing, 0) == 0
+    with pytest.raises(KeyError):
+        jobs[later]  # not an IndexError
+
+
 async def test_group_fans_out_and_in(h: Harness) -> None:
     wf = Workflow(org="acme")
     fetch = wf.add("step", params={"stage": "fetch"}, name="fetch")
