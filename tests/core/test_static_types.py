@@ -2,9 +2,9 @@
 
 The package ships ``py.typed``, so its annotations are part of the API: a handler whose context
 does not match how it runs must be refused by the type checker, and the everyday uses must
-pass without a cast. Two small user modules are checked with the mypy of this environment, in
-one run: ``good.py`` must be clean, and every line of ``bad.py`` marked ``# error: <code>`` must
-be reported with that code, and nothing else.
+pass without a cast. Small user modules are checked with the mypy of this environment, in one
+run: ``good.py`` and the README's example must be clean, and every line of ``bad.py`` marked
+``# error: <code>`` must be reported with that code, and nothing else.
 """
 
 from __future__ import annotations
@@ -150,10 +150,18 @@ def _expected(source: str) -> set[tuple[int, str]]:
     }
 
 
+def _readme_example() -> str:
+    """The README's example of a handler (what a new user copies first)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks: list[str] = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    return next(block for block in blocks if "@ej.job_type(" in block)
+
+
 def test_user_modules_type_check_strictly(tmp_path: Path) -> None:
     root = Path(edgejobs.__file__).resolve().parent.parent  # the package under test
-    (tmp_path / "good.py").write_text(GOOD)
-    (tmp_path / "bad.py").write_text(BAD)
+    modules = {"good.py": GOOD, "bad.py": BAD, "readme.py": _readme_example()}
+    for name, source in modules.items():
+        (tmp_path / name).write_text(source)
     # edgejobs is followed silently, as an installed package would be: only the user modules'
     # errors count (its own are `mypy --strict edgejobs`'s business).
     (tmp_path / "mypy.ini").write_text(
@@ -161,14 +169,15 @@ def test_user_modules_type_check_strictly(tmp_path: Path) -> None:
         "[mypy-edgejobs.*]\nfollow_imports = silent\n"
     )
     run = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", "mypy.ini", "good.py", "bad.py"],
+        [sys.executable, "-m", "mypy", "--config-file", "mypy.ini", *modules],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    errors: dict[str, set[tuple[int, str]]] = {"good.py": set(), "bad.py": set()}
+    errors: dict[str, set[tuple[int, str]]] = {name: set() for name in modules}
     for line in run.stdout.splitlines():
         if match := _ERROR.match(line):
             errors[match["file"]].add((int(match["line"]), match["code"]))
-    assert errors == {"good.py": set(), "bad.py": _expected(BAD)}, run.stdout + run.stderr
+    expected = {name: _expected(source) for name, source in modules.items()}
+    assert errors == expected, run.stdout + run.stderr
