@@ -9,7 +9,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from ej_testkit import count_drift
+from ej_testkit import count_drift, vm_steps
 from ops_support import (
     DAY_MS,
     WriteTrace,
@@ -19,7 +19,6 @@ from ops_support import (
     insert_jobs,
     make_app,
     scalar,
-    vm_steps,
 )
 
 import edgejobs.runner.maintenance as maintenance_module
