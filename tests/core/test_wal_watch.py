@@ -41,21 +41,26 @@ async def _submit_elsewhere_and_wait(path: Path, runner: EdgeJobs, *, when_armed
         await other.close()
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
-async def test_a_foreign_commit_is_noticed_through_the_watch_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Once idle, the writer looks by itself only every WATCHED_POLL_S: an hour here, so only the
-    # watch can tell the runner about the submits.
+def _told_only_by_the_watch(path: Path, monkeypatch: pytest.MonkeyPatch) -> EdgeJobs:
+    """A runner whose writer, once idle, looks by itself only every hour: only the watch can
+    tell it about other connections' commits. No ticks either: a tick's write would make the
+    writer look again as it settles."""
     monkeypatch.setattr(db, "WATCHED_POLL_S", 3600.0)
     monkeypatch.setattr(db, "BUSY_POLL_S", 3600.0)
-    path = tmp_path / "jobs.db"
-    # No ticks either: a tick's write would make the writer look again as it settles.
     quiet = Config().model_copy(
         update={"runner": RunnerConfig(workers=2, tick_interval_s=3600, lease_s=3600)}
     )
     runner = EdgeJobs(database=path, config=quiet)
     runner.register("echo", echo)
+    return runner
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+async def test_a_foreign_commit_is_noticed_through_the_watch_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "jobs.db"
+    runner = _told_only_by_the_watch(path, monkeypatch)
     async with runner:
         assert runner.store.writer.watching
         await _submit_elsewhere_and_wait(path, runner, when_armed=True)
@@ -96,14 +101,8 @@ async def test_a_commit_not_visible_yet_when_the_watch_fires_is_still_noticed(
     # unannounced. (The other instance, opened later, polls.)
     watches = [db.WalWatch(read_fd)]
     monkeypatch.setattr(db, "open_watch", lambda path: watches.pop() if watches else None)
-    monkeypatch.setattr(db, "WATCHED_POLL_S", 3600.0)
-    monkeypatch.setattr(db, "BUSY_POLL_S", 3600.0)
     path = tmp_path / "jobs.db"
-    quiet = Config().model_copy(
-        update={"runner": RunnerConfig(workers=2, tick_interval_s=3600, lease_s=3600)}
-    )
-    runner = EdgeJobs(database=path, config=quiet)
-    runner.register("echo", echo)
+    runner = _told_only_by_the_watch(path, monkeypatch)
     other = EdgeJobs(database=path)
     try:
         async with runner:

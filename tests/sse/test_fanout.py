@@ -19,6 +19,7 @@ from sse_support import (
     wait_for,
 )
 
+from edgejobs import EdgeJobs, Job
 from edgejobs.app import JobSpec
 
 
@@ -73,6 +74,13 @@ def _raw_stream(port: int, secret: str) -> socket.socket:
     return sock
 
 
+async def _big_progress_round(ej: EdgeJobs) -> list[Job]:
+    """50 jobs that each report progress with a 1 kB message: big events, fast."""
+    return await ej.submit_many(
+        [JobSpec("steps", "acme", {"steps": [50], "message": "x" * 1000}) for _ in range(50)]
+    )
+
+
 async def test_a_subscriber_that_stops_reading_is_disconnected_and_buffering_is_bounded(
     serve: Serve,
 ) -> None:
@@ -105,12 +113,7 @@ async def test_a_subscriber_that_stops_reading_is_disconnected_and_buffering_is_
             while broker.subscriber_count == 2:
                 rounds += 1
                 assert rounds < 300, "the stalled subscriber was never disconnected"
-                jobs = await ej.submit_many(
-                    [
-                        JobSpec("steps", "acme", {"steps": [50], "message": "x" * 1000})
-                        for _ in range(50)
-                    ]
-                )
+                jobs = await _big_progress_round(ej)
                 largest_queue = max([largest_queue, *broker.queue_sizes()])
                 # The healthy client has read this round before the next one: only the stalled
                 # client falls behind. (Unpaced, a reader slower than the runner fell behind
@@ -156,13 +159,7 @@ async def test_the_connection_of_a_client_that_never_reads_again_is_cut(serve: S
         while broker.subscriber_count == 1:
             rounds += 1
             assert rounds < 300, "the stalled subscriber was never disconnected"
-            jobs = await ej.submit_many(
-                [
-                    JobSpec("steps", "acme", {"steps": [50], "message": "x" * 1000})
-                    for _ in range(50)
-                ]
-            )
-            for job in jobs:
+            for job in await _big_progress_round(ej):
                 await ej.wait(job.id, timeout=GUARD_S)
         assert broker.disconnected == 1
         # The client still has not read a byte: the server lets go of the connection anyway.
