@@ -1319,10 +1319,16 @@
         state.seriesArrived.push([job, eventId]);
         return;
       }
-      if (eventId <= state.seriesFrom) return;
+      if (eventId <= state.seriesFrom) {
+        // The series already counts this ending: remember it, so that a retry by hand that
+        // comes later takes it out again (it was left in, counted twice, when the series
+        // was read after the job had ended).
+        if (kind && !counted) state.counted.set(job.id, { t: endingMinute(job), kind, updated_at: job.updated_at });
+        return;
+      }
     }
     if (counted && isOlder(job, counted)) return;   // an action's answer after newer events
-    const t = kind ? minuteOf(job.finished_at || job.updated_at) : null;
+    const t = kind ? endingMinute(job) : null;
     if (counted && counted.kind === kind && counted.t === t) return;   // the same ending again
     if (counted) uncountEnding(job.id);
     if (!kind) return;
@@ -1333,6 +1339,7 @@
   }
 
   const minuteOf = (iso) => Math.floor(Date.parse(iso) / MINUTE_MS) * MINUTE_MS;
+  const endingMinute = (job) => minuteOf(job.finished_at || job.updated_at);
 
   function uncountEnding(id) {
     const { t, kind } = state.counted.get(id);
