@@ -48,13 +48,13 @@ then is the watch armed. While operations flow it is not, so this process's own 
 not wake the event loop and the writer (that cost the pickup latency ~0.2 ms); the writer
 looks after its batches instead (every ``BUSY_POLL_S``) and at this timeout."""
 BUSY_POLL_S = 0.005
+"""How often a busy writer looks (between batches; every batch would cost a statement each)."""
 RECHECK_AFTER_S = (0.002, 0.01, 0.05, 0.25)
 """After the watch said the WAL was written but ``data_version`` shows no commit yet, look
 again after these pauses: the other process may be mid-commit (its frames written, its
 wal-index — shared memory, which no notification announces — not yet updated, an fsync away
 under ``synchronous = full``). Without them such a commit waited for the next unrelated
 wake-up, seconds on an idle runner (up to ``WATCHED_POLL_S``)."""
-"""How often a busy writer looks (between batches; every batch would cost a statement each)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
