@@ -323,8 +323,7 @@ class Broker:
             if limit and self._owned[owner] >= limit:
                 raise RateLimited(
                     f"this token already holds {limit} open event streams ([events]"
-                    " max_streams_per_token); close one first"
-                    " close one first",
+                    " max_streams_per_token); close one first",
                     retry_after_s=max(1, int(self.keepalive_s)),
                 )
             self._owned[owner] += 1
