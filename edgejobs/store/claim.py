@@ -146,8 +146,8 @@ _PAIR_HEAD = (
     " ORDER BY priority, run_at, seq LIMIT :limit"
 )
 # What the two ways would read, from the kept counts: the queued jobs of pairs and types left
-# out (the walk passes over them) and the pairs that have queued jobs (the other way probes
-# each). Estimates only: either way claims the same jobs.
+# out, full, paused or not served here (the walk passes over them), and the pairs with room
+# (the other way probes each). Estimates only: either way claims the same jobs.
 _QUEUED_PAIRS = "SELECT job_type, org, n FROM job_counts WHERE status = 'queued' AND n > 0"
 PAIR_PROBE_COST = 4
 """Rows of a walk one probe of a pair is worth, in the choice between the two ways."""
@@ -236,8 +236,6 @@ def _pairs_cost_less(conn: sqlite3.Connection, room: _Room, slots: int) -> bool:
     """Whether reading pair by pair costs less than walking past the jobs left out."""
     passed_over = probes = 0
     for job_type, org, queued in conn.execute(_QUEUED_PAIRS):
-        if job_type not in room.limits.types:
-            continue
         if room.allows(job_type, org):
             probes += 2
         else:
@@ -279,7 +277,7 @@ def _choose_by_pairs(conn: sqlite3.Connection, room: _Room, slots: int) -> list[
     pair = ("", "")
     while (found := _next_pair(conn, pair)) is not None:
         pair = found
-        if pair[0] not in room.limits.types or not room.allows(*pair):
+        if not room.allows(*pair):
             continue
         limit = room.pair_room(*pair, slots)
         if limit:
