@@ -77,7 +77,7 @@ def delete_old_jobs(
     """
     conn.execute(_KEEP_SEQ_FLOOR)
     ids: list[str] = []
-    newest_finish = None
+    newest_finish = 0
     while len(ids) < batch:
         gone = conn.execute(
             _DELETE_JOBS, {"cutoff": cutoff_ms, "batch": batch - len(ids)}
@@ -87,7 +87,7 @@ def delete_old_jobs(
         for org, job_type, status, job_id, finished_at in gone:
             tx.count(org, job_type, status, None)
             ids.append(job_id)
-            newest_finish = max(finished_at, newest_finish or finished_at)
+            newest_finish = max(newest_finish, finished_at)
     events = 0
     if ids:
         events = conn.execute(
