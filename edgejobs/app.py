@@ -47,7 +47,7 @@ from edgejobs.runner.context import AsyncHandler, SyncHandler
 from edgejobs.runner.lock import RunnerLock
 from edgejobs.runner.maintenance import Maintenance, MaintenanceSettings
 from edgejobs.runner.pool import Pool, PoolSettings
-from edgejobs.runner.registry import Handler, JobType, Registry, import_path_of
+from edgejobs.runner.registry import Handler, JobType, Registry
 from edgejobs.runner.ticks import PruneReport, Ticker, TickSettings
 from edgejobs.runner.watchdog import LoopWatchdog
 from edgejobs.store import Store
@@ -147,27 +147,6 @@ def _cannot_open(path: Path, exc: BaseException) -> EdgeJobsError:
     if isinstance(exc, OSError) and exc.strerror:
         reason = exc.strerror + (f" ({exc.filename})" if exc.filename else "")
     return EdgeJobsError(f"cannot open the database {path}: {reason}")
-
-
-def _check_importable(name: str, handler: Callable[..., Any]) -> None:
-    """A process-isolated handler is imported by the child process from its module path: one
-    that has none failed every attempt (and every retry) in the child; refuse it up front."""
-    if import_path_of(handler) is not None:
-        return
-    qualname = getattr(handler, "__qualname__", None)
-    if not isinstance(qualname, str):
-        what = f"a {type(handler).__name__} object, which has no module path"
-    elif "<lambda>" in qualname:
-        what = "a lambda"
-    elif "<locals>" in qualname:
-        what = f"{qualname!r}, defined inside a function,"
-    else:
-        what = f"{getattr(handler, '__module__', None)}:{qualname}, which is not an import path,"
-    raise ValidationError(
-        f'job type {name!r}: isolation="process" runs the handler in a child process, which'
-        f" imports it by its module path; the handler is {what} so the child cannot import"
-        ' it: define it at module level (or give its import path "package.module:function")'
-    )
 
 
 class _RateWindow:
@@ -345,8 +324,6 @@ class EdgeJobs:
             )
         except ValueError as exc:
             raise ValidationError(f"job type {name!r}: {exc}") from None
-        if declared.isolation == "process" and not isinstance(handler, str):
-            _check_importable(name, handler)
         job_type = self._job_type(declared, handler)
         self.registry.add(job_type)
         return job_type

@@ -164,6 +164,8 @@ class Registry:
                 parse_rate_limit(job_type.rate_limit)
             except ValueError as exc:
                 raise ValidationError(f"job type {job_type.name}: {exc}") from None
+        if job_type.isolation == "process" and not isinstance(job_type.handler_ref, str):
+            _check_importable(job_type.name, job_type.handler_ref)
         self._types[job_type.name] = job_type
 
     def __contains__(self, name: object) -> bool:
@@ -193,3 +195,24 @@ class Registry:
         if name in self._types:
             return self._types[name].retry
         return RetryPolicy()
+
+
+def _check_importable(name: str, handler: Callable[..., Any]) -> None:
+    """A process-isolated handler is imported by the child process from its module path: one
+    that has none failed every attempt (and every retry) in the child; refuse it up front."""
+    if import_path_of(handler) is not None:
+        return
+    qualname = getattr(handler, "__qualname__", None)
+    if not isinstance(qualname, str):
+        what = f"a {type(handler).__name__} object, which has no module path"
+    elif "<lambda>" in qualname:
+        what = "a lambda"
+    elif "<locals>" in qualname:
+        what = f"{qualname!r}, defined inside a function,"
+    else:
+        what = f"{getattr(handler, '__module__', None)}:{qualname}, which is not an import path,"
+    raise ValidationError(
+        f'job type {name!r}: isolation="process" runs the handler in a child process, which'
+        f" imports it by its module path; the handler is {what} so the child cannot import"
+        ' it: define it at module level (or give its import path "package.module:function")'
+    )
