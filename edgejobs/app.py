@@ -224,6 +224,8 @@ class EdgeJobs:
                 journal_size_limit_bytes=config.database.journal_size_limit_bytes,
             ),
         )
+        self.store.writer.add_commit_listener(self._on_commit)
+        self.store.writer.add_foreign_listener(self._on_foreign_change)
         self._default_retry = RetryPolicy(
             config.retry.base_delay_s, config.retry.max_delay_s, config.retry.jitter
         )
@@ -372,14 +374,10 @@ class EdgeJobs:
         async with self._open_lock:
             if self._opened:
                 return
-            was_open = self.store.is_open  # in the loop this instance moved from
             try:
                 await self.store.open()
             except (sqlite3.Error, OSError) as exc:  # not a database, a folder, unwritable
                 raise _cannot_open(Path(self.config.database.path), exc) from None
-            if not was_open:
-                self.store.writer.add_commit_listener(self._on_commit)
-                self.store.writer.add_foreign_listener(self._on_foreign_change)
             self._opened = True
             self.set_stored_types(await self.store.read(job_type_store.load_states))
 
