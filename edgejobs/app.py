@@ -465,7 +465,14 @@ class EdgeJobs:
             faults.install_crash_hook(self.store.writer)  # test-only; inert unless set
             now = self.clock.now_ms()
             policies = {t.name: t.policy() for t in self.registry}
-            await self.store.write(partial(job_type_store.declare, policies=policies, now=now))
+            limited = any(self.registry.get(t.name).has_limits for t in self.registry)
+
+            def declare(conn: sqlite3.Connection, tx: WriteTx) -> None:
+                job_type_store.declare(conn, tx, policies=policies, now=now)
+                if not limited:  # the limited claims' index costs every submit and claim
+                    drop_pair_index(conn)
+
+            await self.store.write(declare)
             recovered = await self.store.write(
                 partial(
                     recover_running,
@@ -480,9 +487,6 @@ class EdgeJobs:
             from edgejobs.control import prepare_runner
 
             control_tasks = await prepare_runner(self, now)
-            if not any(self.registry.get(t.name).has_limits for t in self.registry):
-                # The index of limited claims costs every submit and claim its upkeep.
-                await self.store.write(lambda conn, tx: drop_pair_index(conn))
         except BaseException:
             lock.release()
             self._lock = None
