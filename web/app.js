@@ -54,7 +54,7 @@
     list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map(), arrived: null,
       search: { pending: new Set(), busy: false, last: 0 } },   // new jobs a text search must check
     // `arrived` (here and in `dead`): as in `list`, events received while the view loads.
-    detail: { seq: 0, id: null, job: null, arrived: null, attemptsSeq: 0, refreshSeq: 0 },
+    detail: { seq: 0, id: null, job: null, arrived: null, attemptsSeq: 0 },
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set(), arrived: null },
     series: [],               // [{t: ms, completed, failed, queue_depth}], oldest first
     counted: new Map(),       // job id -> {t, kind, updated_at}: the ending the page added to the chart
@@ -746,22 +746,6 @@
     Boolean(known && incoming.updated_at && known.updated_at &&
       Date.parse(incoming.updated_at) < Date.parse(known.updated_at));
 
-  /** A job as an action answer, a GET or a `job` event gives it: the whole job object (a
-   * `job` event of a server before the events carried it lacks params: merged over). */
-  const isFullJob = (job) => Object.prototype.hasOwnProperty.call(job, "params");
-
-  /** What is known about a job after an event: the event's fields over the known ones. */
-  function mergeJob(known, incoming) {
-    if (!known || isFullJob(incoming)) return incoming;
-    const merged = Object.assign({}, known, incoming);
-    const oldError = known.error;
-    const newError = incoming.error;
-    if (newError && oldError && oldError.type === newError.type && oldError.message === newError.message) {
-      merged.error = oldError;   // same error: keep the traceback already shown
-    }
-    return merged;
-  }
-
   const isChildOf = (job, parentId) => Array.isArray(job.depends_on) && job.depends_on.includes(parentId);
 
   /** Note a child on its parent's known job; false when it was known already. */
@@ -776,20 +760,16 @@
     const list = state.list;
     if (state.route.view !== "jobs") return;
     if (list.arrived) list.arrived.push(job);
-    // A new child is news for the parents shown too (as in detailOnChild).
-    for (const parent of job.depends_on || []) {
-      if (list.jobs.has(parent)) addChild(list.jobs.get(parent), job.id);
-    }
     const row = list.rows.get(job.id);
     if (row) {
       const known = list.jobs.get(job.id);
       if (isOlder(job, known)) return;
-      const merged = mergeJob(known, job);
-      // A filtered list shows only the jobs that match it now: a job that completes leaves
-      // `status=running`. (Whether it still matches a text search stays the server's call.)
-      if (!matchesFilters(merged, state.route.filters)) return listRemove(job.id);
-      keepingFocus(row, () => replaceRow(list.rows, job.id, buildJobRow(merged, null)));
-      list.jobs.set(job.id, merged);
+      // (An event is the whole job object, as a GET gives it.) A filtered list shows only
+      // the jobs that match it now: a job that completes leaves `status=running`. (Whether it
+      // still matches a text search stays the server's call.)
+      if (!matchesFilters(job, state.route.filters)) return listRemove(job.id);
+      keepingFocus(row, () => replaceRow(list.rows, job.id, buildJobRow(job, null)));
+      list.jobs.set(job.id, job);
       return;
     }
     // New jobs appear at the top of the first page only.
@@ -927,7 +907,6 @@
   function clearDetailView() {
     state.detail.seq++;
     state.detail.attemptsSeq++;
-    state.detail.refreshSeq++;
     state.detail.id = null;
     state.detail.job = null;
     state.detail.arrived = null;
@@ -1063,9 +1042,7 @@
     if (!detail.job) return;
     if (isOlder(job, detail.job)) return;
     const statusChanged = job.status !== detail.job.status || job.attempts !== detail.job.attempts;
-    renderDetail(mergeJob(detail.job, job));
-    // An event of an older server has no params, result, traceback or dependency lists.
-    if (!isFullJob(job)) refreshDetail(job.id);
+    renderDetail(job);   // an event is the whole job object, as a GET gives it
     if (statusChanged) loadAttempts(job.id);
   }
 
@@ -1078,21 +1055,6 @@
     if (!detail.job || !addChild(detail.job, job.id)) return;
     const children = document.querySelector('[data-testid="job-children"]');
     if (children) children.replaceChildren(linkList(detail.job.dependents));
-  }
-
-  async function refreshDetail(id) {
-    const detail = state.detail;
-    const seq = ++detail.refreshSeq;
-    let job;
-    try {
-      job = await api("GET", "/api/v1/jobs/" + enc(id));
-    } catch (err) {
-      if (err.status !== 401) console.warn("job", err);
-      return;
-    }
-    if (seq !== detail.refreshSeq || state.route.view !== "detail" || detail.id !== id || !detail.job) return;
-    if (isOlder(job, detail.job)) return;
-    renderDetail(job);
   }
 
   function detailOnProgress(event) {
@@ -1248,9 +1210,8 @@
     if (row) {
       const known = dead.jobs.get(job.id);
       if (isOlder(job, known)) return;
-      const merged = mergeJob(known, job);
-      dead.jobs.set(job.id, merged);
-      keepingFocus(row, () => replaceRow(dead.rows, job.id, buildDeadRow(merged)));
+      dead.jobs.set(job.id, job);
+      keepingFocus(row, () => replaceRow(dead.rows, job.id, buildDeadRow(job)));
     } else if (job.status === "dead_letter") {
       dead.jobs.set(job.id, job);
       const fresh = buildDeadRow(job);
