@@ -138,7 +138,7 @@ async def test_a_full_orgs_backlog_is_left_out_by_sqlite_not_paged_through(
     finally:
         conn.close()
     assert [row["id"] for row in rows] == [small.id]
-    assert pages <= 2, pages
+    assert 1 <= pages <= 2, pages  # (0: the statement counted was reworded)
 
 
 async def _backlog_ahead(path: Path, backlog: int) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ej_testkit import poll_until
 from ops_support import DAY_MS, insert_jobs, make_app
 
 import edgejobs.runner.ticks as ticks_module
@@ -140,9 +141,12 @@ async def test_a_tick_woken_from_a_quiet_sleep_gets_the_same_grace_as_any_tick(
         await release.wait()
 
     try:
-        async with asyncio.timeout(30):
-            while ticker.quiet_until is None:
-                await asyncio.sleep(0.01)
+        await poll_until(
+            lambda: ticker.quiet_until is not None,
+            timeout=30,
+            interval=0.01,
+            message="the tick loop never slept quietly",
+        )
         ticker.extra_tasks.append(hang)
         clock.shift_s += 25  # most of the quiet sleep has passed, on the clock health reads
         await ej.submit("quick", org="acme", params={"n": 1})  # ... and a submission ends it
