@@ -5,6 +5,7 @@ and a stream's queue is bounded in bytes too, now that events carry params and r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from sse_support import (
     SSE,
     Server,
+    Token,
     client,
     is_final,
     make_config,
@@ -30,9 +32,20 @@ RETRY_WAIT_S = 3600 * 1.1
 """Past any first retry's due time (base delay 60 s, jitter at most 10 %)."""
 
 
+@dataclasses.dataclass
+class Served:
+    """A served runner on a fake clock, its held ``make`` jobs' release, a token of acme."""
+
+    server: Server
+    ej: EdgeJobs
+    clock: FakeClock
+    release: asyncio.Event
+    token: Token
+
+
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[tuple[Server, FakeClock, asyncio.Event]]:
-    """A runner on a fake clock, served; its ``make`` jobs wait for the event it yields."""
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    """A runner on a fake clock, served; its ``make`` jobs wait for ``release`` when held."""
     clock = FakeClock()
     ej = EdgeJobs(database=tmp_path / "jobs.db", config=make_config(), clock=clock)
     release = asyncio.Event()
@@ -51,7 +64,7 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[Server, FakeClock, async
     await ej.start()
     server = await Server(ej).start()
     try:
-        yield server, clock, release
+        yield Served(server, ej, clock, release, await make_token(ej, "acme"))
     finally:
         release.set()
         await server.stop()
@@ -71,11 +84,9 @@ async def _get(http: Any, server: Server, token: Any, job_id: str) -> dict[str, 
 
 
 async def test_each_job_event_is_the_job_object_and_the_last_equals_the_stored_job(
-    served: tuple[Server, FakeClock, asyncio.Event],
+    served: Served,
 ) -> None:
-    server, _, release = served
-    ej = server.ej
-    token = await make_token(ej, "acme")
+    server, ej, release, token = served.server, served.ej, served.release, served.token
     async with client() as http:
         async with open_stream(http, server, token) as stream:
             parent = await ej.submit("make", org="acme", params={"n": 21, "hold": True})
@@ -102,11 +113,9 @@ async def test_each_job_event_is_the_job_object_and_the_last_equals_the_stored_j
 
 
 async def test_an_errors_event_carries_the_traceback_of_the_attempt_that_raised_it(
-    served: tuple[Server, FakeClock, asyncio.Event],
+    served: Served,
 ) -> None:
-    server, clock, _ = served
-    ej = server.ej
-    token = await make_token(ej, "acme")
+    server, ej, clock, token = served.server, served.ej, served.clock, served.token
     async with client() as http:
         async with open_stream(http, server, token) as stream:
             job = await ej.submit("flaky", org="acme", params={"name": "x"})
@@ -130,11 +139,9 @@ async def test_an_errors_event_carries_the_traceback_of_the_attempt_that_raised_
 
 
 async def test_a_waiting_jobs_event_has_the_eta_its_submit_answered(
-    served: tuple[Server, FakeClock, asyncio.Event],
+    served: Served,
 ) -> None:
-    server, _, _ = served
-    ej = server.ej
-    token = await make_token(ej, "acme")
+    server, ej, token = served.server, served.ej, served.token
     async with client() as http:
         done = await ej.submit("make", org="acme", params={"n": 1, "took_s": 8})
         await ej.wait(done.id, timeout=30)
