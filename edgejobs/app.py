@@ -53,7 +53,7 @@ from edgejobs.runner.watchdog import LoopWatchdog
 from edgejobs.store import Store
 from edgejobs.store import job_types as job_type_store
 from edgejobs.store.audit import Actor, record_job_action
-from edgejobs.store.claim import drop_pair_index
+from edgejobs.store.claim import drop_pair_index, ensure_pair_index
 from edgejobs.store.db import Pragmas, WriteTx
 from edgejobs.store.jobs import (
     JobFilter,
@@ -469,7 +469,12 @@ class EdgeJobs:
 
             def declare(conn: sqlite3.Connection, tx: WriteTx) -> None:
                 job_type_store.declare(conn, tx, policies=policies, now=now)
-                if not limited:  # the limited claims' index costs every submit and claim
+                # The limited claims' index costs every submit and claim: kept only while a
+                # type has a limit, and built here (a scan of the table, ~1 s for a million
+                # rows) rather than inside the first limited claim, which every write waits for.
+                if limited:
+                    ensure_pair_index(conn)
+                else:
                     drop_pair_index(conn)
 
             await self.store.write(declare)

@@ -122,9 +122,9 @@ def claim_ready(
 #
 # The index exists only while some job type has a limit: other runners would keep it up for
 # nothing (an entry written at every submit, deleted at every claim; measured within the noise
-# of the store's write floor, -1 to +2 % in alternating runs on a quiet host). The first
-# limited claim creates it (a scan of the table, once); a runner that starts with no limit
-# drops it (drop_pair_index).
+# of the store's write floor, -1 to +2 % in alternating runs on a quiet host). A runner that
+# starts with a limit creates it (a scan of the table, once), one that starts with none drops
+# it; a limited claim still makes sure it is there (a type registered with a limit later).
 _PAIR_INDEX = "jobs_ready_pair"
 _CREATE_PAIR_INDEX = (
     "CREATE INDEX IF NOT EXISTS jobs_ready_pair ON jobs (job_type, org, priority, run_at, seq)"

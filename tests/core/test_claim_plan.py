@@ -247,7 +247,9 @@ def _pair_index_exists(path: Path) -> bool:
 
 async def test_the_pair_index_exists_only_while_a_type_has_a_limit(tmp_path: Path) -> None:
     """Every submit and claim keeps jobs_ready_pair up to date: a runner whose types have no
-    limit does not carry it; the first limited claim creates it."""
+    limit does not carry it; a runner with a limit builds it as it starts, not in the middle
+    of its first limited claim (a scan of the table inside the transaction every write waits
+    for)."""
     path = tmp_path / "jobs.db"
 
     async def noop(ctx: object, params: dict[str, object]) -> None:
@@ -256,6 +258,7 @@ async def test_the_pair_index_exists_only_while_a_type_has_a_limit(tmp_path: Pat
     limited = EdgeJobs(database=path)
     limited.register("a", noop, dedup=False, org_concurrency=1)
     async with limited:
+        assert _pair_index_exists(path)  # before any claim
         job = await limited.submit("a", org="acme")
         assert (await limited.wait(job.id, timeout=30)).status.value == "completed"
     assert _pair_index_exists(path)
