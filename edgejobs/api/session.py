@@ -80,11 +80,14 @@ def _refuse_cross_site(request: Request) -> None:
     cookies (set on a top-level navigation whatever SameSite says) would sign the victim into
     the attacker's org, replacing the victim's own session. Browsers say where a request comes
     from in ``Sec-Fetch-Site``; older ones only in ``Origin``, compared with ``Host`` then.
+    Only the dashboard's own pages (``same-origin``) and a request the user made by hand
+    (``none``) may sign in: ``same-site`` is another origin too — another port of the same
+    host, a sibling subdomain — which the ``Origin`` comparison refuses as well.
     Clients that are not browsers send neither and are let through.
     """
     site = request.headers.get("sec-fetch-site")
     if site is not None:
-        if site == "cross-site":
+        if site not in ("same-origin", "none"):
             raise CsrfFailed("a login from another site's page is refused")
         return
     origin = request.headers.get("origin")
@@ -154,8 +157,8 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             form_body=True,
             tags=tags,
             description="Sets the session cookie (HttpOnly, SameSite=Strict) and the readable "
-            "edgejobs_csrf cookie. A login another site's page sends (Sec-Fetch-Site: "
-            "cross-site, or an Origin other than the Host) is refused with 403.",
+            "edgejobs_csrf cookie. A login another origin's page sends (Sec-Fetch-Site: "
+            "cross-site or same-site, or an Origin other than the Host) is refused with 403.",
         ),
         Operation(
             "POST",

@@ -90,6 +90,9 @@ async def test_login_by_form_and_bad_logins(api: Api) -> None:
         ({"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"}, 403),
         ({"Origin": "http://evil.example"}, 403),  # a browser without Sec-Fetch-*
         ({"Origin": "null"}, 403),  # a sandboxed frame or a file:// page
+        # Another port of the same host or a sibling subdomain: same site, another origin.
+        ({"Sec-Fetch-Site": "same-site", "Origin": "http://testserver:8080"}, 403),
+        ({"Origin": "http://testserver:8080"}, 403),
         ({"Sec-Fetch-Site": "same-origin", "Origin": "http://testserver"}, 303),
         ({"Origin": "http://testserver"}, 303),
         ({"Sec-Fetch-Site": "none"}, 303),  # typed or bookmarked
