@@ -126,6 +126,7 @@ class Subscriber:
         start_id: int,
         max_bytes: int = SUBSCRIBER_MAX_BYTES,
         owner: str | None = None,
+        session: str | None = None,
     ) -> None:
         self.org = org
         """The org this stream is for; None for a system token's all-orgs stream."""
@@ -133,6 +134,8 @@ class Subscriber:
         """Only events of this job when set."""
         self.owner = owner
         """The token this stream was opened with (counted against its limit), if any."""
+        self.session = session
+        """The hash of the dashboard session this stream was opened with, if any."""
         self.start_id = start_id
         """Every event with an id above this one reaches the queue (older ones: replay)."""
         self.closed_reason: str | None = None
@@ -308,13 +311,19 @@ class Broker:
     # -- subscribers --------------------------------------------------------------------------
 
     def subscribe(
-        self, *, org: str | None, job_id: str | None = None, owner: str | None = None
+        self,
+        *,
+        org: str | None,
+        job_id: str | None = None,
+        owner: str | None = None,
+        session: str | None = None,
     ) -> Subscriber:
         """Register a stream for ``org`` (None: every org). Events newer than
         :attr:`Subscriber.start_id` reach its queue from now on.
 
         ``owner`` (a token id) may hold at most :attr:`max_streams_per_owner` streams at once:
-        :class:`~edgejobs.errors.RateLimited` beyond.
+        :class:`~edgejobs.errors.RateLimited` beyond. ``session`` (a session id's hash) marks a
+        stream of a dashboard session, which :meth:`end_session` ends.
         """
         if not self._running:
             raise ShuttingDown("the event stream is not running")
@@ -334,6 +343,7 @@ class Broker:
             start_id=self.last_id,
             max_bytes=self.max_bytes,
             owner=owner,
+            session=session,
         )
         self._by_org.setdefault(org, set()).add(subscriber)
         self._empty.clear()
@@ -352,6 +362,15 @@ class Broker:
                     del self._owned[subscriber.owner]
         if not self._by_org:
             self._empty.set()
+
+    def end_session(self, session: str) -> int:
+        """Close every stream of the dashboard session ``session`` (a session id's hash) at
+        once; returns how many. A logout ends its streams now, not at their next credentials
+        check, which is as far as ``[events] keepalive_s`` away."""
+        ended = [s for s in self.subscribers() if s.session == session]
+        for subscriber in ended:
+            subscriber.close("the session ended")
+        return len(ended)
 
     def subscribers(self) -> list[Subscriber]:
         """Every open stream."""

@@ -14,7 +14,8 @@ then the stream goes live; otherwise the first event is a ``reset``.
 
 Every ``[events] keepalive_s`` the stream sends a keep-alive comment (when nothing else was sent)
 and checks that its token is still active (and, for the dashboard, that its session was not
-ended): a revoked token or an ended session closes the stream within one interval.
+ended): a revoked token or an ended session closes the stream within one interval. A logout
+through this server closes its session's streams at once.
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from edgejobs.api.auth import Principal, authenticate
+from edgejobs.api.auth import SESSION_COOKIE, Principal, authenticate
 from edgejobs.api.body import query_values
 from edgejobs.api.errors import BadRequest, Forbidden, Unauthorized
 from edgejobs.api.jobs import checked_job_id
 from edgejobs.api.openapi import Operation, Param
 from edgejobs.broker import Broker, Subscriber, get_broker
 from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull
-from edgejobs.store.tokens import is_active
+from edgejobs.store.tokens import hash_secret, is_active
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
@@ -284,7 +285,13 @@ async def open_stream(ej: EdgeJobs, request: Request) -> Response:
         await ej.get(checked_job_id(job_id), org=org)
     broker = get_broker(ej)
     await broker.ensure_started()
-    subscriber = broker.subscribe(org=org, job_id=job_id, owner=principal.token_id)
+    session = request.cookies.get(SESSION_COOKIE) if principal.via_cookie else None
+    subscriber = broker.subscribe(
+        org=org,
+        job_id=job_id,
+        owner=principal.token_id,
+        session=hash_secret(session) if session else None,
+    )
     return EventStream(
         ej=ej,
         broker=broker,

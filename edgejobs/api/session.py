@@ -4,7 +4,7 @@ ends the session.
 The session id lives in an HttpOnly, SameSite=Strict cookie (scripts cannot read it, other
 sites cannot send it); only its SHA-256 is stored, bound to the token, so revoking the token
 ends its sessions. The CSRF token is in a readable cookie and in the login answer, for the
-dashboard to echo in ``X-CSRF-Token``.
+dashboard to echo in ``X-CSRF-Token``. A logout also closes the session's open event streams.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from edgejobs.api.body import parse_json, validate
 from edgejobs.api.errors import ApiResponse, BadRequest, Unauthorized
 from edgejobs.api.openapi import Operation
 from edgejobs.api.schemas import Login, LoginOut, LogoutOut
+from edgejobs.broker import get_broker
 from edgejobs.store import tokens
 
 if TYPE_CHECKING:
@@ -136,6 +137,9 @@ async def logout(request: Request) -> Response:
             _, csrf = found
             check_csrf(request, csrf)
             await ej.store.write(partial(tokens.delete_session, session_id=session_id))
+            # The session's open event streams end now: they would otherwise go on carrying
+            # the org's events until their next credentials check (``[events] keepalive_s``).
+            get_broker(ej).end_session(tokens.hash_secret(session_id))
     response = ApiResponse({"ok": True})
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     response.delete_cookie(CSRF_COOKIE, path="/", samesite="strict")

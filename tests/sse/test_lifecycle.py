@@ -84,6 +84,38 @@ async def test_ending_the_session_closes_a_cookie_stream(serve: Serve) -> None:
             assert any("session ended" in c for c in stream.comments)
 
 
+async def test_logout_closes_its_sessions_streams_at_once(serve: Serve) -> None:
+    """A logout ended the session's streams only at their next credentials check, as far as
+    ``keepalive_s`` away (up to an hour): meanwhile the signed-out browser went on receiving
+    the org's events. Now they end at once; another session of the same token stays open."""
+    server = await serve(make_config(keepalive_s=3600))
+    token = await make_token(server.ej, "acme")
+    async with (
+        client(base_url=server.base_url) as leaving,
+        client(base_url=server.base_url) as staying,
+    ):
+        csrf = ""
+        for http in (leaving, staying):
+            login = await http.post("/login", json={"token": token.secret})
+            assert login.status_code == 200, login.text
+            csrf = csrf or login.json()["csrf_token"]
+        async with (
+            leaving.stream("GET", "/api/v1/events") as ended,
+            staying.stream("GET", "/api/v1/events") as kept,
+        ):
+            doomed, survivor = Stream(ended), Stream(kept)
+            job = await server.ej.submit("quick", org="acme")
+            await doomed.until(is_final(job.id))
+            await survivor.until(is_final(job.id))
+            logout = await leaving.post("/logout", headers={"X-CSRF-Token": csrf})
+            assert logout.status_code == 200, logout.text
+            assert await doomed.until_end() == []  # the keep-alive check is an hour away
+            assert any("session ended" in c for c in doomed.comments)
+            job2 = await server.ej.submit("quick", org="acme")
+            await survivor.until(is_final(job2.id))
+            assert server.broker.subscriber_count == 1
+
+
 async def test_shutdown_with_50_open_streams_completes_within_the_grace_time(
     serve: Serve,
 ) -> None:
