@@ -27,6 +27,7 @@ from edgejobs.app import EdgeJobs, JobSpec, check_org
 from edgejobs.config import ScheduleConfig
 from edgejobs.errors import ConfigError, EdgeJobsError
 from edgejobs.models import iso_ms
+from edgejobs.runner.ticks import CLOCK_JUMP_MIN_S
 from edgejobs.store.jobs import NewJob
 from edgejobs.store.rows import strict_dumps
 from edgejobs.store.schedules import (
@@ -36,6 +37,7 @@ from edgejobs.store.schedules import (
     ScheduleState,
     due_schedules,
     fire,
+    load_schedules,
     next_fire_after,
     sync_schedules,
 )
@@ -58,6 +60,31 @@ def latest_due_at_or_before(cron: str, timezone: str, at_ms: int) -> int:
     base = datetime.fromtimestamp((at_ms + 1) / 1000, ZoneInfo(timezone))
     due: datetime = croniter(cron, base).get_prev(datetime)
     return round(due.timestamp() * 1000)
+
+
+def rewound_next_fire(
+    cron: str, timezone: str, next_fire_at: int, now: int, jump_ms: int | None
+) -> int:
+    """The next due time of a schedule after the wall clock went back (``next_fire_at`` when it
+    did not).
+
+    A stored due time is always the first one after some past reading of the clock, so it is
+    never later than the first due time after ``now`` unless the clock went back since: then
+    the schedule would wait for as long as the clock went back (a day, or years after a clock
+    that started in the future was corrected). It keeps the wait it had left instead, rounded
+    up to a due time: by ``jump_ms`` when the jump was measured against the monotonic clock,
+    else (at a start, the jump unknown) at most one period from ``now``, which is never
+    sooner than it really had left, so a due time does not fire twice for a small jump.
+    """
+    if next_fire_at <= next_due_after(cron, timezone, now):
+        return next_fire_at
+    if jump_ms is None:
+        # The state was written at or after the due time before next_fire_at.
+        previous = latest_due_at_or_before(cron, timezone, next_fire_at - 1)
+        earliest = now + (next_fire_at - previous)
+    else:
+        earliest = next_fire_at + jump_ms
+    return min(next_fire_at, next_due_after(cron, timezone, earliest - 1))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -101,6 +128,9 @@ class Scheduler:
         # The earliest due time of a schedule after the last tick (None: none; 0 until a tick
         # has looked; the tick's own time while one is going through): see next_due_ms.
         self._next_fire_ms: int | None = 0
+        # Wall-clock ms and monotonic s at the last tick: a jump back between two ticks is
+        # measured; None until the first tick, which judges by the stored times alone.
+        self._last_clock: tuple[int, float] | None = None
 
     @property
     def schedules(self) -> dict[str, ScheduleConfig]:
@@ -167,6 +197,7 @@ class Scheduler:
         if not self._schedules:
             return
         self._next_fire_ms = now  # not known until this tick has gone through
+        await self._after_clock_went_back(now)
         due, upcoming = await self._ej.store.read(
             partial(_due_and_next, now=now, names=list(self._schedules))
         )
@@ -197,6 +228,48 @@ class Scheduler:
             self._next_fire_ms = min(next_times) if next_times else None
         if fired_any and self._ej.pool is not None:
             self._ej.pool.wake()
+
+    async def _after_clock_went_back(self, now: int) -> None:
+        """Bring due times stored from a later clock reading back to the clock (at the first
+        tick, and when the wall clock went back since the last tick); see
+        :func:`rewound_next_fire`."""
+        monotonic = self._ej.clock.monotonic()
+        last, self._last_clock = self._last_clock, (now, monotonic)
+        jump_ms: int | None = None
+        if last is not None:
+            jump_ms = (now - last[0]) - round((monotonic - last[1]) * 1000)
+            # Under a second is drift (the tick read ``now`` a moment ago), not a jump.
+            if jump_ms > -CLOCK_JUMP_MIN_S * 1000:
+                return
+        states = await self._ej.store.read(load_schedules)
+        for state in states.values():
+            schedule = self._schedules.get(state.name)
+            if schedule is None or (state.cron, state.timezone) != (
+                schedule.cron,
+                schedule.timezone,
+            ):
+                continue
+            moved = rewound_next_fire(
+                schedule.cron, schedule.timezone, state.next_fire_at, now, jump_ms
+            )
+            if moved == state.next_fire_at:
+                continue
+            firing = Firing(
+                name=state.name,
+                expected_last=state.last_fire_at,
+                expected_next=state.next_fire_at,
+                fire_at=None,
+                next_fire_at=moved,
+                job=None,
+            )
+            result = await self._ej.store.write(partial(fire, firing=firing, now=now))
+            if result.applied:
+                log.warning(
+                    "schedule %s: the wall clock went back; next run moved from %s to %s",
+                    state.name,
+                    iso_ms(state.next_fire_at),
+                    iso_ms(moved),
+                )
 
     async def _step(
         self, schedule: ScheduleConfig, state: ScheduleState, now: int

@@ -465,3 +465,58 @@ async def test_list_schedules_shows_next_and_last_run_per_org(
     assert [v.config.name for v in everything] == ["every5", "other"]
     assert everything[1].to_dict()["last_run_at"] is None
     assert everything[1].to_dict()["next_run_at"] == "2026-01-01T03:00:00.000Z"
+
+
+async def test_a_jump_back_of_a_day_keeps_the_schedule_firing(
+    runner: Factory, clock: FakeClock, db_path: Path
+) -> None:
+    """The due times were computed from the later clock: without bringing them back, the
+    schedule would wait a whole day for the wall clock to catch up."""
+    clock.set(at("2026-01-02T00:00:30"))
+    ej = await runner(schedules=[schedule()])
+    fired = await run_clock(ej, clock, db_path, "every5", at("2026-01-02T00:17:00"), 60)
+    assert fired[-1] == ms("2026-01-02T00:15")
+    clock.set(clock.now_ms() - 24 * 60 * MINUTE)  # NTP steps the clock back a day
+    fired = await run_clock(ej, clock, db_path, "every5", at("2026-01-01T00:31:00"), 60)
+    # (The first entry is the last due time fired before the jump.) The minutes it had left,
+    # then every 5 minutes of the new clock.
+    assert fired[1:] == [ms("2026-01-01T00:20"), ms("2026-01-01T00:25"), ms("2026-01-01T00:30")]
+
+
+async def test_a_small_jump_back_does_not_fire_a_daily_due_time_twice(
+    runner: Factory, clock: FakeClock, db_path: Path
+) -> None:
+    clock.set(at("2026-01-01T01:59:00"))
+    ej = await runner(schedules=[schedule("nightly", "0 2 * * *")])
+    await run_clock(ej, clock, db_path, "nightly", at("2026-01-01T02:05:00"), 60)
+    assert job_count(db_path) == 1
+    clock.set(at("2026-01-01T01:55:00"))  # back 10 minutes: 02:00 comes again on the wall
+    fired = await run_clock(ej, clock, db_path, "nightly", at("2026-01-02T02:01:00"), 60)
+    assert fired == [ms("2026-01-01T02:00"), ms("2026-01-02T02:00")]  # the first: before
+    assert job_count(db_path) == 2
+
+
+async def test_a_runner_started_after_the_clock_went_back_fires_within_a_period(
+    clock: FakeClock, db_path: Path
+) -> None:
+    """A box whose clock started years ahead fired a schedule, then was stopped and its clock
+    corrected: the next runner does not wait years, and fires no earlier than a period on."""
+    clock.set(at("2030-06-01T00:04:00"))
+    ej = build(db_path, clock, schedules=[schedule()])
+    await ej.start(run_workers=False)
+    clock.set(at("2030-06-01T00:05:01"))
+    await sched(ej).tick(clock.now_ms())
+    assert job_count(db_path) == 1
+    await ej.close()
+
+    clock.set(at("2026-01-01T00:02:00"))
+    ej = build(db_path, clock, schedules=[schedule()])
+    await ej.start(run_workers=False)
+    try:
+        await sched(ej).tick(clock.now_ms())
+        views = await list_schedules(ej)
+        assert views[0].next_run_at == ms("2026-01-01T00:10")  # 00:02 + one period, rounded up
+        fired = await run_clock(ej, clock, db_path, "every5", at("2026-01-01T00:16:00"), 60)
+        assert fired[1:] == [ms("2026-01-01T00:10"), ms("2026-01-01T00:15")]
+    finally:
+        await ej.close()
