@@ -1,8 +1,8 @@
 """The scheduler: a tick task that submits the jobs of ``[[schedules]]`` at their due times.
 
-Due times come from croniter on aware datetimes of the schedule's IANA zone (see
-``docs/schedules.md`` for what happens in the hours that daylight saving time skips or
-repeats). The state of every schedule lives in the ``schedules`` table; each firing and its
+Due times come from croniter's wall-clock times placed on the time line of the schedule's
+IANA zone (see ``docs/schedules.md`` for what happens in the hours that daylight saving time
+skips or repeats). The state of every schedule lives in the ``schedules`` table; each firing and its
 job are one transaction (see :mod:`edgejobs.store.schedules`), so a due time fires at most
 once, across restarts and crashes too.
 
@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import sqlite3
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from zoneinfo import ZoneInfo
 
@@ -48,18 +48,101 @@ MIN_GRACE_MS = 60_000
 """A due time is on time (not missed) while it is at most this late (or 3 ticks, if longer)."""
 
 
+DST_MARGIN = timedelta(hours=3)
+"""More than any zone's clocks move at once (a DST change moves them by one hour, a few zones by
+two): the wall-clock window searched around an instant for the cron times that map near it."""
+
+
+def _wall(at_ms: int, zone: ZoneInfo) -> datetime:
+    """The naive wall-clock time of an instant in ``zone``."""
+    return datetime.fromtimestamp(at_ms / 1000, zone).replace(tzinfo=None)
+
+
+def _ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
+
+
+def repeats_in_fall_back(cron: str) -> bool:
+    """Whether ``cron`` also fires in the second pass of a repeated hour: only when its minute
+    or hour field starts with ``*`` (Vixie cron's rule: ``*/15 * * * *`` keeps running every
+    15 minutes, ``30 2 * * *`` runs once)."""
+    minute, hour = cron.split()[:2]
+    return minute.startswith("*") or hour.startswith("*")
+
+
+def _instants(wall: datetime, zone: ZoneInfo, repeat: bool) -> list[int]:
+    """The instants a cron time (naive wall-clock ``wall`` of ``zone``) fires at: normally one;
+    in a repeated hour the first pass (and the second if ``repeat``); in a skipped hour the
+    first instant after the gap."""
+    first = _ms(wall.replace(tzinfo=zone, fold=0))
+    second = _ms(wall.replace(tzinfo=zone, fold=1))
+    if first == second:
+        return [first]
+    if _wall(first, zone) == wall:  # both exist: the hour repeats (fold 0 is the first pass)
+        return [first, second] if repeat else [first]
+    # Neither exists: between them the clocks jumped past ``wall``. The first instant whose
+    # wall-clock time is after it is the end of the gap.
+    before, after = min(first, second), max(first, second)
+    while after - before > 1:
+        middle = (before + after) // 2
+        if _wall(middle, zone) > wall:
+            after = middle
+        else:
+            before = middle
+    return [after]
+
+
+def _steady(zone: ZoneInfo, at_ms: int) -> bool:
+    """Whether ``zone`` keeps one UTC offset within :data:`DST_MARGIN` of ``at_ms``: there, wall
+    time and instants move together and the first cron time either way is the answer."""
+    margin_s = DST_MARGIN.total_seconds()
+    before = datetime.fromtimestamp(at_ms / 1000 - margin_s, zone).utcoffset()
+    return before == datetime.fromtimestamp(at_ms / 1000 + margin_s, zone).utcoffset()
+
+
 def next_due_after(cron: str, timezone: str, after_ms: int) -> int:
-    """The first due time of ``cron`` (read in ``timezone``) strictly after ``after_ms``."""
-    base = datetime.fromtimestamp(after_ms / 1000, ZoneInfo(timezone))
-    due: datetime = croniter(cron, base).get_next(datetime)
-    return round(due.timestamp() * 1000)
+    """The first due time of ``cron`` (read in ``timezone``) strictly after ``after_ms``.
+
+    croniter walks naive wall-clock times (plain calendar arithmetic); each is then placed on
+    the zone's time line by :func:`_instants`, which decides what a skipped or repeated time
+    does (croniter on aware datetimes fires a repeated time at both passes).
+    """
+    zone = ZoneInfo(timezone)
+    repeat = repeats_in_fall_back(cron)
+    if _steady(zone, after_ms):
+        # A later cron time never fires before an earlier one's first instant.
+        wall: datetime = croniter(cron, _wall(after_ms, zone)).get_next(datetime)
+        return min(_instants(wall, zone, repeat))
+    # Near a change, a wall time up to an hour or two before ``after`` may fire after it.
+    walls = croniter(cron, _wall(after_ms, zone) - DST_MARGIN)
+    best: tuple[int, datetime] | None = None
+    while True:
+        wall = walls.get_next(datetime)
+        if best is not None and wall > best[1] + DST_MARGIN:
+            return best[0]
+        for instant in _instants(wall, zone, repeat):
+            if instant > after_ms and (best is None or instant < best[0]):
+                best = (instant, wall)
 
 
 def latest_due_at_or_before(cron: str, timezone: str, at_ms: int) -> int:
     """The last due time of ``cron`` (read in ``timezone``) at or before ``at_ms``."""
-    base = datetime.fromtimestamp((at_ms + 1) / 1000, ZoneInfo(timezone))
-    due: datetime = croniter(cron, base).get_prev(datetime)
-    return round(due.timestamp() * 1000)
+    zone = ZoneInfo(timezone)
+    repeat = repeats_in_fall_back(cron)
+    if _steady(zone, at_ms):
+        wall: datetime = croniter(cron, _wall(at_ms + 1, zone)).get_prev(datetime)
+        fired = [instant for instant in _instants(wall, zone, repeat) if instant <= at_ms]
+        if fired:
+            return max(fired)
+    walls = croniter(cron, _wall(at_ms, zone) + DST_MARGIN)
+    best: tuple[int, datetime] | None = None
+    while True:
+        wall = walls.get_prev(datetime)
+        if best is not None and wall < best[1] - DST_MARGIN:
+            return best[0]
+        for instant in _instants(wall, zone, repeat):
+            if instant <= at_ms and (best is None or instant > best[0]):
+                best = (instant, wall)
 
 
 def rewound_next_fire(

@@ -154,22 +154,70 @@ async def test_berlin_spring_forward_fires_the_missing_0230_at_0300(
     assert job_count(db_path) == 4
 
 
-async def test_berlin_fall_back_fires_the_repeated_0230_twice(
+async def test_berlin_fall_back_fires_the_repeated_0230_once(
     runner: Factory, clock: FakeClock, db_path: Path
 ) -> None:
     """25 October 2026: Berlin clocks go back from 03:00 CEST to 02:00 CET, so 02:30 happens
-    twice. croniter yields both instants: the schedule runs at each of them, one hour apart."""
+    twice. A daily job runs once, at the first pass (as in Vixie cron)."""
     clock.set(at("2026-10-23T12:00"))
-    ej = await runner(schedules=[schedule("nightly", "30 2 * * *", timezone="Europe/Berlin")])
+    ej = await runner(
+        schedules=[
+            schedule("nightly", "30 2 * * *", timezone="Europe/Berlin"),
+            schedule("twice", "0 2,3 * * *", timezone="Europe/Berlin"),
+        ]
+    )
     fired = await run_clock(ej, clock, db_path, "nightly", at("2026-10-27T12:00"), 600)
     assert fired == [
         ms("2026-10-24T00:30"),  # 02:30 CEST
-        ms("2026-10-25T00:30"),  # 02:30 CEST, first pass
-        ms("2026-10-25T01:30"),  # 02:30 CET, second pass
+        ms("2026-10-25T00:30"),  # 02:30 CEST, first pass; not again at 02:30 CET
         ms("2026-10-26T01:30"),  # 02:30 CET
         ms("2026-10-27T01:30"),
     ]
-    assert job_count(db_path) == 5
+    created = query(
+        db_path,
+        "SELECT created_at FROM jobs WHERE created_at BETWEEN ? AND ?",
+        (ms("2026-10-24T22:00"), ms("2026-10-25T04:00")),
+    )
+    # 02:30 (nightly) and 02:00 CEST, 03:00 CET (twice): no 02:00 CET.
+    assert len(created) == 3
+    assert job_count(db_path) == 4 + 8
+
+
+async def test_wildcard_schedules_keep_running_through_the_repeated_hour(
+    runner: Factory, clock: FakeClock, db_path: Path
+) -> None:
+    """A schedule whose minute or hour field starts with ``*`` runs by the real clock: every
+    15 minutes through both passes of the repeated hour, and hourly twice at 02:00."""
+    clock.set(at("2026-10-24T21:59"))  # 23:59 CEST
+    ej = await runner(
+        schedules=[
+            schedule("quarter", "*/15 * * * *", timezone="Europe/Berlin"),
+            schedule("hourly", "0 * * * *", timezone="Europe/Berlin"),
+        ]
+    )
+    quarter = await run_clock(ej, clock, db_path, "quarter", at("2026-10-25T04:59"), 60)
+    # 00:00 CEST to 05:45 CET: seven real hours, four runs each.
+    assert quarter == [ms("2026-10-24T22:00") + i * 15 * MINUTE for i in range(28)]
+    assert fired_due_times(db_path, "hourly") == ms("2026-10-25T04:00")
+    assert job_count(db_path) == 28 + 7
+
+
+def test_due_times_around_dst_changes_only_move_forward() -> None:
+    """Wall-clock cron times are placed on each zone's time line one by one (a skipped time
+    moves to the end of the gap, a repeated one may fire once): due times still strictly
+    increase, also for a 30-minute DST change."""
+    for cron in ("30 2 * * *", "0 2,3 * * *", "30 1-3 * * *", "*/20 * * * *", "0 * * * *"):
+        for zone, start in (
+            ("Europe/Berlin", "2026-10-24T20:00"),
+            ("Europe/Berlin", "2026-03-28T20:00"),
+            ("America/New_York", "2026-11-01T02:00"),
+            ("Australia/Lord_Howe", "2026-04-04T12:00"),  # a 30-minute change
+        ):
+            due = ms(start)
+            for _ in range(30):
+                following = next_due_after(cron, zone, due)
+                assert following > due, (cron, zone)
+                due = following
 
 
 def test_due_times_are_computed_in_the_schedule_time_zone() -> None:
