@@ -515,8 +515,12 @@ class ScheduleConfig(_Model):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        if len(value.split()) != 5 or not croniter.croniter.is_valid(value, strict=True):
+        if len(value.split()) != 5 or not croniter.croniter.is_valid(value):
             raise _bad("cron", value)
+        if not croniter.croniter.is_valid(value, strict=True):
+            # Well formed, but its day of the month is in none of its months ("0 2 31 4 *"):
+            # say so, rather than leave the user to wonder which field is wrong.
+            raise ValueError(f"{value!r} never runs: no month it allows has that day of the month")
         return value
 
     @field_validator("timezone")

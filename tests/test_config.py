@@ -477,7 +477,11 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
         ["[[schedules]] #1 cron:"],
     ),
     ("cron out of range", SCHEDULE.replace("0 2 * * *", "61 2 * * *"), ["[[schedules]] #1 cron:"]),
-    ("cron that never fires", SCHEDULE.replace("0 2 * * *", "0 0 31 2 *"), ["#1 cron:"]),
+    (
+        "cron that never fires",
+        SCHEDULE.replace("0 2 * * *", "0 0 31 2 *"),
+        ["#1 cron:", "'0 0 31 2 *' never runs: no month it allows has that day of the month"],
+    ),
     ("cron macro", SCHEDULE.replace("0 2 * * *", "@daily"), ["[[schedules]] #1 cron:"]),
     (
         "unknown timezone",
