@@ -14,7 +14,8 @@ then the stream goes live; otherwise the first event is a ``reset``.
 
 Every ``[events] keepalive_s`` the stream sends a keep-alive comment (when nothing else was sent)
 and checks that its token is still active (and, for the dashboard, that its session was not
-ended): a revoked token or an ended session closes the stream within one interval. A logout
+ended), at least every 15 s however long that interval: a revoked token or an ended session
+closes the stream within that time. A logout
 through this server closes its session's streams at once.
 """
 
@@ -55,6 +56,10 @@ ABORT_FINISH_S = 0.5
 """After aborting a stream, how long to try to end its body cleanly (client not reading)."""
 CHUNK_EVENTS = 64
 """At most this many queued events are written to the client at once."""
+CREDENTIALS_CHECK_MAX_S = 15.0
+"""A stream checks its token (and session) at least this often, however long ``[events]
+keepalive_s`` is: ``edgejobs token revoke`` runs in another process, which this server hears of
+only by reading, so this bounds how long a revoked token's streams go on."""
 LAST_EVENT_ID = re.compile(r"[0-9]{1,19}")
 """An event id as a client may send it back: ASCII digits, 19 at most (an id beyond the newest
 event is answered with a ``reset``, never compared in SQL)."""
@@ -225,8 +230,9 @@ class EventStream(EventSourceResponse):
                 yield b"".join(chunk)
         loop_time = anyio.current_time
         interval = self._broker.keepalive_s
+        check_every = min(interval, CREDENTIALS_CHECK_MAX_S)
         last_sent = loop_time()
-        next_check = last_sent + interval
+        next_check = last_sent + check_every
         while True:
             wait = min(next_check, last_sent + interval) - loop_time()
             events = await subscriber.take(wait, CHUNK_EVENTS)
@@ -244,7 +250,7 @@ class EventStream(EventSourceResponse):
                 if reason is not None:
                     yield _comment(f"closing: {reason}")
                     return
-                next_check = loop_time() + interval
+                next_check = loop_time() + check_every
             if loop_time() - last_sent >= interval:
                 yield _KEEPALIVE
                 last_sent = loop_time()

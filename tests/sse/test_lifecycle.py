@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from ej_testkit import free_port
 from sse_support import (
     GUARD_S,
@@ -28,6 +29,7 @@ from sse_support import (
 )
 
 from edgejobs import EdgeJobs
+from edgejobs.api import events as api_events
 from edgejobs.app import JobSpec
 
 
@@ -64,6 +66,26 @@ async def test_revoking_the_token_closes_the_stream(serve: Serve) -> None:
         # Reconnecting with the revoked token is refused.
         async with open_stream(http, server, token, expect=401):
             pass
+
+
+async def test_a_revoked_token_ends_its_stream_however_long_the_keepalive(
+    serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``edgejobs token revoke`` (another process) is heard of only by a stream's credentials
+    check, which ran once per ``keepalive_s``: with an hour there, a revoked token went on
+    receiving its org's events for an hour. The check runs at least every
+    ``CREDENTIALS_CHECK_MAX_S`` (made short here)."""
+    monkeypatch.setattr(api_events, "CREDENTIALS_CHECK_MAX_S", 0.2)
+    server = await serve(make_config(keepalive_s=3600))
+    ej = server.ej
+    token = await make_token(ej, "acme")
+    async with client() as http, open_stream(http, server, token) as doomed:
+        job = await ej.submit("quick", org="acme")
+        await doomed.until(is_final(job.id))
+        await revoke(ej, token)
+        assert await doomed.until_end() == []  # within GUARD_S, not an hour
+        assert any("token was revoked" in c for c in doomed.comments)
+        assert "keep-alive" not in doomed.comments  # the check sends nothing while it stands
 
 
 async def test_ending_the_session_closes_a_cookie_stream(serve: Serve) -> None:
