@@ -63,7 +63,40 @@ def migrate(conn: sqlite3.Connection) -> int:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+    _complete_first_jobs_table(conn)
     return current_version(conn)
+
+
+def _complete_first_jobs_table(conn: sqlite3.Connection) -> None:
+    """Give a ``jobs`` table created by the first ``0001`` what the current one has.
+
+    ``0001`` was changed after databases had been created with it: ``has_dependents`` was
+    added and the ``(org, status, seq)`` index dropped. Those databases carry on at the same
+    version numbers, so no numbered migration can tell them apart, and without the column
+    every completion, submission with parents and event read fails. Adding it takes its
+    value from ``job_deps``: a job is a parent exactly when some row names it. Idempotent
+    and checked on every open (one PRAGMA), inside the write lock like a migration.
+    """
+    if not _lacks_has_dependents(conn):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if _lacks_has_dependents(conn):  # another process may have added it meanwhile
+            conn.execute("ALTER TABLE jobs ADD COLUMN has_dependents INTEGER NOT NULL DEFAULT 0")
+            conn.execute(
+                "UPDATE jobs SET has_dependents = 1 WHERE seq IN (SELECT parent_seq FROM job_deps)"
+            )
+            conn.execute("DROP INDEX IF EXISTS jobs_org_status")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _lacks_has_dependents(conn: sqlite3.Connection) -> bool:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    return bool(columns) and "has_dependents" not in columns
 
 
 def _statements(sql: str) -> list[str]:

@@ -1,0 +1,272 @@
+"""Upgrading a database an earlier edgejobs made, and opening one from several processes.
+
+Each old database is built here from the shipped migrations themselves (0001 up to the version
+an earlier edgejobs stopped at) and filled with rows in the form that version wrote, straight
+in SQL: the current code never writes those forms. The first ``0001`` differed from today's
+(no ``jobs.has_dependents``, one more index); it is rebuilt as such.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from ej_testkit import count_drift
+from ops_support import connect, make_app
+
+from edgejobs.errors import EdgeJobsError
+from edgejobs.store import migrations
+from edgejobs.testing import FakeClock
+
+NOW_MS = 1_796_000_000_000
+"""2026-11-30T00:53:20Z, the time the old rows were written."""
+
+
+def _iso(ms: int) -> str:
+    """A time as the earliest versions stored it in an event."""
+    from edgejobs.models import iso_ms
+
+    text = iso_ms(ms)
+    assert text is not None
+    return text
+
+
+def build_old_database(path: Path, version: int, *, first_jobs_table: bool = False) -> None:
+    """A file at schema ``version``, made by applying the shipped migrations 1..``version``.
+
+    ``first_jobs_table``: the ``jobs`` table as the first ``0001`` created it (before it
+    gained ``has_dependents`` and lost the ``(org, status, seq)`` index).
+    """
+    with closing(connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        for number, _name, sql in migrations.available()[:version]:
+            conn.execute("BEGIN")
+            for statement in migrations._statements(sql):
+                conn.execute(statement)
+            if number == 1 and first_jobs_table:
+                conn.execute("ALTER TABLE jobs DROP COLUMN has_dependents")
+                conn.execute("CREATE INDEX jobs_org_status ON jobs (org, status, seq)")
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+
+
+def insert_job(
+    conn: sqlite3.Connection,
+    seq: int,
+    status: str,
+    *,
+    pending_parents: int = 0,
+    attempts: int = 0,
+    lease_expires_at: int | None = None,
+    priority: int = 2,
+) -> str:
+    """One ``quick`` job of org ``acme`` in the columns every version has; returns its id."""
+    job_id = f"06H2OLD{seq:019d}"
+    conn.execute(
+        "INSERT INTO jobs (seq, id, org, job_type, status, priority, params, attempts,"
+        " max_retries, run_at, lease_expires_at, pending_parents, created_at, started_at,"
+        " updated_at) VALUES (?, ?, 'acme', 'quick', ?, ?, ?, ?, 3, ?, ?, ?, ?, ?, ?)",
+        (
+            seq,
+            job_id,
+            status,
+            priority,
+            json.dumps({"n": seq}),
+            attempts,
+            NOW_MS,
+            lease_expires_at,
+            pending_parents,
+            NOW_MS,
+            NOW_MS if status == "running" else None,
+            NOW_MS,
+        ),
+    )
+    if status == "running":
+        conn.execute(
+            "INSERT INTO attempts (job_seq, number, started_at) VALUES (?, ?, ?)",
+            (seq, attempts, NOW_MS),
+        )
+    return job_id
+
+
+async def test_a_database_with_the_first_jobs_table_runs_dependencies_again(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Before, every completion, every submission with a parent and every event read of such
+    a file failed with ``no such column: has_dependents``: children never ran."""
+    path = tmp_path / "first.db"
+    build_old_database(path, 3, first_jobs_table=True)
+    with closing(connect(path)) as conn:
+        parent = insert_job(conn, 1, "queued")
+        child = insert_job(conn, 2, "blocked", pending_parents=1)
+        conn.execute("INSERT INTO job_deps (child_seq, parent_seq) VALUES (2, 1)")
+        # What a runner killed mid-job left behind.
+        orphan = insert_job(conn, 3, "running", attempts=1, lease_expires_at=NOW_MS + 30_000)
+
+    ej = make_app(path, clock)
+    await ej.start(run_workers=False)
+    try:
+        late_child = await ej.submit("quick", org="acme", depends_on=[parent])
+        await ej.drain()
+        # The orphan's lost attempt counts as a failed one: it waits for its retry.
+        assert (await ej.get(orphan)).status.value == "retrying"
+        clock.advance(3600)
+        await ej.drain()
+        for job_id in (parent, child, late_child.id, orphan):
+            assert (await ej.get(job_id)).status.value == "completed", job_id
+        assert (await ej.get(orphan)).attempts == 2
+        assert (await ej.get(parent)).dependents == (child, late_child.id)
+    finally:
+        await ej.close()
+    with closing(connect(path)) as conn:
+        assert count_drift(conn) == {}
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert "jobs_org_status" not in indexes
+        flags = dict(conn.execute("SELECT seq, has_dependents FROM jobs WHERE seq <= 3"))
+        assert flags == {1: 1, 2: 0, 3: 0}
+
+
+def _old_job_event(job_id: str, status: str, at: int) -> str:
+    """A ``job`` event as the earliest versions stored it: an object, times as ISO text."""
+    return json.dumps(
+        {
+            "attempts": 1,
+            "cancel_reason": None,
+            "created_at": _iso(NOW_MS),
+            "error": None,
+            "finished_at": _iso(at) if status == "completed" else None,
+            "id": job_id,
+            "job_type": "quick",
+            "max_retries": 3,
+            "next_retry_at": None,
+            "org": "acme",
+            "priority": "high",
+            "progress": 0.0,
+            "progress_message": None,
+            "run_at": _iso(NOW_MS),
+            "started_at": _iso(NOW_MS + 1),
+            "status": status,
+            "updated_at": _iso(at),
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cli(config: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edgejobs", "--config", str(config), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "EDGEJOBS_CONFIG": ""},
+    )
+
+
+def _config(tmp_path: Path, db: Path) -> Path:
+    config = tmp_path / "edgejobs.toml"
+    config.write_text(f'[database]\npath = "{db.name}"\n', encoding="utf-8")
+    return config
+
+
+async def test_a_database_of_a_newer_edgejobs_is_refused_and_left_untouched(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    path = tmp_path / "newer.db"
+    build_old_database(path, len(migrations.available()))
+    with closing(connect(path)) as conn:
+        insert_job(conn, 1, "queued")
+        conn.execute(f"PRAGMA user_version = {len(migrations.available()) + 1}")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = _digest(path)
+
+    ej = make_app(path, clock)
+    with pytest.raises(EdgeJobsError, match="newer than this edgejobs"):
+        await ej.start()
+    await ej.close()
+    proc = _cli(_config(tmp_path, path), "jobs", "list")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "newer than this edgejobs" in err and "Traceback" not in err
+    assert _digest(path) == before
+
+
+def test_two_processes_opening_an_old_database_at_once_migrate_it_once(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    build_old_database(path, 4)
+    with closing(connect(path)) as conn:
+        conn.execute("BEGIN")
+        for seq in range(1, 2001):
+            insert_job(conn, seq, "queued")
+        # Enough old events that migration 0005 takes a while.
+        event = _old_job_event("x", "running", NOW_MS + 1)
+        conn.executemany(
+            "INSERT INTO events (org, job_id, kind, data, created_at) VALUES ('acme', 'x', 'job', ?, ?)",
+            [(event, NOW_MS)] * 20_000,
+        )
+        conn.execute("COMMIT")
+    config = _config(tmp_path, path)
+    procs = [_cli(config, "stats", "--json"), _cli(config, "jobs", "list", "--json")]
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert err == ""
+    with closing(connect(path)) as conn:
+        assert migrations.current_version(conn) == len(migrations.available())
+        assert count_drift(conn) == {}
+
+
+_KILLED_MIGRATION = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from edgejobs.store import migrations
+    from edgejobs.store.db import Pragmas, connect
+
+    shipped = migrations.available()
+    number, name, sql = shipped[5]  # 0006: counts every job of the file
+    killed = [*shipped[:5], (number, name, sql + "\\nSELECT die();"), *shipped[6:]]
+    migrations.available = lambda: killed
+    conn = connect(Path(sys.argv[1]), Pragmas())
+    conn.create_function("die", 0, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    migrations.migrate(conn)
+    """
+)
+
+
+def test_a_migration_killed_midway_leaves_the_previous_version_and_the_next_open_completes_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    build_old_database(path, 4)
+    with closing(connect(path)) as conn:
+        for seq in range(1, 101):
+            insert_job(conn, seq, "queued")
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_MIGRATION, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    with closing(connect(path)) as conn:
+        # 0005 was committed; 0006's table and counts were not, not even in part.
+        assert migrations.current_version(conn) == 5
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "job_counts" not in tables
+        assert migrations.migrate(conn) == len(migrations.available())
+        assert count_drift(conn) == {}
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
