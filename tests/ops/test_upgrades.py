@@ -3,7 +3,8 @@
 Each old database is built here from the shipped migrations themselves (0001 up to the version
 an earlier edgejobs stopped at) and filled with rows in the form that version wrote, straight
 in SQL: the current code never writes those forms. The first ``0001`` differed from today's
-(no ``jobs.has_dependents``, one more index); it is rebuilt as such.
+(no ``jobs.has_dependents``, one more index), and the earliest versions stored a ``job``
+event's times as ISO 8601 text; both are rebuilt as such.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 from contextlib import closing
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,7 +26,8 @@ from ej_testkit import count_drift
 from ops_support import connect, make_app
 
 from edgejobs.errors import EdgeJobsError
-from edgejobs.store import migrations
+from edgejobs.store import events, migrations
+from edgejobs.store.rows import render_job_event
 from edgejobs.testing import FakeClock
 
 NOW_MS = 1_796_000_000_000
@@ -160,6 +163,52 @@ def _old_job_event(job_id: str, status: str, at: int) -> str:
         separators=(",", ":"),
         sort_keys=True,
     )
+
+
+@pytest.mark.parametrize(
+    "upgraded_to",
+    [3, 7],
+    ids=["objects-from-the-first-versions", "arrays-an-earlier-upgrade-made"],
+)
+async def test_job_events_with_iso_times_replay_in_the_current_form(
+    tmp_path: Path, clock: FakeClock, upgraded_to: int
+) -> None:
+    """Migration 0005 turned those events into arrays but kept the ISO text, which the
+    stream then failed to render (``int()`` of the text): a ``Last-Event-ID`` replay over
+    them broke the stream. 7: the file an earlier edgejobs already upgraded that way."""
+    path = tmp_path / "events.db"
+    build_old_database(path, 3, first_jobs_table=True)
+    with closing(connect(path)) as conn:
+        job_id = insert_job(conn, 1, "completed", attempts=1, priority=1)
+        for status, at in (("running", NOW_MS + 1), ("completed", NOW_MS + 999)):
+            conn.execute(
+                "INSERT INTO events (org, job_id, kind, data, created_at)"
+                " VALUES ('acme', ?, 'job', ?, ?)",
+                (job_id, _old_job_event(job_id, status, at), at),
+            )
+        conn.execute("BEGIN")
+        for _number, _name, sql in migrations.available()[3:upgraded_to]:
+            for statement in migrations._statements(sql):
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {upgraded_to}")
+        conn.execute("COMMIT")
+
+    ej = make_app(path, clock)
+    await ej.open()
+    try:
+        rows = await ej.store.read(
+            partial(events.replay, after=0, upto=10, org="acme", job_id=None, limit=10)
+        )
+    finally:
+        await ej.close()
+    rendered = [json.loads(render_job_event(r.data, r.job_id, r.org, r.extras)) for r in rows]
+    assert [(e["status"], e["priority"], e["updated_at"]) for e in rendered] == [
+        ("running", "high", "2026-11-30T00:53:20.001Z"),
+        ("completed", "high", "2026-11-30T00:53:20.999Z"),
+    ]
+    assert {e["created_at"] for e in rendered} == {"2026-11-30T00:53:20.000Z"}
+    assert rendered[1]["finished_at"] == "2026-11-30T00:53:20.999Z"
+    assert rendered[0]["next_retry_at"] is None
 
 
 def _digest(path: Path) -> str:
