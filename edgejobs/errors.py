@@ -116,6 +116,14 @@ class StoreTooOld(EdgeJobsError):
     http_status = 500
 
 
+class SchemaTooNew(EdgeJobsError):
+    """The database was written by a newer edgejobs (a higher schema version than this one
+    knows): it is left untouched; upgrade edgejobs to open it."""
+
+    code = "schema_too_new"
+    http_status = 500
+
+
 class PermanentError(Exception):
     """Raise from a handler to fail the job at once, without retries.
 

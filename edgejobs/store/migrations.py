@@ -10,7 +10,7 @@ import re
 import sqlite3
 from importlib import resources
 
-from edgejobs.errors import EdgeJobsError
+from edgejobs.errors import EdgeJobsError, SchemaTooNew
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
@@ -40,7 +40,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     latest = migrations[-1][0] if migrations else 0
     version = current_version(conn)
     if version > latest:
-        raise EdgeJobsError(
+        raise SchemaTooNew(
             f"the database schema is version {version}, newer than this edgejobs ({latest}); "
             "upgrade edgejobs"
         )

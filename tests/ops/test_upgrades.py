@@ -25,7 +25,7 @@ import pytest
 from ej_testkit import count_drift
 from ops_support import connect, make_app
 
-from edgejobs.errors import EdgeJobsError
+from edgejobs.errors import SchemaTooNew
 from edgejobs.store import events, migrations
 from edgejobs.store.rows import render_job_event
 from edgejobs.testing import FakeClock
@@ -243,7 +243,7 @@ async def test_a_database_of_a_newer_edgejobs_is_refused_and_left_untouched(
     before = _digest(path)
 
     ej = make_app(path, clock)
-    with pytest.raises(EdgeJobsError, match="newer than this edgejobs"):
+    with pytest.raises(SchemaTooNew, match="newer than this edgejobs"):
         await ej.start()
     await ej.close()
     proc = _cli(_config(tmp_path, path), "jobs", "list")
