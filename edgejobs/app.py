@@ -646,7 +646,15 @@ class EdgeJobs:
 
     async def _refresh_job_types(self) -> None:
         with contextlib.suppress(EdgeJobsError):
-            self.set_stored_types(await self.store.read(job_type_store.load_states))
+            states = await self.store.read(job_type_store.load_states)
+            changed = states != self._stored_types
+            self.set_stored_types(states)
+            if changed and self.pool is not None:
+                # The claim the same foreign commit woke may have run on the state read before
+                # it (a resume, a raised limit seen too late) and found nothing; with jobs
+                # ready and nothing else to wake it, the pool would sleep until some
+                # unrelated commit.
+                self.pool.wake()
 
     def _import_handlers(self) -> None:
         """Import every registered handler now: a typo in a ``module:function`` path is a

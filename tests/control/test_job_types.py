@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from control_support import Factory, build, query, wait_until
+from control_support import Factory, build, noop, query, wait_until
 
 from edgejobs import EdgeJobs, Status
+from edgejobs.config import Config, RunnerConfig
 from edgejobs.control import (
     JobTypeOverrides,
     job_type_view,
@@ -93,6 +94,32 @@ async def test_a_pause_from_another_process_reaches_the_runner(
         assert await ej.pool.claim_once() == 1
     finally:
         await client.close()
+
+
+async def test_a_resume_from_another_process_starts_the_queued_jobs_by_itself(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """The runner claims on its own (no stepping): the claim that another process's commit
+    wakes must not run on the pause it read before that commit, then sleep with jobs ready.
+    (Ticks far apart: a tick's own commits would hide a missed wake-up.)"""
+    config = Config(runner=RunnerConfig(tick_interval_s=600))
+    ej = EdgeJobs(db_path, config=config, clock=clock)
+    ej.register("work", noop, dedup=False)
+    await ej.start()
+    client = build(db_path, clock, types=[])  # like the CLI: no handlers, not a runner
+    await client.open()
+    try:
+        await pause_job_type(client, "work")
+        await wait_until(lambda: "work" in ej.registry.paused)
+        job = await client.submit("work", org="acme")
+        assert (await ej.get(job.id)).status is Status.QUEUED
+        await resume_job_type(client, "work")
+        finished = await ej.wait(job.id, timeout=3)
+        assert finished.status is Status.COMPLETED
+    finally:
+        await client.close()
+        await ej.stop(grace_s=0)
+        await ej.close()
 
 
 async def test_a_concurrency_override_applies_at_the_next_claim_and_removal_restores_it(
