@@ -25,7 +25,6 @@ from edgejobs.errors import (
     ConfigError,
     EdgeJobsError,
     PayloadTooLarge,
-    RateLimited,
     ShuttingDown,
     UnknownJobType,
     ValidationError,
@@ -68,6 +67,7 @@ from edgejobs.store.jobs import (
     load_job,
     recount_jobs,
 )
+from edgejobs.store.rates import RateTake
 from edgejobs.store.rows import strict_dumps
 from edgejobs.store.transitions import cancel_job, recover_running, retry_job
 
@@ -149,46 +149,6 @@ def _cannot_open(path: Path, exc: BaseException) -> EdgeJobsError:
     return EdgeJobsError(f"cannot open the database {path}: {reason}")
 
 
-class _RateWindow:
-    """Fixed-window counters of submissions per (org, job type)."""
-
-    def __init__(self) -> None:
-        self._windows: dict[tuple[str, str], tuple[int, int]] = {}
-
-    def _used(self, key: tuple[str, str], window_ms: int, now_ms: int) -> tuple[int, int]:
-        """The current window's start and how much of it ``key`` has used."""
-        start = now_ms - now_ms % window_ms
-        current_start, used = self._windows.get(key, (start, 0))
-        return start, used if current_start == start else 0
-
-    def take(self, org: str, job_type: str, limit: str, now_ms: int, count: int = 1) -> None:
-        allowed, window_s = parse_rate_limit(limit)
-        window_ms = int(window_s * 1000)
-        key = (org, job_type)
-        if count > allowed:
-            # No window would ever take it: a Retry-After would send the client round forever.
-            raise ValidationError(
-                f"a batch of {count} {job_type} jobs exceeds the type's rate limit of {allowed}"
-                f" per {window_s:g} s for one org; submit it in smaller batches"
-            )
-        start, used = self._used(key, window_ms, now_ms)
-        if used + count > allowed:
-            retry_after = max(1, -(-(start + window_ms - now_ms) // 1000))
-            raise RateLimited(
-                f"org {org} may submit {allowed} {job_type} jobs per {window_s:g} s; try again later",
-                retry_after_s=retry_after,
-            )
-        self._windows[key] = (start, used + count)
-
-    def give_back(self, org: str, job_type: str, limit: str, now_ms: int, count: int) -> None:
-        """Return ``count`` taken in the current window (a batch that was not written)."""
-        _, window_s = parse_rate_limit(limit)
-        key = (org, job_type)
-        start, used = self._used(key, int(window_s * 1000), now_ms)
-        if used:
-            self._windows[key] = (start, max(0, used - count))
-
-
 class EdgeJobs:
     """A job runner on one SQLite file.
 
@@ -244,7 +204,6 @@ class EdgeJobs:
         self._commit_listeners: list[Callable[[WriteTx], None]] = []
         self._foreign_listeners: list[Callable[[], None]] = []
         self._stored_types: dict[str, job_type_store.JobTypeState] = {}
-        self._rates = _RateWindow()
         self._stopping = False
         self._opened = False
         self._closed = False
@@ -758,27 +717,27 @@ class EdgeJobs:
             depends_on=tuple(depends_on),
         )
 
-    def _take_rates(self, specs: Sequence[NewJob], now: int) -> list[tuple[str, str, str, int]]:
-        """Take the batch's share of every rate limit it falls under (all or none); returns
-        what was taken, to give back if the batch is not written."""
+    def _rate_takes(self, specs: Sequence[NewJob]) -> list[RateTake]:
+        """The batch's share of every rate limit it falls under, counted in the database by
+        the insert's own transaction: across processes and restarts, and only if written."""
         counts: dict[tuple[str, str], int] = {}
         for job in specs:
             counts[(job.org, job.job_type)] = counts.get((job.org, job.job_type), 0) + 1
-        taken: list[tuple[str, str, str, int]] = []
-        try:
-            for (org, name), count in counts.items():
-                limit = self._job_type_for_submit(name).rate_limit
-                if limit:
-                    self._rates.take(org, name, limit, now, count)
-                    taken.append((org, name, limit, count))
-        except BaseException:
-            self._give_back_rates(taken, now)
-            raise
-        return taken
-
-    def _give_back_rates(self, taken: Sequence[tuple[str, str, str, int]], now: int) -> None:
-        for org, name, limit, count in taken:
-            self._rates.give_back(org, name, limit, now, count)
+        takes: list[RateTake] = []
+        for (org, name), count in counts.items():
+            limit = self._job_type_for_submit(name).rate_limit
+            if not limit:
+                continue
+            allowed, window_s = parse_rate_limit(limit)
+            if count > allowed:
+                # No window would ever take it: a Retry-After would send the client round
+                # forever.
+                raise ValidationError(
+                    f"a batch of {count} {name} jobs exceeds the type's rate limit of {allowed}"
+                    f" per {window_s:g} s for one org; submit it in smaller batches"
+                )
+            takes.append(RateTake(org, name, allowed, int(window_s * 1000), count))
+        return takes
 
     async def submit(
         self,
@@ -837,20 +796,15 @@ class EdgeJobs:
                     exc.args = (exc.message,)
                 raise
             refs[id(spec)] = index
-        taken = self._take_rates(new_jobs, now)
-        try:
-            written = self.store.writer.submit_nowait(SubmitOp(new_jobs, now))
-            if self.pool is not None and not self.pool.claim_behind():
-                # The pool's claim is queued right behind this insert when no cycle is in
-                # flight (then they share a transaction, which saves a whole commit of latency;
-                # behind it, the claim sees the new rows only if they were written); otherwise
-                # the pool claims once its cycle in flight is over.
-                self.pool.wake()
-            return await written
-        except BaseException:
-            # Not written (an unknown parent, a full disk, a closed store…): not counted.
-            self._give_back_rates(taken, now)
-            raise
+        rates = self._rate_takes(new_jobs)
+        written = self.store.writer.submit_nowait(SubmitOp(new_jobs, now, rates))
+        if self.pool is not None and not self.pool.claim_behind():
+            # The pool's claim is queued right behind this insert when no cycle is in
+            # flight (then they share a transaction, which saves a whole commit of latency;
+            # behind it, the claim sees the new rows only if they were written); otherwise
+            # the pool claims once its cycle in flight is over.
+            self.pool.wake()
+        return await written
 
     # -- reading and acting -------------------------------------------------------------------
 

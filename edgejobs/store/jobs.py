@@ -15,6 +15,7 @@ from edgejobs.errors import UnknownParent, ValidationError
 from edgejobs.ids import new_job_id
 from edgejobs.models import UNSUCCESSFUL, Attempt, Job, Status
 from edgejobs.store.db import MergeableOp, WriteTx, run_in_savepoint
+from edgejobs.store.rates import RateTake, take_rates
 from edgejobs.store.rows import RowLike, attempt_from_row, estimate_eta_s, job_from_row
 from edgejobs.store.transitions import job_row, record_job_events
 
@@ -78,9 +79,12 @@ class SubmitOp(MergeableOp):
 
     jobs: Sequence[NewJob]
     now: int
+    rates: Sequence[RateTake] = ()
+    """What the submission takes of the rate limits it falls under (in its transaction)."""
 
     def __call__(self, conn: sqlite3.Connection, tx: WriteTx) -> list[Job]:
         """Write this submission alone."""
+        take_rates(conn, self.rates, self.now)
         return submitted_jobs(conn, insert_jobs(conn, tx, jobs=self.jobs, now=self.now), self.now)
 
     @classmethod
@@ -111,6 +115,9 @@ def _insert_together(
     A run of plain submissions (the common case when many clients submit at once) is one
     ``executemany``, not one per submission: per statement, Python costs more than SQLite.
     """
+    for op in ops:
+        # A submission over its limit raises here: all are rolled back and written alone.
+        take_rates(conn, op.rates, op.now)
     results: list[list[Inserted]] = []
     for plain, run in itertools.groupby(ops, key=lambda op: _is_plain(op.jobs)):
         if not plain:

@@ -1,0 +1,53 @@
+"""Rate limits of submissions per (org, job type), counted in the submission's transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Sequence
+
+from edgejobs.errors import RateLimited
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RateTake:
+    """``count`` submissions of ``job_type`` by ``org`` against ``allowed`` per window."""
+
+    org: str
+    job_type: str
+    allowed: int
+    window_ms: int
+    count: int
+
+
+def take_rates(conn: sqlite3.Connection, takes: Sequence[RateTake], now: int) -> None:
+    """Count ``takes`` in their fixed windows (aligned to multiples of the window), or raise
+    :class:`~edgejobs.errors.RateLimited` with the seconds until the window ends.
+
+    Runs in the submission's savepoint: a refused or failed submission takes nothing. A
+    window other than the current one (it ended, the limit changed, the wall clock went back)
+    counts as empty.
+    """
+    for take in takes:
+        start = now - now % take.window_ms
+        row = conn.execute(
+            "SELECT window_start, used FROM rate_windows WHERE org = ? AND job_type = ?",
+            (take.org, take.job_type),
+        ).fetchone()
+        used = int(row[1]) if row is not None and row[0] == start else 0
+        if used + take.count > take.allowed:
+            retry_after = max(1, -(-(start + take.window_ms - now) // 1000))
+            raise RateLimited(
+                f"org {take.org} may submit {take.allowed} {take.job_type} jobs per"
+                f" {take.window_ms / 1000:g} s; try again later",
+                retry_after_s=retry_after,
+            )
+        conn.execute(
+            "INSERT INTO rate_windows (org, job_type, window_start, used) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (org, job_type) DO UPDATE SET window_start = excluded.window_start,"
+            " used = excluded.used",
+            (take.org, take.job_type, start, used + take.count),
+        )
+
+
+__all__ = ["RateTake", "take_rates"]

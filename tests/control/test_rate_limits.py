@@ -1,0 +1,64 @@
+"""``rate_limit`` of a job type: submissions per org and window, counted in the database."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from control_support import Factory, build, query
+
+from edgejobs.errors import RateLimited
+from edgejobs.testing import FakeClock
+
+LIMITED = ("work", {"dedup": False, "rate_limit": "2/minute"})
+
+
+async def test_the_limit_holds_across_processes_on_the_same_file(
+    runner: Factory, db_path: Path, clock: FakeClock
+) -> None:
+    """The command line and other clients submit through their own EdgeJobs: each counting
+    on its own, every process got the whole limit."""
+    ej = await runner(types=[LIMITED])
+    client = build(db_path, clock, types=[])  # like the CLI: the runner declared the type
+    await client.open()
+    try:
+        await ej.submit("work", org="acme")
+        await client.submit("work", org="acme")
+        with pytest.raises(RateLimited, match="may submit 2 work jobs per 60 s") as info:
+            await client.submit("work", org="acme")
+        assert 1 <= info.value.retry_after_s <= 60
+        with pytest.raises(RateLimited):
+            await ej.submit("work", org="acme")
+        await client.submit("work", org="other")  # per org
+    finally:
+        await client.close()
+    assert query(db_path, "SELECT org, count(*) FROM jobs GROUP BY org") == [
+        ("acme", 2),
+        ("other", 1),
+    ]
+
+
+async def test_the_limit_survives_a_restart_and_the_next_window_opens(
+    runner: Factory, clock: FakeClock
+) -> None:
+    ej = await runner(types=[LIMITED])
+    for _ in range(2):
+        await ej.submit("work", org="acme")
+    await ej.stop(grace_s=0)
+    await ej.close()
+    again = await runner(types=[LIMITED])
+    with pytest.raises(RateLimited):
+        await again.submit("work", org="acme")
+    clock.advance(60)
+    await again.submit("work", org="acme")
+
+
+async def test_submissions_written_together_each_count(runner: Factory, db_path: Path) -> None:
+    ej = await runner(types=[LIMITED])
+    outcomes = await asyncio.gather(
+        *(ej.submit("work", org="acme") for _ in range(5)), return_exceptions=True
+    )
+    refused = [o for o in outcomes if isinstance(o, RateLimited)]
+    assert (len(outcomes) - len(refused), len(refused)) == (2, 3)
+    assert query(db_path, "SELECT count(*) FROM jobs") == [(2,)]
