@@ -204,6 +204,8 @@ class EdgeJobs:
         self._commit_listeners: list[Callable[[WriteTx], None]] = []
         self._foreign_listeners: list[Callable[[], None]] = []
         self._stored_types: dict[str, job_type_store.JobTypeState] = {}
+        self._type_refresh: asyncio.Future[None] | None = None
+        self._type_refresh_again = False
         self._stopping = False
         self._opened = False
         self._closed = False
@@ -539,6 +541,11 @@ class EdgeJobs:
         await self.stop()
         self._closed = True
         self._opened = False
+        refresh = self._type_refresh
+        if refresh is not None and refresh.get_loop() is asyncio.get_running_loop():
+            refresh.cancel()  # its read would go to a closed store
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await refresh
         await self.store.close()  # (also a store left open by a move to another loop)
 
     async def __aenter__(self) -> EdgeJobs:
@@ -599,11 +606,32 @@ class EdgeJobs:
                 event.set()
         if self.pool is not None:
             asyncio.ensure_future(self.pool.on_foreign_change())
-            asyncio.ensure_future(self._refresh_job_types())
+        # Runner or client: a pause or an override from another process is in force here too
+        # (a client that kept the state it read at open went on submitting with the old
+        # priority, retries and rate limit).
+        self._queue_type_refresh()
         for listener in self._foreign_listeners:
             listener()
 
+    def _queue_type_refresh(self) -> None:
+        """Read the job types' stored state again; one read at a time, and one more after it
+        when other commits came while it was on its way (a busy runner's commits come in
+        bursts: a client reads once per burst, not once per commit)."""
+        if self._type_refresh is not None:
+            self._type_refresh_again = True
+            return
+        self._type_refresh = asyncio.ensure_future(self._refresh_job_types())
+
     async def _refresh_job_types(self) -> None:
+        try:
+            self._type_refresh_again = True
+            while self._type_refresh_again and not self._closed:
+                self._type_refresh_again = False
+                await self._refresh_job_types_once()
+        finally:
+            self._type_refresh = None
+
+    async def _refresh_job_types_once(self) -> None:
         with contextlib.suppress(EdgeJobsError):
             states = await self.store.read(job_type_store.load_states)
             changed = states != self._stored_types

@@ -122,6 +122,28 @@ async def test_a_resume_from_another_process_starts_the_queued_jobs_by_itself(
         await ej.close()
 
 
+async def test_a_client_open_before_an_override_submits_under_it(
+    runner: Factory, db_path: Path, clock: FakeClock
+) -> None:
+    """A process that only submits (a web app's client) follows overrides made elsewhere,
+    not the state it read when it opened."""
+    await runner(types=[("work", {"dedup": False})])
+    client = build(db_path, clock, types=[("work", {"dedup": False})])
+    admin = build(db_path, clock, types=[])
+    await client.open()
+    await admin.open()
+    try:
+        assert (await client.submit("work", org="acme")).priority.value == "normal"
+        await override_job_type(admin, "work", {"priority": "high", "rate_limit": "1/hour"})
+        await wait_until(lambda: client.registry.get("work").priority.value == "high")
+        assert (await client.submit("work", org="acme")).priority.value == "high"
+        with pytest.raises(Exception, match="try again later"):
+            await client.submit("work", org="acme")
+    finally:
+        await admin.close()
+        await client.close()
+
+
 async def test_a_concurrency_override_applies_at_the_next_claim_and_removal_restores_it(
     runner: Factory,
 ) -> None:
