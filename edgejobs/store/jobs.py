@@ -15,7 +15,7 @@ from edgejobs.errors import UnknownParent, ValidationError
 from edgejobs.ids import new_job_id
 from edgejobs.models import UNSUCCESSFUL, Attempt, Job, Status
 from edgejobs.store.db import MergeableOp, WriteTx, run_in_savepoint
-from edgejobs.store.rates import RateTake, take_rates
+from edgejobs.store.rates import RateTake, take_rates, written_share
 from edgejobs.store.rows import RowLike, attempt_from_row, estimate_eta_s, job_from_row
 from edgejobs.store.transitions import job_row, record_job_events
 
@@ -84,8 +84,11 @@ class SubmitOp(MergeableOp):
 
     def __call__(self, conn: sqlite3.Connection, tx: WriteTx) -> list[Job]:
         """Write this submission alone."""
-        take_rates(conn, self.rates, self.now)
-        return submitted_jobs(conn, insert_jobs(conn, tx, jobs=self.jobs, now=self.now), self.now)
+        inserted = insert_jobs(conn, tx, jobs=self.jobs, now=self.now)
+        # Counted after the insert, in its savepoint (a refusal rolls the insert back): only
+        # what was written takes from the limit.
+        take_rates(conn, _written_share(self.rates, inserted), self.now)
+        return submitted_jobs(conn, inserted, self.now)
 
     @classmethod
     def write_together(
@@ -115,9 +118,6 @@ def _insert_together(
     A run of plain submissions (the common case when many clients submit at once) is one
     ``executemany``, not one per submission: per statement, Python costs more than SQLite.
     """
-    for op in ops:
-        # A submission over its limit raises here: all are rolled back and written alone.
-        take_rates(conn, op.rates, op.now)
     results: list[list[Inserted]] = []
     for plain, run in itertools.groupby(ops, key=lambda op: _is_plain(op.jobs)):
         if not plain:
@@ -126,9 +126,19 @@ def _insert_together(
         submissions = list(run)
         rows = iter(_insert_plain(conn, [(job, op.now) for op in submissions for job in op.jobs]))
         results.extend([next(rows) for _ in op.jobs] for op in submissions)
+    for op, inserted in zip(ops, results, strict=True):
+        # A submission over its limit raises here: all are rolled back and written alone.
+        take_rates(conn, _written_share(op.rates, inserted), op.now)
     new_rows = [item.row for inserted in results for item in inserted if not item.deduplicated]
     record_job_events(conn, tx, new_rows, was=None)
     return results
+
+
+def _written_share(rates: Sequence[RateTake], inserted: Sequence[Inserted]) -> list[RateTake]:
+    return written_share(
+        rates,
+        ((item.row["org"], item.row["job_type"]) for item in inserted if not item.deduplicated),
+    )
 
 
 def _insert_rows(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) -> list[Inserted]:

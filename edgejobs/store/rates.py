@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from edgejobs.errors import RateLimited
 
@@ -18,6 +19,17 @@ class RateTake:
     allowed: int
     window_ms: int
     count: int
+
+
+def written_share(takes: Sequence[RateTake], written: Iterable[tuple[str, str]]) -> list[RateTake]:
+    """``takes`` counting only the jobs a submission wrote, given as their (org, job type):
+    a deduplicated one (the existing job handed back, nothing written) takes nothing, so a
+    client that resends a submission after a lost answer gets its job, not a 429."""
+    if not takes:
+        return []
+    counts = collections.Counter(written)
+    share = [dataclasses.replace(take, count=counts[(take.org, take.job_type)]) for take in takes]
+    return [take for take in share if take.count > 0]
 
 
 def take_rates(conn: sqlite3.Connection, takes: Sequence[RateTake], now: int) -> None:
@@ -50,4 +62,4 @@ def take_rates(conn: sqlite3.Connection, takes: Sequence[RateTake], now: int) ->
         )
 
 
-__all__ = ["RateTake", "take_rates"]
+__all__ = ["RateTake", "take_rates", "written_share"]

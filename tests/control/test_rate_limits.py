@@ -62,3 +62,22 @@ async def test_submissions_written_together_each_count(runner: Factory, db_path:
     refused = [o for o in outcomes if isinstance(o, RateLimited)]
     assert (len(outcomes) - len(refused), len(refused)) == (2, 3)
     assert query(db_path, "SELECT count(*) FROM jobs") == [(2,)]
+
+
+async def test_a_deduplicated_submission_takes_nothing_from_the_limit(
+    runner: Factory, db_path: Path
+) -> None:
+    """A client that resends a submission (its answer was lost) gets the existing job back:
+    counted as a submission, it got a 429 once the window was used up instead of its job."""
+    ej = await runner(types=[("work", {"dedup": True, "rate_limit": "2/minute"})])
+    first = await ej.submit("work", org="acme", params={"n": 1})
+    again = await ej.submit("work", org="acme", params={"n": 1})
+    assert again.id == first.id and again.deduplicated
+    second = await ej.submit("work", org="acme", params={"n": 2})
+    resent = await asyncio.gather(  # together, as the writer merges concurrent submissions
+        *(ej.submit("work", org="acme", params={"n": n}) for n in (1, 2))
+    )
+    assert [job.id for job in resent] == [first.id, second.id]
+    with pytest.raises(RateLimited):
+        await ej.submit("work", org="acme", params={"n": 3})
+    assert query(db_path, "SELECT count(*) FROM jobs") == [(2,)]
