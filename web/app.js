@@ -1458,7 +1458,11 @@
   }
 
   function noteEventId(event) {
-    if (event.lastEventId) state.events.lastId = event.lastEventId;
+    if (!event.lastEventId) return;
+    state.events.lastId = event.lastEventId;
+    // Shown on the live indicator: which event the page has reached (for a support look, and
+    // for tests that must know an event arrived before they go on).
+    $("live").setAttribute("data-last-event-id", event.lastEventId);
   }
 
   function closeEvents() {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -205,6 +206,15 @@ class Server:
         finally:
             store.reader.close()
         return new.secret
+
+    def last_event_id(self, job_id: str) -> int:
+        """The id of the newest event of ``job_id`` in the server's database (0: none)."""
+        conn = sqlite3.connect(f"file:{self.root / 'e2e.db'}?mode=ro", uri=True)
+        try:
+            found = conn.execute("SELECT max(id) FROM events WHERE job_id = ?", (job_id,))
+            return int(found.fetchone()[0] or 0)
+        finally:
+            conn.close()
 
     def release(self, job_id: str, suffix: str = "release") -> None:
         """Let a handler pass its gate (``release``, ``step<N>`` or ``fixed``)."""

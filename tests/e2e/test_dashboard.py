@@ -69,6 +69,17 @@ def hold_first_answer(page: Page, url: re.Pattern[str], token: str, hash_route: 
     return held[0]
 
 
+def event_reached(page: Page, server: Server, job_id: str) -> None:
+    """Wait until the page's event stream has delivered the newest event of ``job_id``."""
+    newest = server.last_event_id(job_id)
+    assert newest > 0, f"job {job_id} has no event"
+    page.wait_for_function(
+        "n => Number(document.getElementById('live').dataset.lastEventId || 0) >= n",
+        arg=newest,
+        timeout=10_000,
+    )
+
+
 def progress_of(locator: Any) -> float:
     """The numeric ``data-progress`` of a progress bar."""
     return float(locator.get_attribute("data-progress") or 0)
@@ -211,7 +222,7 @@ def test_a_detail_answer_older_than_a_live_event_does_not_hide_the_job_s_end(
 
     server.release(job_id)
     api.wait_status(job_id, "completed")
-    page.wait_for_timeout(500)  # the `completed` event reaches the page before the answer
+    event_reached(page, server, job_id)  # the `completed` event reaches the page first
     route.fulfill(response=answer)
     expect(page.get_by_test_id("job-status")).to_have_text("completed")
     expect(page.get_by_test_id("job-result")).to_contain_text('"released": true')
@@ -238,7 +249,7 @@ def test_a_progress_report_that_comes_while_the_view_loads_is_shown(
     route, answer = hold_first_answer(page, url, org.token("operator"), hash_route)
     server.release(job_id, "step2")
     api.wait_progress(job_id, 50)
-    page.wait_for_timeout(500)  # the report reaches the page before the answer
+    event_reached(page, server, job_id)  # the report reaches the page before the answer
     route.fulfill(response=answer)
     expect(bar).to_have_attribute("data-progress", "50")
     assert_not_reloaded(page)
