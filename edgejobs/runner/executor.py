@@ -5,8 +5,8 @@
   the cancellation cannot hold the slot);
 * sync handlers run in a fresh daemon thread; at the deadline the thread is abandoned (it
   sees ``ctx.cancelled``) and the slot is freed;
-* ``isolation = "process"`` runs the handler in a spawned child process that is killed at the
-  deadline.
+* ``isolation = "process"`` runs the handler in a spawned child process, in a process group of
+  its own, that is killed at the deadline with every process it started.
 
 Whatever happens, :func:`execute` returns an :class:`Execution` (and :class:`AsyncRun` hands
 one to its callback); neither raises for a handler's behaviour.
@@ -15,10 +15,12 @@ one to its callback); neither raises for a handler's behaviour.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import threading
 import time
 import traceback
@@ -369,7 +371,11 @@ def _exit_with_parent(parent_pid: int) -> None:
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(PARENT_WATCH_S)
-        os._exit(1)  # no cleanup: the attempt belongs to nobody now
+        # No cleanup: the attempt belongs to nobody now. The whole group, so that what the
+        # handler started (a subprocess, a fork) ends with it.
+        with contextlib.suppress(OSError):
+            os.killpg(0, signal.SIGKILL)
+        os._exit(1)
 
     threading.Thread(target=watch, name="edgejobs-parent-watch", daemon=True).start()
 
@@ -383,6 +389,12 @@ def _child_main(
     max_result_bytes: int,
 ) -> None:
     """Entry point of the child process (imports the handler by path)."""
+    # A session (and process group) of its own, before any of the handler's code runs: the
+    # kill at the end of the attempt reaches every process the handler started, and a Ctrl-C
+    # in the runner's terminal (SIGINT to its foreground group) no longer reaches the handler,
+    # which failed the attempt with KeyboardInterrupt instead of letting the runner's shutdown
+    # interrupt it and requeue the job.
+    os.setsid()
     _exit_with_parent(parent_pid)
 
     def send_progress(percent: float, message: str | None) -> None:
@@ -421,6 +433,16 @@ def _child_main(
             pass
     finally:
         conn.close()
+
+
+def _kill_group(process: multiprocessing.process.BaseProcess) -> None:
+    """SIGKILL a handler's child process and every process in its group (what it started)."""
+    if process.pid is not None:
+        # (ESRCH: the child has not made its group yet, or the group is gone already.)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+    if process.is_alive():
+        process.kill()
 
 
 async def _execute_in_process(
@@ -475,12 +497,12 @@ async def _execute_in_process(
         threading.Thread(target=pump, name=f"edgejobs-pipe-{ctx.job_id}", daemon=True).start()
         state, finished = await _race(future, abort, timeout)
     finally:
-        if process.is_alive() and not future.done():
-            process.kill()
+        # Whatever ended the attempt, nothing the handler started outlives it: a subprocess
+        # left running after the handler returned, or one still running at the deadline, a
+        # cancel or a shutdown (killing the child alone left those behind).
+        _kill_group(process)
     if state != "done":
         ctx._cancel()
-        if process.is_alive():
-            process.kill()
         return Execution(Outcome.CANCELED) if state == "abort" else _timed_out(timeout)
     final, exitcode = finished.result()
     if final is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,10 @@ def fail(ctx: Any, params: dict[str, Any]) -> None:
 
 
 def sync_pid_sleep(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
-    """Write this process's pid to ``params["pid_file"]``, then block for ``seconds``."""
+    """Write this process's pid to ``params["pid_file"]`` (and with ``subprocess_file``, start
+    a ``sleep`` subprocess and write its pid there first), then block for ``seconds``."""
+    if "subprocess_file" in params:
+        start_sleeper(params["subprocess_file"])
     Path(params["pid_file"]).write_text(str(os.getpid()))
     time.sleep(float(params.get("seconds", 60)))
     return {"slept": params.get("seconds", 60)}
@@ -54,3 +58,15 @@ def returns_a_lone_surrogate(ctx: Any, params: dict[str, Any]) -> str:
     """Return a file name that is not UTF-8, as ``os.listdir`` gives it (JSON encodes it, but
     as text it cannot be stored)."""
     return os.fsdecode(b"report-\xff.csv")
+
+
+def start_sleeper(pid_file: str) -> None:
+    """Start a ``sleep 600`` subprocess and write its pid to ``pid_file`` (left running)."""
+    sleeper = subprocess.Popen(["sleep", "600"])
+    Path(pid_file).write_text(str(sleeper.pid))
+
+
+def starts_a_subprocess_and_returns(ctx: Any, params: dict[str, Any]) -> str:
+    """Start a ``sleep`` subprocess (its pid to ``params["subprocess_file"]``) and return."""
+    start_sleeper(params["subprocess_file"])
+    return "returned"

@@ -240,7 +240,7 @@ def run_cli(
 class Worker:
     """An ``edgejobs worker`` subprocess (stdout/stderr to a log file)."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, *, new_session: bool = False) -> None:
         self.log = log
         self._log_file = log.open("ab")
         self.proc = subprocess.Popen(
@@ -249,7 +249,13 @@ class Worker:
             stderr=subprocess.STDOUT,
             env=cli_env(),
             cwd=config.parent,
+            start_new_session=new_session,  # its own process group, as in a terminal
         )
+
+    def interrupt_group(self) -> None:
+        """SIGINT to the worker's process group: what Ctrl-C in its terminal does (start it
+        with ``new_session=True``)."""
+        os.killpg(self.proc.pid, signal.SIGINT)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind."""

@@ -116,18 +116,24 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 async def test_a_process_handler_ends_when_its_runner_is_killed(tmp_path: Path) -> None:
     """A runner killed with SIGKILL cannot kill its handlers' child processes: they ran on
-    past their timeout, beside the retry the next runner starts. The child ends itself."""
+    past their timeout, beside the retry the next runner starts. The child ends itself, and
+    takes what it started along (a subprocess of the handler's ran on)."""
     config = write_config(tmp_path, ORPHAN_CONFIG)
     pid_file = tmp_path / "child.pid"
+    sleeper_file = tmp_path / "sleeper.pid"
     client = EdgeJobs.from_config(config, environ={})
-    await client.submit("isolated", org="acme", params={"pid_file": str(pid_file)})
+    params = {"pid_file": str(pid_file), "subprocess_file": str(sleeper_file)}
+    await client.submit("isolated", org="acme", params=params)
     await client.close()
     with Worker(config, tmp_path / "worker.log") as worker:
         await _until(pid_file.exists, 30, "the handler's child started", worker)
         child = int(pid_file.read_text())
+        sleeper = int(sleeper_file.read_text())
         assert _alive(child)
+        assert _alive(sleeper)
         worker.kill()
     await _until(lambda: not _alive(child), 5, f"child {child} ended after its runner")
+    await _until(lambda: not _alive(sleeper), 5, f"subprocess {sleeper} ended with the child")
 
 
 async def test_second_runner_is_refused_in_process(tmp_path: Path) -> None:

@@ -1,0 +1,100 @@
+"""Process-isolated handlers (``isolation = "process"``) that start processes of their own or
+misbehave around their child process: whatever ends the attempt, nothing they started is left
+running, and the attempt says what happened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from core_support import Worker, db_attempts, rows, write_config
+from ej_testkit import poll_until
+
+from edgejobs import EdgeJobs, Status
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def _pid_in(path: Path) -> int:
+    await poll_until(path.exists, timeout=30, interval=0.02, message=f"no {path.name}")
+    return int(path.read_text())
+
+
+async def _ended(pid: int) -> None:
+    await poll_until(lambda: not _alive(pid), timeout=5, interval=0.02, message=f"{pid} runs")
+
+
+def _runner(tmp_path: Path, handler: str) -> EdgeJobs:
+    ej = EdgeJobs(tmp_path / "jobs.db", workers=2)
+    ej.register("iso", handler, isolation="process", timeout_s=60, max_retries=0, dedup=False)
+    return ej
+
+
+async def test_a_cancel_kills_the_subprocesses_of_the_handler(tmp_path: Path) -> None:
+    """Only the child process was killed: a subprocess it had started ran on, out of reach."""
+    ej = _runner(tmp_path, "core_handlers:sync_pid_sleep")
+    params = {"pid_file": str(tmp_path / "child"), "subprocess_file": str(tmp_path / "sleeper")}
+    async with ej:
+        job = await ej.submit("iso", org="acme", params=params)
+        await _pid_in(tmp_path / "child")
+        sleeper = int((tmp_path / "sleeper").read_text())
+        assert _alive(sleeper)
+        await ej.cancel(job.id)
+        assert (await ej.wait(job.id, timeout=10)).status is Status.CANCELED
+    await _ended(sleeper)
+
+
+async def test_a_subprocess_left_running_by_a_handler_ends_with_its_attempt(
+    tmp_path: Path,
+) -> None:
+    ej = _runner(tmp_path, "core_handlers:starts_a_subprocess_and_returns")
+    async with ej:
+        job = await ej.submit("iso", org="acme", params={"subprocess_file": str(tmp_path / "s")})
+        done = await ej.wait(job.id, timeout=30)
+        assert (done.status, done.result) == (Status.COMPLETED, "returned")
+        sleeper = await _pid_in(tmp_path / "s")
+        await _ended(sleeper)
+
+
+CTRL_C_CONFIG = """
+[database]
+path = "jobs.db"
+
+[runner]
+shutdown_grace_s = 1
+
+[[job_types]]
+name = "isolated"
+handler = "core_handlers:sync_pid_sleep"
+isolation = "process"
+timeout_s = 60
+max_retries = 0
+"""
+
+
+async def test_ctrl_c_in_the_runners_terminal_requeues_a_process_handler(tmp_path: Path) -> None:
+    """Ctrl-C sends SIGINT to the terminal's whole foreground group: the handler's child got it
+    too, raised KeyboardInterrupt and its attempt ended ``failed`` (here, with no retries left,
+    the job for good) before the runner's own shutdown could interrupt it and requeue it."""
+    config = write_config(tmp_path, CTRL_C_CONFIG)
+    client = EdgeJobs.from_config(config, environ={})
+    job = await client.submit("isolated", org="acme", params={"pid_file": str(tmp_path / "c")})
+    await client.close()
+    with Worker(config, tmp_path / "worker.log", new_session=True) as worker:
+        child = await _pid_in(tmp_path / "c")
+        worker.interrupt_group()
+        assert worker.proc.wait(timeout=30) == 0, worker.output()
+    await _ended(child)
+    db = tmp_path / "jobs.db"
+    assert rows(db, "SELECT status FROM jobs")[0]["status"] == "queued"
+    (attempt,) = db_attempts(db, job.id)
+    assert (attempt["outcome"], attempt["error_type"]) == ("canceled", "Shutdown"), attempt
