@@ -26,6 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for_any
 from typing import Any
 
 from edgejobs.errors import PermanentError
@@ -445,6 +446,20 @@ def _kill_group(process: multiprocessing.process.BaseProcess) -> None:
         process.kill()
 
 
+def _end_of(process: multiprocessing.process.BaseProcess) -> int:
+    """A descriptor that becomes readable when the child process ends.
+
+    A pidfd where the system has them: the process's sentinel is a pipe whose other end the
+    child holds, and a process it forked inherits that end, so the sentinel is not readable
+    before that one ends as well.
+    """
+    assert process.pid is not None
+    try:
+        return os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # not Linux, or older than 5.3
+        return process.sentinel
+
+
 async def _execute_in_process(
     job_type: JobType,
     ctx: BaseContext,
@@ -471,6 +486,7 @@ async def _execute_in_process(
     )
     await loop.run_in_executor(None, process.start)
     sender.close()
+    ended = _end_of(process)
     future: asyncio.Future[Any] = loop.create_future()
 
     def settle(value: Any) -> None:
@@ -481,6 +497,11 @@ async def _execute_in_process(
         final: Any = None
         try:
             while True:
+                # The child's end too, not only the pipe's: a process the handler forked holds
+                # the pipe open after the child died, and the death went unseen (the attempt
+                # held its slot and timed out, a TimeoutError instead of ProcessDied).
+                if receiver not in wait_for_any([receiver, ended]):
+                    break  # the child ended and nothing more is to be read
                 message = receiver.recv()
                 if message[0] == "progress":
                     _call(loop, ctx._sink, message[1], message[2])
@@ -489,12 +510,20 @@ async def _execute_in_process(
                     break
         except (EOFError, OSError):
             pass
+        finally:
+            if ended != process.sentinel:
+                os.close(ended)
         process.join()
         _call(loop, settle, (final, process.exitcode))
 
     try:
         # Inside the try: a pump thread that cannot start must not leave the child behind.
-        threading.Thread(target=pump, name=f"edgejobs-pipe-{ctx.job_id}", daemon=True).start()
+        try:
+            threading.Thread(target=pump, name=f"edgejobs-pipe-{ctx.job_id}", daemon=True).start()
+        except BaseException:
+            if ended != process.sentinel:
+                os.close(ended)  # the pump closes it, once it runs
+            raise
         state, finished = await _race(future, abort, timeout)
     finally:
         # Whatever ended the attempt, nothing the handler started outlives it: a subprocess

@@ -70,3 +70,14 @@ def starts_a_subprocess_and_returns(ctx: Any, params: dict[str, Any]) -> str:
     """Start a ``sleep`` subprocess (its pid to ``params["subprocess_file"]``) and return."""
     start_sleeper(params["subprocess_file"])
     return "returned"
+
+
+def forks_and_dies(ctx: Any, params: dict[str, Any]) -> None:
+    """Fork a process that sleeps (its pid to ``params["fork_file"]``; it inherits the pipe to
+    the runner), then end this one without returning."""
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    Path(params["fork_file"]).write_text(str(pid))
+    os._exit(3)

@@ -65,6 +65,22 @@ async def test_a_subprocess_left_running_by_a_handler_ends_with_its_attempt(
         await _ended(sleeper)
 
 
+async def test_a_child_that_dies_is_seen_at_once_though_its_fork_holds_the_pipe(
+    tmp_path: Path,
+) -> None:
+    """The runner read the pipe until its end: a forked process kept it open, so the death went
+    unseen until the deadline (300 s by default), the slot held all along, and the attempt
+    ended ``timed_out`` instead of saying the process died."""
+    ej = _runner(tmp_path, "core_handlers:forks_and_dies")
+    async with ej:
+        job = await ej.submit("iso", org="acme", params={"fork_file": str(tmp_path / "f")})
+        done = await ej.wait(job.id, timeout=20)  # the deadline is 60 s
+        assert done.status is Status.FAILED, done
+        assert done.error is not None
+        assert (done.error.type, "code 3" in done.error.message) == ("ProcessDied", True)
+        await _ended(await _pid_in(tmp_path / "f"))
+
+
 CTRL_C_CONFIG = """
 [database]
 path = "jobs.db"
