@@ -357,6 +357,10 @@ class _ChildContext(SyncJobContext):
     """The sync context inside the child process: progress goes through the pipe."""
 
 
+CHILD_EXIT_GRACE_S = 1.0
+"""How long a handler's child process may take to exit once it sent its outcome; then it is
+killed (the outcome stands)."""
+
 PARENT_WATCH_S = 0.2
 """How often a handler's child process looks whether the runner that started it is alive."""
 
@@ -493,6 +497,12 @@ async def _execute_in_process(
         if not future.done():
             future.set_result(value)
 
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def child_exited() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
     def pump() -> None:
         final: Any = None
         try:
@@ -513,8 +523,14 @@ async def _execute_in_process(
         finally:
             if ended != process.sentinel:
                 os.close(ended)
+        if final is not None:
+            # The handler returned or raised: that is the outcome, whether the child then exits
+            # or not (a thread of the handler's that is not a daemon keeps it alive, and the
+            # result it had sent was lost to the deadline as a TimeoutError).
+            _call(loop, settle, (final, None))
         process.join()
         _call(loop, settle, (final, process.exitcode))
+        _call(loop, child_exited)
 
     try:
         # Inside the try: a pump thread that cannot start must not leave the child behind.
@@ -525,6 +541,9 @@ async def _execute_in_process(
                 os.close(ended)  # the pump closes it, once it runs
             raise
         state, finished = await _race(future, abort, timeout)
+        if state == "done" and not exited.done():
+            # A moment to exit by itself (output flushed, exit handlers run) before the kill.
+            await asyncio.wait([exited], timeout=CHILD_EXIT_GRACE_S)
     finally:
         # Whatever ended the attempt, nothing the handler started outlives it: a subprocess
         # left running after the handler returned, or one still running at the deadline, a

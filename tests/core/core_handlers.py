@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,11 @@ def forks_and_dies(ctx: Any, params: dict[str, Any]) -> None:
         os._exit(0)
     Path(params["fork_file"]).write_text(str(pid))
     os._exit(3)
+
+
+def returns_leaving_a_thread(ctx: Any, params: dict[str, Any]) -> str:
+    """Start a thread that is not a daemon and never ends (the process cannot exit), and
+    return."""
+    threading.Thread(target=time.sleep, args=(600,), daemon=False).start()
+    Path(params["pid_file"]).write_text(str(os.getpid()))
+    return "returned"

@@ -81,6 +81,26 @@ async def test_a_child_that_dies_is_seen_at_once_though_its_fork_holds_the_pipe(
         await _ended(await _pid_in(tmp_path / "f"))
 
 
+async def test_a_result_stands_though_the_child_cannot_exit(tmp_path: Path) -> None:
+    """The runner waited for the child's exit before taking the result it had sent: a thread
+    of the handler's that is not a daemon kept the process alive, and at the deadline the
+    returned value was lost, the attempt ``timed_out``."""
+    ej = EdgeJobs(tmp_path / "jobs.db", workers=2)
+    ej.register(
+        "iso",
+        "core_handlers:returns_leaving_a_thread",
+        isolation="process",
+        timeout_s=10,
+        max_retries=0,
+        dedup=False,
+    )
+    async with ej:
+        job = await ej.submit("iso", org="acme", params={"pid_file": str(tmp_path / "c")})
+        done = await ej.wait(job.id, timeout=30)
+        assert (done.status, done.result) == (Status.COMPLETED, "returned"), done
+        await _ended(await _pid_in(tmp_path / "c"))  # killed after a moment's grace
+
+
 CTRL_C_CONFIG = """
 [database]
 path = "jobs.db"
