@@ -68,7 +68,7 @@ from edgejobs.store.jobs import (
     recount_jobs,
 )
 from edgejobs.store.rates import RateTake
-from edgejobs.store.rows import strict_dumps
+from edgejobs.store.rows import MAX_JSON_DEPTH, nested_too_deep, strict_dumps
 from edgejobs.store.transitions import cancel_job, recover_running, retry_job
 
 if TYPE_CHECKING:
@@ -687,12 +687,18 @@ class EdgeJobs:
         try:
             params_json = strict_dumps(dict(params))
             size = len(params_json.encode())
+        except RecursionError:
+            raise ValidationError(
+                f"params are nested deeper than {MAX_JSON_DEPTH} levels"
+            ) from None
         except UnicodeEncodeError:
             raise ValidationError(
                 "params hold text that is not valid Unicode (a lone surrogate)"
             ) from None
         except (TypeError, ValueError) as exc:
             raise ValidationError(f"params are not JSON-serializable: {exc}") from None
+        if nested_too_deep(params, params_json):
+            raise ValidationError(f"params are nested deeper than {MAX_JSON_DEPTH} levels")
         limit = self.config.limits.max_params_bytes
         if size > limit:
             raise PayloadTooLarge(f"params are {size} bytes of JSON; the limit is {limit}")

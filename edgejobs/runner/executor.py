@@ -33,7 +33,7 @@ from edgejobs.errors import PermanentError
 from edgejobs.models import JobError, Outcome
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
 from edgejobs.runner.registry import JobType, import_handler
-from edgejobs.store.rows import dumps
+from edgejobs.store.rows import MAX_JSON_DEPTH, dumps, nested_too_deep
 
 MAX_MESSAGE = 2000
 MAX_TRACEBACK = 20000
@@ -98,6 +98,15 @@ def encode_result(value: Any, max_bytes: int) -> Execution:
             error=JobError(
                 "ResultNotSerializable",
                 f"the handler returned a value that is not JSON: {_text_of(exc)}"[:MAX_MESSAGE],
+            ),
+        )
+    if nested_too_deep(value, text):
+        return Execution(
+            Outcome.FAILED,
+            error=JobError(
+                "ResultNotSerializable",
+                "the handler returned a value that is not JSON this runner stores: it is nested"
+                f" deeper than {MAX_JSON_DEPTH} levels",
             ),
         )
     if size > max_bytes:

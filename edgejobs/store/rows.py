@@ -24,6 +24,31 @@ _strict_json = json.JSONEncoder(
 ).encode
 
 
+MAX_JSON_DEPTH = 200
+"""Deepest nesting of arrays and objects in stored params and results. Decoding JSON recurses
+once per level from wherever the reader's stack already is: a value stored just short of
+Python's recursion limit could not be read back, and every read of its job (``get``,
+``wait``, a listing that held it) failed with ``RecursionError``."""
+
+
+def nested_too_deep(value: Any, text: str) -> bool:
+    """Whether ``value`` (whose JSON is ``text``) nests arrays and objects deeper than
+    :data:`MAX_JSON_DEPTH` levels. Iterative, and skipped when the text has too few brackets
+    to nest that deep (the common case: a count in C instead of a walk in Python)."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list | tuple):
+            continue  # (the top value may be a string with brackets in its text)
+        if depth > MAX_JSON_DEPTH:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+    return False
+
+
 def strict_dumps(value: Any) -> str:
     """:func:`dumps` for what callers send (job params): NaN and infinities are refused
     (``ValueError``), as JSON has no such numbers."""

@@ -52,6 +52,15 @@ async def returns_a_deeply_nested_list(ctx: Any, params: dict[str, Any]) -> list
     return value
 
 
+async def returns_a_list_too_deep_to_read_back(ctx: Any, params: dict[str, Any]) -> list[Any]:
+    # JSON encodes it here, but every read of the job decodes it again, from a deeper stack
+    # (an HTTP request's): a few levels more and those reads raised RecursionError.
+    value: list[Any] = []
+    for _ in range(900):
+        value = [value]
+    return value
+
+
 def sync_raises_stop_iteration(ctx: Any, params: dict[str, Any]) -> None:
     next(iter([]))  # a sync handler's StopIteration could not be set on the attempt's future
 
@@ -91,6 +100,7 @@ async def _run_one(
         (raises_unprintable, "Unprintable", "<unprintable Unprintable"),
         (returns_a_file_name_that_is_not_utf8, "ResultNotSerializable", "not JSON"),
         (returns_a_deeply_nested_list, "ResultNotSerializable", "not JSON"),
+        (returns_a_list_too_deep_to_read_back, "ResultNotSerializable", "nested deeper"),
         (sync_raises_stop_iteration, "RuntimeError", "StopIteration"),
     ],
 )

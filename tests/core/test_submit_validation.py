@@ -15,6 +15,14 @@ from edgejobs.app import JobSpec
 from edgejobs.errors import ValidationError
 from edgejobs.models import LATEST_RUN_AT_S, MAX_DELAY_S, MAX_PAGE, iso_ms
 
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
 REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("huge delay", {"delay_s": 1e20}, "delay_s"),
     ("NaN delay", {"delay_s": math.nan}, "delay_s"),
@@ -33,6 +41,8 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("NaN in params", {"params": {"n": math.nan}}, "params"),
     ("infinity in params", {"params": {"n": [1, math.inf]}}, "params"),
     ("lone surrogate in params", {"params": {"s": "\ud800"}}, "surrogate"),
+    ("params nested too deep to read back", {"params": {"v": _nested(980)}}, "nested deeper"),
+    ("params nested too deep to encode", {"params": {"v": _nested(100_000)}}, "nested deeper"),
 ]
 
 
@@ -56,6 +66,14 @@ async def test_the_bounds_themselves_are_accepted(kit: CoreKit) -> None:
     assert (await kit.ej.get(last.id)).to_dict()["run_at"].startswith("9999-12-31T23:59:59")
     first = await kit.submit(run_at="1970-01-01T00:00:00Z")
     assert first.run_at == 0
+
+
+async def test_params_as_deep_as_the_limit_are_accepted_and_read_back(kit: CoreKit) -> None:
+    """980 levels were accepted and then no read of the job could decode them again:
+    ``get``, ``wait`` and listings raised ``RecursionError``. The limit is 200 levels, the
+    params object included."""
+    job = await kit.submit(params={"v": _nested(199)})
+    assert (await kit.ej.get(job.id)).params == job.params
 
 
 def test_iso_ms_always_writes_a_four_digit_year() -> None:
