@@ -410,6 +410,9 @@ def _child_main(
     # interrupt it and requeue the job.
     os.setsid()
     _exit_with_parent(parent_pid)
+    # The child started: what failed before this (the spawn's import of the runner's main
+    # module again, say) is told apart from a handler that died.
+    conn.send(("started",))
 
     def send_progress(percent: float, message: str | None) -> None:
         conn.send(("progress", percent, message))
@@ -512,7 +515,10 @@ async def _execute_in_process(
         if not exited.done():
             exited.set_result(None)
 
+    started = False
+
     def pump() -> None:
+        nonlocal started
         final: Any = None
         try:
             while True:
@@ -524,6 +530,8 @@ async def _execute_in_process(
                 message = receiver.recv()
                 if message[0] == "progress":
                     _call(loop, ctx._sink, message[1], message[2])
+                elif message[0] == "started":
+                    started = True
                 else:
                     final = message
                     break
@@ -563,12 +571,16 @@ async def _execute_in_process(
         return Execution(Outcome.CANCELED) if state == "abort" else _timed_out(timeout)
     final, exitcode = finished.result()
     if final is None:
-        return Execution(
-            Outcome.FAILED,
-            error=JobError(
-                "ProcessDied", f"the handler's process exited with code {exitcode} before returning"
-            ),
-        )
+        if started:
+            message = f"the handler's process exited with code {exitcode} before returning"
+        else:
+            message = (
+                f"the handler's process exited with code {exitcode} while starting, before the"
+                " handler ran (its output on the runner's stderr says why). The child process"
+                " imports the runner's main module again: a script that runs a runner needs its"
+                ' top-level code under `if __name__ == "__main__":`'
+            )
+        return Execution(Outcome.FAILED, error=JobError("ProcessDied", message))
     if final[0] == "result":  # JSON within the size limit (the child checked)
         return Execution(Outcome.COMPLETED, result_json=final[1])
     _, etype, message, tb, permanent = final

@@ -4,10 +4,12 @@ running, and the attempt says what happened."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from pathlib import Path
 
 import pytest
-from core_support import Worker, db_attempts, rows, write_config
+from core_support import PYTHON, Worker, cli_env, db_attempts, rows, write_config
 from ej_testkit import poll_until
 
 from edgejobs import EdgeJobs, Status
@@ -99,6 +101,47 @@ async def test_a_result_stands_though_the_child_cannot_exit(tmp_path: Path) -> N
         done = await ej.wait(job.id, timeout=30)
         assert (done.status, done.result) == (Status.COMPLETED, "returned"), done
         await _ended(await _pid_in(tmp_path / "c"))  # killed after a moment's grace
+
+
+UNGUARDED_SCRIPT = """
+import asyncio
+from edgejobs import EdgeJobs
+
+ej = EdgeJobs(database="jobs.db")
+
+@ej.job_type("build", isolation="process", max_retries=0)
+def build(ctx, params):
+    return "built"
+
+async def main():
+    async with ej:
+        job = await ej.submit("build", org="acme")
+        job = await ej.wait(job.id, timeout=60)
+        print("ERROR:", job.error.type, job.error.message)
+
+asyncio.run(main())  # no `if __name__ == "__main__":`
+"""
+
+
+async def test_a_child_that_fails_before_the_handler_runs_says_why(tmp_path: Path) -> None:
+    """A script that runs a runner runs again in the child (multiprocessing's spawn imports
+    the main module): unguarded, the child failed as a second runner and the attempt only
+    said the process ``exited with code 1 before returning``."""
+    (tmp_path / "script.py").write_text(UNGUARDED_SCRIPT, encoding="utf-8")
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [PYTHON, "script.py"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    line = [x for x in done.stdout.splitlines() if x.startswith("ERROR:")]
+    assert line, done.stdout + done.stderr
+    assert "ProcessDied" in line[0]
+    assert "while starting" in line[0]
+    assert 'if __name__ == "__main__":' in line[0]
 
 
 CTRL_C_CONFIG = """
