@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -30,10 +31,13 @@ from multiprocessing.connection import wait as wait_for_any
 from typing import Any
 
 from edgejobs.errors import PermanentError
+from edgejobs.logs import job_fields
 from edgejobs.models import JobError, Outcome
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
 from edgejobs.runner.registry import JobType, import_handler
 from edgejobs.store.rows import MAX_JSON_DEPTH, dumps, nested_too_deep
+
+log = logging.getLogger("edgejobs.runner")
 
 MAX_MESSAGE = 2000
 MAX_TRACEBACK = 20000
@@ -308,7 +312,7 @@ async def execute(
         return failure(exc)
     if job_type.isolation == "process":
         return await _execute_in_process(job_type, ctx, params, abort, max_result_bytes, timeout)
-    work = _start_thread(handler, ctx, params)
+    work, thread = _start_thread(handler, ctx, params)
     state, finished = await _race(work, abort, timeout)
     if state == "done":
         raised = finished.exception()
@@ -317,12 +321,38 @@ async def execute(
         return encode_result(finished.result(), max_result_bytes)
     ctx._cancel()
     work.cancel()
+    if thread.is_alive():
+        _abandoned.add(thread)
+        log.warning(
+            "job %s: its handler's thread still runs after the attempt ended (%s); it is"
+            " abandoned until the handler returns (it can check ctx.cancelled); %d abandoned"
+            " handler thread(s) now run in this process",
+            ctx.job_id,
+            "interrupted" if state == "abort" else "timed out",
+            abandoned_threads(),
+            extra=job_fields(ctx.job_id, ctx.org, ctx.job_type, ctx.attempt),
+        )
     if state == "abort":
         return Execution(Outcome.CANCELED)
     return _timed_out(timeout)
 
 
-def _start_thread(handler: Any, ctx: BaseContext, params: dict[str, Any]) -> asyncio.Future[Any]:
+_abandoned: set[threading.Thread] = set()
+"""Threads of sync handlers still running when their attempt ended (see :func:`abandoned_threads`)."""
+
+
+def abandoned_threads() -> int:
+    """How many threads of sync handlers still run after their attempt ended (a handler that
+    ignored its timeout or cancel). Each holds no slot, but its thread, memory and CPU until
+    the handler returns; nothing else counted them, so a pile of them went unseen."""
+    for thread in [t for t in list(_abandoned) if not t.is_alive()]:
+        _abandoned.discard(thread)
+    return len(_abandoned)
+
+
+def _start_thread(
+    handler: Any, ctx: BaseContext, params: dict[str, Any]
+) -> tuple[asyncio.Future[Any], threading.Thread]:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
@@ -348,8 +378,9 @@ def _start_thread(handler: Any, ctx: BaseContext, params: dict[str, Any]) -> asy
         else:
             _call(loop, settle, True, value)
 
-    threading.Thread(target=run, name=f"edgejobs-job-{ctx.job_id}", daemon=True).start()
-    return future
+    thread = threading.Thread(target=run, name=f"edgejobs-job-{ctx.job_id}", daemon=True)
+    thread.start()
+    return future, thread
 
 
 def _call(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from edgejobs.runner.executor import abandoned_threads
 from edgejobs.store import Store
 from edgejobs.store.db import WriteTx
 from edgejobs.store.maintenance import (
@@ -354,8 +355,8 @@ def runner_health(ej: EdgeJobs, settings: MaintenanceSettings | None = None) -> 
 
     Unhealthy while shutting down, or when this process is the runner and its tick loop has
     not shown life for ``health_tick_factor`` × ``tick_interval_s`` (a hung tick task, a
-    blocked event loop). Details: database and WAL file sizes, the last tick's age, and the
-    attempts running in this process.
+    blocked event loop). Details: database and WAL file sizes, the last tick's age, the
+    attempts running in this process and the abandoned threads of sync handlers still running.
     """
     settings = settings or ej.maintenance.settings
     reasons: list[str] = []
@@ -370,6 +371,9 @@ def runner_health(ej: EdgeJobs, settings: MaintenanceSettings | None = None) -> 
     }
     if ej.pool is not None:
         details["running_here"] = ej.pool.running_count
+        # Not a reason for a 503 (the runner works on), but the figure to watch for handlers
+        # that ignore their timeout: each of these threads still runs, holding no slot.
+        details["abandoned_threads"] = abandoned_threads()
     if ej.stopping:
         reasons.append("the runner is shutting down")
     elif age is not None and age > limit:
@@ -442,6 +446,12 @@ class StorageCollector:
                 "edgejobs_tick_age_seconds",
                 "Seconds since the tick loop last showed life",
                 value=age,
+            )
+        if ej.pool is not None:
+            yield GaugeMetricFamily(
+                "edgejobs_abandoned_threads",
+                "Threads of sync handlers still running after their attempt ended",
+                value=abandoned_threads(),
             )
         checkpoints = CounterMetricFamily(
             "edgejobs_wal_checkpoints",

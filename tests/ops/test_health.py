@@ -253,3 +253,36 @@ async def test_metrics_show_database_and_wal_sizes(ej: EdgeJobs, client: httpx.A
     assert "edgejobs_tick_age_seconds" in values
     assert values['edgejobs_wal_checkpoints_total{mode="passive",outcome="complete"}'] >= 1
     assert "edgejobs_database_free_bytes" in values
+
+
+async def test_healthz_and_metrics_count_handler_threads_that_outlive_their_attempt(
+    db_path: Path,
+) -> None:
+    """A sync handler that ignores its timeout is abandoned: its slot freed, its job retried
+    or ended, and its thread runs on. Nothing counted those threads or said so."""
+    release = threading.Event()
+    ej = make_app(db_path, SystemClock())
+
+    def ignores_its_timeout(ctx: Any, params: dict[str, Any]) -> None:
+        release.wait(60)  # never looks at ctx.cancelled
+
+    ej.register("stuck", ignores_its_timeout, timeout_s=0.1, max_retries=0, dedup=False)
+    await ej.start()
+    try:
+        job = await ej.submit("stuck", org="acme")
+        assert (await ej.wait(job.id, timeout=10)).status.value == "timed_out"
+        async with http_client(ej) as http:
+            body = (await http.get("/healthz")).json()
+            assert body["status"] == "ok"
+            assert body["details"]["abandoned_threads"] == 1
+            assert "edgejobs_abandoned_threads 1.0" in (await http.get("/metrics")).text
+            release.set()
+            await poll_until(
+                lambda: runner_health(ej).details["abandoned_threads"] == 0,
+                timeout=10,
+                interval=0.02,
+                message="the released thread is still counted",
+            )
+    finally:
+        release.set()
+        await ej.close()
