@@ -651,10 +651,18 @@ class EdgeJobs:
                 job_type.handler()
             except ConfigError as exc:
                 raise ConfigError(f"job type {job_type.name!r}: {exc.message}") from exc
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
+                # SystemExit too: a module with a script's top-level code (argparse, sys.exit)
+                # ended the runner with that script's usage message, naming no handler.
                 raise ConfigError(
                     f"job type {job_type.name!r}: importing handler {job_type.handler_path!r}"
                     f" raised {type(exc).__name__}: {exc}"
+                    + (
+                        " (the module exits when imported: keep a script's top-level code under"
+                        ' `if __name__ == "__main__":`)'
+                        if isinstance(exc, SystemExit)
+                        else ""
+                    )
                 ) from exc
 
     # -- submitting ---------------------------------------------------------------------------

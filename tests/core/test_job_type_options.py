@@ -173,3 +173,25 @@ def test_process_isolation_refuses_a_handler_the_child_cannot_import(
     ej.register("t.work", ref)  # a thread runs it as it is
     ej.register("t.path", "core_handlers:sync_sleep", isolation="process")
     ej.register("t.module", handler, isolation="process")
+
+
+async def test_a_handler_module_that_exits_when_imported_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module with a script's top-level code (argparse) ended the runner at start with the
+    script's usage message (``error: unrecognized arguments: --config … worker``), naming
+    neither the job type nor the handler."""
+    (tmp_path / "script_like.py").write_text(
+        "import sys\nsys.exit('usage: script_like.py FILE')\ndef handler(ctx, params): ...\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ej = EdgeJobs(database=tmp_path / "jobs.db")
+    ej.register("t.script", "script_like:handler")
+    try:
+        with pytest.raises(ConfigError) as info:
+            await ej.start()
+    finally:
+        await ej.close()
+    message = info.value.message
+    assert "'t.script'" in message and "raised SystemExit" in message
+    assert "usage: script_like.py FILE" in message and "__main__" in message
