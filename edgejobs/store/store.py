@@ -33,7 +33,12 @@ class Store:
     def __init__(
         self, path: str | Path, pragmas: Pragmas | None = None, *, read_threads: int = 2
     ) -> None:
-        self.path = Path(path)
+        # Absolute from the start: connections are also opened later (a reader thread's first
+        # read, every checkpoint), and a sync handler runs in this process, where it may
+        # change the working directory. A relative path then opened, or created, another
+        # database in the handler's directory: listings failed and the WAL was never
+        # checkpointed. (``:memory:`` is no file: kept as it is.)
+        self.path = Path(path) if str(path) == ":memory:" else Path(path).absolute()
         self.pragmas = pragmas or Pragmas()
         self.writer = Writer(self.path, self.pragmas)
         self.reader = Reader(self.path, self.pragmas, threads=read_threads)

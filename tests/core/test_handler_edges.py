@@ -7,13 +7,16 @@ TimeoutError (five minutes later with the default ``timeout_s``).
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgejobs import Status
+from edgejobs import EdgeJobs, Status
 from edgejobs.clock import SystemClock
 from edgejobs.testing import Harness
 
@@ -144,3 +147,28 @@ async def test_an_async_handler_that_blocks_past_its_deadline_timed_out() -> Non
     job, _ = await _run_one(blocks_the_loop_past_its_deadline, timeout_s=0.1)
     assert job.status is Status.TIMED_OUT, job
     assert job.result is None
+
+
+def changes_directory(ctx: Any, params: dict[str, Any]) -> str:
+    os.chdir(params["to"])  # the runner's whole process: threads share the working directory
+    return os.getcwd()
+
+
+async def test_a_handler_that_changes_directory_leaves_the_database_where_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a relative database path, connections opened after the change (a reader thread's
+    first read, every checkpoint) opened or created a database in the handler's directory:
+    a listing failed and the checkpoint emptied a new, empty WAL instead of the real one."""
+    monkeypatch.chdir(tmp_path)  # (restored after the test)
+    (tmp_path / "elsewhere").mkdir()
+    ej = EdgeJobs(database="jobs.db")
+    ej.register("wander", changes_directory, max_retries=0, dedup=False)
+    async with ej:
+        job = await ej.submit("wander", org="acme", params={"to": "elsewhere"})
+        assert (await ej.wait(job.id, timeout=10)).status is Status.COMPLETED
+        assert Path.cwd() == tmp_path / "elsewhere"
+        pages = await asyncio.gather(*(ej.list_jobs(org="acme") for _ in range(4)))
+        assert [len(jobs) for jobs, _ in pages] == [1] * 4
+        await ej.maintenance.checkpoint(truncate=True)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
