@@ -5,8 +5,9 @@
   the cancellation cannot hold the slot);
 * sync handlers run in a fresh daemon thread; at the deadline the thread is abandoned (it
   sees ``ctx.cancelled``) and the slot is freed;
-* ``isolation = "process"`` runs the handler in a spawned child process, in a process group of
-  its own, that is killed at the deadline with every process it started.
+* ``isolation = "process"`` runs the handler (an async one under an event loop of its own) in a
+  spawned child process, in a process group of its own, that is killed at the deadline with
+  every process it started.
 
 Whatever happens, :func:`execute` returns an :class:`Execution` (and :class:`AsyncRun` hands
 one to its callback); neither raises for a handler's behaviour.
@@ -34,7 +35,7 @@ from edgejobs.errors import PermanentError
 from edgejobs.logs import job_fields
 from edgejobs.models import JobError, Outcome
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
-from edgejobs.runner.registry import JobType, import_handler
+from edgejobs.runner.registry import JobType, import_handler, is_async_handler
 from edgejobs.store.rows import MAX_JSON_DEPTH, dumps, nested_too_deep
 
 log = logging.getLogger("edgejobs.runner")
@@ -455,7 +456,14 @@ def _child_main(
     ctx = _ChildContext(loop=_Loopless(), sink=send_progress, **info)  # type: ignore[arg-type]
     try:
         handler = import_handler(handler_path)
-        value = handler(ctx, json.loads(params_json))
+        params = json.loads(params_json)
+        if is_async_handler(handler):
+            # An async handler runs under an event loop of the child's own. Called like a
+            # sync one, it returned its coroutine unawaited and every attempt failed with a
+            # ResultNotSerializable that named no cause.
+            value = asyncio.run(handler(JobContext(sink=send_progress, **info), params))
+        else:
+            value = handler(ctx, params)
         # Encoded as in a thread (encode_result): a value that is not JSON, or JSON that is
         # not storable text, is the handler's ResultNotSerializable, not an exception the
         # handler raised (a TypeError) nor one of the runner's on receiving it.

@@ -90,3 +90,10 @@ def returns_leaving_a_thread(ctx: Any, params: dict[str, Any]) -> str:
     threading.Thread(target=time.sleep, args=(600,), daemon=False).start()
     Path(params["pid_file"]).write_text(str(os.getpid()))
     return "returned"
+
+
+async def async_reports_its_pid(ctx: Any, params: dict[str, Any]) -> int:
+    """Report progress (awaited), then return this process's pid."""
+    await ctx.progress(50, "half")
+    await asyncio.sleep(0)
+    return os.getpid()

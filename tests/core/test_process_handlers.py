@@ -5,6 +5,7 @@ running, and the attempt says what happened."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 from pathlib import Path
 
@@ -101,6 +102,20 @@ async def test_a_result_stands_though_the_child_cannot_exit(tmp_path: Path) -> N
         done = await ej.wait(job.id, timeout=30)
         assert (done.status, done.result) == (Status.COMPLETED, "returned"), done
         await _ended(await _pid_in(tmp_path / "c"))  # killed after a moment's grace
+
+
+async def test_an_async_handler_runs_in_the_child_under_its_own_event_loop(
+    tmp_path: Path,
+) -> None:
+    """It was called like a sync handler: its coroutine came back unawaited, and every attempt
+    failed with ``ResultNotSerializable`` (a coroutine is not JSON)."""
+    ej = _runner(tmp_path, "core_handlers:async_reports_its_pid")
+    async with ej:
+        job = await ej.submit("iso", org="acme")
+        done = await ej.wait(job.id, timeout=30)
+    assert done.status is Status.COMPLETED, done.error
+    assert isinstance(done.result, int) and done.result != os.getpid()
+    assert done.progress_message == "half"  # the awaited report went through the pipe
 
 
 UNGUARDED_SCRIPT = """
