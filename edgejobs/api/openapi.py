@@ -195,7 +195,7 @@ def build_document(operations: Sequence[Operation], *, title: str, version: str)
                     "content": {"application/json": {"schema": refs[(response, "serialization")]}},
                 }
         entry["responses"]["default"] = {
-            "description": "an error (see the SPEC's status codes)",
+            "description": "an error: its code, message and details (status codes in docs/http.md, Errors and limits)",
             "content": {"application/json": {"schema": error_ref}},
         }
         paths.setdefault(path, {})[op.method.lower()] = entry
