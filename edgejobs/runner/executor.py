@@ -7,7 +7,10 @@
   sees ``ctx.cancelled``) and the slot is freed;
 * ``isolation = "process"`` runs the handler (an async one under an event loop of its own) in a
   spawned child process, in a process group of its own, that is killed at the deadline with
-  every process it started.
+  every process it started. The runner alone ends that child: it ignores SIGINT and SIGTERM,
+  so a service manager signalling every process of the service (or a Ctrl-C) stops the runner
+  gracefully instead of failing the attempt; the runner kills the child's whole group at the
+  deadline, at the end of a shutdown's grace, and as its interpreter exits.
 
 Whatever happens, :func:`execute` returns an :class:`Execution` (and :class:`AsyncRun` hands
 one to its callback); neither raises for a handler's behaviour.
@@ -16,6 +19,7 @@ one to its callback); neither raises for a handler's behaviour.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -406,6 +410,33 @@ PARENT_WATCH_S = 0.2
 """How often a handler's child process looks whether the runner that started it is alive."""
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_CHILDREN: set[multiprocessing.process.BaseProcess] = set()
+"""The handler processes alive in this process (killed at interpreter exit, see below)."""
+
+
+def _start_child(process: multiprocessing.process.BaseProcess) -> None:
+    """Start a handler's process with SIGINT and SIGTERM blocked in it from its first
+    instruction (the mask is inherited through ``exec``): one sent to every process of the
+    service while the child's interpreter starts would otherwise end it before it can ignore
+    them (:func:`_own_the_signals`)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        process.start()
+        _CHILDREN.add(process)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@atexit.register
+def _kill_children_at_exit() -> None:
+    # Registered after multiprocessing's own exit hook, so it runs before it: that hook would
+    # end daemonic children with SIGTERM, which these ignore, and then wait for them forever.
+    for process in list(_CHILDREN):
+        with contextlib.suppress(Exception):
+            _kill_group(process)
+
+
 def _exit_with_parent(parent_pid: int) -> None:
     """In the child: end this process as soon as the runner that started it is gone.
 
@@ -426,6 +457,44 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="edgejobs-parent-watch", daemon=True).start()
 
 
+def _ignore_stop_signal(signum: int, frame: Any) -> None:
+    """In the child: SIGINT and SIGTERM are the runner's to handle, not the handler's.
+
+    A function, not ``SIG_IGN``: a caught signal is reset to its default by ``exec``, so the
+    handler's own subprocesses still stop on SIGTERM and Ctrl-C as usual (and a process the
+    handler forks gets the defaults back at once, see :func:`_default_stop_signals`).
+    """
+
+
+def _default_stop_signals() -> None:
+    """In a process the handler forked: SIGINT and SIGTERM act as they do by default."""
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _own_the_signals() -> None:
+    """In the child, first thing: a session (and process group) of its own, and SIGINT and
+    SIGTERM ignored.
+
+    The session comes before any of the handler's code runs: the kill at the end of the
+    attempt (:func:`_kill_group`) reaches every process the handler started, and a Ctrl-C in
+    the runner's terminal (SIGINT to its foreground group) no longer reaches the handler, which
+    failed the attempt with KeyboardInterrupt instead of letting the runner's shutdown
+    interrupt it and requeue the job. A service manager signals every process of the service,
+    whatever its group (systemd's default ``KillMode=control-group``): ignoring both signals,
+    the child gets the runner's grace like any handler instead of dying (ProcessDied, a retry
+    spent). The runner started this process with both signals blocked (:func:`_start_child`);
+    one that came before this point is pending, and taken by the ignoring handler on
+    unblocking.
+    """
+    os.setsid()
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, _ignore_stop_signal)
+    os.register_at_fork(after_in_child=_default_stop_signals)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
 def _child_main(
     handler_path: str,
     info: dict[str, Any],
@@ -435,12 +504,7 @@ def _child_main(
     max_result_bytes: int,
 ) -> None:
     """Entry point of the child process (imports the handler by path)."""
-    # A session (and process group) of its own, before any of the handler's code runs: the
-    # kill at the end of the attempt reaches every process the handler started, and a Ctrl-C
-    # in the runner's terminal (SIGINT to its foreground group) no longer reaches the handler,
-    # which failed the attempt with KeyboardInterrupt instead of letting the runner's shutdown
-    # interrupt it and requeue the job.
-    os.setsid()
+    _own_the_signals()  # before the watch thread starts: it inherits the signal mask
     _exit_with_parent(parent_pid)
     # The child started: what failed before this (the spawn's import of the runner's main
     # module again, say) is told apart from a handler that died.
@@ -539,7 +603,7 @@ async def _execute_in_process(
         name=f"edgejobs-job-{ctx.job_id}",
         daemon=True,
     )
-    await loop.run_in_executor(None, process.start)
+    await loop.run_in_executor(None, _start_child, process)
     sender.close()
     ended = _end_of(process)
     future: asyncio.Future[Any] = loop.create_future()
@@ -585,6 +649,7 @@ async def _execute_in_process(
             # result it had sent was lost to the deadline as a TimeoutError).
             _call(loop, settle, (final, None))
         process.join()
+        _CHILDREN.discard(process)
         _call(loop, settle, (final, process.exitcode))
         _call(loop, child_exited)
 

@@ -111,9 +111,10 @@ def edgejobs_cmd(*args: str) -> list[str]:
 
 
 class Worker:
-    """An ``edgejobs worker`` subprocess logging to a file in its folder."""
+    """An ``edgejobs worker`` subprocess logging to a file in its folder (with
+    ``new_session``, in a process group of its own, for :meth:`signal_group`)."""
 
-    def __init__(self, config: Path, name: str, **env: str) -> None:
+    def __init__(self, config: Path, name: str, *, new_session: bool = False, **env: str) -> None:
         self.log = config.parent / f"{name}.log"
         self._log_file = self.log.open("ab")
         self.proc = subprocess.Popen(
@@ -122,7 +123,14 @@ class Worker:
             stderr=subprocess.STDOUT,
             env=chaos_env(config.parent, **env),
             cwd=config.parent,
+            start_new_session=new_session,
         )
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the worker's process group, as a terminal's Ctrl-C or a service
+        manager's stop does (needs ``new_session``)."""
+        if self.alive():
+            os.killpg(self.proc.pid, sig)
 
     def alive(self) -> bool:
         """Whether the process still runs."""

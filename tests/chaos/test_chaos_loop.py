@@ -1,8 +1,11 @@
 """The chaos loop: a real ``edgejobs worker`` runs a mixed workload and is SIGKILLed at a random
 moment, round after round, while another process keeps submitting; at the end every
-acknowledged job is terminal and the invariants of SPEC §9 hold.
+acknowledged job is terminal and the invariants of SPEC §9 hold. Its graceful twin stops the
+worker with SIGTERM or SIGINT instead (to the runner, or to its whole process group), and
+then nothing may be left running and no attempt may be lost.
 
-20 rounds by default; ``EDGEJOBS_LONG=1`` runs 500. ``EDGEJOBS_CHAOS_SEED`` replays a run.
+20 rounds by default (10 graceful ones); ``EDGEJOBS_LONG=1`` runs 500 (100).
+``EDGEJOBS_CHAOS_SEED`` replays a run.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,9 @@ from chaos_support import (
     Worker,
     check_invariants,
     config_text,
+    query,
     setup_folder,
+    wait_for,
     wait_until_finished,
 )
 
@@ -29,6 +35,7 @@ from edgejobs.app import JobSpec
 from edgejobs.workflows import Workflow
 
 ROUNDS = 500 if LONG else 20
+GRACEFUL_ROUNDS = 100 if LONG else 10
 
 
 def _one_job(rng: random.Random, n: int) -> tuple[str, dict[str, Any]]:
@@ -134,6 +141,60 @@ async def test_sigkill_rounds_lose_nothing_and_complete_nothing_twice(tmp_path: 
 
 def query_running(db: Path) -> int:
     """How many jobs the database shows running now."""
-    from chaos_support import query
-
     return int(query(db, "SELECT count(*) AS n FROM jobs WHERE status = 'running'")[0]["n"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600 if LONG else 150)
+async def test_graceful_stop_rounds_leave_nothing_running_and_lose_no_attempt(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM or SIGINT at a random moment of a busy runner, to it or to its whole process
+    group: each time it exits 0, leaving no job ``running`` and no attempt unfinished; jobs
+    interrupted after the grace are requeued (``canceled``, not counted), never ``lost``."""
+    seed = int(os.environ.get("EDGEJOBS_CHAOS_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    config = setup_folder(tmp_path, config_text())
+    db, effects = tmp_path / "jobs.db", tmp_path / "effects.db"
+    client = EdgeJobs.from_config(config, environ={})
+    await client.open()
+    acknowledged: list[str] = []
+    stop = asyncio.Event()
+    submitter = asyncio.create_task(_keep_submitting(client, rng, acknowledged, stop))
+    stops_while_running = 0
+    try:
+        for round_no in range(GRACEFUL_ROUNDS):
+            with Worker(config, f"worker{round_no}", new_session=True) as worker:
+                await wait_for(worker.started, 30, "worker start", worker)
+                await asyncio.sleep(rng.uniform(0.0, 1.5))
+                stops_while_running += query_running(db) > 0
+                sig = rng.choice([signal.SIGTERM, signal.SIGINT])
+                if rng.random() < 0.5:
+                    worker.signal_group(sig)
+                else:
+                    worker.proc.send_signal(sig)
+                code = await worker.ended(timeout=30)
+                assert code == 0, f"round {round_no} ({sig.name}): {worker.output()[-4000:]}"
+                assert "Traceback" not in worker.output(), worker.output()[-4000:]
+            left = query(
+                db,
+                "SELECT (SELECT count(*) FROM jobs WHERE status = 'running') AS running,"
+                " (SELECT count(*) FROM attempts WHERE outcome IS NULL) AS open_attempts",
+            )[0]
+            assert left == {"running": 0, "open_attempts": 0}, f"round {round_no}: {left}"
+        stop.set()
+        await submitter
+        with Worker(config, "final") as final:
+            await wait_until_finished(db, acknowledged, final)
+            assert await final.stop() == 0, final.output()[-4000:]
+    finally:
+        stop.set()
+        if not submitter.done():
+            submitter.cancel()
+        await client.close()
+    report = check_invariants(db, effects, acknowledged, max_retries=MAX_RETRIES)
+    print(
+        f"seed={seed} rounds={GRACEFUL_ROUNDS} stops_while_running={stops_while_running} {report}"
+    )
+    assert report["lost_attempts"] == 0
+    assert stops_while_running > 0  # the stops did hit running work

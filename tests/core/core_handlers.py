@@ -97,3 +97,75 @@ async def async_reports_its_pid(ctx: Any, params: dict[str, Any]) -> int:
     await ctx.progress(50, "half")
     await asyncio.sleep(0)
     return os.getpid()
+
+
+# -- shutdown (test_shutdown.py): the first attempt runs ``seconds`` (default: until stopped)
+# reporting progress; any later attempt returns at once. Each writes its pid, and the
+# process handler its subprocess's pid, into ``params["pids"]`` (a folder).
+
+
+def _note_pid(params: dict[str, Any], name: str, pid: int) -> None:
+    folder = Path(params["pids"])
+    (folder / f"{name}.tmp").write_text(str(pid))
+    (folder / f"{name}.tmp").replace(folder / name)  # whole, or not there
+
+
+async def until_stopped_async(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Async, reporting progress; ``stubborn`` swallows its cancellation."""
+    if ctx.attempt > 1:
+        return {"attempt": ctx.attempt}
+    _note_pid(params, params["name"], os.getpid())
+    end = time.monotonic() + float(params.get("seconds", 3600))
+    step = 0
+    while time.monotonic() < end:
+        step += 1
+        await ctx.progress(min(99.0, step / 10), f"step {step}")
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            if not params.get("stubborn"):
+                raise
+    return {"attempt": ctx.attempt, "steps": step}
+
+
+def until_stopped_sync(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """A thread (or, with process isolation, a process), reporting progress; ``polite`` ends
+    when ``ctx.cancelled``; ``child`` starts a subprocess first and waits for it at the end."""
+    if ctx.attempt > 1:
+        return {"attempt": ctx.attempt}
+    _note_pid(params, params["name"], os.getpid())
+    child = None
+    if params.get("child"):
+        child = subprocess.Popen(["sleep", str(params.get("seconds", 3600))])
+        _note_pid(params, params["name"] + ".child", child.pid)
+    end = time.monotonic() + float(params.get("seconds", 3600))
+    step = 0
+    while time.monotonic() < end:
+        step += 1
+        ctx.progress(min(99.0, step / 10), f"step {step}")
+        if params.get("polite") and ctx.cancelled:
+            return {"cancelled": True}
+        time.sleep(0.05)
+    if child is not None:
+        child.wait()
+    return {"attempt": ctx.attempt, "steps": step}
+
+
+def forks_and_terminates(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Fork a child that sleeps, end it with SIGTERM and with SIGINT: how each child ended."""
+    import signal
+
+    ended = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the forked child
+            try:
+                time.sleep(30)
+            except KeyboardInterrupt:
+                os._exit(130)
+            os._exit(0)
+        time.sleep(0.1)
+        os.kill(pid, sig)
+        _, status = os.waitpid(pid, 0)
+        ended[sig.name] = os.waitstatus_to_exitcode(status)
+    return ended

@@ -238,24 +238,28 @@ def run_cli(
 
 
 class Worker:
-    """An ``edgejobs worker`` subprocess (stdout/stderr to a log file)."""
+    """An ``edgejobs worker`` subprocess (stdout/stderr to a log file).
 
-    def __init__(self, config: Path, log: Path, *, new_session: bool = False) -> None:
+    ``new_session``: in a process group of its own, which :meth:`signal_group` signals as a
+    terminal's Ctrl-C does (the runner and what stayed in its group alike).
+    """
+
+    def __init__(self, config: Path, log: Path, *, new_session: bool = False, **env: str) -> None:
         self.log = log
         self._log_file = log.open("ab")
         self.proc = subprocess.Popen(
             edgejobs_cmd("worker", "--config", str(config)),
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env=cli_env(),
+            env=cli_env(**env),
             cwd=config.parent,
             start_new_session=new_session,  # its own process group, as in a terminal
         )
 
-    def interrupt_group(self) -> None:
-        """SIGINT to the worker's process group: what Ctrl-C in its terminal does (start it
-        with ``new_session=True``)."""
-        os.killpg(self.proc.pid, signal.SIGINT)
+    def signal_group(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the worker's whole process group (needs ``new_session``)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
 
     def kill(self) -> None:
         """SIGKILL: no cleanup of any kind."""

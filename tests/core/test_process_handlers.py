@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from pathlib import Path
 
@@ -185,7 +186,7 @@ async def test_ctrl_c_in_the_runners_terminal_requeues_a_process_handler(tmp_pat
     await client.close()
     with Worker(config, tmp_path / "worker.log", new_session=True) as worker:
         child = await _pid_in(tmp_path / "c")
-        worker.interrupt_group()
+        worker.signal_group(signal.SIGINT)  # Ctrl-C in its terminal
         assert worker.proc.wait(timeout=30) == 0, worker.output()
     await _ended(child)
     db = tmp_path / "jobs.db"

@@ -1,0 +1,313 @@
+"""Graceful stops: ``edgejobs worker`` on SIGTERM and SIGINT with every kind of handler running
+(async, async ignoring its cancellation, threads, a process with a subprocess of its own, all
+mid-progress), signals sent to the whole process group (a terminal's Ctrl-C) or to every
+process of the service (a service manager's stop), and a runner whose interpreter exits with
+a handler's process running.
+
+What a stop promises: no new claims; running attempts get ``[runner] shutdown_grace_s``; what
+has not finished then is requeued without spending a retry (attempt outcome ``canceled``,
+``Shutdown``); exit code 0 and no traceback; no handler process or subprocess of one left
+behind; nothing left ``running``; the next runner takes the jobs at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from core_support import (
+    PYTHON,
+    Worker,
+    cli_env,
+    db_attempts,
+    db_job,
+    rows,
+    write_config,
+)
+from ej_testkit import poll_until
+
+from edgejobs import EdgeJobs, Status
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+
+SHUTDOWN_CONFIG = """
+[database]
+path = "jobs.db"
+
+[runner]
+workers = 8
+tick_interval_s = 0.2
+shutdown_grace_s = {grace}
+
+[progress]
+min_interval_ms = 50
+
+[[job_types]]
+name = "s.async"
+handler = "core_handlers:until_stopped_async"
+timeout_s = 600
+max_retries = 0
+
+[[job_types]]
+name = "s.thread"
+handler = "core_handlers:until_stopped_sync"
+timeout_s = 600
+max_retries = 0
+
+[[job_types]]
+name = "s.process"
+handler = "core_handlers:until_stopped_sync"
+isolation = "process"
+timeout_s = 600
+max_retries = 0
+"""
+
+KINDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "async": ("s.async", {}),
+    "stubborn": ("s.async", {"stubborn": True}),
+    "thread": ("s.thread", {}),
+    "polite": ("s.thread", {"polite": True}),
+    "process": ("s.process", {"child": True}),
+}
+"""Every kind of running handler: name -> (job type, params). ``max_retries = 0`` everywhere,
+so an attempt that counted would end the job ``failed`` instead of running it again."""
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+async def submit_every_kind(config: Path, pids: Path, **extra: Any) -> dict[str, str]:
+    """Submit one job of each kind through a client; name -> job id."""
+    client = EdgeJobs.from_config(config, environ={})
+    try:
+        return {
+            name: (
+                await client.submit(
+                    job_type, org="acme", params={"name": name, "pids": str(pids), **p, **extra}
+                )
+            ).id
+            for name, (job_type, p) in KINDS.items()
+        }
+    finally:
+        await client.close()
+
+
+async def until(predicate: Any, what: str, worker: Worker, timeout: float = 30) -> None:
+    """Poll ``predicate``; fail with the worker's log (also if it exited meanwhile)."""
+
+    def check() -> None:
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {worker.proc.returncode}\n{worker.output()}")
+
+    await poll_until(
+        predicate,
+        timeout=timeout,
+        interval=0.05,
+        message=lambda: f"{what}: not within {timeout} s\n{worker.output()[-4000:]}",
+        check=check,
+    )
+
+
+def all_reporting_progress(db: Path, ids: dict[str, str]) -> bool:
+    found = rows(
+        db,
+        "SELECT status, progress FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(ids.values())),),
+    )
+    return len(found) == len(ids) and all(
+        r["status"] == "running" and (r["progress"] or 0) > 0 for r in found
+    )
+
+
+def integrity(db: Path) -> list[str]:
+    return [r["integrity_check"] for r in rows(db, "PRAGMA integrity_check")]
+
+
+async def exit_code(worker: Worker, timeout: float = 30) -> int:
+    return await asyncio.to_thread(worker.proc.wait, timeout)
+
+
+def send(worker: Worker, sig: signal.Signals, to: str, pids: Path) -> None:
+    """``sig`` to the runner alone (``kill``, ``docker stop``), to its process group (a
+    terminal's Ctrl-C) or to every process of the service, the handler's process and what it
+    started included (systemd's default ``KillMode=control-group``)."""
+    if to == "runner":
+        worker.proc.send_signal(sig)
+        return
+    worker.signal_group(sig)
+    if to == "every process":
+        # The handler's process leads a group of its own (its subprocess is in it).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int((pids / "process").read_text()), sig)
+
+
+@pytest.mark.parametrize(
+    ("sig", "to"),
+    [
+        (signal.SIGTERM, "runner"),
+        (signal.SIGINT, "group"),
+        (signal.SIGTERM, "every process"),
+    ],
+    ids=[
+        "SIGTERM to the runner (kill, docker stop)",
+        "SIGINT to the group (Ctrl-C)",
+        "SIGTERM to every process (systemd stop)",
+    ],
+)
+async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending_a_retry(
+    tmp_path: Path, sig: signal.Signals, to: str
+) -> None:
+    config = write_config(tmp_path, SHUTDOWN_CONFIG.format(grace=1))
+    db, pids = tmp_path / "jobs.db", tmp_path / "pids"
+    pids.mkdir()
+    ids = await submit_every_kind(config, pids)
+    with Worker(config, tmp_path / "first.log", new_session=True) as first:
+        await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", first)
+        handler_processes = [int((pids / n).read_text()) for n in ("process", "process.child")]
+        assert all(alive(pid) for pid in handler_processes)
+        # The signal, then once more during the grace, as an impatient operator does.
+        for _ in range(2):
+            send(first, sig, to, pids)
+            await asyncio.sleep(0.3)
+        started = time.monotonic()
+        code = await exit_code(first)
+        took = time.monotonic() - started
+        output = first.output()
+    assert code == 0, output
+    assert took < 8, output  # the grace, then at most 2 s for the task ignoring cancellation
+    assert "Traceback" not in output, output
+    # Nothing left behind: neither the handler's process nor the subprocess it started (which
+    # a signal to the runner alone does not reach).
+    left = [pid for pid in handler_processes if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+    for name, job_id in ids.items():
+        assert db_job(db, job_id)["status"] == "queued", name
+        attempts = [(a["outcome"], a["error_type"]) for a in db_attempts(db, job_id)]
+        assert attempts == [("canceled", "Shutdown")], (name, attempts)
+    assert integrity(db) == ["ok"]
+
+    # The next runner takes them at once, and runs them again although no retry was allowed.
+    with Worker(config, tmp_path / "second.log") as second:
+        await until(
+            lambda: all(db_job(db, i)["status"] == "completed" for i in ids.values()),
+            "all completed by the next runner",
+            second,
+            timeout=20,
+        )
+        assert second.terminate() == 0, second.output()
+    for job_id in ids.values():
+        assert [a["outcome"] for a in db_attempts(db, job_id)] == ["canceled", "completed"]
+
+
+@pytest.mark.parametrize(
+    ("sig", "to"),
+    [(signal.SIGINT, "group"), (signal.SIGTERM, "group"), (signal.SIGTERM, "every process")],
+    ids=[
+        "Ctrl-C in the terminal",
+        "SIGTERM to the group",
+        "systemd stop (KillMode=control-group)",
+    ],
+)
+async def test_a_signal_to_the_whole_group_lets_every_kind_of_job_finish_within_the_grace(
+    tmp_path: Path, sig: signal.Signals, to: str
+) -> None:
+    """The handler processes of ``isolation = "process"`` may get the signal too (a service
+    manager signals every process of the service): they must not die of it (``ProcessDied``,
+    or a ``KeyboardInterrupt`` in the handler), spending a retry; the runner decides when they
+    end."""
+    config = write_config(tmp_path, SHUTDOWN_CONFIG.format(grace=20))
+    db, pids = tmp_path / "jobs.db", tmp_path / "pids"
+    pids.mkdir()
+    ids = await submit_every_kind(config, pids, seconds=2)
+    with Worker(config, tmp_path / "worker.log", new_session=True) as worker:
+        await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", worker)
+        send(worker, sig, to, pids)
+        started = time.monotonic()
+        code = await exit_code(worker)
+        took = time.monotonic() - started
+        output = worker.output()
+    assert code == 0, output
+    assert took < 10, output  # when the jobs were done, not at the end of the grace
+    assert "Traceback" not in output, output
+    for name, job_id in ids.items():
+        assert db_job(db, job_id)["status"] == "completed", (name, output)
+        assert [a["outcome"] for a in db_attempts(db, job_id)] == ["completed"], name
+    assert integrity(db) == ["ok"]
+
+
+EXITS_WITH_A_HANDLER_RUNNING = """
+import asyncio, sys
+from pathlib import Path
+
+from edgejobs import EdgeJobs
+
+
+async def main() -> None:
+    ej = EdgeJobs(database=sys.argv[1])
+    ej.register("iso", "core_handlers:sync_pid_sleep", isolation="process", timeout_s=600)
+    await ej.start()
+    params = {"pid_file": sys.argv[2], "subprocess_file": sys.argv[3], "seconds": 600}
+    await ej.submit("iso", org="acme", params=params)
+    while not Path(sys.argv[2]).exists():
+        await asyncio.sleep(0.02)
+
+
+if __name__ == "__main__":
+    # The loop is left with the attempt running: nothing stops the runner before the exit.
+    asyncio.new_event_loop().run_until_complete(main())
+"""
+
+
+def test_a_runner_that_exits_with_a_handler_process_running_ends_it_and_its_subprocesses(
+    tmp_path: Path,
+) -> None:
+    """At interpreter exit ``multiprocessing`` ends daemonic children with SIGTERM, which a
+    handler's process ignores, and then waits for them: the runner kills the handler's whole
+    group first, and exits."""
+    script = tmp_path / "exits.py"
+    script.write_text(EXITS_WITH_A_HANDLER_RUNNING)
+    child, sleeper = tmp_path / "child", tmp_path / "sleeper"
+    done = subprocess.run(
+        [PYTHON, str(script), str(tmp_path / "jobs.db"), str(child), str(sleeper)],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    left = [pid for pid in (int(child.read_text()), int(sleeper.read_text())) if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
+async def test_what_a_process_handler_starts_still_stops_on_sigterm_and_sigint(
+    tmp_path: Path,
+) -> None:
+    """A handler's process ignores SIGINT and SIGTERM (the runner decides when it ends); what
+    the handler forks or runs does not inherit that: it ends on them as usual."""
+    ej = EdgeJobs(database=tmp_path / "jobs.db")
+    ej.register("forks", "core_handlers:forks_and_terminates", isolation="process", max_retries=0)
+    async with ej:
+        job = await ej.submit("forks", org="acme")
+        job = await ej.wait(job.id, timeout=30)
+    assert job.status is Status.COMPLETED, job.error
+    # SIGTERM's default action; SIGINT's KeyboardInterrupt (the child exits 130 on it).
+    assert job.result == {"SIGTERM": -signal.SIGTERM, "SIGINT": 130}
