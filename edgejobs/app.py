@@ -495,13 +495,21 @@ class EdgeJobs:
         self.ticker.extra_tasks.extend(self.maintenance.tick_tasks())
         self.started_monotonic = self.clock.monotonic()
         if run_workers:
-            self._tasks = [
-                asyncio.create_task(self.pool.run(), name="edgejobs-pool"),
-                asyncio.create_task(self.pool.renew_leases_forever(), name="edgejobs-leases"),
-                asyncio.create_task(self.ticker.run(), name="edgejobs-ticks"),
-                asyncio.create_task(self.watchdog.run(), name="edgejobs-watchdog"),
-            ]
-            self.pool.wake()
+            self._start_workers()
+
+    def _start_workers(self) -> None:
+        """Begin claiming and ticking in the background: the last step of :meth:`start`, or
+        of the command line's ``serve`` once its port is bound."""
+        assert self.pool is not None and self.ticker is not None
+        if self._tasks or self._stopping:
+            return
+        self._tasks = [
+            asyncio.create_task(self.pool.run(), name="edgejobs-pool"),
+            asyncio.create_task(self.pool.renew_leases_forever(), name="edgejobs-leases"),
+            asyncio.create_task(self.ticker.run(), name="edgejobs-ticks"),
+            asyncio.create_task(self.watchdog.run(), name="edgejobs-watchdog"),
+        ]
+        self.pool.wake()
 
     def _tick_settings(self) -> TickSettings:
         cfg = self.config

@@ -12,6 +12,9 @@ runner. Shutdown on SIGTERM or SIGINT:
 
 A second signal skips the HTTP drain; jobs still get their grace. (SIGKILL is safe too: the
 next start recovers what was running.)
+
+Start-up: the runner is started without its workers, which begin only once uvicorn has bound
+the port — a port in use ends the command at once, with no job started.
 """
 
 from __future__ import annotations
@@ -106,10 +109,14 @@ def _address(server: uvicorn.Server, host: str) -> str:
     return f"http://{shown}:{port}/"
 
 
-async def _announce(server: uvicorn.Server, ej: EdgeJobs, demo_secret: str | None) -> None:
+async def _when_listening(server: uvicorn.Server, ej: EdgeJobs, demo_secret: str | None) -> None:
+    """Once the port is bound: start the workers, and say where the server listens."""
     # uvicorn exposes only a flag for "listening", no event to wait on.
     while not server.started:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.02)
+    if server.should_exit:
+        return
+    ej._start_workers()
     url = _address(server, ej.config.server.host)
     log.info("serving on %s (database %s)", url, ej.config.database.path)
     if demo_secret is not None:
@@ -123,8 +130,10 @@ async def _announce(server: uvicorn.Server, ej: EdgeJobs, demo_secret: str | Non
 
 async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
     """Run the app and the runner until SIGTERM/SIGINT; returns the exit code."""
-    # Become the runner before binding the port: a second runner fails here, cleanly.
-    await ej.start()
+    # Become the runner before binding the port: a second runner fails here, cleanly. The
+    # workers start only once the port is bound (_when_listening): a port in use must not
+    # start jobs, only to interrupt them after the shutdown grace.
+    await ej.start(run_workers=False)
     app = ej.asgi_app()
     config = uvicorn.Config(
         app,
@@ -161,7 +170,7 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
             secret = await demo.create_token(ej)
             await demo.seed(ej)
             background.append(loop.create_task(demo.trickle(ej), name="edgejobs-demo"))
-        background.append(loop.create_task(_announce(server, ej, secret)))
+        background.append(loop.create_task(_when_listening(server, ej, secret)))
         try:
             await server.serve()
         except SystemExit:

@@ -8,11 +8,13 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -285,3 +287,73 @@ def test_serve_exits_1_when_the_port_is_taken(tmp_path: Path, child_env: dict[st
     assert result.returncode == 1
     assert f"could not serve on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+SERVED_JOBS = """
+from pathlib import Path
+
+
+async def run(ctx, params):
+    if "started" in params:
+        Path(params["started"]).write_text(ctx.job_id)
+    return {"ok": True}
+"""
+
+
+def _with_jobs(tmp_path: Path, env: dict[str, str], grace_s: float) -> dict[str, str]:
+    """``env`` with a config of one job type, ``served.run``, whose handler module (in
+    ``tmp_path``) notes that it started; ``[runner] shutdown_grace_s`` is ``grace_s``."""
+    (tmp_path / "served_jobs.py").write_text(SERVED_JOBS)
+    config = tmp_path / "edgejobs.toml"
+    config.write_text(
+        f'[runner]\nshutdown_grace_s = {grace_s}\n[database]\npath = "served.db"\n'
+        '[[job_types]]\nname = "served.run"\nhandler = "served_jobs:run"\n'
+    )
+    paths = [str(tmp_path), *filter(None, [env.get("PYTHONPATH")])]
+    return {**env, "EDGEJOBS_CONFIG": str(config), "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def _submit_queued(tmp_path: Path, env: dict[str, str]) -> Path:
+    """Submit one ``served.run`` job from the command line; the file it writes when it starts."""
+    started = tmp_path / "job-started"
+    subprocess.run(
+        [sys.executable, "-m", "edgejobs", "submit", "served.run", "--org", "acme"]
+        + ["--params", json.dumps({"started": str(started)})],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    return started
+
+
+def _attempts(db: Path) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT count(*) FROM attempts").fetchone()[0])
+
+
+def test_serve_with_its_port_taken_starts_no_job_and_does_not_wait_for_the_grace(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """The runner's workers start once the port is bound: a port in use is reported at once,
+    not after ``shutdown_grace_s`` spent interrupting jobs it should never have started."""
+    env = _with_jobs(tmp_path, child_env, grace_s=30)
+    started = _submit_queued(tmp_path, env)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        begun = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "edgejobs", "serve", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - begun
+    assert result.returncode == 1, result.stderr
+    assert f"could not serve on 127.0.0.1:{port}" in result.stderr
+    assert took < 15, result.stderr
+    assert not started.exists() and _attempts(tmp_path / "served.db") == 0
