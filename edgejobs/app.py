@@ -499,7 +499,8 @@ class EdgeJobs:
 
     def _start_workers(self) -> None:
         """Begin claiming and ticking in the background: the last step of :meth:`start`, or
-        of the command line's ``serve`` once its port is bound."""
+        of the command line's ``serve`` and ``worker`` once they know they will run (the port
+        is bound, no signal came during the start)."""
         assert self.pool is not None and self.ticker is not None
         if self._tasks or self._stopping:
             return

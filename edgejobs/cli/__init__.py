@@ -143,7 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bad is not None:
         print(f"edgejobs: argument '{bad}' is not valid UTF-8 text", file=sys.stderr)
         return 2
-    parser = build_parser()
+    try:
+        # The command modules import the web stack: a Ctrl-C meanwhile is no error either.
+        parser = build_parser()
+    except KeyboardInterrupt:
+        return 130
     args = parser.parse_args(argv)
     setup_logging(args)
     handler: Command = args.handler

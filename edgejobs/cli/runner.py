@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
@@ -52,18 +53,63 @@ def run_init(args: argparse.Namespace) -> int:
     return 0
 
 
-async def serve_until_signal(ej: EdgeJobs) -> None:
-    """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info(
-        "stopping: no new claims; waiting up to %.0f s for running jobs",
-        ej.config.runner.shutdown_grace_s,
-    )
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def add_stop_handlers(loop: asyncio.AbstractEventLoop, callback: Callable[..., None]) -> None:
+    """Call ``callback(sig)`` on SIGTERM and SIGINT (where the loop can: not on Windows, nor
+    from a thread other than the main one, as when a test runs a command in a thread)."""
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, callback, sig)
+
+
+def remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:
+    """Undo :func:`add_stop_handlers`."""
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(sig)
+
+
+class StopSignals:
+    """SIGTERM and SIGINT as a stop request, from before the runner starts until it closed.
+
+    Installed first thing, so that a signal while the runner starts (a slow handler import,
+    the recovery of a dead runner's jobs, a locked database) is a stop like any other: the
+    start completes, no job is claimed, and the process exits 0 — rather than dying of the
+    signal's default action (SIGTERM) or a ``KeyboardInterrupt`` somewhere in the start.
+    """
+
+    def __init__(self, ej: EdgeJobs) -> None:
+        self.ej = ej
+        self.requested = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    def __enter__(self) -> StopSignals:
+        add_stop_handlers(self._loop, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        remove_stop_handlers(self._loop)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        grace = self.ej.config.runner.shutdown_grace_s
+        if not self.requested.is_set():
+            self.requested.set()
+            if self.ej.is_runner:
+                log.info(
+                    "%s: stopping; no new claims, running jobs get up to %.0f s", sig.name, grace
+                )
+            else:
+                log.info("%s while starting: stopping without running any job", sig.name)
+            return
+        log.warning(
+            "%s again: already stopping (running jobs get up to %.0f s in all, then are"
+            " requeued); SIGKILL would end the process at once, and the next start would"
+            " recover its running jobs as lost attempts",
+            sig.name,
+            grace,
+        )
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -72,17 +118,20 @@ def run_worker(args: argparse.Namespace) -> int:
     ej = app_from_args(args, **overrides)
 
     async def main() -> int:
-        await ej.start()
-        log.info(
-            "worker running on %s with %d workers (pid %d)",
-            ej.config.database.path,
-            ej.config.runner.workers,
-            __import__("os").getpid(),
-        )
-        try:
-            await serve_until_signal(ej)
-        finally:
-            await ej.close()
+        with StopSignals(ej) as signals:
+            try:
+                await ej.start(run_workers=False)
+                if not signals.requested.is_set():
+                    ej._start_workers()
+                    log.info(
+                        "worker running on %s with %d workers (pid %d)",
+                        ej.config.database.path,
+                        ej.config.runner.workers,
+                        os.getpid(),
+                    )
+                    await signals.requested.wait()
+            finally:
+                await ej.close()
         return 0
 
     return run_abandoning(main())

@@ -13,8 +13,9 @@ runner. Shutdown on SIGTERM or SIGINT:
 A second signal skips the HTTP drain; jobs still get their grace. (SIGKILL is safe too: the
 next start recovers what was running.)
 
-Start-up: the runner is started without its workers, which begin only once uvicorn has bound
-the port — a port in use ends the command at once, with no job started.
+Start-up: the signal handlers come first, so a signal while the runner starts stops it before
+it claims anything (exit 0); the runner is started without its workers, which begin only once
+uvicorn has bound the port — a port in use ends the command at once, with no job started.
 """
 
 from __future__ import annotations
@@ -30,11 +31,17 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from edgejobs import demo
 from edgejobs.api.app import begin_shutdown
 from edgejobs.app import EdgeJobs
-from edgejobs.cli.runner import app_from_args, run_abandoning
+from edgejobs.cli.runner import (
+    add_stop_handlers,
+    app_from_args,
+    remove_stop_handlers,
+    run_abandoning,
+)
 
 log = logging.getLogger("edgejobs")
 
@@ -130,26 +137,20 @@ async def _when_listening(server: uvicorn.Server, ej: EdgeJobs, demo_secret: str
 
 async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
     """Run the app and the runner until SIGTERM/SIGINT; returns the exit code."""
-    # Become the runner before binding the port: a second runner fails here, cleanly. The
-    # workers start only once the port is bound (_when_listening): a port in use must not
-    # start jobs, only to interrupt them after the shutdown grace.
-    await ej.start(run_workers=False)
-    app = ej.asgi_app()
-    config = uvicorn.Config(
-        app,
-        host=ej.config.server.host,
-        port=ej.config.server.port,
-        lifespan="on",
-        log_config=None,  # keep edgejobs' logging setup
-        timeout_graceful_shutdown=int(HTTP_DRAIN_S),
-        server_header=False,
-    )
-    server = _Server(config)
     loop = asyncio.get_running_loop()
+    server: _Server | None = None
+    app: Starlette | None = None
     background: list[asyncio.Task[None]] = []
+    stopped_while_starting = False
     code = 0
 
     def on_signal(sig: signal.Signals) -> None:
+        nonlocal stopped_while_starting
+        if server is None or app is None:
+            if not stopped_while_starting:
+                log.info("%s while starting: stopping without running any job", sig.name)
+            stopped_while_starting = True
+            return
         if server.should_exit:
             log.warning("%s again: not waiting for open HTTP requests", sig.name)
             server.force_exit = True
@@ -162,9 +163,27 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
         server.should_exit = True
         background.append(loop.create_task(begin_shutdown(app)))
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
+    # First thing: a signal during the start is a stop (exit 0), not death by SIGTERM's
+    # default action or a KeyboardInterrupt in the middle of the start.
+    add_stop_handlers(loop, on_signal)
     try:
+        # Become the runner before binding the port: a second runner fails here, cleanly.
+        # The workers start only once the port is bound (_when_listening): a port in use must
+        # not start jobs, only to interrupt them after the shutdown grace.
+        await ej.start(run_workers=False)
+        if stopped_while_starting:
+            return 0
+        app = ej.asgi_app()
+        config = uvicorn.Config(
+            app,
+            host=ej.config.server.host,
+            port=ej.config.server.port,
+            lifespan="on",
+            log_config=None,  # keep edgejobs' logging setup
+            timeout_graceful_shutdown=int(HTTP_DRAIN_S),
+            server_header=False,
+        )
+        server = _Server(config)
         secret = None
         if demo_mode:
             secret = await demo.create_token(ej)
@@ -181,17 +200,17 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
             )
             code = 1
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        remove_stop_handlers(loop)
         for task in background:
             task.cancel()
         for task in background:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        # The lifespan closed everything unless uvicorn skipped it (failed start, second
-        # signal): then finish the stop here.
-        await begin_shutdown(app)
-        if app.state.runner_stop is not None:
-            await app.state.runner_stop
+        if app is not None:
+            # The lifespan closed everything unless uvicorn skipped it (failed start, second
+            # signal): then finish the stop here.
+            await begin_shutdown(app)
+            if app.state.runner_stop is not None:
+                await app.state.runner_stop
         await ej.close()
     return code

@@ -290,7 +290,12 @@ def test_serve_exits_1_when_the_port_is_taken(tmp_path: Path, child_env: dict[st
 
 
 SERVED_JOBS = """
+import os, time
 from pathlib import Path
+
+if os.environ.get("SLOW_IMPORT_MARK"):
+    Path(os.environ["SLOW_IMPORT_MARK"]).write_text("importing")
+    time.sleep(2)
 
 
 async def run(ctx, params):
@@ -302,7 +307,8 @@ async def run(ctx, params):
 
 def _with_jobs(tmp_path: Path, env: dict[str, str], grace_s: float) -> dict[str, str]:
     """``env`` with a config of one job type, ``served.run``, whose handler module (in
-    ``tmp_path``) notes that it started; ``[runner] shutdown_grace_s`` is ``grace_s``."""
+    ``tmp_path``) notes that it started and, with ``SLOW_IMPORT_MARK`` set, takes 2 s to
+    import; ``[runner] shutdown_grace_s`` is ``grace_s``."""
     (tmp_path / "served_jobs.py").write_text(SERVED_JOBS)
     config = tmp_path / "edgejobs.toml"
     config.write_text(
@@ -357,3 +363,97 @@ def test_serve_with_its_port_taken_starts_no_job_and_does_not_wait_for_the_grace
     assert f"could not serve on 127.0.0.1:{port}" in result.stderr
     assert took < 15, result.stderr
     assert not started.exists() and _attempts(tmp_path / "served.db") == 0
+
+
+def test_serve_stopped_while_starting_exits_0_without_running_a_job(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    env = _with_jobs(tmp_path, child_env, grace_s=30)
+    started = _submit_queued(tmp_path, env)
+    mark = tmp_path / "importing"
+    server = Serving([], {**env, "SLOW_IMPORT_MARK": str(mark)}, tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mark.exists(), "the runner never imported its handlers"
+        code, _, err = server.stop(timeout=30)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.communicate()
+    assert code == 0, err
+    assert "SIGTERM while starting: stopping without running any job" in err
+    assert "Traceback" not in err and "serving on" not in err
+    assert not started.exists() and _attempts(tmp_path / "served.db") == 0
+
+
+def test_submits_in_flight_at_sigterm_are_committed_or_refused_with_503(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """Every submission that got its 201 is in the database; a submission the stopping server
+    still answered got 503 ``shutting_down`` with a Retry-After; nothing else (the listener
+    closes, so later ones cannot connect at all)."""
+    child_env = _with_jobs(tmp_path, child_env, grace_s=5)
+    made = subprocess.run(
+        [sys.executable, "-m", "edgejobs", "token", "create", "--org", "acme", "--role", "admin"],
+        env=child_env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    headers = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    server = Serving([], child_env, tmp_path)
+    acknowledged: list[str] = []
+    refusals: list[tuple[int, str, str | None]] = []
+    stop = threading.Event()
+
+    def submit(n: int) -> None:
+        with httpx.Client(headers=headers, timeout=30) as http:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                body = {"job_type": "served.run", "params": {"n": n, "i": i}}
+                try:
+                    answer = http.post(server.url + "/api/v1/jobs", json=body)
+                except httpx.TransportError:
+                    time.sleep(0.01)
+                    continue
+                if answer.status_code == 201:
+                    acknowledged.append(answer.json()["id"])
+                else:
+                    refusals.append(
+                        (answer.status_code, answer.text, answer.headers.get("retry-after"))
+                    )
+
+    try:
+        server.wait_ready()
+        submitters = [threading.Thread(target=submit, args=(n,), daemon=True) for n in range(6)]
+        for thread in submitters:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(acknowledged) < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(acknowledged) >= 50, refusals[:3]
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=30)
+        stop.set()
+        for thread in submitters:
+            thread.join(10)
+        _, err = server.proc.communicate(timeout=10)
+    finally:
+        stop.set()
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.communicate()
+    assert code == 0, err[-2000:]
+    assert "Traceback" not in err
+    for status, text, retry_after in refusals:
+        assert status == 503, text
+        assert json.loads(text)["error"]["code"] == "shutting_down"
+        assert retry_after is not None
+    with closing(sqlite3.connect(tmp_path / "served.db")) as conn:
+        stored = {row[0] for row in conn.execute("SELECT id FROM jobs")}
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert set(acknowledged) <= stored

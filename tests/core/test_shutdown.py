@@ -1,8 +1,8 @@
 """Graceful stops: ``edgejobs worker`` on SIGTERM and SIGINT with every kind of handler running
 (async, async ignoring its cancellation, threads, a process with a subprocess of its own, all
 mid-progress), signals sent to the whole process group (a terminal's Ctrl-C) or to every
-process of the service (a service manager's stop), and a runner whose interpreter exits with
-a handler's process running.
+process of the service (a service manager's stop), a signal while the runner starts, and a
+runner whose interpreter exits with a handler's process running.
 
 What a stop promises: no new claims; running attempts get ``[runner] shutdown_grace_s``; what
 has not finished then is requeued without spending a retry (attempt outcome ``canceled``,
@@ -68,6 +68,10 @@ handler = "core_handlers:until_stopped_sync"
 isolation = "process"
 timeout_s = 600
 max_retries = 0
+
+[[job_types]]
+name = "s.slow_import"
+handler = "core_slow_import:run"
 """
 
 KINDS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -196,6 +200,7 @@ async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left
+    assert f"{sig.name} again: already stopping" in output
     for name, job_id in ids.items():
         assert db_job(db, job_id)["status"] == "queued", name
         attempts = [(a["outcome"], a["error_type"]) for a in db_attempts(db, job_id)]
@@ -249,6 +254,34 @@ async def test_a_signal_to_the_whole_group_lets_every_kind_of_job_finish_within_
         assert db_job(db, job_id)["status"] == "completed", (name, output)
         assert [a["outcome"] for a in db_attempts(db, job_id)] == ["completed"], name
     assert integrity(db) == ["ok"]
+
+
+async def test_a_signal_while_the_runner_starts_stops_it_without_claiming(
+    tmp_path: Path,
+) -> None:
+    """A SIGTERM while the runner imports its handlers (or recovers, or waits for a lock) is
+    a stop like any other: exit 0, one log line, no job started, rather than death by the
+    signal's default action."""
+    config = write_config(tmp_path, SHUTDOWN_CONFIG.format(grace=1))
+    db, mark = tmp_path / "jobs.db", tmp_path / "importing"
+    client = EdgeJobs.from_config(config, environ={})
+    try:
+        job = await client.submit("s.slow_import", org="acme")
+    finally:
+        await client.close()
+    slow = {"CORE_SLOW_IMPORT_S": "2", "CORE_SLOW_IMPORT_MARK": str(mark)}
+    with Worker(config, tmp_path / "worker.log", **slow) as worker:
+        await until(mark.exists, "the runner imports its handlers", worker)
+        worker.proc.send_signal(signal.SIGTERM)
+        code = await exit_code(worker)
+        output = worker.output()
+    assert code == 0, output
+    assert "SIGTERM while starting: stopping without running any job" in output
+    assert "Traceback" not in output and "worker running on" not in output
+    assert db_job(db, job.id)["status"] == "queued" and db_attempts(db, job.id) == []
+    with Worker(config, tmp_path / "next.log") as worker:
+        await until(lambda: db_job(db, job.id)["status"] == "completed", "completed", worker)
+        assert worker.terminate() == 0
 
 
 EXITS_WITH_A_HANDLER_RUNNING = """
