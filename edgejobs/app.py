@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -207,6 +207,8 @@ class EdgeJobs:
         self._type_refresh: asyncio.Future[None] | None = None
         self._type_refresh_again = False
         self._stopping = False
+        self._stop_task: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None
         self._opened = False
         self._closed = False
         self._open_lock = asyncio.Lock()
@@ -524,29 +526,81 @@ class EdgeJobs:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Stop claiming, let running attempts finish for ``grace_s`` (default from config),
-        requeue the rest, and stop the ticks. The database stays open."""
+        requeue the rest, and stop the ticks. The database stays open.
+
+        One stop runs at a time: a second call waits for the first (its ``grace_s`` is not
+        used), and a caller that is cancelled leaves the stop running to its end. Called from
+        inside one of this runner's async handlers, it begins the stop and returns at once —
+        the stop waits for that handler too, which could not end while it waited for the stop.
+        """
         if self.pool is None:
             return
         self._use_running_loop()  # the runner's tasks run in the loop it was started in
-        self._stopping = True
-        grace = self.config.runner.shutdown_grace_s if grace_s is None else grace_s
-        if self.ticker is not None:
-            self.ticker.stop()
-        await self.pool.stop(grace)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
-        self.pool = None
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        if self._stop_task is None:
+            # At once, not when the task first runs: from this call on, submissions are
+            # refused and nothing more is claimed.
+            self._stopping = True
+            if self.ticker is not None:
+                self.ticker.stop()
+            self.pool.stop_claiming()
+            self._stop_task = self._background(self._stop(grace_s), "edgejobs-stop")
+        task = self._stop_task
+        if self._inside_attempt():
+            return
+        await asyncio.shield(task)
+
+    async def _stop(self, grace_s: float | None) -> None:
+        try:
+            assert self.pool is not None
+            grace = self.config.runner.shutdown_grace_s if grace_s is None else grace_s
+            await self.pool.stop(grace)
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._tasks = []
+            self.pool = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+        finally:
+            self._stop_task = None
+
+    def _inside_attempt(self) -> bool:
+        """Whether the running task is the task of one of this runner's attempts."""
+        pool = self.pool
+        if pool is None:
+            return False
+        current = asyncio.current_task()
+        return current is not None and pool.is_attempt_task(current)
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task that may end with nobody awaiting it (a stop begun by a handler): its
+        failure is logged rather than left to asyncio's "never retrieved" warning."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                log.error("%s failed", name, exc_info=task.exception())
+
+        task.add_done_callback(done)
+        return task
 
     async def close(self) -> None:
         """Stop the runner (if any) and close the database, for good: this instance cannot
-        be opened again (a new :class:`EdgeJobs` on the same file can)."""
+        be opened again (a new :class:`EdgeJobs` on the same file can).
+
+        Called from inside one of this runner's async handlers, it begins and returns at once
+        (as :meth:`stop` does); the database closes once that handler's outcome is written.
+        """
+        if self._inside_attempt():
+            if self._close_task is None:
+                self._close_task = self._background(self._close(), "edgejobs-close")
+            return
+        await self._close()
+
+    async def _close(self) -> None:
         await self.stop()
         self._closed = True
         self._opened = False

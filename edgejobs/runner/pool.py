@@ -747,6 +747,10 @@ class Pool:
             if a.aborted_by is None and (loop_alive or now - a.leased_at < self.settings.lease_s)
         }
 
+    def is_attempt_task(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task`` runs one of this pool's attempts (an async handler's task)."""
+        return any(attempt.task is task for attempt in self._attempts.values())
+
     async def wait_idle(self) -> None:
         """Return when no attempt is running in this process."""
         await self._idle.wait()
@@ -755,10 +759,14 @@ class Pool:
         """Return when an attempt is running in this process."""
         await self._busy.wait()
 
-    async def stop(self, grace_s: float) -> None:
-        """Stop claiming; let running attempts finish for ``grace_s``; requeue the rest."""
+    def stop_claiming(self) -> None:
+        """Claim nothing more (the first step of :meth:`stop`)."""
         self._stopping = True
         self._wake.set()
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; let running attempts finish for ``grace_s``; requeue the rest."""
+        self.stop_claiming()
         # A cycle queued before the stop may be claiming right now. Let it commit and start
         # what it claimed, so those attempts get the grace and are requeued like the others:
         # cut off midway, its jobs would stay `running` until their leases expired, and a

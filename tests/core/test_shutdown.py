@@ -1,8 +1,9 @@
 """Graceful stops: ``edgejobs worker`` on SIGTERM and SIGINT with every kind of handler running
 (async, async ignoring its cancellation, threads, a process with a subprocess of its own, all
 mid-progress), signals sent to the whole process group (a terminal's Ctrl-C) or to every
-process of the service (a service manager's stop), a signal while the runner starts, and a
-runner whose interpreter exits with a handler's process running.
+process of the service (a service manager's stop), a signal while the runner starts, a runner
+whose interpreter exits with a handler's process running; and ``stop()``/``close()`` called
+from inside a handler, twice at once, or by a caller that is cancelled.
 
 What a stop promises: no new claims; running attempts get ``[runner] shutdown_grace_s``; what
 has not finished then is requeued without spending a retry (attempt outcome ``canceled``,
@@ -35,6 +36,7 @@ from core_support import (
 from ej_testkit import poll_until
 
 from edgejobs import EdgeJobs, Status
+from edgejobs.config import Config, RunnerConfig
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 
@@ -344,3 +346,89 @@ async def test_what_a_process_handler_starts_still_stops_on_sigterm_and_sigint(
     assert job.status is Status.COMPLETED, job.error
     # SIGTERM's default action; SIGINT's KeyboardInterrupt (the child exits 130 on it).
     assert job.result == {"SIGTERM": -signal.SIGTERM, "SIGINT": 130}
+
+
+# -- stop() and close() in-process ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["stop", "close"])
+async def test_stop_or_close_from_inside_a_handler_begins_the_stop_and_returns(
+    tmp_path: Path, method: str
+) -> None:
+    """Awaited in a handler, the stop would wait for that handler, which waits for the stop:
+    it returns at once instead, the handler's job completes, the others get the grace."""
+    path = tmp_path / "jobs.db"
+    ej = EdgeJobs(
+        database=path, config=Config(runner=RunnerConfig(workers=2, shutdown_grace_s=0.3))
+    )
+    returned: list[float] = []
+    forever_started = asyncio.Event()
+
+    async def forever(ctx: Any, params: dict[str, Any]) -> None:
+        forever_started.set()
+        await asyncio.sleep(3600)
+
+    async def stopper(ctx: Any, params: dict[str, Any]) -> str:
+        started = time.monotonic()
+        await getattr(ej, method)()
+        returned.append(time.monotonic() - started)
+        return "stopped"
+
+    ej.register("forever", forever, timeout_s=600)
+    ej.register("stopper", stopper, timeout_s=600)
+    await ej.start()
+    try:
+        other = await ej.submit("forever", org="acme")
+        await asyncio.wait_for(forever_started.wait(), 10)
+        job = await ej.submit("stopper", org="acme")
+        await poll_until(
+            lambda: not ej.is_runner, timeout=10, interval=0.01, message="the runner stopped"
+        )
+    finally:
+        await ej.close()
+    assert returned and returned[0] < 0.1  # not after the grace: it did not wait for itself
+    assert db_job(path, job.id)["status"] == "completed"
+    assert json.loads(db_job(path, job.id)["result"]) == "stopped"
+    assert db_job(path, other.id)["status"] == "queued"
+    assert [a["error_type"] for a in db_attempts(path, other.id)] == ["Shutdown"]
+    # The runner really stopped: the lock is free for a new runner on the same file.
+    again = EdgeJobs(database=path)
+    again.register("forever", forever)
+    again.register("stopper", stopper)
+    await again.start()
+    await again.close()
+
+
+async def test_stop_called_twice_or_by_a_cancelled_caller_still_stops_once_and_fully(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    ej = EdgeJobs(database=path, workers=1)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def held(ctx: Any, params: dict[str, Any]) -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    ej.register("held", held, timeout_s=600)
+    await ej.start()
+    try:
+        job = await ej.submit("held", org="acme")
+        await asyncio.wait_for(started.wait(), 10)
+        impatient = asyncio.create_task(ej.stop(grace_s=30))
+        patient = asyncio.create_task(ej.stop(grace_s=30))
+        await asyncio.sleep(0.05)
+        impatient.cancel()  # e.g. an asyncio.timeout around it: the stop itself goes on
+        await asyncio.sleep(0.05)
+        assert ej.stopping and ej.is_runner and not patient.done()
+        release.set()  # the running job finishes within the grace
+        await asyncio.wait_for(patient, 10)
+        assert impatient.cancelled()
+        assert not ej.is_runner
+        assert (await ej.get(job.id)).status is Status.COMPLETED
+        await ej.start()  # and it can run again after a stop, as documented
+        assert ej.is_runner and not ej.stopping
+    finally:
+        release.set()
+        await ej.close()
