@@ -528,8 +528,10 @@ class EdgeJobs:
         """Stop claiming, let running attempts finish for ``grace_s`` (default from config),
         requeue the rest, and stop the ticks. The database stays open.
 
-        One stop runs at a time: a second call waits for the first (its ``grace_s`` is not
-        used), and a caller that is cancelled leaves the stop running to its end. Called from
+        One stop runs at a time: a second call waits for the first, shortening its grace to
+        its own ``grace_s`` if that ends sooner (``stop(grace_s=0)``: interrupt the running
+        attempts now and requeue them, as a second Ctrl-C does), and a caller that is
+        cancelled leaves the stop running to its end. Called from
         inside one of this runner's async handlers, it begins the stop and returns at once —
         the stop waits for that handler too, which could not end while it waited for the stop.
         """
@@ -544,6 +546,8 @@ class EdgeJobs:
                 self.ticker.stop()
             self.pool.stop_claiming()
             self._stop_task = self._background(self._stop(grace_s), "edgejobs-stop")
+        elif grace_s is not None:
+            self.pool.shorten_grace(grace_s)
         task = self._stop_task
         if self._inside_attempt():
             return

@@ -74,6 +74,11 @@ def remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:
 class StopSignals:
     """SIGTERM and SIGINT as a stop request, from before the runner starts until it closed.
 
+    The first signal stops claiming and gives running jobs ``[runner] shutdown_grace_s``; a
+    second one ends the grace at once (the running jobs are interrupted and requeued without
+    spending a retry), as a second Ctrl-C does in Celery: better than the SIGKILL an operator
+    reaches for next, after which the next start recovers them as lost attempts.
+
     Installed first thing, so that a signal while the runner starts (a slow handler import,
     the recovery of a dead runner's jobs, a locked database) is a stop like any other: the
     start completes, no job is claimed, and the process exits 0 — rather than dying of the
@@ -84,6 +89,7 @@ class StopSignals:
         self.ej = ej
         self.requested = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self._hurry: asyncio.Task[None] | None = None  # the second signal's stop(grace_s=0)
 
     def __enter__(self) -> StopSignals:
         add_stop_handlers(self._loop, self._on_signal)
@@ -91,6 +97,8 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         remove_stop_handlers(self._loop)
+        if self._hurry is not None and self._hurry.done() and not self._hurry.cancelled():
+            self._hurry.exception()  # reported by the stop itself; not "never retrieved"
 
     def _on_signal(self, sig: signal.Signals) -> None:
         grace = self.ej.config.runner.shutdown_grace_s
@@ -103,13 +111,15 @@ class StopSignals:
             else:
                 log.info("%s while starting: stopping without running any job", sig.name)
             return
-        log.warning(
-            "%s again: already stopping (running jobs get up to %.0f s in all, then are"
-            " requeued); SIGKILL would end the process at once, and the next start would"
-            " recover its running jobs as lost attempts",
-            sig.name,
-            grace,
-        )
+        if self._hurry is None and self.ej.is_runner:
+            log.warning(
+                "%s again: not waiting for the grace; interrupting the running jobs now (they"
+                " are requeued, no retry spent)",
+                sig.name,
+            )
+            self._hurry = self._loop.create_task(self.ej.stop(grace_s=0))
+        else:
+            log.warning("%s again: already stopping", sig.name)
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -10,8 +10,9 @@ runner. Shutdown on SIGTERM or SIGINT:
 3. the lifespan waits for running jobs up to ``[runner] shutdown_grace_s`` (requeuing the
    rest) and closes the database.
 
-A second signal skips the HTTP drain; jobs still get their grace. (SIGKILL is safe too: the
-next start recovers what was running.)
+A second signal skips the HTTP drain and ends the grace at once: running jobs are interrupted
+and requeued without spending a retry. (SIGKILL is safe too: the next start recovers what was
+running, as lost attempts.)
 
 Start-up: the signal handlers come first, so a signal while the runner starts stops it before
 it claims anything (exit 0); the runner is started without its workers, which begin only once
@@ -95,6 +96,19 @@ def run_serve(args: argparse.Namespace) -> int:
     return run_abandoning(serve(ej, demo_mode=args.demo))
 
 
+async def _end_skipped_lifespan(server: uvicorn.Server) -> None:
+    """Let the app's lifespan end after a second signal made uvicorn skip its shutdown (that
+    is uvicorn's ``force_exit``): its task would wait on until cancelled at exit, and log the
+    cancellation as an error with a traceback. Its shutdown waits for the runner's stop,
+    which the same signal cut short."""
+    lifespan = getattr(server, "lifespan", None)
+    done = getattr(lifespan, "shutdown_event", None)
+    if lifespan is None or not isinstance(done, asyncio.Event) or done.is_set():
+        return
+    with contextlib.suppress(Exception):
+        await lifespan.shutdown()
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server without its own signal handling: :func:`serve` installs handlers on
     the event loop that also begin the app's shutdown (uvicorn's would only stop HTTP, and
@@ -141,6 +155,7 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
     server: _Server | None = None
     app: Starlette | None = None
     background: list[asyncio.Task[None]] = []
+    hurry: list[asyncio.Task[None]] = []  # a second signal's stop(grace_s=0)
     stopped_while_starting = False
     code = 0
 
@@ -152,8 +167,15 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
             stopped_while_starting = True
             return
         if server.should_exit:
-            log.warning("%s again: not waiting for open HTTP requests", sig.name)
-            server.force_exit = True
+            if not server.force_exit:
+                log.warning(
+                    "%s again: not waiting for open HTTP requests nor the grace; interrupting"
+                    " the running jobs now (they are requeued, no retry spent)",
+                    sig.name,
+                )
+                server.force_exit = True
+                # Not in `background`, which is cancelled as the serving ends: this must run.
+                hurry.append(loop.create_task(ej.stop(grace_s=0)))
             return
         log.info(
             "%s: stopping; running jobs get up to %.0f s",
@@ -201,6 +223,8 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
             code = 1
     finally:
         remove_stop_handlers(loop)
+        if server is not None and server.force_exit:
+            await _end_skipped_lifespan(server)
         for task in background:
             task.cancel()
         for task in background:
@@ -213,4 +237,7 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
             if app.state.runner_stop is not None:
                 await app.state.runner_stop
         await ej.close()
+        for task in hurry:
+            with contextlib.suppress(Exception):
+                await task
     return code

@@ -241,6 +241,10 @@ class Pool:
         self._idle.set()
         self._busy = asyncio.Event()  # the inverse of _idle: periodic tasks wait for it
         self._stopping = False
+        # When a stop's grace ends (loop time; +inf until a stop begins), and an event set
+        # whenever shorten_grace moves it.
+        self._grace_deadline = float("inf")
+        self._grace_moved = asyncio.Event()
         self._next_due: int | None = None
         self._pending_writes: set[asyncio.Future[Any]] = set()
         self._finishes: list[_Finish] = []
@@ -764,6 +768,34 @@ class Pool:
         self._stopping = True
         self._wake.set()
 
+    def shorten_grace(self, grace_s: float) -> None:
+        """End a stop's grace ``grace_s`` from now unless it ends sooner (0: interrupt the
+        running attempts now; they are requeued like at the end of the grace)."""
+        loop = asyncio.get_running_loop()
+        self._grace_deadline = min(self._grace_deadline, loop.time() + max(0.0, grace_s))
+        self._grace_moved.set()
+
+    async def _within_grace(
+        self, running: set[asyncio.Task[Any]], grace_s: float
+    ) -> set[asyncio.Task[Any]]:
+        """Wait until the ``running`` tasks end or the grace is over; those still running."""
+        loop = asyncio.get_running_loop()
+        self.shorten_grace(grace_s)
+        while running:
+            remaining = self._grace_deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._grace_moved.clear()
+            moved = loop.create_task(self._grace_moved.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {*running, moved}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                moved.cancel()
+            running -= done
+        return running
+
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; let running attempts finish for ``grace_s``; requeue the rest."""
         self.stop_claiming()
@@ -777,11 +809,9 @@ class Pool:
                     await self._cycle_free.wait()
         running = {a.task: a for a in self._attempts.values() if a.task is not None and not a.ended}
         if running:
-            _, pending = await asyncio.wait(running, timeout=grace_s)
+            pending = await self._within_grace(set(running), grace_s)
             if pending:
-                log.warning(
-                    "shutdown grace of %.1f s over: interrupting %d attempts", grace_s, len(pending)
-                )
+                log.warning("shutdown grace over: interrupting %d attempts", len(pending))
                 # An async handler's run ends at the abort (its task is abandoned); the others
                 # end when their execution sees it.
                 others = [task for task in pending if running[task].run is None]

@@ -290,7 +290,7 @@ def test_serve_exits_1_when_the_port_is_taken(tmp_path: Path, child_env: dict[st
 
 
 SERVED_JOBS = """
-import os, time
+import asyncio, os, time
 from pathlib import Path
 
 if os.environ.get("SLOW_IMPORT_MARK"):
@@ -301,6 +301,8 @@ if os.environ.get("SLOW_IMPORT_MARK"):
 async def run(ctx, params):
     if "started" in params:
         Path(params["started"]).write_text(ctx.job_id)
+    if "hold_s" in params:
+        await asyncio.sleep(params["hold_s"])
     return {"ok": True}
 """
 
@@ -386,6 +388,63 @@ def test_serve_stopped_while_starting_exits_0_without_running_a_job(
     assert "SIGTERM while starting: stopping without running any job" in err
     assert "Traceback" not in err and "serving on" not in err
     assert not started.exists() and _attempts(tmp_path / "served.db") == 0
+
+
+@pytest.mark.parametrize(
+    "pause_s", [0.0, 1.0], ids=["during the HTTP drain", "while waiting for the job"]
+)
+def test_a_second_sigterm_to_serve_ends_the_grace_and_requeues_the_running_job(
+    tmp_path: Path, child_env: dict[str, str], pause_s: float
+) -> None:
+    """The second signal only skipped the HTTP drain: a running job still held the process
+    for the whole grace (here 600 s), so an operator's next step was SIGKILL and a lost
+    attempt. Now it ends the grace: the job is requeued, no retry spent, and serve exits 0
+    (and the app's lifespan ends rather than being cancelled with a traceback)."""
+    child_env = _with_jobs(tmp_path, child_env, grace_s=600)
+    started = tmp_path / "job-started"
+    subprocess.run(
+        [sys.executable, "-m", "edgejobs", "submit", "served.run", "--org", "acme"]
+        + ["--params", json.dumps({"started": str(started), "hold_s": 600})],
+        env=child_env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    server = Serving([], child_env, tmp_path)
+    try:
+        server.wait_ready()
+        deadline = time.monotonic() + 20
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # another process runs the job: nothing to await here
+        assert started.exists(), "the job did not start"
+        server.proc.send_signal(signal.SIGTERM)
+        # The first signal closes the listener (then waits for the job): wait for that, so
+        # that the second is not merged with the first by the kernel.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(server.url + "/healthz", timeout=1)
+            except httpx.TransportError:
+                break
+            time.sleep(0.05)
+        time.sleep(pause_s)  # past the drain (0.1 s with no open request): in the grace
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(timeout=30)
+        _, err = server.proc.communicate(timeout=10)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.communicate()
+    assert code == 0, err[-2000:]
+    assert "SIGTERM again: not waiting for open HTTP requests nor the grace" in err, err[-2000:]
+    assert "Traceback" not in err
+    with closing(sqlite3.connect(tmp_path / "served.db")) as conn:
+        job = conn.execute("SELECT seq, status FROM jobs").fetchone()
+        outcomes = conn.execute(
+            "SELECT outcome, error_type FROM attempts WHERE job_seq = ?", (job[0],)
+        ).fetchall()
+    assert job[1] == "queued"
+    assert outcomes == [("canceled", "Shutdown")]
 
 
 def test_submits_in_flight_at_sigterm_are_committed_or_refused_with_503(

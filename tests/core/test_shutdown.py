@@ -35,7 +35,7 @@ from core_support import (
 )
 from ej_testkit import poll_until
 
-from edgejobs import EdgeJobs, Status
+from edgejobs import EdgeJobs, Outcome, Status
 from edgejobs.config import Config, RunnerConfig
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
@@ -185,10 +185,7 @@ async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending
         await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", first)
         handler_processes = [int((pids / n).read_text()) for n in ("process", "process.child")]
         assert all(alive(pid) for pid in handler_processes)
-        # The signal, then once more during the grace, as an impatient operator does.
-        for _ in range(2):
-            send(first, sig, to, pids)
-            await asyncio.sleep(0.3)
+        send(first, sig, to, pids)
         started = time.monotonic()
         code = await exit_code(first)
         took = time.monotonic() - started
@@ -202,7 +199,7 @@ async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left
-    assert f"{sig.name} again: already stopping" in output
+    assert "shutdown grace over: interrupting" in output
     for name, job_id in ids.items():
         assert db_job(db, job_id)["status"] == "queued", name
         attempts = [(a["outcome"], a["error_type"]) for a in db_attempts(db, job_id)]
@@ -220,6 +217,44 @@ async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending
         assert second.terminate() == 0, second.output()
     for job_id in ids.values():
         assert [a["outcome"] for a in db_attempts(db, job_id)] == ["canceled", "completed"]
+
+
+@pytest.mark.parametrize(
+    ("sig", "to"),
+    [(signal.SIGINT, "group"), (signal.SIGTERM, "runner")],
+    ids=["Ctrl-C twice", "SIGTERM twice to the runner"],
+)
+async def test_a_second_signal_ends_the_grace_and_requeues_the_running_jobs_at_once(
+    tmp_path: Path, sig: signal.Signals, to: str
+) -> None:
+    """An operator whose stop waits on a long grace signals again. That was only logged
+    ("already stopping"), so the next step was SIGKILL, after which every running job came
+    back as a lost attempt, a retry spent. A second signal now ends the grace: the running
+    jobs are interrupted and requeued as at its end, and the process exits at once."""
+    config = write_config(tmp_path, SHUTDOWN_CONFIG.format(grace=600))
+    db, pids = tmp_path / "jobs.db", tmp_path / "pids"
+    pids.mkdir()
+    ids = await submit_every_kind(config, pids)
+    with Worker(config, tmp_path / "worker.log", new_session=True) as worker:
+        await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", worker)
+        handler_processes = [int((pids / n).read_text()) for n in ("process", "process.child")]
+        send(worker, sig, to, pids)
+        await until(lambda: "stopping; no new claims" in worker.output(), "the first", worker)
+        send(worker, sig, to, pids)
+        code = await exit_code(worker, timeout=30)  # not the 600 s grace
+        output = worker.output()
+    assert code == 0, output
+    assert f"{sig.name} again: not waiting for the grace" in output, output
+    assert "Traceback" not in output, output
+    left = [pid for pid in handler_processes if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+    for name, job_id in ids.items():
+        assert db_job(db, job_id)["status"] == "queued", name
+        attempts = [(a["outcome"], a["error_type"]) for a in db_attempts(db, job_id)]
+        assert attempts == [("canceled", "Shutdown")], (name, attempts)
+    assert integrity(db) == ["ok"]
 
 
 @pytest.mark.parametrize(
@@ -431,4 +466,40 @@ async def test_stop_called_twice_or_by_a_cancelled_caller_still_stops_once_and_f
         assert ej.is_runner and not ej.stopping
     finally:
         release.set()
+        await ej.close()
+
+
+async def test_a_second_stop_with_a_shorter_grace_interrupts_the_running_job_now(
+    tmp_path: Path,
+) -> None:
+    """``stop(grace_s=0)`` during a stop with a long grace requeues the running job at once
+    (what a second signal does); a second stop's grace used to be ignored."""
+    ej = EdgeJobs(database=tmp_path / "jobs.db", workers=1)
+    started = asyncio.Event()
+
+    async def held(ctx: Any, params: dict[str, Any]) -> str:
+        started.set()
+        await asyncio.sleep(600)
+        return "done"
+
+    ej.register("held", held, timeout_s=900, max_retries=0)
+    await ej.start()
+    try:
+        job = await ej.submit("held", org="acme")
+        await asyncio.wait_for(started.wait(), 10)
+        patient = asyncio.create_task(ej.stop(grace_s=600))
+        await poll_until(
+            lambda: ej.stopping, timeout=10, interval=0.01, message=lambda: "no stop began"
+        )
+        async with asyncio.timeout(10):  # not the 600 s of the first stop's grace
+            await ej.stop(grace_s=0)
+            await patient
+        assert not ej.is_runner
+        stopped = await ej.get(job.id)
+        assert stopped.status is Status.QUEUED
+        attempts = await ej.attempts(job.id)
+        assert [(a.outcome, a.error and a.error.type) for a in attempts] == [
+            (Outcome.CANCELED, "Shutdown")
+        ]
+    finally:
         await ej.close()
