@@ -32,6 +32,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from edgejobs.errors import EdgeJobsError
+from edgejobs.models import Status
 from edgejobs.runner.maintenance import StorageCollector
 from edgejobs.store import events as event_store
 from edgejobs.store import stats as stats_store
@@ -52,10 +53,18 @@ _TAIL_INTERVAL_S = 0.5
 
 
 class JobCountsCollector(Collector):
-    """``edgejobs_jobs{job_type,status}`` from the snapshot taken just before each scrape."""
+    """``edgejobs_jobs{job_type,status}`` from the snapshot taken just before each scrape.
+
+    Every status of every job type is a series, 0 included: a series that vanished when its
+    count reached 0 would read as "no data" in a graph, and an alert on
+    ``edgejobs_jobs{status="running"} == 0`` could never fire. Bounded all the same: job
+    types (registered or holding jobs) × the ten statuses.
+    """
 
     def __init__(self) -> None:
         self.counts: dict[str, dict[str, int]] = {}
+        self.job_types: frozenset[str] = frozenset()
+        """Registered job types, shown with zeros before they hold any job."""
 
     def collect(self) -> Iterator[Metric]:
         """Yield the gauge family."""
@@ -64,9 +73,10 @@ class JobCountsCollector(Collector):
             "Jobs in the database by job type and status",
             labels=["job_type", "status"],
         )
-        for job_type in sorted(self.counts):
-            for status, count in sorted(self.counts[job_type].items()):
-                family.add_metric([job_type, status], count)
+        for job_type in sorted(self.job_types | self.counts.keys()):
+            counts = self.counts.get(job_type, {})
+            for status in sorted(Status):
+                family.add_metric([job_type, status.value], counts.get(status.value, 0))
         yield family
 
 
@@ -193,5 +203,6 @@ class Metrics:
     async def render(self, ej: EdgeJobs) -> bytes:
         """The Prometheus text: fresh counts and every event up to now."""
         self.jobs.counts = await ej.store.read(lambda conn: count_by_status(conn, None))
+        self.jobs.job_types = frozenset(job_type.name for job_type in ej.registry)
         await self.tail()
         return generate_latest(self.registry)

@@ -90,6 +90,24 @@ async def test_metrics_count_jobs_attempts_durations_and_waits(api: Api) -> None
     assert all("org" not in dict(labels) for _, labels in samples)
 
 
+async def test_job_count_series_stay_at_zero_instead_of_vanishing(api: Api) -> None:
+    """A Grafana panel or an alert on a status count needs the series to read 0, not to
+    disappear, once the last job leaves that status (and before the first arrives)."""
+    assert api.ej.pool is not None
+    before = _samples((await api.client.get("/metrics")).text)
+    assert before[("edgejobs_jobs", (("job_type", "t.echo"), ("status", "queued")))] == 0
+    await api.job(params={"n": 1})
+    queued = _samples((await api.client.get("/metrics")).text)
+    assert queued[("edgejobs_jobs", (("job_type", "t.echo"), ("status", "queued")))] == 1
+    await api.ej.pool.claim_once()
+    await api.ej.pool.wait_idle()
+    after = _samples((await api.client.get("/metrics")).text)
+    assert after[("edgejobs_jobs", (("job_type", "t.echo"), ("status", "queued")))] == 0
+    assert after[("edgejobs_jobs", (("job_type", "t.echo"), ("status", "completed")))] == 1
+    job_types = {dict(labels)["job_type"] for name, labels in after if name == "edgejobs_jobs"}
+    assert job_types == {job_type.name for job_type in api.ej.registry}  # bounded by the types
+
+
 async def test_metrics_token_and_private_registries(tmp_path: Path) -> None:
     config = make_config(server={"metrics_token": "scrape-me"})
     api = await make_api(tmp_path / "m.db", config)
