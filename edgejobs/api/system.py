@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import sqlite3
+import time
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -53,10 +54,31 @@ async def health(ej: EdgeJobs) -> tuple[int, dict[str, Any]]:
         body.update(status="unavailable", database=f"{exc.code}: {exc.message}")
     except Exception as exc:  # any failure is the answer here, not a crash
         body.update(status="unavailable", database=f"error: {type(exc).__name__}: {exc}"[:300])
+    if body["status"] == "ok":
+        _check_writes(ej, body)
     if ej.stopping and body["status"] == "ok":
         body["status"] = "unavailable"
     extend_health(ej, body)  # tick staleness, file sizes, the reasons for a 503
     return (200 if body["status"] == "ok" else 503), body
+
+
+def _check_writes(ej: EdgeJobs, body: dict[str, Any]) -> None:
+    """Unavailable while writes fail: a full disk or another process holding the write lock
+    past the busy timeout stops every job, yet the read above still answers."""
+    failure = ej.store.writer.last_failure
+    if failure is None:
+        return
+    at, error = failure
+    age = time.monotonic() - at
+    settings = ej.maintenance.settings
+    # Recent: within the time a stalled tick is given. Whoever failed retries sooner than
+    # that (the pool every half second, the tick every interval), so a lasting failure keeps
+    # this answer; once writes go through again it ends within that time.
+    if age <= settings.health_tick_factor * settings.tick_interval_s:
+        body.update(
+            status="unavailable",
+            database=f"{error.code}: {error.message} (a write failed {age:.1f} s ago)",
+        )
 
 
 async def healthz(request: Request) -> Response:

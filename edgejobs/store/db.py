@@ -349,6 +349,10 @@ class Writer:
         self.fault_hook: Callable[[str, int], None] | None = None
         """Test hook: called with ("before_commit" | "after_commit", n) around every commit."""
         self.commits = 0
+        self.last_failure: tuple[float, DatabaseBusy | StorageFull] | None = None
+        """When (``time.monotonic()``) and why the last transaction failed because the
+        database was locked past the busy timeout or the disk was full: the health check
+        reports it (reads, which it also runs, keep working in both cases)."""
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Call ``listener(tx)`` on the event loop after every successful commit."""
@@ -661,6 +665,8 @@ class Writer:
             _resolve(rest)
 
     def _resolve_all_failed(self, batch: list[_Pending[Any]], exc: BaseException) -> None:
+        if isinstance(exc, DatabaseBusy | StorageFull):
+            self.last_failure = (time.monotonic(), exc)
         self._call_soon(_resolve, [(pending, (False, exc)) for pending in batch])
 
 

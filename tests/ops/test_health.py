@@ -12,11 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from ej_testkit import poll_until
-from ops_support import DAY_MS, insert_jobs, make_app
+from ops_support import DAY_MS, connect, insert_jobs, make_app
 
 import edgejobs.runner.ticks as ticks_module
 from edgejobs import EdgeJobs
 from edgejobs.clock import SystemClock
+from edgejobs.errors import DatabaseBusy
 from edgejobs.runner.maintenance import runner_health
 from edgejobs.store.maintenance import file_sizes
 from edgejobs.testing import FakeClock
@@ -185,6 +186,41 @@ async def test_healthz_answers_while_slow_reads_hold_every_reader(
     finally:
         release.set()
         await asyncio.gather(*slow)
+
+
+async def test_healthz_is_503_while_writes_fail_and_names_the_cause(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Another process holding the write lock (or a full disk) stops every job while reads,
+    the probe's own query included, still answer: the probe must say so."""
+    ej = make_app(db_path, clock, runner={"tick_interval_s": 0.1}, database={"busy_timeout_ms": 20})
+    await ej.start()
+    try:
+        async with http_client(ej) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            other = connect(db_path)
+            other.execute("BEGIN EXCLUSIVE")  # a wedged writer in another process
+            try:
+                with pytest.raises(DatabaseBusy):
+                    await ej.submit("quick", org="acme", params={})
+                response = await client.get("/healthz")
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            assert response.status_code == 503
+            body = response.json()
+            assert body["status"] == "unavailable"
+            assert body["database"].startswith("database_busy: ")
+            assert any("database_busy" in reason for reason in body["reasons"])
+            await ej.submit("quick", org="acme", params={})  # writes go through again
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 5
+            while (response := await client.get("/healthz")).status_code != 200:
+                assert loop.time() < deadline, response.text
+                await asyncio.sleep(0.05)
+            assert response.json()["database"] == "ok"
+    finally:
+        await ej.close()
 
 
 async def test_healthz_is_503_while_shutting_down(ej: EdgeJobs, client: httpx.AsyncClient) -> None:
