@@ -21,7 +21,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from typing import IO, Any
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "JobLogAdapter",
     "JsonFormatter",
     "RedactingFilter",
+    "RepeatLimiter",
     "configure",
     "escape",
     "job_fields",
@@ -108,6 +109,42 @@ def job_logger(
 ) -> JobLogAdapter:
     """``logger`` bound to one job: every line it writes names the job, org and type."""
     return JobLogAdapter(logger, job_fields(job_id, org, job_type, attempt))
+
+
+class RepeatLimiter:
+    """Logs a recurring failure once, then at most once per ``interval_s`` with how often it
+    recurred meanwhile (``... (312 more times in the last 60 s)``).
+
+    For the loops that retry a failed write every half second or every tick: a full disk or a
+    lock held for an hour must not write thousands of identical lines (to a disk that may be
+    the full one). One instance per loop; identical means the same logger and text.
+    """
+
+    _MAX_KEYS = 64
+
+    def __init__(
+        self, interval_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def warning(self, logger: logging.Logger, msg: str, *args: Any) -> None:
+        """``logger.warning(msg, *args)``, unless the same text was logged within the interval."""
+        text = msg % args if args else msg
+        key = (logger.name, text)
+        now = self._clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval_s:
+            self._seen[key] = (seen[0], seen[1] + 1)
+            return
+        if len(self._seen) >= self._MAX_KEYS:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if seen is not None and seen[1]:
+            logger.warning("%s (%d more times in the last %.0f s)", text, seen[1], now - seen[0])
+        else:
+            logger.warning("%s", text)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from edgejobs.logs import RepeatLimiter
 from edgejobs.runner.executor import abandoned_threads
 from edgejobs.store import Store
 from edgejobs.store.db import WriteTx
@@ -111,6 +112,7 @@ class Maintenance:
         self._lock = asyncio.Lock()
         self._previous_log_frames: int | None = None
         self._wal_warned = False
+        self._repeats = RepeatLimiter()  # a checkpoint failing every tick (a full disk)
         self.last_checkpoint: Checkpoint | None = None
         """The most recent checkpoint this process ran (None before the first)."""
         self.last_page_stats: PageStats | None = None
@@ -222,7 +224,7 @@ class Maintenance:
         try:
             result = await self.checkpoint()
         except sqlite3.Error as exc:
-            log.warning("WAL checkpoint failed: %s", exc)
+            self._repeats.warning(log, "WAL checkpoint failed: %s", exc)
             return
         wal = self.file_sizes().wal_bytes
         limit = max(self.settings.journal_size_limit_bytes, 1 * MIB)

@@ -22,7 +22,7 @@ from typing import Any
 
 from edgejobs.clock import Clock
 from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull
-from edgejobs.logs import job_fields
+from edgejobs.logs import RepeatLimiter, job_fields
 from edgejobs.models import Outcome, Status
 from edgejobs.retry import RetryPolicy
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
@@ -200,11 +200,12 @@ class _CycleWrite:
     future: asyncio.Future[tuple[list[Any], _Claimed]]
 
 
-def _cycle_failed(exc: Exception) -> float:
+def _cycle_failed(exc: Exception, repeats: RepeatLimiter) -> float:
     """Log a cycle that failed; the pause before the next try (s). A locked or full database
-    is expected and said briefly; anything else is a bug and logged with its traceback."""
+    is expected and said briefly (once a minute while it lasts: the cycle retries every half
+    second); anything else is a bug and logged with its traceback."""
     if isinstance(exc, DatabaseBusy | StorageFull):
-        log.warning("database write failed, retrying shortly: %s", exc)
+        repeats.warning(log, "database write failed, retrying shortly: %s", exc)
         return 0.5
     log.error("claim cycle failed", exc_info=exc)
     return 1.0
@@ -226,6 +227,7 @@ class Pool:
         self._registry = registry
         self._clock = clock
         self.settings = settings
+        self._repeats = RepeatLimiter()  # write failures that recur while the cause lasts
         self._attempts: dict[str, _Attempt] = {}
         self._occupied = 0
         self._per_type: Counter[str] = Counter()
@@ -407,7 +409,9 @@ class Pool:
         try:
             await self._finish_cycle(write)
         except Exception as exc:
-            _cycle_failed(exc)  # the pool's loop, woken, retries (and waits if it fails too)
+            _cycle_failed(
+                exc, self._repeats
+            )  # the pool's loop, woken, retries (and waits if it fails too)
             self._wake.set()
         finally:
             self._cycle_free.set()
@@ -479,7 +483,7 @@ class Pool:
                 try:
                     await self.cycle()
                 except Exception as exc:
-                    await asyncio.sleep(_cycle_failed(exc))
+                    await asyncio.sleep(_cycle_failed(exc, self._repeats))
                     self._wake.set()
         finally:
             self._loop_running = False
@@ -496,7 +500,9 @@ class Pool:
                     try:
                         await self.cycle(claim=False)
                     except (DatabaseBusy, StorageFull) as exc:
-                        log.warning("database write failed, retrying shortly: %s", exc)
+                        self._repeats.warning(
+                            log, "database write failed, retrying shortly: %s", exc
+                        )
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 2.0)
             finally:
@@ -677,7 +683,7 @@ class Pool:
     def _progress_written(self, future: asyncio.Future[Any]) -> None:
         self._pending_writes.discard(future)
         if not future.cancelled() and future.exception() is not None:
-            log.warning("progress write failed: %s", future.exception())
+            self._repeats.warning(log, "progress write failed: %s", future.exception())
 
     def _ended(
         self,
@@ -726,7 +732,7 @@ class Pool:
             try:
                 await self._store.write(partial(renew_leases, running=running, until=until))
             except EdgeJobsError as exc:
-                log.warning("lease renewal failed: %s", exc)
+                self._repeats.warning(log, "lease renewal failed: %s", exc)
             else:
                 for attempt in live:
                     attempt.leased_at = renewed_at

@@ -23,6 +23,7 @@ from functools import partial
 
 from edgejobs.clock import Clock
 from edgejobs.errors import EdgeJobsError
+from edgejobs.logs import RepeatLimiter
 from edgejobs.runner.registry import Registry
 from edgejobs.store import Store
 from edgejobs.store.claim import renew_leases
@@ -111,6 +112,7 @@ class Ticker:
         self._stopping = asyncio.Event()
         self._last_retention_ms: int | None = None
         self.extra_tasks: list[TickTask] = []
+        self._repeats = RepeatLimiter()
         self.last_tick_monotonic: float | None = None
         self.last_progress_monotonic: float | None = None
         """When a retention batch last committed: a long prune is progress, not a hang."""
@@ -181,7 +183,7 @@ class Ticker:
             try:
                 await task(now)
             except EdgeJobsError as exc:
-                log.warning("tick task failed: %s", exc)
+                self._repeats.warning(log, "tick task failed: %s", exc)
         self._found_work = found_work
         self.ticks += 1
         self.last_tick_monotonic = self._clock.monotonic()
@@ -322,8 +324,8 @@ class Ticker:
         while not self._stopping.is_set():
             try:
                 await self.tick()
-            except EdgeJobsError as exc:
-                log.warning("tick failed: %s", exc)
+            except EdgeJobsError as exc:  # a locked or full database: once a minute
+                self._repeats.warning(log, "tick failed: %s", exc)
             except Exception:
                 log.exception("tick failed")
             await self._sleep(self.quiet_sleep_s())

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from ops_support import make_app
+from ops_support import connect, make_app
 
 from edgejobs import logs
 from edgejobs.cli import main
@@ -200,3 +200,46 @@ async def test_the_command_line_switches_to_json_lines(
     records = [json.loads(line) for line in captured.err.splitlines()]
     assert any(r["message"] == "retention deleted 1 jobs and 3 events" for r in records), records
     assert "deleted 1 jobs" in captured.out
+
+
+def test_a_recurring_warning_is_logged_once_a_minute_with_its_count() -> None:
+    out = capture()
+    now = [0.0]
+    repeats = logs.RepeatLimiter(60.0, clock=lambda: now[0])
+    for second in range(150):
+        now[0] = float(second)
+        repeats.warning(log, "write failed: %s", "the disk is full")
+    repeats.warning(log, "write failed: %s", "something else")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4, lines
+    assert lines[0].endswith("write failed: the disk is full")
+    assert lines[1].endswith("write failed: the disk is full (59 more times in the last 60 s)")
+    assert lines[2].endswith("write failed: the disk is full (59 more times in the last 60 s)")
+    assert lines[3].endswith("write failed: something else")
+
+
+async def test_a_runner_that_cannot_write_does_not_flood_the_log(
+    db_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Ticks failing on a write lock another process holds: one line, not one per tick."""
+    ej = make_app(db_path, clock, runner={"tick_interval_s": 0.02}, database={"busy_timeout_ms": 5})
+    await ej.start()
+    try:
+        other = connect(db_path)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            failures: set[float] = set()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10
+            while len(failures) < 6:  # six failed ticks (or other writes) in a row
+                assert loop.time() < deadline, "the runner did not try to write"
+                if ej.store.writer.last_failure is not None:
+                    failures.add(ej.store.writer.last_failure[0])
+                await asyncio.sleep(0.005)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        said = [r.getMessage() for r in caplog.records if "tick failed" in r.getMessage()]
+        assert len(said) == 1, said
+    finally:
+        await ej.close()
