@@ -14,7 +14,6 @@ import os
 import sqlite3
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Never, TypeVar
 
@@ -50,6 +49,7 @@ from edgejobs.runner.registry import Handler, JobType, Registry
 from edgejobs.runner.ticks import PruneReport, Ticker, TickSettings
 from edgejobs.runner.watchdog import LoopWatchdog
 from edgejobs.store import Store
+from edgejobs.store import events as event_store
 from edgejobs.store import job_types as job_type_store
 from edgejobs.store.audit import Actor, record_job_action
 from edgejobs.store.claim import drop_pair_index, ensure_pair_index
@@ -214,6 +214,9 @@ class EdgeJobs:
         self._open_lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None  # the one it was opened in
         self.started_monotonic: float | None = None
+        self.start_event_id: int | None = None
+        """The newest event id when this runner started, before it recovered the jobs a dead
+        runner left running (None: not started as a runner)."""
 
     # -- construction -----------------------------------------------------------------------
 
@@ -441,15 +444,21 @@ class EdgeJobs:
                     drop_pair_index(conn)
 
             await self.store.write(declare)
-            recovered = await self.store.write(
-                partial(
-                    recover_running,
+
+            def recover(conn: sqlite3.Connection, tx: WriteTx) -> list[sqlite3.Row]:
+                # The event log's end before the recovery's own events: the metrics count
+                # from here, so the attempts a crash lost show as outcome="lost".
+                self.start_event_id = event_store.last_event_id(conn)
+                return recover_running(
+                    conn,
+                    tx,
                     now=now,
                     expired_only=False,
                     policy_for=self.registry.retry_policy,
                     reason="the runner process died while the attempt was running",
                 )
-            )
+
+            recovered = await self.store.write(recover)
             # Schedules and audit retention; imported here because edgejobs.control imports
             # this module.
             from edgejobs.control import prepare_runner

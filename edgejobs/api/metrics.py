@@ -10,7 +10,9 @@ Where the numbers come from:
   tail task reads the new ``job`` events shortly after each commit (and before each scrape),
   joined to the attempt each event names, so an outcome is the attempt's recorded outcome
   (``completed``, ``failed``, ``timed_out``, ``canceled``, ``lost``) and a duration is the
-  attempt's own ``finished_at - started_at``. Counting starts when the app starts. Queue
+  attempt's own ``finished_at - started_at``. Counting starts when the runner starts (the
+  ``lost`` attempts its start-up recovery records included), or when the app starts for an
+  app that is no runner. Queue
   wait is the time from a job's ``queued`` event to its ``running`` event, for jobs that
   became ready while the app was up.
 
@@ -126,7 +128,12 @@ class Metrics:
         """Begin counting from now: remember the newest event, follow commits."""
         self._ej = ej
         self.storage.ej = ej
-        self._last_event = await ej.store.read(event_store.last_event_id)
+        # From the runner's start when this app runs the runner: its recovery of the jobs a
+        # dead runner left running wrote their `lost` attempts before the app started.
+        if ej.start_event_id is not None:
+            self._last_event = ej.start_event_id
+        else:
+            self._last_event = await ej.store.read(event_store.last_event_id)
         ej.add_commit_listener(self._on_commit)
         ej.add_foreign_listener(self._dirty.set)
         self._task = asyncio.create_task(self._follow(), name="edgejobs-metrics-tail")

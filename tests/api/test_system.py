@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from route_table import active_routes
 
+from edgejobs import EdgeJobs
 from edgejobs.errors import DatabaseBusy
+from edgejobs.store.claim import ClaimLimits, claim_ready
 from edgejobs.testing import FakeClock
 
 
@@ -106,6 +109,31 @@ async def test_job_count_series_stay_at_zero_instead_of_vanishing(api: Api) -> N
     assert after[("edgejobs_jobs", (("job_type", "t.echo"), ("status", "completed")))] == 1
     job_types = {dict(labels)["job_type"] for name, labels in after if name == "edgejobs_jobs"}
     assert job_types == {job_type.name for job_type in api.ej.registry}  # bounded by the types
+
+
+async def test_attempts_lost_by_a_crash_are_counted_by_the_next_runner(tmp_path: Path) -> None:
+    """The jobs a killed runner left running are recovered as `lost` attempts at the next
+    start, before the app begins serving: /metrics must count them (the crash alert)."""
+    path = tmp_path / "crash.db"
+    dead = EdgeJobs(database=path, config=make_config())
+    dead.register("t.echo", lambda ctx, params: params, dedup=False)
+    job = await dead.submit("t.echo", org=ORG_A)
+    now = dead.clock.now_ms()
+    limits = ClaimLimits(types=frozenset({"t.echo"}))
+    # What the dead runner wrote before it was killed: the claim, and nothing after it.
+    await dead.store.write(partial(claim_ready, now=now, slots=1, lease_ms=60_000, limits=limits))
+    await dead.close()
+
+    api = await make_api(path)
+    try:
+        async with lifespan(api.app):
+            assert (await api.ej.get(job.id, org=ORG_A)).status.value == "retrying"
+            samples = _samples((await api.client.get("/metrics")).text)
+            lost = (("job_type", "t.echo"), ("outcome", "lost"))
+            assert samples.get(("edgejobs_attempts_total", lost)) == 1
+    finally:
+        await api.client.aclose()
+        await api.ej.close()
 
 
 async def test_metrics_token_and_private_registries(tmp_path: Path) -> None:
