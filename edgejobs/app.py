@@ -46,7 +46,7 @@ from edgejobs.runner.lock import RunnerLock
 from edgejobs.runner.maintenance import Maintenance, MaintenanceSettings
 from edgejobs.runner.pool import Pool, PoolSettings
 from edgejobs.runner.registry import Handler, JobType, Registry
-from edgejobs.runner.ticks import PruneReport, Ticker, TickSettings
+from edgejobs.runner.ticks import PruneReport, Ticker, TickSettings, log_lost
 from edgejobs.runner.watchdog import LoopWatchdog
 from edgejobs.store import Store
 from edgejobs.store import events as event_store
@@ -468,8 +468,7 @@ class EdgeJobs:
             lock.release()
             self._lock = None
             raise
-        if recovered:
-            log.warning("recovered %d jobs a previous runner left running", len(recovered))
+        log_lost(recovered, "a previous runner left it running")
         cfg = self.config
         self.pool = Pool(
             self.store,

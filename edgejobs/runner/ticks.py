@@ -23,7 +23,7 @@ from functools import partial
 
 from edgejobs.clock import Clock
 from edgejobs.errors import EdgeJobsError
-from edgejobs.logs import RepeatLimiter
+from edgejobs.logs import RepeatLimiter, job_fields
 from edgejobs.runner.registry import Registry
 from edgejobs.store import Store
 from edgejobs.store.claim import renew_leases
@@ -73,6 +73,21 @@ class PruneReport:
     batches: int = 0
     sessions: int = 0
     """Expired dashboard sessions deleted."""
+
+
+def log_lost(rows: list[sqlite3.Row], why: str) -> None:
+    """One WARNING per job whose attempt was recovered as ``lost`` (rows as returned by
+    :func:`~edgejobs.store.transitions.recover_running`), naming the job like every job line
+    and what became of it (retrying or dead_letter)."""
+    for row in rows:
+        log.warning(
+            "job %s attempt %d lost (%s); the job is now %s",
+            row["id"],
+            row["attempts"],
+            why,
+            row["status"],
+            extra=job_fields(row["id"], row["org"], row["job_type"], row["attempts"]),
+        )
 
 
 class Ticker:
@@ -141,7 +156,7 @@ class Ticker:
 
         def maintain(
             conn: sqlite3.Connection, tx: WriteTx
-        ) -> tuple[int, int, list[str], int | None]:
+        ) -> tuple[int, list[sqlite3.Row], list[str], int | None]:
             if jump_ms < 0:
                 shift_pending_retries(conn, tx, by_ms=jump_ms, now=now)
             if healthy:
@@ -159,7 +174,7 @@ class Ticker:
                 reason="the attempt's lease expired (the runner stalled or died)",
             )
             stuck = resolve_stuck_blocked(conn, tx, now=now)
-            return promoted, len(lost), stuck, next_maintenance_due_ms(conn)
+            return promoted, lost, stuck, next_maintenance_due_ms(conn)
 
         promoted, lost, stuck, self._next_due_ms = await self._store.write(maintain)
         found_work = bool(promoted or lost or stuck)
@@ -169,8 +184,7 @@ class Ticker:
                 " this means a promotion was missed elsewhere",
                 job_id,
             )
-        if lost:
-            log.warning("recovered %d running jobs whose lease expired", lost)
+        log_lost(lost, "its lease expired")
         if found_work and self._after_change is not None:
             self._after_change()
         due = self._last_retention_ms is None or (

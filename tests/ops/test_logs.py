@@ -17,6 +17,7 @@ from ops_support import connect, make_app
 from edgejobs import logs
 from edgejobs.cli import main
 from edgejobs.store import tokens
+from edgejobs.store.claim import ClaimLimits, claim_ready
 from edgejobs.testing import FakeClock
 
 pytestmark = pytest.mark.usefixtures("restore_logging")
@@ -137,6 +138,29 @@ async def test_attempt_lines_name_the_job_org_and_type(db_path: Path, clock: Fak
     assert ended[0]["org"] == "acme" and ended[0]["job_type"] == "fails"
     assert ended[0]["attempt"] == 1
     assert "RuntimeError: no such\nprinter" in ended[0]["message"]
+
+
+async def test_a_job_lost_in_a_crash_is_logged_by_id_org_and_type(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """After a crash the on-call engineer needs to know which jobs ran twice."""
+    out = capture("json")
+    dead = make_app(db_path, clock)  # a client: what a runner killed mid-job left behind
+    job = await dead.submit("quick", org="acme", params={})
+    limits = ClaimLimits(types=frozenset({"quick"}))
+    await dead.store.write(
+        partial(claim_ready, now=clock.now_ms(), slots=1, lease_ms=60_000, limits=limits)
+    )
+    await dead.close()
+    runner = make_app(db_path, clock)
+    await runner.start(run_workers=False)
+    await runner.close()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    lost = [line for line in lines if line.get("job_id") == job.id and "lost" in line["message"]]
+    assert len(lost) == 1, out.getvalue()
+    assert lost[0]["level"] == "WARNING"
+    assert (lost[0]["org"], lost[0]["job_type"], lost[0]["attempt"]) == ("acme", "quick", 1)
+    assert lost[0]["message"].endswith("the job is now dead_letter")  # max_retries=0
 
 
 async def test_a_token_created_and_used_in_a_run_never_reaches_the_logs(
