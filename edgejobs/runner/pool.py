@@ -138,18 +138,54 @@ def _log_outcome(item: _Finish, result: Any) -> None:
             attempt.number,
             extra=_log_fields(attempt),
         )
-    else:
-        level = logging.DEBUG if execution.outcome is Outcome.COMPLETED else logging.INFO
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "job %s attempt %d ended: %s%s",
+    elif execution.outcome is Outcome.COMPLETED:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "job %s attempt %d ended: completed",
                 attempt.job_id,
                 attempt.number,
-                execution.outcome.value,
-                f" ({execution.error.type}: {execution.error.message})" if execution.error else "",
                 extra=_log_fields(attempt),
             )
+    else:
+        _log_unsuccessful(attempt, execution, result)
+
+
+_GAVE_UP = frozenset({Status.FAILED.value, Status.TIMED_OUT.value, Status.DEAD_LETTER.value})
+
+
+def _log_unsuccessful(attempt: _Attempt, execution: Execution, row: Any) -> None:
+    """An attempt that did not complete, with what became of its job: at INFO while the job
+    goes on (a retry), at WARNING with the handler's traceback when it has given up (so dead
+    letters can be found in the log, each with its traceback once, not once per retry)."""
+    status = row["status"] if isinstance(row, sqlite3.Row) and "status" in row.keys() else None
+    gave_up = status in _GAVE_UP
+    level = logging.WARNING if gave_up else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    error = execution.error
+    args = (
+        attempt.job_id,
+        attempt.number,
+        execution.outcome.value,
+        f" ({error.type}: {error.message})" if error else "",
+        f"; the job is now {status}" if status else "",
+    )
+    # A record made here rather than by log.log(), to carry the stored traceback text.
+    path, line, function, _ = log.findCaller()
+    record = log.makeRecord(
+        log.name,
+        level,
+        path,
+        line,
+        "job %s attempt %d ended: %s%s%s",
+        args,
+        None,
+        function,
+        extra=_log_fields(attempt),
+    )
+    if gave_up and error is not None and error.traceback:
+        record.exc_text = error.traceback.rstrip("\n")  # shown under the line, like exc_info
+    log.handle(record)
 
 
 def _write_outcomes(

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from ej_testkit import unexpected_tracebacks
 from ops_support import connect, make_app
 
 from edgejobs import logs
@@ -138,6 +139,42 @@ async def test_attempt_lines_name_the_job_org_and_type(db_path: Path, clock: Fak
     assert ended[0]["org"] == "acme" and ended[0]["job_type"] == "fails"
     assert ended[0]["attempt"] == 1
     assert "RuntimeError: no such\nprinter" in ended[0]["message"]
+
+
+async def test_a_job_that_gives_up_is_a_warning_with_its_traceback_once(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Every failed attempt was the same INFO line, without what became of the job: dead
+    letters could not be found in the log, and no traceback was ever logged. A retry stays
+    one INFO line; the attempt after which the job gives up is a WARNING naming its final
+    status, with the handler's traceback under it."""
+    out = capture("human")
+    ej = make_app(db_path, clock)
+
+    @ej.job_type("flaky", max_retries=1, base_delay_s=0.0)
+    async def flaky(ctx: Any, params: dict[str, Any]) -> None:
+        raise RuntimeError("printer on fire")
+
+    async with ej:
+        job = await ej.submit("flaky", org="acme", params={})
+        await ej.drain()
+        clock.advance(60)  # past the retry's backoff
+        await ej.drain()
+        assert (await ej.get(job.id)).status.value == "dead_letter"
+    text = out.getvalue()
+    lines = [line for line in text.splitlines() if job.id in line and "ended:" in line]
+    assert len(lines) == 2, text
+    assert " INFO " in lines[0] and "the job is now retrying " in lines[0], lines[0]
+    assert " WARNING " in lines[1] and "the job is now dead_letter" in lines[1], lines[1]
+    # The traceback once, indented under the WARNING (and not under the retry's line).
+    assert text.count('raise RuntimeError("printer on fire")') == 1, text
+    after = text.split(lines[1], 1)[1]
+    assert 'raise RuntimeError("printer on fire")' in after
+    # What the worker tests accept as the only tracebacks in a log; anything else they flag.
+    assert unexpected_tracebacks(text) == []
+    crash = "2026-11-30T00:00:00.000Z ERROR edgejobs.runner: tick failed\n    Traceback (most"
+    assert unexpected_tracebacks(text + crash) == [crash.splitlines()[0]]
+    assert unexpected_tracebacks("Traceback (most recent call last):") != []
 
 
 async def test_a_job_lost_in_a_crash_is_logged_by_id_org_and_type(

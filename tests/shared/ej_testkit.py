@@ -82,3 +82,22 @@ def vm_steps(conn: sqlite3.Connection, statement: Callable[[], Any]) -> int:
     finally:
         conn.set_progress_handler(None, 0)
     return steps
+
+
+def unexpected_tracebacks(output: str) -> list[str]:
+    """The record lines of an edgejobs process's (human) log under which a traceback appears,
+    other than attempts whose job gave up: those are logged at WARNING with their handler's
+    traceback under the line, as designed. A traceback at the start of a line (Python's own,
+    for an exception nothing caught) is returned as itself."""
+    found: list[str] = []
+    record = ""
+    for line in output.splitlines():
+        if line.startswith("Traceback"):
+            found.append(line)
+        elif not line.startswith(" "):
+            record = line
+        elif line.strip().startswith("Traceback") and not (
+            " ended: " in record and "the job is now" in record
+        ):
+            found.append(record)
+    return found
