@@ -201,9 +201,22 @@ def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResul
             jobs=jobs,
             seconds=time.monotonic() - started,
         )
+    except OSError as exc:  # a full or read-only disk while flushing or naming the copy
+        raise BackupError(f"could not write the backup {target}: {exc.strerror or exc}") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            partial.unlink()
+        _remove_partial(partial)
+
+
+def _remove_partial(partial: Path) -> None:
+    """Remove the temporary copy and the rollback journal SQLite leaves next to it when
+    ``VACUUM INTO`` fails half-way (a full disk), so a failed nightly backup leaves nothing.
+
+    Never raises: on a read-only folder the removal itself fails, and that must not hide why
+    the backup failed.
+    """
+    for leftover in (partial, partial.with_name(partial.name + "-journal")):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
 
 
 def _verify(path: Path) -> int:

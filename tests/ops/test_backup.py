@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from contextlib import closing
@@ -15,6 +18,7 @@ from ops_support import DAY_MS, connect, insert_jobs, make_app
 
 from edgejobs import EdgeJobs
 from edgejobs.cli import main
+from edgejobs.store.db import Pragmas
 from edgejobs.store.maintenance import BackupError, backup_database
 from edgejobs.testing import FakeClock
 
@@ -160,3 +164,57 @@ async def test_a_restored_backup_runs_like_the_original(
         await again.ticker.tick()
         await again.drain()
         assert (await again.get(waiting.id)).status == "completed"
+
+
+def _small_files() -> None:
+    """In the child: no file may grow past 1 MB (a full disk for the copy, not for the
+    source, which the backup only reads); the write then fails instead of killing it."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+
+async def test_a_backup_that_meets_a_full_disk_fails_with_one_line_and_leaves_nothing(
+    db_path: Path, tmp_path: Path
+) -> None:
+    ej = make_app(db_path)
+    await ej.open()
+    await ej.close()
+    insert_jobs(db_path, 20_000, prefix="old", status="completed", created_at=1, finished_at=1)
+    config = tmp_path / "edgejobs.toml"
+    config.write_text(f'[database]\npath = "{db_path.name}"\n', encoding="utf-8")
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgejobs", "backup", str(backups / "copy.db")],
+        env={**os.environ, "EDGEJOBS_CONFIG": str(config)},
+        preexec_fn=_small_files,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("edgejobs: could not copy the database")
+    assert "Traceback" not in proc.stderr
+    # Neither the copy nor the rollback journal SQLite wrote next to it is left behind.
+    assert list(backups.iterdir()) == []
+
+
+def test_a_failed_backup_reports_its_cause_even_when_the_cleanup_fails_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a read-only file system removing the temporary copy fails as well (EROFS, not
+    ENOENT): the command must still say why the backup failed, not show a traceback."""
+    source = tmp_path / "jobs.db"
+    source.write_bytes(b"not a database" * 100)
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real_unlink = Path.unlink
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.parent == read_only:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        real_unlink(self, missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(BackupError, match="database"):
+        backup_database(source, read_only / "copy.db", Pragmas())
