@@ -12,8 +12,10 @@ import dataclasses
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Never, TypeVar
 
@@ -67,6 +69,7 @@ from edgejobs.store.jobs import (
     load_job,
     recount_jobs,
 )
+from edgejobs.store.maintenance import leave_backup_gap
 from edgejobs.store.rates import RateTake
 from edgejobs.store.rows import MAX_JSON_DEPTH, nested_too_deep, strict_dumps
 from edgejobs.store.transitions import cancel_job, recover_running, retry_job
@@ -444,6 +447,17 @@ class EdgeJobs:
                     drop_pair_index(conn)
 
             await self.store.write(declare)
+            # Before anything writes an event: on a restored backup, past the original's ids.
+            # The wall clock, not self.clock: it measures the real time since the snapshot.
+            gap = await self.store.write(partial(leave_backup_gap, now_ms=int(time.time() * 1000)))
+            if gap is not None:
+                log.warning(
+                    "this database was restored from a backup: new event ids start after %d"
+                    " and new job seqs after %d, past what the original may have used since"
+                    " the backup (SSE clients resuming across the restore get a reset)",
+                    gap.event_id,
+                    gap.job_seq,
+                )
 
             def recover(conn: sqlite3.Connection, tx: WriteTx) -> list[sqlite3.Row]:
                 # The event log's end before the recovery's own events: the metrics count

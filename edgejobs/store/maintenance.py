@@ -25,6 +25,8 @@ from pathlib import Path
 
 from edgejobs.errors import EdgeJobsError
 from edgejobs.store.db import Pragmas, WriteTx, connect
+from edgejobs.store.events import last_event_id
+from edgejobs.store.jobs import next_seq
 
 CHECKPOINT_MODES = frozenset({"PASSIVE", "FULL", "RESTART", "TRUNCATE"})
 
@@ -152,6 +154,73 @@ def vacuum_step(conn: sqlite3.Connection, tx: WriteTx, *, max_pages: int) -> int
     return free - int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
 
+# How far a restored copy moves its counters: past anything the original can have handed out
+# since the snapshot, at up to this many new ids per millisecond (100,000 events a second, far
+# beyond what one SQLite writer commits) ...
+GAP_IDS_PER_MS = 100
+# ... plus this much, for the clock's uncertainty (an appliance whose clock was set back).
+GAP_MARGIN = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BackupGap:
+    """What :func:`leave_backup_gap` did on a restored copy."""
+
+    event_id: int
+    """The id the next event gets, less one."""
+    job_seq: int
+    """The seq the next job gets, less one."""
+
+
+def mark_backup_copy(path: Path, taken_at_ms: int) -> None:
+    """Record in a fresh copy that it is a backup taken at ``taken_at_ms`` (wall clock).
+
+    A copy of a database whose schema predates the ``backup_copy`` table is left unmarked.
+    """
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        if conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'backup_copy'"
+        ).fetchone():
+            conn.execute("INSERT INTO backup_copy (one, taken_at) VALUES (1, ?)", (taken_at_ms,))
+    except sqlite3.Error as exc:
+        raise BackupError(f"could not write the copy: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def leave_backup_gap(conn: sqlite3.Connection, tx: WriteTx, *, now_ms: int) -> BackupGap | None:
+    """On a database restored from a backup, skip the event ids and job seqs the original
+    may have handed out after the snapshot; None on any other database.
+
+    A client that saw event 1200 of the original, of which the copy holds 1000, would
+    otherwise get ids 1001-1200 reused for new events: resuming at 1200, it would silently
+    miss them and keep showing what the original did after the backup. Past the gap its
+    ``Last-Event-ID`` names a missing event, which the replay answers with ``reset``. Seqs
+    fence the writes of a job's attempts, so they too name one job only. The gap grows with
+    the time since the snapshot (wall clock), so restoring the same backup twice leaves the
+    second restore above the first one's ids too.
+    """
+    row = conn.execute("SELECT taken_at FROM backup_copy WHERE one = 1").fetchone()
+    if row is None:
+        return None
+    gap = GAP_MARGIN + max(0, now_ms - int(row[0])) * GAP_IDS_PER_MS
+    event_id = last_event_id(conn) + gap
+    updated = conn.execute(
+        "UPDATE sqlite_sequence SET seq = ? WHERE name = 'events'", (event_id,)
+    ).rowcount
+    if not updated:  # no event was ever written
+        conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (event_id,))
+    job_seq = next_seq(conn) - 1 + gap
+    conn.execute(
+        "INSERT INTO job_seq_floor (one, seq) VALUES (1, :seq)"
+        " ON CONFLICT (one) DO UPDATE SET seq = excluded.seq",
+        {"seq": job_seq},
+    )
+    conn.execute("DELETE FROM backup_copy")
+    return BackupGap(event_id=event_id, job_seq=job_seq)
+
+
 def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResult:
     """Write a consistent copy of the database at ``source`` to ``target``, online.
 
@@ -162,6 +231,7 @@ def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResul
     an existing file. A failed or interrupted backup leaves no file at ``target``.
     """
     started = time.monotonic()
+    taken_at = int(time.time() * 1000)  # the snapshot is at most this old
     source = Path(source)
     target = Path(target).absolute()
     if target.exists() or target.is_symlink():
@@ -182,6 +252,7 @@ def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResul
             raise BackupError(f"could not copy the database: {exc}") from exc
         finally:
             conn.close()
+        mark_backup_copy(partial, taken_at)
         _fsync(partial)
         jobs = _verify(partial)
         try:

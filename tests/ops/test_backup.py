@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from ops_support import DAY_MS, connect, insert_jobs, make_app
 
 from edgejobs import EdgeJobs
+from edgejobs.broker import get_broker
 from edgejobs.cli import main
 from edgejobs.store.db import Pragmas
 from edgejobs.store.maintenance import BackupError, backup_database
@@ -218,3 +220,66 @@ def test_a_failed_backup_reports_its_cause_even_when_the_cleanup_fails_too(
     monkeypatch.setattr(Path, "unlink", unlink)
     with pytest.raises(BackupError, match="database"):
         backup_database(source, read_only / "copy.db", Pragmas())
+
+
+def event_ids(path: Path) -> list[int]:
+    with closing(connect(path)) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM events ORDER BY id")]
+
+
+async def first_replayed(ej: EdgeJobs, last_event_id: int) -> list[str]:
+    """What a client resuming at ``last_event_id`` is sent before it goes live (kinds)."""
+    broker = get_broker(ej)
+    await broker.ensure_started()
+    newest = event_ids(ej.store.path)[-1]
+    await poll(lambda: broker.last_id >= newest, "the broker to tail the newest event")
+    subscriber = broker.subscribe(org="acme")
+    try:
+        return [event.kind async for event in broker.backlog(subscriber, last_event_id)]
+    finally:
+        broker.unsubscribe(subscriber)
+
+
+async def poll(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_restored_backup_never_reuses_the_event_ids_and_seqs_the_original_issued(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Event ids and seqs the original handed out after the backup are not handed out again
+    by the restored copy: an SSE client that saw them gets a reset instead of silently
+    missing the restored system's first events."""
+    ej = make_app(db_path)
+    async with ej:
+        for n in range(2):
+            await ej.wait((await ej.submit("quick", org="acme", params={"n": n})).id, timeout=10)
+        backup_database(db_path, tmp_path / "copy.db", ej.store.pragmas)
+        # The original goes on after the backup; a client follows it to its newest event.
+        for n in range(2):
+            await ej.wait((await ej.submit("quick", org="acme", params={"n": n})).id, timeout=10)
+    seen = event_ids(db_path)[-1]
+    with closing(connect(db_path)) as conn:
+        original_seqs = {row[0] for row in conn.execute("SELECT seq FROM jobs")}
+
+    restored = tmp_path / "restored" / "jobs.db"
+    restore(tmp_path / "copy.db", restored)
+    again = make_app(restored)
+    async with again:
+        # Enough new events to pass the client's id, had the counter gone on from the copy.
+        for n in range(4):
+            job = await again.submit("quick", org="acme", params={"n": n})
+            await again.wait(job.id, timeout=10)
+        assert await first_replayed(again, seen) == ["reset"]
+        # A client that resumes after the restore is replayed as usual.
+        assert await first_replayed(again, event_ids(restored)[-3]) == ["job", "job"]
+    with closing(connect(restored)) as conn:
+        new = conn.execute("SELECT seq FROM jobs ORDER BY seq DESC LIMIT 4").fetchall()
+        assert not original_seqs & {row[0] for row in new}
+        assert min(row[0] for row in new) > max(original_seqs)
+        assert conn.execute("SELECT count(*) FROM backup_copy").fetchone()[0] == 0
+    assert min(event_ids(restored)[-1:]) > seen
