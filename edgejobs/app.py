@@ -501,6 +501,7 @@ class EdgeJobs:
             self.clock,
             self._tick_settings(),
             trim_events=self.maintenance.trim_events,
+            make_room=self.maintenance.make_room,
             after_change=self.pool.wake,
             healthy_leases=self.pool.healthy_leases,
             # Quiet sleeps follow the real clock: an injected clock (tests) moves by hand,
@@ -1123,6 +1124,7 @@ class EdgeJobs:
             self.clock,
             self._tick_settings(),
             trim_events=self.maintenance.trim_events,
+            make_room=self.maintenance.make_room,
         )
         report = await ticker.prune(older_than_days=older_than_days)
         if report.jobs or report.events:

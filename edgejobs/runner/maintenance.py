@@ -210,6 +210,21 @@ class Maintenance:
         finally:
             conn.close()
 
+    async def make_room(self) -> bool:
+        """After a write failed on a full disk: checkpoint, and empty the WAL file when nobody
+        reads an old snapshot, so the next write reuses its space. Whether it is reusable."""
+        try:
+            async with self._lock:
+                results = await asyncio.to_thread(self._checkpoint_sync, True)
+        except sqlite3.Error as exc:
+            log.warning("WAL checkpoint on a full disk failed: %s", exc)
+            return False
+        for result in results:
+            self._count(result)
+        self.last_checkpoint = results[-1]
+        # A complete PASSIVE checkpoint is enough: the next write starts the WAL over.
+        return results[0].complete
+
     def _count(self, result: Checkpoint) -> None:
         outcome = "busy" if result.busy else ("complete" if result.complete else "partial")
         key = (result.mode.lower(), outcome)

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 
 from edgejobs.clock import Clock
-from edgejobs.errors import EdgeJobsError
+from edgejobs.errors import EdgeJobsError, StorageFull
 from edgejobs.logs import RepeatLimiter, job_fields
 from edgejobs.runner.registry import Registry
 from edgejobs.store import Store
@@ -101,6 +101,7 @@ class Ticker:
         settings: TickSettings,
         *,
         trim_events: Callable[[int], Awaitable[int]],
+        make_room: Callable[[], Awaitable[bool]] | None = None,
         after_change: Callable[[], None] | None = None,
         healthy_leases: Callable[[], Mapping[int, int]] | None = None,
         changes: Callable[[], int] | None = None,
@@ -111,6 +112,7 @@ class Ticker:
         self._clock = clock
         self.settings = settings
         self._trim_events = trim_events
+        self._make_room = make_room
         self._after_change = after_change
         self._healthy_leases = healthy_leases
         self._changes = changes
@@ -313,10 +315,26 @@ class Ticker:
         cutoff = now - int(days * 86_400_000)
         batch = self.settings.retention_batch
         report = PruneReport()
+        made_room = False  # the WAL was checkpointed after a full disk, and nothing written since
         while True:
-            deleted = await self._store.write(
-                lambda conn, tx: delete_old_jobs(conn, tx, cutoff_ms=cutoff, batch=batch)
-            )
+            try:
+                deleted = await self._store.write(
+                    partial(delete_old_jobs, cutoff_ms=cutoff, batch=batch)
+                )
+            except StorageFull:
+                # A nearly full disk, when pruning matters most. Deletes need room in the WAL,
+                # which grows batch after batch until a checkpoint lets it be reused (or
+                # empties it): checkpoint and go on; smaller batches when even an emptied WAL
+                # had no room for one.
+                if made_room:
+                    if batch == 1:
+                        raise
+                    batch = max(1, batch // 4)
+                if self._make_room is None or not await self._make_room():
+                    raise
+                made_room = True
+                continue
+            made_room = False
             report.jobs += deleted.jobs
             report.events += deleted.events
             report.batches += 1

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sqlite3
-from contextlib import closing
+import subprocess
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -429,3 +433,53 @@ def test_looking_for_expired_events_reads_one_batch_however_long_the_log(
             steps[size] = vm_steps(conn, look)
             assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == size
     assert steps[50_000] <= steps[1_000] + 2, steps
+
+
+@contextmanager
+def small_disk(folder: Path, size: str) -> Iterator[Path]:
+    """A real file system of ``size`` at ``folder`` (a tmpfs: needs root)."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def fill_up(folder: Path, leave: int) -> None:
+    """Take all the free space of ``folder``'s file system but ``leave`` bytes."""
+    stat = os.statvfs(folder)
+    with open(folder / "filler", "wb") as filler:
+        filler.write(b"\0" * (stat.f_bavail * stat.f_frsize - leave))
+
+
+async def test_prune_on_a_nearly_full_disk_deletes_everything_and_gives_the_space_back(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """Pruning is what an operator reaches for when the disk fills up. Deletes need room in
+    the WAL, which grew batch after batch into the last free bytes: the prune stopped at the
+    first full write, the file as large as before."""
+    ej = make_app(db_path)
+    await ej.open()
+    await ej.close()
+    insert_jobs(db_path, 6000, prefix="old", status="completed", created_at=1, finished_at=1)
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        database = disk / "jobs.db"
+        shutil.copyfile(db_path, database)
+        before = database.stat().st_size
+        fill_up(disk, 300 * 1024)
+        ej = make_app(database)
+        await ej.open()
+        try:
+            report = await ej.prune(older_than_days=0)
+        finally:
+            await ej.close()
+        assert report.jobs == 6000
+        assert scalar(database, "SELECT count(*) FROM jobs") == 0
+        assert database.stat().st_size < before / 4
