@@ -33,6 +33,15 @@ BASE_DELAY_S = 10.0
 MAX_DELAY_S = 100.0
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie nobody reaped has ended)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """A connection of our own, independent of the store's (what another process sees)."""
     conn = sqlite3.connect(str(path), isolation_level=None, timeout=10)

@@ -11,21 +11,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from core_support import PYTHON, Worker, cli_env, db_attempts, rows, write_config
+from core_support import PYTHON, Worker, cli_env, db_attempts, pid_alive, rows, write_config
 from ej_testkit import poll_until
 
 from edgejobs import EdgeJobs, Status
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie nobody reaped has ended)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 async def _pid_in(path: Path) -> int:
@@ -34,7 +25,7 @@ async def _pid_in(path: Path) -> int:
 
 
 async def _ended(pid: int) -> None:
-    await poll_until(lambda: not _alive(pid), timeout=5, interval=0.02, message=f"{pid} runs")
+    await poll_until(lambda: not pid_alive(pid), timeout=5, interval=0.02, message=f"{pid} runs")
 
 
 def _runner(tmp_path: Path, handler: str) -> EdgeJobs:
@@ -51,7 +42,7 @@ async def test_a_cancel_kills_the_subprocesses_of_the_handler(tmp_path: Path) ->
         job = await ej.submit("iso", org="acme", params=params)
         await _pid_in(tmp_path / "child")
         sleeper = int((tmp_path / "sleeper").read_text())
-        assert _alive(sleeper)
+        assert pid_alive(sleeper)
         await ej.cancel(job.id)
         assert (await ej.wait(job.id, timeout=10)).status is Status.CANCELED
     await _ended(sleeper)

@@ -9,7 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from core_support import Worker, cli_env, db_attempts, edgejobs_cmd, rows, run_cli, write_config
+from core_support import (
+    Worker,
+    cli_env,
+    db_attempts,
+    edgejobs_cmd,
+    pid_alive,
+    rows,
+    run_cli,
+    write_config,
+)
 from ej_testkit import poll_until
 
 from edgejobs import EdgeJobs, RunnerAlreadyActive, Status
@@ -104,15 +113,6 @@ max_retries = 0
 """
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie nobody reaped has ended)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 async def test_a_process_handler_ends_when_its_runner_is_killed(tmp_path: Path) -> None:
     """A runner killed with SIGKILL cannot kill its handlers' child processes: they ran on
@@ -129,11 +129,11 @@ async def test_a_process_handler_ends_when_its_runner_is_killed(tmp_path: Path) 
         await _until(pid_file.exists, 30, "the handler's child started", worker)
         child = int(pid_file.read_text())
         sleeper = int(sleeper_file.read_text())
-        assert _alive(child)
-        assert _alive(sleeper)
+        assert pid_alive(child)
+        assert pid_alive(sleeper)
         worker.kill()
-    await _until(lambda: not _alive(child), 5, f"child {child} ended after its runner")
-    await _until(lambda: not _alive(sleeper), 5, f"subprocess {sleeper} ended with the child")
+    await _until(lambda: not pid_alive(child), 5, f"child {child} ended after its runner")
+    await _until(lambda: not pid_alive(sleeper), 5, f"subprocess {sleeper} ended with the child")
 
 
 async def test_second_runner_is_refused_in_process(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from core_support import (
     cli_env,
     db_attempts,
     db_job,
+    pid_alive,
     rows,
     write_config,
 )
@@ -85,15 +86,6 @@ KINDS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 """Every kind of running handler: name -> (job type, params). ``max_retries = 0`` everywhere,
 so an attempt that counted would end the job ``failed`` instead of running it again."""
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie nobody reaped has ended)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 async def submit_every_kind(config: Path, pids: Path, **extra: Any) -> dict[str, str]:
@@ -184,7 +176,7 @@ async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending
     with Worker(config, tmp_path / "first.log", new_session=True) as first:
         await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", first)
         handler_processes = [int((pids / n).read_text()) for n in ("process", "process.child")]
-        assert all(alive(pid) for pid in handler_processes)
+        assert all(pid_alive(pid) for pid in handler_processes)
         send(first, sig, to, pids)
         started = time.monotonic()
         code = await exit_code(first)
@@ -195,7 +187,7 @@ async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending
     assert "Traceback" not in output, output
     # Nothing left behind: neither the handler's process nor the subprocess it started (which
     # a signal to the runner alone does not reach).
-    left = [pid for pid in handler_processes if alive(pid)]
+    left = [pid for pid in handler_processes if pid_alive(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left
@@ -246,7 +238,7 @@ async def test_a_second_signal_ends_the_grace_and_requeues_the_running_jobs_at_o
     assert code == 0, output
     assert f"{sig.name} again: not waiting for the grace" in output, output
     assert "Traceback" not in output, output
-    left = [pid for pid in handler_processes if alive(pid)]
+    left = [pid for pid in handler_processes if pid_alive(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left
@@ -361,7 +353,7 @@ def test_a_runner_that_exits_with_a_handler_process_running_ends_it_and_its_subp
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    left = [pid for pid in (int(child.read_text()), int(sleeper.read_text())) if alive(pid)]
+    left = [pid for pid in (int(child.read_text()), int(sleeper.read_text())) if pid_alive(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left
