@@ -15,7 +15,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Never, TypeVar
 
@@ -69,7 +68,7 @@ from edgejobs.store.jobs import (
     load_job,
     recount_jobs,
 )
-from edgejobs.store.maintenance import leave_backup_gap
+from edgejobs.store.maintenance import BackupGap, leave_backup_gap
 from edgejobs.store.rates import RateTake
 from edgejobs.store.rows import MAX_JSON_DEPTH, nested_too_deep, strict_dumps
 from edgejobs.store.transitions import cancel_job, recover_running, retry_job
@@ -447,23 +446,18 @@ class EdgeJobs:
                     drop_pair_index(conn)
 
             await self.store.write(declare)
-            # Before anything writes an event: on a restored backup, past the original's ids.
-            # The wall clock, not self.clock: it measures the real time since the snapshot.
-            gap = await self.store.write(partial(leave_backup_gap, now_ms=int(time.time() * 1000)))
-            if gap is not None:
-                log.warning(
-                    "this database was restored from a backup: new event ids start after %d"
-                    " and new job seqs after %d, past what the original may have used since"
-                    " the backup (SSE clients resuming across the restore get a reset)",
-                    gap.event_id,
-                    gap.job_seq,
-                )
+            # The wall clock, not self.clock: it measures the real time since a backup.
+            wall_ms = int(time.time() * 1000)
 
-            def recover(conn: sqlite3.Connection, tx: WriteTx) -> list[sqlite3.Row]:
+            def recover(
+                conn: sqlite3.Connection, tx: WriteTx
+            ) -> tuple[BackupGap | None, list[sqlite3.Row]]:
+                # Before anything writes an event: on a restored backup, past the original's ids.
+                gap = leave_backup_gap(conn, tx, now_ms=wall_ms)
                 # The event log's end before the recovery's own events: the metrics count
                 # from here, so the attempts a crash lost show as outcome="lost".
                 self.start_event_id = event_store.last_event_id(conn)
-                return recover_running(
+                return gap, recover_running(
                     conn,
                     tx,
                     now=now,
@@ -472,7 +466,15 @@ class EdgeJobs:
                     reason="the runner process died while the attempt was running",
                 )
 
-            recovered = await self.store.write(recover)
+            gap, recovered = await self.store.write(recover)
+            if gap is not None:
+                log.warning(
+                    "this database was restored from a backup: new event ids start after %d"
+                    " and new job seqs after %d, past what the original may have used since"
+                    " the backup (SSE clients resuming across the restore get a reset)",
+                    gap.event_id,
+                    gap.job_seq,
+                )
             # Schedules and audit retention; imported here because edgejobs.control imports
             # this module.
             from edgejobs.control import prepare_runner
