@@ -131,6 +131,31 @@ def all_reporting_progress(db: Path, ids: dict[str, str]) -> bool:
     )
 
 
+def pids_folder(tmp_path: Path) -> Path:
+    """Where the handlers write their pids (core_handlers), made empty."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    return pids
+
+
+def assert_none_left(pids: list[int]) -> None:
+    """No handler process nor what it started outlives the stop (any left is killed, then the
+    test fails)."""
+    left = [pid for pid in pids if pid_alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+
+
+def assert_requeued_without_spending_a_retry(db: Path, ids: dict[str, str]) -> None:
+    """Every job queued again, its one attempt ``canceled``/``Shutdown``; the file intact."""
+    for name, job_id in ids.items():
+        assert db_job(db, job_id)["status"] == "queued", name
+        attempts = [(a["outcome"], a["error_type"]) for a in db_attempts(db, job_id)]
+        assert attempts == [("canceled", "Shutdown")], (name, attempts)
+    assert integrity(db) == ["ok"]
+
+
 def integrity(db: Path) -> list[str]:
     return [r["integrity_check"] for r in rows(db, "PRAGMA integrity_check")]
 
@@ -170,8 +195,7 @@ async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending
     tmp_path: Path, sig: signal.Signals, to: str
 ) -> None:
     config = write_config(tmp_path, SHUTDOWN_CONFIG.format(grace=1))
-    db, pids = tmp_path / "jobs.db", tmp_path / "pids"
-    pids.mkdir()
+    db, pids = tmp_path / "jobs.db", pids_folder(tmp_path)
     ids = await submit_every_kind(config, pids)
     with Worker(config, tmp_path / "first.log", new_session=True) as first:
         await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", first)
@@ -187,16 +211,9 @@ async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending
     assert "Traceback" not in output, output
     # Nothing left behind: neither the handler's process nor the subprocess it started (which
     # a signal to the runner alone does not reach).
-    left = [pid for pid in handler_processes if pid_alive(pid)]
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left
+    assert_none_left(handler_processes)
     assert "shutdown grace over: interrupting" in output
-    for name, job_id in ids.items():
-        assert db_job(db, job_id)["status"] == "queued", name
-        attempts = [(a["outcome"], a["error_type"]) for a in db_attempts(db, job_id)]
-        assert attempts == [("canceled", "Shutdown")], (name, attempts)
-    assert integrity(db) == ["ok"]
+    assert_requeued_without_spending_a_retry(db, ids)
 
     # The next runner takes them at once, and runs them again although no retry was allowed.
     with Worker(config, tmp_path / "second.log") as second:
@@ -224,8 +241,7 @@ async def test_a_second_signal_ends_the_grace_and_requeues_the_running_jobs_at_o
     back as a lost attempt, a retry spent. A second signal now ends the grace: the running
     jobs are interrupted and requeued as at its end, and the process exits at once."""
     config = write_config(tmp_path, SHUTDOWN_CONFIG.format(grace=600))
-    db, pids = tmp_path / "jobs.db", tmp_path / "pids"
-    pids.mkdir()
+    db, pids = tmp_path / "jobs.db", pids_folder(tmp_path)
     ids = await submit_every_kind(config, pids)
     with Worker(config, tmp_path / "worker.log", new_session=True) as worker:
         await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", worker)
@@ -238,15 +254,8 @@ async def test_a_second_signal_ends_the_grace_and_requeues_the_running_jobs_at_o
     assert code == 0, output
     assert f"{sig.name} again: not waiting for the grace" in output, output
     assert "Traceback" not in output, output
-    left = [pid for pid in handler_processes if pid_alive(pid)]
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left
-    for name, job_id in ids.items():
-        assert db_job(db, job_id)["status"] == "queued", name
-        attempts = [(a["outcome"], a["error_type"]) for a in db_attempts(db, job_id)]
-        assert attempts == [("canceled", "Shutdown")], (name, attempts)
-    assert integrity(db) == ["ok"]
+    assert_none_left(handler_processes)
+    assert_requeued_without_spending_a_retry(db, ids)
 
 
 @pytest.mark.parametrize(
@@ -266,8 +275,7 @@ async def test_a_signal_to_the_whole_group_lets_every_kind_of_job_finish_within_
     or a ``KeyboardInterrupt`` in the handler), spending a retry; the runner decides when they
     end."""
     config = write_config(tmp_path, SHUTDOWN_CONFIG.format(grace=20))
-    db, pids = tmp_path / "jobs.db", tmp_path / "pids"
-    pids.mkdir()
+    db, pids = tmp_path / "jobs.db", pids_folder(tmp_path)
     ids = await submit_every_kind(config, pids, seconds=2)
     with Worker(config, tmp_path / "worker.log", new_session=True) as worker:
         await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", worker)
@@ -353,10 +361,7 @@ def test_a_runner_that_exits_with_a_handler_process_running_ends_it_and_its_subp
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    left = [pid for pid in (int(child.read_text()), int(sleeper.read_text())) if pid_alive(pid)]
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert not left
+    assert_none_left([int(child.read_text()), int(sleeper.read_text())])
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="forks")
