@@ -11,9 +11,12 @@ then nothing may be left running and no attempt may be lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import os
 import random
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -99,43 +102,62 @@ async def _keep_submitting(
         await asyncio.sleep(rng.uniform(0.02, 0.15))
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(3600 if LONG else 150)
-async def test_sigkill_rounds_lose_nothing_and_complete_nothing_twice(tmp_path: Path) -> None:
+@dataclasses.dataclass
+class _Busy:
+    """A runner's database while another process keeps submitting to it."""
+
+    seed: int
+    rng: random.Random
+    config: Path
+    db: Path
+    effects: Path
+    acknowledged: list[str]
+
+
+@contextlib.asynccontextmanager
+async def _submitting(tmp_path: Path) -> AsyncIterator[_Busy]:
+    """Keep a client submitting while the body runs its rounds; then let a final worker run
+    every acknowledged job to its end (20 rounds leave a backlog of seconds, 500 one of
+    minutes: handlers sleep for real; it waits while jobs keep finishing, fails on a stall)."""
     seed = int(os.environ.get("EDGEJOBS_CHAOS_SEED", random.randrange(1 << 30)))
-    rng = random.Random(seed)
     config = setup_folder(tmp_path, config_text())
-    db, effects = tmp_path / "jobs.db", tmp_path / "effects.db"
+    busy = _Busy(
+        seed, random.Random(seed), config, tmp_path / "jobs.db", tmp_path / "effects.db", []
+    )
     client = EdgeJobs.from_config(config, environ={})
     await client.open()
-    acknowledged: list[str] = []
     stop = asyncio.Event()
-    submitter = asyncio.create_task(_keep_submitting(client, rng, acknowledged, stop))
-    kills_while_running = 0
+    submitter = asyncio.create_task(_keep_submitting(client, busy.rng, busy.acknowledged, stop))
     try:
-        for round_no in range(ROUNDS):
-            with Worker(config, f"worker{round_no}") as worker:
-                # Random moment: often before the runner even finished starting, often mid-job.
-                await asyncio.sleep(rng.uniform(0.2, 1.3))
-                assert worker.alive(), worker.output()
-                running = query_running(db)
-                kills_while_running += running > 0
-                worker.kill()
+        yield busy
         stop.set()
         await submitter
         with Worker(config, "final") as final:
-            # 20 rounds leave a backlog of seconds, 500 one of minutes (handlers sleep for real):
-            # wait while jobs keep finishing, fail on a stall.
-            await wait_until_finished(db, acknowledged, final)
+            await wait_until_finished(busy.db, busy.acknowledged, final)
             assert await final.stop() == 0, final.output()[-4000:]
     finally:
         stop.set()
         if not submitter.done():
             submitter.cancel()
         await client.close()
-    report = check_invariants(db, effects, acknowledged, max_retries=MAX_RETRIES)
-    print(f"seed={seed} rounds={ROUNDS} kills_while_running={kills_while_running} {report}")
-    assert report["jobs"] == len(acknowledged) > ROUNDS
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600 if LONG else 150)
+async def test_sigkill_rounds_lose_nothing_and_complete_nothing_twice(tmp_path: Path) -> None:
+    kills_while_running = 0
+    async with _submitting(tmp_path) as busy:
+        for round_no in range(ROUNDS):
+            with Worker(busy.config, f"worker{round_no}") as worker:
+                # Random moment: often before the runner even finished starting, often mid-job.
+                await asyncio.sleep(busy.rng.uniform(0.2, 1.3))
+                assert worker.alive(), worker.output()
+                running = query_running(busy.db)
+                kills_while_running += running > 0
+                worker.kill()
+    report = check_invariants(busy.db, busy.effects, busy.acknowledged, max_retries=MAX_RETRIES)
+    print(f"seed={busy.seed} rounds={ROUNDS} kills_while_running={kills_while_running} {report}")
+    assert report["jobs"] == len(busy.acknowledged) > ROUNDS
     assert kills_while_running > 0  # the kills did hit running work
     assert report["lost_attempts"] > 0
 
@@ -153,24 +175,15 @@ async def test_graceful_stop_rounds_leave_nothing_running_and_lose_no_attempt(
     """SIGTERM or SIGINT at a random moment of a busy runner, to it or to its whole process
     group: each time it exits 0, leaving no job ``running`` and no attempt unfinished; jobs
     interrupted after the grace are requeued (``canceled``, not counted), never ``lost``."""
-    seed = int(os.environ.get("EDGEJOBS_CHAOS_SEED", random.randrange(1 << 30)))
-    rng = random.Random(seed)
-    config = setup_folder(tmp_path, config_text())
-    db, effects = tmp_path / "jobs.db", tmp_path / "effects.db"
-    client = EdgeJobs.from_config(config, environ={})
-    await client.open()
-    acknowledged: list[str] = []
-    stop = asyncio.Event()
-    submitter = asyncio.create_task(_keep_submitting(client, rng, acknowledged, stop))
     stops_while_running = 0
-    try:
+    async with _submitting(tmp_path) as busy:
         for round_no in range(GRACEFUL_ROUNDS):
-            with Worker(config, f"worker{round_no}", new_session=True) as worker:
+            with Worker(busy.config, f"worker{round_no}", new_session=True) as worker:
                 await wait_for(worker.started, 30, "worker start", worker)
-                await asyncio.sleep(rng.uniform(0.0, 1.5))
-                stops_while_running += query_running(db) > 0
-                sig = rng.choice([signal.SIGTERM, signal.SIGINT])
-                if rng.random() < 0.5:
+                await asyncio.sleep(busy.rng.uniform(0.0, 1.5))
+                stops_while_running += query_running(busy.db) > 0
+                sig = busy.rng.choice([signal.SIGTERM, signal.SIGINT])
+                if busy.rng.random() < 0.5:
                     worker.signal_group(sig)
                 else:
                     worker.proc.send_signal(sig)
@@ -179,24 +192,15 @@ async def test_graceful_stop_rounds_leave_nothing_running_and_lose_no_attempt(
                 # (A job that gave up is logged with its handler's traceback: expected.)
                 assert not unexpected_tracebacks(worker.output()), worker.output()[-4000:]
             left = query(
-                db,
+                busy.db,
                 "SELECT (SELECT count(*) FROM jobs WHERE status = 'running') AS running,"
                 " (SELECT count(*) FROM attempts WHERE outcome IS NULL) AS open_attempts",
             )[0]
             assert left == {"running": 0, "open_attempts": 0}, f"round {round_no}: {left}"
-        stop.set()
-        await submitter
-        with Worker(config, "final") as final:
-            await wait_until_finished(db, acknowledged, final)
-            assert await final.stop() == 0, final.output()[-4000:]
-    finally:
-        stop.set()
-        if not submitter.done():
-            submitter.cancel()
-        await client.close()
-    report = check_invariants(db, effects, acknowledged, max_retries=MAX_RETRIES)
+    report = check_invariants(busy.db, busy.effects, busy.acknowledged, max_retries=MAX_RETRIES)
     print(
-        f"seed={seed} rounds={GRACEFUL_ROUNDS} stops_while_running={stops_while_running} {report}"
+        f"seed={busy.seed} rounds={GRACEFUL_ROUNDS} stops_while_running={stops_while_running}"
+        f" {report}"
     )
     assert report["lost_attempts"] == 0
     assert stops_while_running > 0  # the stops did hit running work
