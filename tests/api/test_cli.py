@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -292,6 +293,7 @@ def test_serve_exits_1_when_the_port_is_taken(tmp_path: Path, child_env: dict[st
 SERVED_JOBS = """
 import asyncio, os, time
 from pathlib import Path
+from typing import Any
 
 if os.environ.get("SLOW_IMPORT_MARK"):
     Path(os.environ["SLOW_IMPORT_MARK"]).write_text("importing")
@@ -321,12 +323,13 @@ def _with_jobs(tmp_path: Path, env: dict[str, str], grace_s: float) -> dict[str,
     return {**env, "EDGEJOBS_CONFIG": str(config), "PYTHONPATH": os.pathsep.join(paths)}
 
 
-def _submit_queued(tmp_path: Path, env: dict[str, str]) -> Path:
-    """Submit one ``served.run`` job from the command line; the file it writes when it starts."""
+def _submit_queued(tmp_path: Path, env: dict[str, str], **params: Any) -> Path:
+    """Submit one ``served.run`` job from the command line (with ``params`` besides, e.g.
+    ``hold_s``: how long it runs); the file it writes when it starts."""
     started = tmp_path / "job-started"
     subprocess.run(
         [sys.executable, "-m", "edgejobs", "submit", "served.run", "--org", "acme"]
-        + ["--params", json.dumps({"started": str(started)})],
+        + ["--params", json.dumps({"started": str(started), **params})],
         env=env,
         cwd=tmp_path,
         check=True,
@@ -401,15 +404,7 @@ def test_a_second_sigterm_to_serve_ends_the_grace_and_requeues_the_running_job(
     attempt. Now it ends the grace: the job is requeued, no retry spent, and serve exits 0
     (and the app's lifespan ends rather than being cancelled with a traceback)."""
     child_env = _with_jobs(tmp_path, child_env, grace_s=600)
-    started = tmp_path / "job-started"
-    subprocess.run(
-        [sys.executable, "-m", "edgejobs", "submit", "served.run", "--org", "acme"]
-        + ["--params", json.dumps({"started": str(started), "hold_s": 600})],
-        env=child_env,
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-    )
+    started = _submit_queued(tmp_path, child_env, hold_s=600)
     server = Serving([], child_env, tmp_path)
     try:
         server.wait_ready()
