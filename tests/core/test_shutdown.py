@@ -450,9 +450,12 @@ async def test_stop_called_twice_or_by_a_cancelled_caller_still_stops_once_and_f
         await asyncio.wait_for(started.wait(), 10)
         impatient = asyncio.create_task(ej.stop(grace_s=30))
         patient = asyncio.create_task(ej.stop(grace_s=30))
-        await asyncio.sleep(0.05)
+        await poll_until(
+            lambda: ej.stopping, timeout=10, interval=0.01, message=lambda: "no stop began"
+        )
         impatient.cancel()  # e.g. an asyncio.timeout around it: the stop itself goes on
-        await asyncio.sleep(0.05)
+        with contextlib.suppress(asyncio.CancelledError):
+            await impatient
         assert ej.stopping and ej.is_runner and not patient.done()
         release.set()  # the running job finishes within the grace
         await asyncio.wait_for(patient, 10)
