@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Never, TypeVar
 
@@ -61,6 +62,7 @@ from edgejobs.store.jobs import (
     SubmitOp,
     count_by_org,
     count_by_status,
+    count_queued,
     dedup_hash,
     get_attempts,
     get_job,
@@ -1079,7 +1081,11 @@ class EdgeJobs:
                     del self._waiters[job_id]
 
     async def drain(self, *, timeout: float | None = None) -> None:
-        """Run jobs until none is ready or running (retries and schedules not yet due wait)."""
+        """Run jobs until none is ready or running (retries and schedules not yet due wait).
+
+        Raises :class:`~edgejobs.errors.ShuttingDown` when the runner stops meanwhile with
+        jobs still ready: a stopping runner claims nothing, and returning would say "drained".
+        """
         if self.pool is None:
             raise EdgeJobsError("drain() needs a running runner: use `async with ej:` or start()")
         self._use_running_loop()
@@ -1091,7 +1097,16 @@ class EdgeJobs:
                     await pool.wait_idle()
                     continue
                 if started == 0:
-                    return
+                    break
+        if self._stopping:
+            left = await self.store.read(partial(count_queued, types=self._claimable_types()))
+            if left:
+                raise ShuttingDown(
+                    f"the runner stopped before drain() was done: {left} job(s) still queued"
+                )
+
+    def _claimable_types(self) -> list[str]:
+        return [t.name for t in self.registry if t.name not in self.registry.paused]
 
     async def stats(self, *, org: str | None = None) -> dict[str, Any]:
         """Counts by status and by job type (and by org for ``org=None``)."""

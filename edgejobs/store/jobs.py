@@ -546,6 +546,16 @@ def count_by_status(conn: sqlite3.Connection, org: str | None) -> dict[str, dict
     return result
 
 
+def count_queued(conn: sqlite3.Connection, *, types: Sequence[str]) -> int:
+    """How many jobs of these types are queued (ready to claim), all orgs, from ``job_counts``."""
+    row = conn.execute(
+        "SELECT coalesce(sum(n), 0) FROM job_counts WHERE status = 'queued'"
+        " AND job_type IN (SELECT value FROM json_each(?))",
+        (json.dumps(list(types)),),
+    ).fetchone()
+    return int(row[0])
+
+
 def count_by_org(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     """Counts as {org: {status: n}} (system callers only)."""
     result: dict[str, dict[str, int]] = {}

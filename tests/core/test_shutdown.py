@@ -2,8 +2,9 @@
 (async, async ignoring its cancellation, threads, a process with a subprocess of its own, all
 mid-progress), signals sent to the whole process group (a terminal's Ctrl-C) or to every
 process of the service (a service manager's stop), a signal while the runner starts, a runner
-whose interpreter exits with a handler's process running; and ``stop()``/``close()`` called
-from inside a handler, twice at once, or by a caller that is cancelled.
+whose interpreter exits with a handler's process running; ``stop()``/``close()`` called
+from inside a handler, twice at once, or by a caller that is cancelled; a ``drain()`` that a
+stop interrupts.
 
 What a stop promises: no new claims; running attempts get ``[runner] shutdown_grace_s``; what
 has not finished then is requeued without spending a retry (attempt outcome ``canceled``,
@@ -36,7 +37,7 @@ from core_support import (
 )
 from ej_testkit import poll_until
 
-from edgejobs import EdgeJobs, Outcome, Status
+from edgejobs import EdgeJobs, Outcome, ShuttingDown, Status
 from edgejobs.config import Config, RunnerConfig
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
@@ -502,4 +503,49 @@ async def test_a_second_stop_with_a_shorter_grace_interrupts_the_running_job_now
             (Outcome.CANCELED, "Shutdown")
         ]
     finally:
+        await ej.close()
+
+
+async def test_drain_interrupted_by_a_stop_says_so_instead_of_returning_drained(
+    tmp_path: Path,
+) -> None:
+    """A stopping runner claims nothing, so ``drain()`` found "nothing started" and returned as
+    if the queue were empty; a test (or script) that drains then asserts on results went on
+    with jobs never run. It raises ``ShuttingDown``, naming what is left; a drain that did
+    finish before the stop still returns."""
+    ej = EdgeJobs(database=tmp_path / "jobs.db", workers=1)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def held(ctx: Any, params: dict[str, Any]) -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    ej.register("held", held, timeout_s=600)
+    await ej.start()
+    try:
+        first = await ej.submit("held", org="acme", params={"n": 1})
+        second = await ej.submit("held", org="acme", params={"n": 2})
+        drain = asyncio.create_task(ej.drain(timeout=30))
+        await asyncio.wait_for(started.wait(), 10)
+        stop = asyncio.create_task(ej.stop(grace_s=30))
+        await poll_until(
+            lambda: ej.stopping, timeout=10, interval=0.01, message=lambda: "no stop began"
+        )
+        release.set()  # the running job finishes within the grace; the other stays queued
+        with pytest.raises(ShuttingDown, match="1 job\\(s\\) still queued"):
+            await drain
+        await asyncio.wait_for(stop, 10)
+        assert (await ej.get(first.id)).status is Status.COMPLETED
+        assert (await ej.get(second.id)).status is Status.QUEUED
+        await ej.start()
+        await ej.drain(timeout=30)  # nothing interrupts it: it returns once all ran
+        assert (await ej.get(second.id)).status is Status.COMPLETED
+        await ej.stop()
+        await ej.start()
+        finished = asyncio.create_task(ej.drain(timeout=30))
+        await ej.stop()  # nothing was queued: the drain is done, however the stop fell
+        await finished
+    finally:
+        release.set()
         await ej.close()
