@@ -236,6 +236,13 @@ def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResul
     target = Path(target).absolute()
     if target.exists() or target.is_symlink():
         raise BackupError(f"{target} already exists; not overwriting it")
+    if target.parent.resolve() / target.name in _companions(source.resolve()):
+        # Written there, the copy is taken for the database's own journal at the next open
+        # (and discarded by SQLite as not a journal of it): a backup reported good, then gone.
+        raise BackupError(
+            f"{target} is the name of the database's own journal or shared-memory file:"
+            " choose another name"
+        )
     if not source.is_file():
         raise BackupError(f"there is no database at {source}")
     if not target.parent.is_dir():
@@ -276,6 +283,12 @@ def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResul
         raise BackupError(f"could not write the backup {target}: {exc.strerror or exc}") from exc
     finally:
         _remove_partial(partial)
+
+
+def _companions(database: Path) -> set[Path]:
+    """The files SQLite keeps beside a database, by name: a file created under one of these
+    names is read (or deleted) as part of the database."""
+    return {database.with_name(database.name + suffix) for suffix in ("-wal", "-shm", "-journal")}
 
 
 def _remove_partial(partial: Path) -> None:

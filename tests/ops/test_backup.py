@@ -147,6 +147,29 @@ async def test_the_backup_command_works_from_another_process_and_never_overwrite
     assert not (tmp_path / "missing.db").exists()
 
 
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+async def test_a_backup_under_the_name_of_the_databases_own_journal_is_refused(
+    tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``edgejobs backup jobs.db-wal`` (the database stopped, so no such file yet) said "wrote
+    ..., integrity ok"; the next open took the copy for the database's WAL and deleted it."""
+    path = tmp_path / "jobs.db"
+    ej = make_app(path)
+    async with ej:
+        await ej.submit("quick", org="acme", params={"n": 1})
+        await ej.drain()
+    config = tmp_path / "edgejobs.toml"
+    config.write_text(f'[database]\npath = "{path.name}"\n')
+    for name in (f"jobs.db{suffix}", f"sub/../jobs.db{suffix}"):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        assert main(["backup", str(tmp_path / name), "--config", str(config)]) == 1
+        assert "journal or shared-memory file" in capsys.readouterr().err
+    assert not any(p.name.startswith("jobs.db-") for p in tmp_path.iterdir())
+    # A name that only looks alike is a backup like any other.
+    assert main(["backup", str(tmp_path / f"jobs{suffix}.db"), "--config", str(config)]) == 0
+    check_copy(tmp_path / f"jobs{suffix}.db")
+
+
 async def test_a_restored_backup_runs_like_the_original(
     db_path: Path, clock: FakeClock, tmp_path: Path
 ) -> None:
