@@ -105,5 +105,8 @@ def run_revoke(args: argparse.Namespace) -> int:
             partial(revoke_token_audited, actor=CLI_ACTOR, token_id=args.token_id, now=now)
         ),
     )
-    print(f"revoked token {info.id}", file=sys.stderr)
+    if info.revoked_at is not None and info.revoked_at < now:
+        print(f"token {info.id} was already revoked at {iso_ms(info.revoked_at)}", file=sys.stderr)
+    else:
+        print(f"revoked token {info.id}", file=sys.stderr)
     return 0

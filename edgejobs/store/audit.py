@@ -182,8 +182,14 @@ def create_token_audited(
 def revoke_token_audited(
     conn: sqlite3.Connection, tx: WriteTx, *, actor: Actor, token_id: str, now: int
 ) -> TokenInfo:
-    """:func:`~edgejobs.store.tokens.revoke_token` and its audit entry, in one transaction."""
+    """:func:`~edgejobs.store.tokens.revoke_token` and its audit entry, in one transaction.
+
+    Revoking a revoked token changes nothing, so it writes no entry (the log would show two
+    revocations of one token)."""
+    before = conn.execute("SELECT revoked_at FROM tokens WHERE id = ?", (token_id,)).fetchone()
     info = revoke_token(conn, tx, token_id=token_id, now=now)
+    if before is not None and before["revoked_at"] is not None:
+        return info
     record_action(
         conn, tx, actor=actor, action="token_revoke", target=info.id, org=info.org, now=now
     )

@@ -61,6 +61,15 @@ def test_token_create_list_revoke(db_env: Path, capsys: pytest.CaptureFixture[st
     table = capsys.readouterr()[0]
     line = next(row for row in table.splitlines() if token_id in row)
     assert line.split()[-1].endswith("Z")  # the revoked column is filled in
+    # Revoking it again changes nothing, says so, and adds no second audit entry.
+    assert main(["token", "revoke", token_id]) == 0
+    assert f"token {token_id} was already revoked at {line.split()[-1]}" in capsys.readouterr()[1]
+    assert main(["audit", "--json"]) == 0
+    entries = json.loads(capsys.readouterr()[0])
+    assert [e["action"] for e in entries if e["target"] == token_id] == [
+        "token_revoke",
+        "token_create",
+    ]
     assert main(["token", "revoke", "tok_nope"]) == 1
     assert "no token" in capsys.readouterr()[1]
 
