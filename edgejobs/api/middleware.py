@@ -19,6 +19,16 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 )
 
 
+def route_path(scope: Scope) -> str:
+    """The request's path inside this app: ``path`` without the ``root_path`` the app is
+    served under (a ``Mount``, uvicorn's ``--root-path``), which both leave in ``path``."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
+
+
 class SecurityHeaders:
     """Adds the CSP, ``nosniff`` and ``no-referrer`` headers to every HTTP response, and
     ``Cache-Control: no-store`` to API answers (tenant data must not linger in caches)."""
@@ -32,7 +42,7 @@ class SecurityHeaders:
             await self.app(scope, receive, send)
             return
 
-        no_store = scope.get("path", "").startswith("/api/")
+        no_store = route_path(scope).startswith("/api/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
