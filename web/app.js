@@ -236,6 +236,11 @@
 
   const csrfToken = () => readCookie(CSRF_COOKIE) || state.csrf;
 
+  /** The URL of the server's `path` ("/api/v1/jobs"), relative to the dashboard's page: the
+   *  page may be served under a path prefix (a reverse proxy's /jobs/, an app's mount point),
+   *  which an absolute path would leave out. */
+  const serverUrl = (path) => path.replace(/^\/+/, "");
+
   /** JSON request. Throws ApiError with the server's {"error": {code, message}} body. */
   async function api(method, path, body, options) {
     const headers = { Accept: "application/json" };
@@ -250,7 +255,7 @@
     }
     let response;
     try {
-      response = await fetch(path, init);
+      response = await fetch(serverUrl(path), init);
     } catch (err) {
       throw new ApiError(0, "network_error", "Cannot reach the server.");
     }
@@ -1421,7 +1426,7 @@
     // A new EventSource sends no Last-Event-ID header: resume through the query parameter.
     const resume = events.lastId ? "?last_event_id=" + enc(events.lastId) : "";
     if (resume) events.reloadOnOpen = false;
-    const source = new EventSource("/api/v1/events" + resume);
+    const source = new EventSource(serverUrl("/api/v1/events") + resume);
     events.source = source;
     events.dropped = false;
     source.addEventListener("open", () => {

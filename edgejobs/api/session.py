@@ -117,8 +117,9 @@ async def login(request: Request) -> Response:
     )
     response: Response
     if content_type == _FORM and "text/html" in request.headers.get("accept", ""):
-        # A plain HTML form post (no script): go to the dashboard.
-        response = RedirectResponse("/", status_code=303)
+        # A plain HTML form post (no script): go to the dashboard, next to this route —
+        # relative, as the app may be served under a path prefix it cannot see.
+        response = RedirectResponse("./", status_code=303)
     else:
         response = ApiResponse({"csrf_token": session.csrf_token})
     response.headers["Cache-Control"] = "no-store"

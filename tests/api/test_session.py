@@ -64,7 +64,7 @@ async def test_login_by_form_and_bad_logins(api: Api) -> None:
     html = await api.client.post(
         "/login", data={"token": api.secrets["viewer"]}, headers={"Accept": "text/html"}
     )
-    assert html.status_code == 303 and html.headers["location"] == "/"
+    assert html.status_code == 303 and html.headers["location"] == "./"
     api.client.cookies.clear()
     for body, status in [
         ({"token": "ej_nope"}, 401),

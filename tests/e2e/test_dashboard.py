@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from e2e_support import Api, Org, Server
 from playwright.sync_api import Page, expect
+from proxy_kit import prefix_proxy, serving_in_thread
 
 pytestmark = pytest.mark.browser
 
@@ -133,6 +134,27 @@ def test_login_live_list_progress_and_logout(new_page: NewPage, org: Org, server
     expect(page.get_by_test_id("live-indicator")).to_have_attribute("data-state", "closed")
     status = page.evaluate("fetch('/api/v1/whoami').then((r) => r.status)")
     assert status == 401
+
+
+def test_the_dashboard_works_behind_a_proxy_under_a_prefix(
+    new_page: NewPage, org: Org, server: Server
+) -> None:
+    """Served at /jobs/ by a proxy that strips the prefix (nginx's ``location /jobs/ {
+    proxy_pass http://127.0.0.1:8000/; }``): the page loads its files, signs in, reads the API
+    and follows the event stream, all under the prefix, and signs out."""
+    with serving_in_thread(prefix_proxy(server.url, "/jobs")) as proxy:
+        page, _ = new_page()
+        outside: list[str] = []
+        page.on(
+            "request",
+            lambda r: None if r.url.startswith(proxy + "/jobs/") else outside.append(r.url),
+        )
+        sign_in(page, org.token("operator"), base=proxy + "/jobs")
+        job_id = org.api().submit("emails.send", {"to": "prefix"})
+        expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+        page.get_by_test_id("logout").click()
+        expect(page.get_by_test_id("login-form")).to_be_visible()
+        assert outside == [], "the page asked for something outside its prefix"
 
 
 def test_a_row_s_progress_message_follows_the_reports(
