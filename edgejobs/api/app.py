@@ -2,7 +2,8 @@
 
 Middleware, outermost first: security headers (on every response, errors included), the error
 boundary (a bug becomes a logged 500 with the error body), the body limit (413 before any
-parsing). Starlette's own exception middleware then maps :class:`EdgeJobsError` and routing
+parsing), the database opened as a client when no lifespan started the app (mounted in
+another app). Starlette's own exception middleware then maps :class:`EdgeJobsError` and routing
 errors inside the routes (see :mod:`edgejobs.api.errors`).
 
 The lifespan makes the app the runner: startup starts :class:`EdgeJobs` (workers and ticks in
@@ -37,7 +38,7 @@ from edgejobs.api.errors import (
     handle_http_exception,
 )
 from edgejobs.api.metrics import Metrics
-from edgejobs.api.middleware import BodyLimit, SecurityHeaders
+from edgejobs.api.middleware import BodyLimit, OpenOnFirstRequest, SecurityHeaders
 from edgejobs.api.openapi import Operation, build_document, build_routes
 from edgejobs.errors import EdgeJobsError, NotFound
 
@@ -146,6 +147,7 @@ def create_app(ej: EdgeJobs) -> Starlette:
             Middleware(SecurityHeaders),
             Middleware(ErrorBoundary),
             Middleware(BodyLimit, max_bytes=ej.config.server.max_body_bytes),
+            Middleware(OpenOnFirstRequest, ej=ej),
         ],
         exception_handlers={
             EdgeJobsError: handle_edgejobs_error,

@@ -1,11 +1,17 @@
-"""Pure ASGI middleware: the request body limit and the security headers."""
+"""Pure ASGI middleware: the request body limit, the security headers, and opening the
+database for an app whose lifespan did not run."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgejobs.api.errors import error_response
-from edgejobs.errors import PayloadTooLarge
+from edgejobs.errors import EdgeJobsError, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from edgejobs.app import EdgeJobs
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -106,3 +112,33 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class OpenOnFirstRequest:
+    """Opens the app's :class:`EdgeJobs` as a client (no workers) at the first request, when
+    nothing started it.
+
+    The app's lifespan starts the runner, but an app mounted in another one never sees a
+    lifespan event (Starlette's ``Mount`` does not pass them on). Its routes then read a
+    database nobody opened, and every write failed with "the store is closed". Opened here, the
+    app serves the database like an ``EdgeJobs`` without ``start``: the runner is another
+    process (``edgejobs worker``), or the host app runs this app's lifespan itself.
+    """
+
+    def __init__(self, app: ASGIApp, ej: EdgeJobs) -> None:
+        self.app = app
+        self.ej = ej
+        self.opened = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Open the database once (a no-op when the lifespan did), then serve."""
+        if not self.opened and scope["type"] in ("http", "websocket"):
+            try:
+                await self.ej.open()
+            except EdgeJobsError as exc:
+                if scope["type"] == "http":
+                    response = error_response(503, exc.code, exc.message)
+                    await response(scope, receive, send)
+                return
+            self.opened = True
+        await self.app(scope, receive, send)

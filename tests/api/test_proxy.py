@@ -7,16 +7,23 @@ tiny reverse proxy (``proxy_kit``) strips ``/jobs`` in front of a plain server.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
+from functools import partial
+from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import httpx
 import pytest
-from api_support import Api
+from api_support import Api, lifespan, make_config
 from proxy_kit import prefix_proxy, serving
 from starlette.applications import Starlette
 from starlette.routing import Mount
+
+from edgejobs import EdgeJobs, JobContext
+from edgejobs.store import tokens
 
 
 def mounted(api: Api) -> Starlette:
@@ -74,3 +81,72 @@ async def test_the_dashboard_page_and_its_sign_in_work_under_a_prefix(
         # The script's calls, relative to the page like its fetch and EventSource make them.
         me = await client.get(urljoin(dashboard, "api/v1/whoami"))
         assert me.status_code == 200 and me.json()["org"] == "acme"
+
+
+async def _echo(ctx: JobContext, params: dict[str, Any]) -> Any:
+    return params
+
+
+def _with_types(ej: EdgeJobs) -> EdgeJobs:
+    ej.register("t.echo", _echo, timeout_s=10, max_retries=0, dedup=False)
+    return ej
+
+
+async def _token(ej: EdgeJobs) -> dict[str, str]:
+    new = await ej.store.write(
+        partial(tokens.create_token, org="acme", role="operator", name="t", now=ej.clock.now_ms())
+    )
+    return {"Authorization": f"Bearer {new.secret}"}
+
+
+async def test_mounted_without_its_lifespan_the_app_serves_as_a_client(tmp_path: Path) -> None:
+    # Starlette's Mount passes no lifespan events: the app is then a client of the database
+    # (which it creates if need be), and the runner another process — here another instance,
+    # started later, as `edgejobs worker` would be.
+    path = tmp_path / "jobs.db"
+    client = _with_types(EdgeJobs(database=path, config=make_config()))
+    host = Starlette(routes=[Mount("/edgejobs", app=client.asgi_app())])
+    try:
+        async with serving(host) as url, httpx.AsyncClient(base_url=url) as http:
+            health = await http.get("/edgejobs/healthz")
+            assert health.status_code == 200, health.text
+            assert health.json()["runner"] == "not running"  # not in this process
+            headers = await _token(client)
+            listed = await http.get("/edgejobs/api/v1/jobs", headers=headers)
+            assert listed.status_code == 200, listed.text
+            submitted = await http.post(
+                "/edgejobs/api/v1/jobs", json={"job_type": "t.echo"}, headers=headers
+            )
+            assert submitted.status_code == 201, submitted.text
+            async with _with_types(EdgeJobs(database=path, config=make_config())) as runner:
+                done = await runner.wait(submitted.json()["id"], timeout=10)
+                assert done.status == "completed"
+            shown = await http.get(f"/edgejobs/api/v1/jobs/{done.id}", headers=headers)
+            assert shown.json()["status"] == "completed"
+    finally:
+        await client.close()
+
+
+async def test_the_host_app_runs_the_runner_through_the_app_s_lifespan(tmp_path: Path) -> None:
+    # The way docs/operations.md shows: the host's lifespan enters edgejobs' own.
+    ej = _with_types(EdgeJobs(database=tmp_path / "jobs.db", config=make_config()))
+    jobs_app = ej.asgi_app()
+
+    @contextlib.asynccontextmanager
+    async def host_lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with jobs_app.router.lifespan_context(jobs_app):
+            yield
+
+    host = Starlette(routes=[Mount("/edgejobs", app=jobs_app)], lifespan=host_lifespan)
+    async with lifespan(host):
+        headers = await _token(ej)
+        async with serving(host) as url, httpx.AsyncClient(base_url=url) as http:
+            submitted = await http.post(
+                "/edgejobs/api/v1/jobs", json={"job_type": "t.echo"}, headers=headers
+            )
+            assert submitted.status_code == 201, submitted.text
+            done = await ej.wait(submitted.json()["id"], timeout=10)
+            assert done.status == "completed"
+            assert (await http.get("/edgejobs/healthz")).json()["runner"] == "running"
+            metrics = (await http.get("/edgejobs/metrics")).text
+            assert 'edgejobs_attempts_total{job_type="t.echo",outcome="completed"} 1.0' in metrics
