@@ -98,6 +98,11 @@ def create_app(ej: EdgeJobs) -> Starlette:
             document.update(
                 build_document(documented, title="edgejobs", version=edgejobs.__version__)
             )
+        root_path: str = request.scope.get("root_path", "").rstrip("/")
+        if root_path:
+            # Served under a prefix (a Mount, uvicorn's --root-path): the paths are relative
+            # to it, and a client resolving them against the host's root would miss the API.
+            return ApiResponse({**document, "servers": [{"url": root_path}]})
         return ApiResponse(document)
 
     web = web_dir()

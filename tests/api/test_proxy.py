@@ -150,3 +150,15 @@ async def test_the_host_app_runs_the_runner_through_the_app_s_lifespan(tmp_path:
             assert (await http.get("/edgejobs/healthz")).json()["runner"] == "running"
             metrics = (await http.get("/edgejobs/metrics")).text
             assert 'edgejobs_attempts_total{job_type="t.echo",outcome="completed"} 1.0' in metrics
+
+
+async def test_the_openapi_document_names_the_prefix_as_its_server(api: Api) -> None:
+    async with serving(api.app, root_path="/jobs") as url, httpx.AsyncClient() as client:
+        stripped = (await client.get(url + "/api/v1/openapi.json")).json()
+    async with serving(mounted(api)) as url, httpx.AsyncClient() as client:
+        mount = (await client.get(url + "/edgejobs/api/v1/openapi.json")).json()
+    plain = (await api.client.get("/api/v1/openapi.json")).json()
+    assert stripped["servers"] == [{"url": "/jobs"}]
+    assert mount["servers"] == [{"url": "/edgejobs"}]
+    assert "servers" not in plain  # at the root: the document's own origin
+    assert stripped["paths"] == mount["paths"] == plain["paths"]
