@@ -365,6 +365,19 @@ class ServerConfig(_Model):
     session_ttl_s: float = Field(
         default=86400.0, gt=0, le=MAX_DELAY_S, description="dashboard session lifetime (1 day)"
     )
+    root_path: str = Field(
+        default="",
+        description='prefix a proxy serves this under and strips ("/jobs")',
+    )
+
+    @field_validator("root_path")
+    @classmethod
+    def _valid_root_path(cls, value: str) -> str:
+        if re.fullmatch(r"(/[^/?#\s]+)*", value) is None:
+            raise ValueError(
+                f'expected "" or a path like "/jobs" (a leading "/", no trailing "/"), got {value!r}'
+            )
+        return value
 
 
 class LimitsConfig(_Model):

@@ -526,6 +526,12 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
         ["[[schedules]] #2 params.x: params must be JSON"],
     ),
     (
+        "root_path without a leading slash",
+        '[server]\nroot_path = "jobs"\n',
+        ['[server] root_path: expected "" or a path like "/jobs"', "got 'jobs'"],
+    ),
+    ("root_path with a trailing slash", '[server]\nroot_path = "/jobs/"\n', ["root_path:"]),
+    (
         "duplicate job type names",
         JOB_TYPE + JOB_TYPE.replace("build_report", "other"),
         ['[[job_types]] #2 name: duplicate job type name "reports.build"', "#1"],

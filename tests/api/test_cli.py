@@ -232,6 +232,41 @@ def test_serve_runs_http_and_runner_and_stops_on_sigterm_with_a_stream_open(
             server.proc.communicate()
 
 
+def test_serve_behind_a_proxy_that_strips_a_prefix_and_ends_tls(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """`[server] root_path` is the prefix the proxy strips: the OpenAPI document names it as
+    its server; the proxy's X-Forwarded-Proto (trusted from loopback) makes the cookies
+    Secure."""
+    config = Path(child_env["EDGEJOBS_CONFIG"])
+    config.write_text(config.read_text() + '[server]\nroot_path = "/jobs"\n')
+    made = subprocess.run(
+        [sys.executable, "-m", "edgejobs", "token", "create", "--org", "acme", "--role", "viewer"],
+        env=child_env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    secret = made.stdout.strip().splitlines()[-1]
+    server = Serving([], child_env, tmp_path)
+    try:
+        server.wait_ready()
+        document = httpx.get(server.url + "/api/v1/openapi.json").json()
+        assert document["servers"] == [{"url": "/jobs"}]
+        login = httpx.post(
+            server.url + "/login",
+            json={"token": secret},
+            headers={"X-Forwarded-Proto": "https"},
+        )
+        assert login.status_code == 200
+        cookies = login.headers.get_list("set-cookie")
+        assert len(cookies) == 2 and all("; secure" in c.lower() for c in cookies), cookies
+    finally:
+        code, _, err = server.stop()
+    assert code == 0, err
+
+
 def test_serve_demo_prints_a_token_and_keeps_jobs_moving(
     tmp_path: Path, child_env: dict[str, str]
 ) -> None:
