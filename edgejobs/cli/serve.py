@@ -206,7 +206,7 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
             server_header=False,
             # The prefix a proxy strips: the app sees it as the ASGI root_path (the OpenAPI
             # document's server URL); the proxy's X-Forwarded-Proto is trusted from the
-            # addresses in FORWARDED_ALLOW_IPS (uvicorn's default: 127.0.0.1).
+            # addresses in FORWARDED_ALLOW_IPS (uvicorn's default: loopback).
             root_path=ej.config.server.root_path,
         )
         server = _Server(config)
