@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -74,8 +75,30 @@ def check_sqlite_version() -> None:
         )
 
 
+PRIVATE_FILE_MODE = 0o600
+"""Permission bits of a database file edgejobs creates: owner only."""
+
+
+def create_private(path: Path, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Create ``path`` as an empty file with ``mode`` if nothing is there yet.
+
+    The file holds job params and results (often secrets), token hashes and the audit log;
+    SQLite alone would create it ``0644`` under the usual umask, readable by every local
+    user. SQLite starts a new database in an empty file and gives its ``-wal``, ``-shm`` and
+    ``-journal`` files the database file's permissions, so they are private too. An existing
+    file keeps the mode its operator gave it. Never raises: when the file cannot be made
+    here (a missing or read-only folder), opening it reports why.
+    """
+    if str(path) in ("", ":memory:"):
+        return
+    with contextlib.suppress(OSError):  # FileExistsError included: keep the file as it is
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+
+
 def connect(path: Path, pragmas: Pragmas, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open a connection in autocommit mode with the PRAGMAs set and verified."""
+    """Open a connection in autocommit mode with the PRAGMAs set and verified (a missing
+    database file is created readable by its owner only: :func:`create_private`)."""
+    create_private(path)
     conn = sqlite3.connect(
         str(path),
         isolation_level=None,

@@ -20,11 +20,12 @@ import dataclasses
 import os
 import secrets
 import sqlite3
+import stat
 import time
 from pathlib import Path
 
 from edgejobs.errors import EdgeJobsError
-from edgejobs.store.db import Pragmas, WriteTx, connect
+from edgejobs.store.db import Pragmas, WriteTx, connect, create_private
 from edgejobs.store.events import last_event_id
 from edgejobs.store.jobs import next_seq
 
@@ -249,6 +250,9 @@ def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResul
         raise BackupError(f"the folder {target.parent} does not exist")
     partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
     try:
+        # The copy holds all the database holds: it gets the database file's permissions
+        # (VACUUM INTO fills an empty file as it finds it), not the umask's 0644.
+        create_private(partial, stat.S_IMODE(source.stat().st_mode))
         try:
             conn = connect(source, pragmas)
         except sqlite3.Error as exc:  # not a database, unreadable, locked beyond the timeout
