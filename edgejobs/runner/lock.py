@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 from edgejobs.errors import RunnerAlreadyActive
@@ -28,7 +29,8 @@ class RunnerLock:
         """Take the lock or raise :class:`RunnerAlreadyActive` naming the holder's pid (the
         database's folder is made if missing, as opening the database would)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        _drop_read_only_access(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -49,3 +51,21 @@ class RunnerLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+
+
+def _drop_read_only_access(fd: int) -> None:
+    """Take read permission from the group and others where they lack write permission.
+
+    ``flock`` needs no write access: anybody who can open the file, even read-only, can take
+    the lock and keep every runner from starting. A runner opens it read-write, so read
+    permission alone serves nobody; a lock file made ``0644`` by an older edgejobs (or a
+    umask) is narrowed, while one shared read-write with a group on purpose stays as it is.
+    """
+    current = stat.S_IMODE(os.fstat(fd).st_mode)
+    wanted = current
+    for read, write in ((stat.S_IRGRP, stat.S_IWGRP), (stat.S_IROTH, stat.S_IWOTH)):
+        if current & read and not current & write:
+            wanted &= ~read
+    if wanted != current:
+        with contextlib.suppress(OSError):  # not the file's owner: leave it to its owner
+            os.fchmod(fd, wanted)

@@ -4,7 +4,11 @@ submissions from another process, and configuration errors at the command line."
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
+import os
+import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -272,3 +276,48 @@ def test_a_runner_that_cannot_open_its_database_says_so_in_one_line(
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("edgejobs: cannot open the database"), result.stderr
     assert str(tmp_path / path[kind]) in last
+
+
+def _nobody_can_take(lock: Path) -> bool:
+    """Whether an unprivileged local user (uid 65534) can open ``lock`` and take its
+    ``flock``, as a second runner would. Needs root, to become that user in a child."""
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, try, and report through the exit code only
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            fcntl.flock(os.open(lock, os.O_RDONLY), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+async def test_another_local_user_cannot_take_the_runner_lock() -> None:
+    """The lock file was 0644: any local user could open it read-only, take the ``flock``
+    and so keep every runner of the database from starting."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to act as another local user")
+    old_umask = os.umask(0o022)
+    # A folder other users may enter, as /var/lib/edgejobs (pytest's own is owner-only).
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder).chmod(0o755)
+        db = Path(folder) / "jobs.db"
+        lock = Path(folder) / "jobs.db.runner.lock"
+        try:
+            # Between two runs: the runner stopped (or has not started yet) and the lock is free.
+            async with EdgeJobs(database=db):
+                pass
+            assert not _nobody_can_take(lock)
+            lock.chmod(0o644)  # as an older edgejobs left it
+            async with EdgeJobs(database=db):
+                pass
+            assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+            assert not _nobody_can_take(lock)
+            lock.chmod(0o660)  # shared read-write with a group on purpose: kept
+            async with EdgeJobs(database=db):
+                assert stat.S_IMODE(lock.stat().st_mode) == 0o660
+        finally:
+            os.umask(old_umask)
