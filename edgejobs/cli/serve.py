@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -130,6 +131,16 @@ def _address(server: uvicorn.Server, host: str) -> str:
     return f"http://{shown}:{port}/"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (``[server] host``) listens on this machine's loopback only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name (or "" = every interface): it may resolve anywhere
+        return False
+
+
 async def _when_listening(server: uvicorn.Server, ej: EdgeJobs, demo_secret: str | None) -> None:
     """Once the port is bound: start the workers, and say where the server listens."""
     # uvicorn exposes only a flag for "listening", no event to wait on.
@@ -140,6 +151,15 @@ async def _when_listening(server: uvicorn.Server, ej: EdgeJobs, demo_secret: str
     ej._start_workers()
     url = _address(server, ej.config.server.host)
     log.info("serving on %s (database %s)", url, ej.config.database.path)
+    if not is_loopback(ej.config.server.host):
+        # edgejobs speaks plain HTTP only: off the loopback, every token, session cookie and
+        # job crosses the network readable by anyone on the path. Say so once, at start.
+        log.warning(
+            "listening on %s without TLS: tokens, session cookies and job data cross the"
+            " network in clear text; put a TLS-terminating reverse proxy in front (and bind"
+            " 127.0.0.1), or keep this network private",
+            ej.config.server.host or "every interface",
+        )
     if demo_secret is not None:
         print(
             f"edgejobs demo: open {url} and sign in with this admin token of org "

@@ -224,6 +224,7 @@ def test_serve_runs_http_and_runner_and_stops_on_sigterm_with_a_stream_open(
         assert code == 0, err[-2000:]
         assert time.monotonic() - started < 8  # not held by the open stream
         assert "Traceback" not in err
+        assert "without TLS" not in err  # the default host is the loopback
         reader.join(10)
         assert not reader.is_alive()
     finally:
@@ -314,6 +315,30 @@ def test_demo_database_defaults_to_a_file_of_its_own(
     assert _database_chosen(argparse.Namespace(config="x.toml"))
     monkeypatch.setenv("EDGEJOBS_DB", "mine.db")
     assert _database_chosen(argparse.Namespace())
+
+
+def test_serve_off_the_loopback_warns_that_it_speaks_plain_http(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """Bound to every interface, tokens and session cookies cross the network in clear
+    text: ``serve`` said nothing about it."""
+    server = Serving(["--host", "0.0.0.0"], child_env, tmp_path)
+    try:
+        server.wait_ready()
+    finally:
+        code, _, err = server.stop(timeout=30)
+    assert code == 0, err[-2000:]
+    warnings = [line for line in err.splitlines() if "WARNING" in line and "without TLS" in line]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0], err[-2000:]
+
+
+def test_only_loopback_hosts_count_as_local() -> None:
+    from edgejobs.cli.serve import is_loopback
+
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"):
+        assert is_loopback(host), host
+    for host in ("0.0.0.0", "::", "", "192.168.1.10", "edge.example.com"):
+        assert not is_loopback(host), host
 
 
 def test_serve_exits_1_when_the_port_is_taken(tmp_path: Path, child_env: dict[str, str]) -> None:
