@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from edgejobs.errors import ConfigError, EdgeJobsError, RunnerAlreadyActive
+from edgejobs.logs import escape
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -102,8 +103,9 @@ def print_json(value: Any) -> None:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print rows as an aligned plain-text table."""
-    text_rows = [["" if v is None else str(v) for v in row] for row in rows]
+    """Print rows as an aligned plain-text table (control characters escaped: cells hold job
+    data, and an escape sequence in an error message must not reach the terminal)."""
+    text_rows = [["" if v is None else escape(str(v)) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in text_rows:
         for i, cell in enumerate(row):

@@ -23,6 +23,7 @@ from edgejobs.app import EdgeJobs
 from edgejobs.cli import print_json, print_table, run_async
 from edgejobs.cli.runner import app_from_args
 from edgejobs.errors import EdgeJobsError
+from edgejobs.logs import escape
 from edgejobs.models import MAX_DELAY_S, MAX_PAGE, Attempt, Job, Priority, Status, iso_ms
 from edgejobs.store.audit import CLI_ACTOR
 
@@ -366,7 +367,12 @@ async def _show(args: argparse.Namespace) -> int:
 
 
 def print_job(job: Job, attempts: Sequence[Attempt]) -> None:
-    """A job in full, as aligned ``field value`` lines, then its attempts as a table."""
+    """A job in full, as aligned ``field value`` lines, then its attempts as a table.
+
+    Handlers and submitters write the messages, error texts and tracebacks shown: their
+    control characters are printed escaped (``\\x1b``), as in the logs, so none can
+    rewrite the screen, the window title or the clipboard of the operator's terminal.
+    """
     fields: list[tuple[str, str]] = [
         ("id", job.id),
         ("org", job.org),
@@ -394,12 +400,12 @@ def print_job(job: Job, attempts: Sequence[Attempt]) -> None:
     ]
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
-        print(f"{name.ljust(width)}  {value}")
+        print(f"{name.ljust(width)}  {escape(value)}")
     if job.error is not None and job.error.traceback:
         print()
         print("traceback:")
         for line in job.error.traceback.rstrip().splitlines():
-            print(f"  {line}")
+            print(f"  {escape(line)}")
     print()
     if not attempts:
         print("no attempts yet")

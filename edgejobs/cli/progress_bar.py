@@ -19,6 +19,7 @@ import shutil
 import sys
 from typing import TYPE_CHECKING, TextIO
 
+from edgejobs.logs import escape
 from edgejobs.models import Job, Status
 from edgejobs.store.db import WriteTx
 
@@ -49,7 +50,7 @@ def describe(job: Job) -> str:
     if eta and not job.is_terminal:
         parts.append(f"ETA {eta}")
     if job.progress_message:
-        parts.append(job.progress_message)
+        parts.append(escape(job.progress_message))  # a handler's text, never raw to a tty
     return "  ".join(parts)
 
 
@@ -137,8 +138,8 @@ async def follow_job(
     if job.status is Status.COMPLETED:
         return 0
     if job.error is not None:
-        err.write(f"edgejobs: job {job_id}: {job.error.type}: {job.error.message}\n")
+        err.write(escape(f"edgejobs: job {job_id}: {job.error.type}: {job.error.message}") + "\n")
     elif job.cancel_reason:
-        err.write(f"edgejobs: job {job_id}: {job.cancel_reason}\n")
+        err.write(escape(f"edgejobs: job {job_id}: {job.cancel_reason}") + "\n")
     err.flush()
     return 1

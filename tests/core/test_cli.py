@@ -8,6 +8,7 @@ few run as real subprocesses to check the installed entry points.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -20,6 +21,7 @@ from core_support import count_status, run_cli, write_config
 
 from edgejobs import JobSpec, Status
 from edgejobs.cli import main
+from edgejobs.cli.progress_bar import describe
 from edgejobs.clock import SystemClock
 from edgejobs.config import load_config
 from edgejobs.models import MAX_PAGE
@@ -240,6 +242,37 @@ async def test_jobs_list_limit_goes_past_one_page(cli: Cli, runner: Harness) -> 
     assert [job["id"] for job in json.loads(out)] == submitted[::-1][: MAX_PAGE + 1]
     code, out, _ = await cli("jobs", "list", "--limit", "10000", "--json")
     assert code == 0 and len(json.loads(out)) == MAX_PAGE + 2
+
+
+async def test_job_text_reaches_the_terminal_with_its_control_characters_escaped(
+    cli: Cli, runner: Harness
+) -> None:
+    """Error messages, tracebacks, progress messages and cancel reasons come from handlers
+    and submitters: printed raw, an escape sequence in them cleared the operator's screen,
+    set the window title or wrote the clipboard (OSC 52) of whoever ran ``jobs show``."""
+    hostile = "no disk\x1b]52;c;ZXZpbA==\x07\x1b[2J\x1b]0;owned\x07"
+    code, out, _ = await cli(
+        "submit", "fails", "--org", "acme", "--params", json.dumps({"message": hostile})
+    )
+    job_id = out.strip()
+    await runner.drain()
+    code, out, _ = await cli("jobs", "show", job_id)
+    assert code == 0
+    assert "\x1b" not in out and "\x07" not in out
+    escaped = "RuntimeError: no disk\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\x1b]0;owned\\x07"
+    error_line, traceback_line, attempt_row = (
+        line for line in out.splitlines() if "RuntimeError: no disk" in line
+    )
+    assert error_line.split(None, 1)[1] == escaped
+    assert traceback_line.strip() == escaped
+    assert attempt_row.endswith(escaped)
+    code, _, _ = await cli("jobs", "retry", job_id)
+    code, _, _ = await cli("jobs", "cancel", job_id, "--reason", "bye\x1b[2J")
+    code, out, _ = await cli("jobs", "show", job_id)
+    assert "\x1b" not in out and "bye\\x1b[2J" in out
+    # The live progress line of ``submit --wait`` too.
+    job = dataclasses.replace(await runner.get(job_id), progress_message="half\x1b[2Jway")
+    assert describe(job).endswith("half\\x1b[2Jway")
 
 
 async def test_failed_job_show_retry_cancel(cli: Cli, runner: Harness) -> None:

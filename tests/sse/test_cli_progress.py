@@ -122,7 +122,8 @@ def test_line_formats() -> None:
         is_terminal = False
 
     job: Any = FakeJob()
-    assert describe(job) == " 45.0%  running  ETA 12s  copying\nfiles"
+    # The message is the handler's text: one line, its control characters escaped.
+    assert describe(job) == " 45.0%  running  ETA 12s  copying\\nfiles"
     line = bar_line(job, 200)
     assert line.startswith("[###########-------------]  45.0%  running  ETA 12s")
     assert "\n" not in line
