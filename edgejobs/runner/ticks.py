@@ -29,7 +29,7 @@ from edgejobs.store import Store
 from edgejobs.store.claim import renew_leases
 from edgejobs.store.clock_skew import shift_pending_retries
 from edgejobs.store.db import WriteTx
-from edgejobs.store.retention import delete_old_jobs
+from edgejobs.store.retention import delete_old_jobs, delete_zero_counts
 from edgejobs.store.tokens import delete_expired_sessions
 from edgejobs.store.transitions import (
     next_maintenance_due_ms,
@@ -73,6 +73,8 @@ class PruneReport:
     batches: int = 0
     sessions: int = 0
     """Expired dashboard sessions deleted."""
+    counts: int = 0
+    """Kept job counts deleted because they were 0."""
 
 
 def log_lost(rows: list[sqlite3.Row], why: str) -> None:
@@ -308,8 +310,8 @@ class Ticker:
         self, *, now: int | None = None, older_than_days: float | None = None
     ) -> PruneReport:
         """Delete terminal jobs older than the retention period (``older_than_days = 0``: every
-        terminal job), one batch per transaction, with their attempts and events; and the
-        dashboard sessions that have expired."""
+        terminal job), one batch per transaction, with their attempts and events; the
+        dashboard sessions that have expired; and the kept job counts that are 0."""
         now = self._clock.now_ms() if now is None else now
         days = self.settings.retention_days if older_than_days is None else older_than_days
         cutoff = now - int(days * 86_400_000)
@@ -345,6 +347,13 @@ class Ticker:
         # Logins only sweep expired sessions when someone logs in: a dashboard nobody opens
         # again would keep its rows for good.
         report.sessions = await self._store.write(partial(delete_expired_sessions, now=now))
+        # The counts of what retention just deleted (and of every org and job type that holds
+        # no job any more) are 0 now: their rows go too, or they would pile up for good.
+        while True:
+            deleted_counts = await self._store.write(partial(delete_zero_counts, batch=batch))
+            report.counts += deleted_counts
+            if deleted_counts < batch:
+                break
         self.last_progress_monotonic = self._clock.monotonic()
         if report.jobs:
             log.info("retention deleted %d jobs and %d events", report.jobs, report.events)

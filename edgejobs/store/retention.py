@@ -56,6 +56,16 @@ _DELETE_EVENTS = (
 )  # (a DELETE, not WITH … DELETE: sqlite3 reports no rowcount for a statement led by WITH)
 
 
+# A kept count that went back to 0 — every job of that (org, job type) left the status, or
+# retention deleted them — is a row no reader needs: a missing row counts 0, and the writer's
+# upsert recreates it. Left in place, the table would grow with every org and job type that
+# ever held a job, and the claim of a type with a concurrency limit reads its queued rows.
+_DELETE_ZERO_COUNTS = (
+    "DELETE FROM job_counts WHERE (org, job_type, status) IN ("
+    " SELECT org, job_type, status FROM job_counts WHERE n = 0 LIMIT :batch)"
+)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Deleted:
     """What one retention batch deleted."""
@@ -112,3 +122,12 @@ def trim_events(conn: sqlite3.Connection, tx: WriteTx, *, keep: int, batch: int)
         "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= ? ORDER BY id LIMIT ?)",
         (floor, batch),
     ).rowcount
+
+
+def delete_zero_counts(conn: sqlite3.Connection, tx: WriteTx, *, batch: int) -> int:
+    """Delete up to ``batch`` kept job counts that are 0; return how many.
+
+    Safe inside any transaction: count changes staged by the transaction's other operations
+    are written after it as ``n = n + change``, which gives the same count on a missing row.
+    """
+    return conn.execute(_DELETE_ZERO_COUNTS, {"batch": batch}).rowcount

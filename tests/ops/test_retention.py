@@ -483,3 +483,31 @@ async def test_prune_on_a_nearly_full_disk_deletes_everything_and_gives_the_spac
         assert report.jobs == 6000
         assert scalar(database, "SELECT count(*) FROM jobs") == 0
         assert database.stat().st_size < before / 4
+
+
+async def test_retention_deletes_the_kept_counts_that_went_back_to_zero(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Every (org, job type, status) a job passed through left a row in ``job_counts``; once
+    retention had deleted an org's jobs, its rows stayed at 0 for good, so the table grew with
+    every org that ever submitted (and the claim of a limited type reads it). Retention deletes
+    the zero rows — in batches — and keeps the others exact."""
+    ej = make_app(db_path, clock, retention={"batch_size": 4})
+    async with ej:
+        for n in range(10):
+            await ej.submit("quick", org=f"tenant{n}", params={"n": n})
+        waiting = await ej.submit("quick", org="stays", params={"n": 0}, delay_s=3600)
+        await ej.drain()
+        assert scalar(db_path, "SELECT count(*) FROM job_counts WHERE n = 0") > 0
+        report = await ej.prune(older_than_days=0)
+        counts = (await ej.stats())["by_status"]
+    assert report.jobs == 10
+    assert scalar(db_path, "SELECT count(*) FROM job_counts WHERE n = 0") == 0
+    assert report.counts > 4  # more than one batch
+    with closing(connect(db_path)) as conn:
+        rows = [tuple(row) for row in conn.execute("SELECT org, status, n FROM job_counts")]
+    assert rows == [("stays", "scheduled", 1)]
+    assert counts["scheduled"] == 1 and counts["completed"] == 0
+    assert existing_ids(db_path, [waiting.id]) == {waiting.id}
+    with closing(connect(db_path)) as conn:
+        assert count_drift(conn) == {}
