@@ -29,6 +29,7 @@ from edgejobs.store import Store
 from edgejobs.store.claim import renew_leases
 from edgejobs.store.clock_skew import shift_pending_retries
 from edgejobs.store.db import WriteTx
+from edgejobs.store.rates import delete_ended_windows
 from edgejobs.store.retention import delete_old_jobs, delete_zero_counts
 from edgejobs.store.tokens import delete_expired_sessions
 from edgejobs.store.transitions import (
@@ -75,6 +76,8 @@ class PruneReport:
     """Expired dashboard sessions deleted."""
     counts: int = 0
     """Kept job counts deleted because they were 0."""
+    rate_windows: int = 0
+    """Rate-limit windows deleted because they had ended."""
 
 
 def log_lost(rows: list[sqlite3.Row], why: str) -> None:
@@ -311,7 +314,8 @@ class Ticker:
     ) -> PruneReport:
         """Delete terminal jobs older than the retention period (``older_than_days = 0``: every
         terminal job), one batch per transaction, with their attempts and events; the
-        dashboard sessions that have expired; and the kept job counts that are 0."""
+        dashboard sessions that have expired; the kept job counts that are 0; and the
+        rate-limit windows that have ended."""
         now = self._clock.now_ms() if now is None else now
         days = self.settings.retention_days if older_than_days is None else older_than_days
         cutoff = now - int(days * 86_400_000)
@@ -353,6 +357,12 @@ class Ticker:
             deleted_counts = await self._store.write(partial(delete_zero_counts, batch=batch))
             report.counts += deleted_counts
             if deleted_counts < batch:
+                break
+        # Likewise the rate-limit windows of (org, job type) pairs that stopped submitting.
+        while True:
+            ended = await self._store.write(partial(delete_ended_windows, now=now, batch=batch))
+            report.rate_windows += ended
+            if ended < batch:
                 break
         self.last_progress_monotonic = self._clock.monotonic()
         if report.jobs:

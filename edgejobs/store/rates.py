@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from edgejobs.errors import RateLimited
+from edgejobs.store.db import WriteTx
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,4 +63,32 @@ def take_rates(conn: sqlite3.Connection, takes: Sequence[RateTake], now: int) ->
         )
 
 
-__all__ = ["RateTake", "take_rates", "written_share"]
+LONGEST_WINDOW_MS = 86_400_000
+"""The longest window a ``rate_limit`` can have (``N/day``): a row whose window started at
+least this long ago has ended, whatever the limit it was counted against."""
+
+# An ended window counts as empty (take_rates compares its start with the current one), so
+# its row only takes room: left in place, the table would keep a row for every org that ever
+# submitted a rate-limited job type.
+_DELETE_ENDED = (
+    "DELETE FROM rate_windows WHERE (org, job_type) IN ("
+    " SELECT org, job_type FROM rate_windows WHERE window_start <= :cutoff LIMIT :batch)"
+)
+
+
+def delete_ended_windows(conn: sqlite3.Connection, tx: WriteTx, *, now: int, batch: int) -> int:
+    """Delete up to ``batch`` rate-limit windows that ended by ``now``; return how many.
+
+    Only windows older than :data:`LONGEST_WINDOW_MS` are certain to have ended (the row does
+    not say how long its window was); a clock set back deletes less, never a current window.
+    """
+    return conn.execute(_DELETE_ENDED, {"cutoff": now - LONGEST_WINDOW_MS, "batch": batch}).rowcount
+
+
+__all__ = [
+    "LONGEST_WINDOW_MS",
+    "RateTake",
+    "delete_ended_windows",
+    "take_rates",
+    "written_share",
+]

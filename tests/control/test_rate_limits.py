@@ -81,3 +81,30 @@ async def test_a_deduplicated_submission_takes_nothing_from_the_limit(
     with pytest.raises(RateLimited):
         await ej.submit("work", org="acme", params={"n": 3})
     assert query(db_path, "SELECT count(*) FROM jobs") == [(2,)]
+
+
+async def test_retention_deletes_the_windows_that_have_ended(
+    runner: Factory, db_path: Path, clock: FakeClock
+) -> None:
+    """One row per (org, job type) that ever submitted a limited type, kept for good: the
+    table grew with every org. Retention deletes the windows that ended (the longest limit is
+    a day), keeps the current ones, and a deleted window counts as empty, as it did."""
+    daily = ("daily", {"dedup": False, "rate_limit": "2/day"})
+    ej = await runner(types=[LIMITED, daily])
+    day_ms = 86_400_000
+    clock.advance((day_ms - clock.now_ms() % day_ms) / 1000 + 3600)  # 01:00 UTC
+    for n in range(5):
+        await ej.submit("work", org=f"tenant{n}")
+    await ej.submit("daily", org="acme")  # its window started at midnight
+    clock.advance(22 * 3600)
+    await ej.submit("work", org="recent")
+    await ej.prune()
+    assert query(db_path, "SELECT count(*) FROM rate_windows") == [(7,)]  # none a day old
+    clock.advance(2 * 3600)  # 01:00 the next day
+    report = await ej.prune()
+    assert query(db_path, "SELECT org, job_type FROM rate_windows") == [("recent", "work")]
+    assert report.rate_windows == 6
+    await ej.submit("daily", org="acme")
+    await ej.submit("daily", org="acme")
+    with pytest.raises(RateLimited):
+        await ej.submit("daily", org="acme")
