@@ -283,6 +283,12 @@ class AsyncRun:
         self._ctx._cancel()
         self._end(execution)
         self.task.cancel()
+        # A handler that catches the cancellation runs on, abandoned: looked at once it had
+        # time to clean up (its ``finally`` may await), then counted and said, as a sync
+        # handler's thread is.
+        self.task.get_loop().call_later(
+            ABANDON_CHECK_S, _check_abandoned, self.task, self._ctx, execution.outcome
+        )
 
     def _expire(self) -> None:
         self._stop(_timed_out(self._timeout_s))
@@ -344,6 +350,37 @@ async def execute(
 
 _abandoned: set[threading.Thread] = set()
 """Threads of sync handlers still running when their attempt ended (see :func:`abandoned_threads`)."""
+
+ABANDON_CHECK_S = 1.0
+"""How long an async handler's task may take to end after its cancellation (its ``finally``
+clauses, say) before it counts as abandoned."""
+
+_abandoned_tasks: set[asyncio.Task[Any]] = set()
+"""Tasks of async handlers still running after their attempt ended (see :func:`abandoned_tasks`)."""
+
+
+def abandoned_tasks() -> int:
+    """How many tasks of async handlers still run after their attempt ended: the handler
+    caught the cancellation sent at its deadline (or cancel) and went on. Each holds no slot,
+    but its memory and its share of the event loop until it returns."""
+    return len(_abandoned_tasks)
+
+
+def _check_abandoned(task: asyncio.Task[Any], ctx: BaseContext, outcome: Outcome) -> None:
+    if task.done():
+        return
+    _abandoned_tasks.add(task)
+    task.add_done_callback(_abandoned_tasks.discard)
+    log.warning(
+        "job %s: its async handler still runs %g s after the attempt ended (%s): it caught"
+        " the cancellation; it is abandoned until it returns (it can check ctx.cancelled);"
+        " %d abandoned handler task(s) now run in this process",
+        ctx.job_id,
+        ABANDON_CHECK_S,
+        "timed out" if outcome is Outcome.TIMED_OUT else "interrupted",
+        abandoned_tasks(),
+        extra=job_fields(ctx.job_id, ctx.org, ctx.job_type, ctx.attempt),
+    )
 
 
 def abandoned_threads() -> int:

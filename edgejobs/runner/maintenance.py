@@ -30,7 +30,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from edgejobs.logs import RepeatLimiter
-from edgejobs.runner.executor import abandoned_threads
+from edgejobs.runner.executor import abandoned_tasks, abandoned_threads
 from edgejobs.store import Store
 from edgejobs.store.db import WriteTx
 from edgejobs.store.maintenance import (
@@ -373,7 +373,8 @@ def runner_health(ej: EdgeJobs, settings: MaintenanceSettings | None = None) -> 
     Unhealthy while shutting down, or when this process is the runner and its tick loop has
     not shown life for ``health_tick_factor`` × ``tick_interval_s`` (a hung tick task, a
     blocked event loop). Details: database and WAL file sizes, the last tick's age, the
-    attempts running in this process and the abandoned threads of sync handlers still running.
+    attempts running in this process and the handlers still running after their attempt ended
+    (abandoned threads of sync handlers, tasks of async ones).
     """
     settings = settings or ej.maintenance.settings
     reasons: list[str] = []
@@ -391,6 +392,7 @@ def runner_health(ej: EdgeJobs, settings: MaintenanceSettings | None = None) -> 
         # Not a reason for a 503 (the runner works on), but the figure to watch for handlers
         # that ignore their timeout: each of these threads still runs, holding no slot.
         details["abandoned_threads"] = abandoned_threads()
+        details["abandoned_tasks"] = abandoned_tasks()
     if ej.stopping:
         reasons.append("the runner is shutting down")
     elif age is not None and age > limit:
@@ -469,6 +471,11 @@ class StorageCollector:
                 "edgejobs_abandoned_threads",
                 "Threads of sync handlers still running after their attempt ended",
                 value=abandoned_threads(),
+            )
+            yield GaugeMetricFamily(
+                "edgejobs_abandoned_tasks",
+                "Tasks of async handlers still running after their attempt ended",
+                value=abandoned_tasks(),
             )
         checkpoints = CounterMetricFamily(
             "edgejobs_wal_checkpoints",

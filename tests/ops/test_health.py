@@ -14,6 +14,7 @@ import pytest
 from ej_testkit import poll_until
 from ops_support import DAY_MS, connect, insert_jobs, make_app
 
+import edgejobs.runner.executor as executor
 import edgejobs.runner.ticks as ticks_module
 from edgejobs import EdgeJobs
 from edgejobs.clock import SystemClock
@@ -289,6 +290,71 @@ async def test_metrics_show_database_and_wal_sizes(ej: EdgeJobs, client: httpx.A
     assert "edgejobs_tick_age_seconds" in values
     assert values['edgejobs_wal_checkpoints_total{mode="passive",outcome="complete"}'] >= 1
     assert "edgejobs_database_free_bytes" in values
+
+
+async def test_async_handlers_that_outlive_their_attempt_are_counted_and_said(
+    db_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An async handler that catches the cancellation sent at its deadline runs on, abandoned;
+    sync handlers' threads were counted and logged, these tasks were not. One that honours
+    the cancellation (even after awaiting its clean-up) is not counted."""
+    monkeypatch.setattr(executor, "ABANDON_CHECK_S", 0.05)
+    checked: list[str] = []
+    check = executor._check_abandoned
+
+    def check_and_note(task: asyncio.Task[Any], ctx: Any, outcome: Any) -> None:
+        check(task, ctx, outcome)
+        checked.append(ctx.job_id)
+
+    monkeypatch.setattr(executor, "_check_abandoned", check_and_note)
+    release = asyncio.Event()
+    ej = make_app(db_path, SystemClock())
+
+    async def ignores_its_timeout(ctx: Any, params: dict[str, Any]) -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # swallowed: the handler goes on waiting
+
+    async def cleans_up(ctx: Any, params: dict[str, Any]) -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.01)  # its clean-up awaits, then the cancellation ends it
+
+    ej.register("stuck", ignores_its_timeout, timeout_s=0.1, max_retries=0, dedup=False)
+    ej.register("tidy", cleans_up, timeout_s=0.1, max_retries=0, dedup=False)
+    await ej.start()
+    try:
+        tidy = await ej.submit("tidy", org="acme")
+        assert (await ej.wait(tidy.id, timeout=10)).status.value == "timed_out"
+        await poll_until(
+            lambda: tidy.id in checked, timeout=10, interval=0.01, message="tidy unchecked"
+        )
+        assert runner_health(ej).details["abandoned_tasks"] == 0
+        stuck = await ej.submit("stuck", org="acme")
+        assert (await ej.wait(stuck.id, timeout=10)).status.value == "timed_out"
+        await poll_until(
+            lambda: stuck.id in checked, timeout=10, interval=0.01, message="stuck unchecked"
+        )
+        assert runner_health(ej).details["abandoned_tasks"] == 1
+        warnings = [r for r in caplog.records if "abandoned until it returns" in r.getMessage()]
+        assert [r.levelname for r in warnings] == ["WARNING"]
+        assert stuck.id in warnings[0].getMessage() and "timed out" in warnings[0].getMessage()
+        async with http_client(ej) as http:
+            assert (await http.get("/healthz")).json()["details"]["abandoned_tasks"] == 1
+            assert "edgejobs_abandoned_tasks 1.0" in (await http.get("/metrics")).text
+        release.set()
+        await poll_until(
+            lambda: runner_health(ej).details["abandoned_tasks"] == 0,
+            timeout=10,
+            interval=0.02,
+            message="the returned task is still counted",
+        )
+    finally:
+        release.set()
+        await ej.close()
 
 
 async def test_healthz_and_metrics_count_handler_threads_that_outlive_their_attempt(
