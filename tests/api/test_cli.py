@@ -157,37 +157,12 @@ def child_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 def test_serve_runs_http_and_runner_and_stops_on_sigterm_with_a_stream_open(
     tmp_path: Path, child_env: dict[str, str]
 ) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "edgejobs", "token", "create", "--org", "acme", "--role", "admin"],
-        env=child_env,
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-    )
+    _token_secret(tmp_path, child_env, "admin")
     server = Serving([], child_env, tmp_path)
     try:
         server.wait_ready()
         # A token created by another process while the server runs works at once.
-        made = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "edgejobs",
-                "token",
-                "create",
-                "--org",
-                "acme",
-                "--role",
-                "viewer",
-            ],
-            env=child_env,
-            cwd=tmp_path,
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        viewer = made.stdout.strip().splitlines()[-1]
-        headers = {"Authorization": f"Bearer {viewer}"}
+        headers = {"Authorization": f"Bearer {_token_secret(tmp_path, child_env, 'viewer')}"}
         assert httpx.get(server.url + "/api/v1/whoami", headers=headers).json()["role"] == "viewer"
         second = subprocess.run(
             [sys.executable, "-m", "edgejobs", "serve", "--port", str(free_port())],
@@ -241,15 +216,7 @@ def test_serve_behind_a_proxy_that_strips_a_prefix_and_ends_tls(
     Secure."""
     config = Path(child_env["EDGEJOBS_CONFIG"])
     config.write_text(config.read_text() + '[server]\nroot_path = "/jobs"\n')
-    made = subprocess.run(
-        [sys.executable, "-m", "edgejobs", "token", "create", "--org", "acme", "--role", "viewer"],
-        env=child_env,
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    secret = made.stdout.strip().splitlines()[-1]
+    secret = _token_secret(tmp_path, child_env, "viewer")
     server = Serving([], child_env, tmp_path)
     try:
         server.wait_ready()
@@ -407,6 +374,19 @@ def _submit_queued(tmp_path: Path, env: dict[str, str], **params: Any) -> Path:
     return started
 
 
+def _token_secret(tmp_path: Path, env: dict[str, str], role: str) -> str:
+    """Create an ``acme`` token of ``role`` with the command line; its secret."""
+    made = subprocess.run(
+        [sys.executable, "-m", "edgejobs", "token", "create", "--org", "acme", "--role", role],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
+
+
 def _attempts(db: Path) -> int:
     with closing(sqlite3.connect(db)) as conn:
         return int(conn.execute("SELECT count(*) FROM attempts").fetchone()[0])
@@ -518,15 +498,7 @@ def test_submits_in_flight_at_sigterm_are_committed_or_refused_with_503(
     still answered got 503 ``shutting_down`` with a Retry-After; nothing else (the listener
     closes, so later ones cannot connect at all)."""
     child_env = _with_jobs(tmp_path, child_env, grace_s=5)
-    made = subprocess.run(
-        [sys.executable, "-m", "edgejobs", "token", "create", "--org", "acme", "--role", "admin"],
-        env=child_env,
-        cwd=tmp_path,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    headers = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    headers = {"Authorization": f"Bearer {_token_secret(tmp_path, child_env, 'admin')}"}
     server = Serving([], child_env, tmp_path)
     acknowledged: list[str] = []
     refusals: list[tuple[int, str, str | None]] = []

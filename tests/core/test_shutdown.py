@@ -432,10 +432,9 @@ async def test_stop_or_close_from_inside_a_handler_begins_the_stop_and_returns(
     await again.close()
 
 
-async def test_stop_called_twice_or_by_a_cancelled_caller_still_stops_once_and_fully(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "jobs.db"
+def _held_runner(path: Path) -> tuple[EdgeJobs, asyncio.Event, asyncio.Event]:
+    """A one-worker runner with a job type ``held`` whose handler sets ``started`` and returns
+    once ``release`` is set; and those two events."""
     ej = EdgeJobs(database=path, workers=1)
     started, release = asyncio.Event(), asyncio.Event()
 
@@ -445,6 +444,13 @@ async def test_stop_called_twice_or_by_a_cancelled_caller_still_stops_once_and_f
         return "done"
 
     ej.register("held", held, timeout_s=600)
+    return ej, started, release
+
+
+async def test_stop_called_twice_or_by_a_cancelled_caller_still_stops_once_and_fully(
+    tmp_path: Path,
+) -> None:
+    ej, started, release = _held_runner(tmp_path / "jobs.db")
     await ej.start()
     try:
         job = await ej.submit("held", org="acme")
@@ -513,15 +519,7 @@ async def test_drain_interrupted_by_a_stop_says_so_instead_of_returning_drained(
     if the queue were empty; a test (or script) that drains then asserts on results went on
     with jobs never run. It raises ``ShuttingDown``, naming what is left; a drain that did
     finish before the stop still returns."""
-    ej = EdgeJobs(database=tmp_path / "jobs.db", workers=1)
-    started, release = asyncio.Event(), asyncio.Event()
-
-    async def held(ctx: Any, params: dict[str, Any]) -> str:
-        started.set()
-        await release.wait()
-        return "done"
-
-    ej.register("held", held, timeout_s=600)
+    ej, started, release = _held_runner(tmp_path / "jobs.db")
     await ej.start()
     try:
         first = await ej.submit("held", org="acme", params={"n": 1})

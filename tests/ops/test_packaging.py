@@ -20,6 +20,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _pip(command: str, *args: str) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", command, "--quiet", "--no-deps"]
+        + ["--disable-pip-version-check", *args],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel built offline (no build isolation: the test extra brings setuptools) from a copy
@@ -31,13 +41,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
-        + ["--disable-pip-version-check", "--wheel-dir", str(out), str(source)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    _pip("wheel", "--no-build-isolation", "--wheel-dir", str(out), str(source))
     (built,) = out.glob("edgejobs-*.whl")
     return built
 
@@ -58,13 +62,7 @@ def test_the_wheel_carries_every_module_the_migrations_and_the_dashboard(wheel: 
 
 def test_an_installed_wheel_serves_the_dashboard_and_migrates(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
-        + ["--disable-pip-version-check", "--target", str(target), str(wheel)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    _pip("install", "--no-index", "--target", str(target), str(wheel))
     script = textwrap.dedent(
         """
         import asyncio, sys
