@@ -28,7 +28,7 @@ import re
 import socket
 import struct
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard
 
 import anyio
 from sse_starlette import EventSourceResponse
@@ -100,10 +100,31 @@ def stream_org(principal: Principal, requested: str | None) -> str | None:
     return principal.org
 
 
-def transport_of(send: Send) -> asyncio.Transport | None:
+class Abortable(Protocol):
+    """What :func:`transport_of` needs of a connection's transport to cut it."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The transport's ``socket`` and other details (asyncio's transport API)."""
+
+    def abort(self) -> None:
+        """Close at once, dropping what is buffered (asyncio's transport API)."""
+
+
+def _is_transport(candidate: object) -> TypeGuard[Abortable]:
+    # By shape, not by class: uvloop's transports (the loop of uvicorn[standard]) have
+    # asyncio's transport methods but do not derive from asyncio.Transport.
+    if isinstance(candidate, asyncio.Transport):
+        return True
+    return callable(getattr(candidate, "abort", None)) and callable(
+        getattr(candidate, "get_extra_info", None)
+    )
+
+
+def transport_of(send: Send) -> Abortable | None:
     """The connection under an ASGI ``send``, when the server is uvicorn (its ``send`` is a
-    method of an object holding the transport; middleware wraps it in closures); None when it
-    cannot be found. ASGI has no way to abort a connection whose client stopped reading."""
+    method of an object holding the transport; middleware wraps it in closures), on asyncio's
+    event loop or uvloop; None when it cannot be found. ASGI has no way to abort a connection
+    whose client stopped reading."""
     seen: set[int] = set()
     pending: list[object] = [send]
     while pending and len(seen) < 64:
@@ -112,7 +133,7 @@ def transport_of(send: Send) -> asyncio.Transport | None:
             continue
         seen.add(id(candidate))
         transport = getattr(getattr(candidate, "__self__", None), "transport", None)
-        if isinstance(transport, asyncio.Transport):
+        if _is_transport(transport):
             return transport
         for cell in getattr(candidate, "__closure__", None) or ():
             with contextlib.suppress(ValueError):  # an empty cell
@@ -124,7 +145,7 @@ def transport_of(send: Send) -> asyncio.Transport | None:
     return None
 
 
-def _reset(transport: asyncio.Transport) -> None:
+def _reset(transport: Abortable) -> None:
     """Cut a connection at once: what is buffered for it in the process and in the kernel is
     dropped (a TCP reset, not a close that would still deliver the kernel's buffer)."""
     sock = transport.get_extra_info("socket")

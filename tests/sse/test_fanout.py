@@ -20,6 +20,7 @@ from sse_support import (
 )
 
 from edgejobs import EdgeJobs, Job
+from edgejobs.api.events import transport_of
 from edgejobs.app import JobSpec
 
 
@@ -173,3 +174,40 @@ async def test_the_connection_of_a_client_that_never_reads_again_is_cut(serve: S
         assert received < 256 * 1024, received
     finally:
         stalled.close()
+
+
+class _LoopTransport:
+    """A transport shaped like uvloop's (the loop of ``uvicorn[standard]``): asyncio's
+    transport methods, but not a subclass of ``asyncio.Transport``."""
+
+    def __init__(self) -> None:
+        self.aborted = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+class _Cycle:
+    """Where uvicorn keeps the transport: on the object whose method is the ASGI ``send``."""
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+    async def send(self, message: object) -> None:
+        pass
+
+
+def test_the_connection_is_found_on_a_transport_not_derived_from_asyncio() -> None:
+    """Under uvloop the stalled stream's connection was never cut: its transport was looked
+    for by class, and uvloop's transports are not ``asyncio.Transport`` subclasses."""
+    transport = _LoopTransport()
+    send = _Cycle(transport).send
+
+    async def middleware_send(message: object) -> None:  # a middleware's wrapper
+        await send(message)
+
+    assert transport_of(middleware_send) is transport
+    assert transport_of(_Cycle(object()).send) is None
