@@ -278,13 +278,20 @@ async def test_metrics_show_database_and_wal_sizes(ej: EdgeJobs, client: httpx.A
     await ej.wait(job.id, timeout=10)
     assert ej.ticker is not None
     await ej.ticker.tick()
-    text = (await client.get("/metrics")).text
+    # The fixture's runner ticks every second, and a tick may checkpoint the WAL between the
+    # scrape and the test's own look at the files: compare only a scrape the files did not
+    # change around.
+    for _ in range(50):
+        before = file_sizes(ej.store.path)
+        text = (await client.get("/metrics")).text
+        sizes = file_sizes(ej.store.path)
+        if sizes == before:
+            break
     values = {
         line.split(" ")[0]: float(line.split(" ")[1])
         for line in text.splitlines()
         if line and not line.startswith("#")
     }
-    sizes = file_sizes(ej.store.path)
     assert values["edgejobs_database_size_bytes"] == sizes.database_bytes > 0
     assert values["edgejobs_wal_size_bytes"] == sizes.wal_bytes
     assert "edgejobs_tick_age_seconds" in values
