@@ -6,6 +6,10 @@ into an error body or a one-line message without a traceback. Anything else is a
 
 from __future__ import annotations
 
+import errno
+import os
+import resource
+import sqlite3
 from typing import Any
 
 
@@ -92,6 +96,72 @@ class StorageFull(EdgeJobsError):
 
     code = "storage_full"
     http_status = 507
+
+
+class OutOfResources(EdgeJobsError):
+    """The process ran out of file descriptors, threads or memory for this request; what it
+    already holds keeps working and the request may be tried again once some are free."""
+
+    code = "out_of_resources"
+    http_status = 503
+    retry_after_s = 5
+
+
+_NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE)
+
+
+def _descriptors_exhausted() -> bool:
+    """Whether this process cannot open one more file now (its open-file limit, or the
+    system's, is reached)."""
+    try:
+        fd = os.open(os.devnull, os.O_RDONLY)
+    except OSError as exc:
+        return exc.errno in _NO_DESCRIPTOR
+    os.close(fd)
+    return False
+
+
+def _shortage(exc: BaseException) -> str | None:
+    """What ran out, when ``exc`` (alone, not its cause) says a resource of the process did."""
+    if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTOR:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return f"file descriptors (open-file limit {limit})"
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
+        return "memory"
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return "threads (no new thread can be started)"
+    # SQLite says only "unable to open database file" when it cannot open the database, its
+    # WAL or a temporary file; which is it, a missing file or no descriptor left, is asked of
+    # the system (only on this error path).
+    if (
+        isinstance(exc, sqlite3.Error)
+        and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN
+        and _descriptors_exhausted()
+    ):
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return f"file descriptors (open-file limit {limit})"
+    return None
+
+
+def out_of_resources(exc: BaseException) -> OutOfResources | None:
+    """An :class:`OutOfResources` when ``exc`` (or what it was raised from) means the process
+    ran out of file descriptors, threads or memory; None for any other error.
+
+    These are no bugs and no bad input: the request may work once the process holds fewer
+    connections or threads, so they are answered 503 with ``Retry-After``, not 500.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OutOfResources):
+            return current
+        what = _shortage(current)
+        if what is not None:
+            # The cause is named, never its text: an OSError's names a file of the server.
+            return OutOfResources(f"the server is out of {what}; try again shortly")
+        current = current.__cause__
+    return None
 
 
 class ShuttingDown(EdgeJobsError):

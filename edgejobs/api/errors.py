@@ -3,7 +3,8 @@
 :class:`~edgejobs.errors.EdgeJobsError` subclasses carry their own ``code`` and
 ``http_status``; this module adds the few errors only HTTP has (401, 403, 400, 404 for unknown
 routes, 405) and the JSON renderer every API response uses. Anything else that escapes a
-handler is a bug: :class:`ErrorBoundary` logs it and answers 500 ``internal``.
+handler is a bug: :class:`ErrorBoundary` logs it and answers 500 ``internal`` — except that a
+process out of file descriptors, threads or memory answers 503 ``out_of_resources``.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edgejobs.errors import EdgeJobsError
+from edgejobs.errors import EdgeJobsError, OutOfResources, out_of_resources
+from edgejobs.logs import RepeatLimiter
 
 log = logging.getLogger("edgejobs.api")
 
 MAX_DETAILS = 20
+
+_shortages = RepeatLimiter(interval_s=10.0)
+"""Requests failed for want of descriptors, threads or memory: one line per 10 s, not one
+(with a traceback) per request."""
 
 
 class Unauthorized(EdgeJobsError):
@@ -127,7 +133,11 @@ def from_edgejobs_error(exc: EdgeJobsError) -> ApiResponse:
     if exc.http_status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="edgejobs"'
     status = exc.http_status
-    if status >= 500 and status not in (503, 507):
+    if isinstance(exc, OutOfResources):
+        # No traceback per request: while the process is short of descriptors, threads or
+        # memory, every request that needs one more fails the same way.
+        _shortages.warning(log, "answered 503 out_of_resources: %s", exc.message)
+    elif status >= 500 and status not in (503, 507):
         log.error("server-side error: %s (%s)", exc.message, exc.code)
     return error_response(status, exc.code, exc.message, exc.details, headers)
 
@@ -158,7 +168,8 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
 
 
 class ErrorBoundary:
-    """ASGI middleware: an exception no handler mapped is a bug; log it, answer 500."""
+    """ASGI middleware: an exception no handler mapped is a bug; log it, answer 500 — unless
+    it says the process ran out of descriptors, threads or memory (503 ``out_of_resources``)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -186,7 +197,14 @@ class ErrorBoundary:
                 raise
             response = from_edgejobs_error(exc)
             await response(scope, receive, send)
-        except Exception:
+        except Exception as exc:
+            shortage = out_of_resources(exc)
+            if shortage is not None:  # no bug: answered 503 and logged without a traceback
+                if started:
+                    from_edgejobs_error(shortage)  # (its log line)
+                    raise
+                await from_edgejobs_error(shortage)(scope, receive, send)
+                return
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from edgejobs import faults
-from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull, StoreTooOld
+from edgejobs.errors import (
+    DatabaseBusy,
+    EdgeJobsError,
+    StorageFull,
+    StoreTooOld,
+    out_of_resources,
+)
 from edgejobs.store.wal_watch import WalWatch, open_watch
 
 log = logging.getLogger("edgejobs.store")
@@ -105,6 +111,18 @@ def connect(path: Path, pragmas: Pragmas, *, readonly: bool = False) -> sqlite3.
         check_same_thread=False,
         timeout=pragmas.busy_timeout_ms / 1000,
     )
+    try:
+        _configure(conn, path, pragmas, readonly=readonly)
+    except BaseException:
+        # Not left to the garbage collector: a connection that failed here (no descriptor for
+        # the WAL file, say) still holds the database file's descriptor.
+        conn.close()
+        raise
+    return conn
+
+
+def _configure(conn: sqlite3.Connection, path: Path, pragmas: Pragmas, *, readonly: bool) -> None:
+    """Set and verify the PRAGMAs of a new connection (see :func:`connect`)."""
     conn.row_factory = sqlite3.Row
     settings: list[tuple[str, str | int, str | int]] = [
         ("busy_timeout", pragmas.busy_timeout_ms, pragmas.busy_timeout_ms),
@@ -130,17 +148,14 @@ def connect(path: Path, pragmas: Pragmas, *, readonly: bool = False) -> sqlite3.
         conn.execute(f"PRAGMA {name} = {value}")
         actual = conn.execute(f"PRAGMA {name}").fetchone()[0]
         if str(actual).lower() != str(expected).lower():
-            conn.close()
             raise EdgeJobsError(f"could not set PRAGMA {name} = {value} on {path} (got {actual})")
     if not readonly:
         faults.limit_pages(conn)  # test-only; inert unless EDGEJOBS_TEST_MAX_PAGE_COUNT is set
     if readonly:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":
-            conn.close()
             raise EdgeJobsError(f"{path} is not in WAL mode (journal_mode={mode})")
         conn.execute("PRAGMA query_only = ON")
-    return conn
 
 
 def connect_writer(path: Path, pragmas: Pragmas) -> sqlite3.Connection:
@@ -159,14 +174,15 @@ def connect_writer(path: Path, pragmas: Pragmas) -> sqlite3.Connection:
 
 
 def translate(exc: sqlite3.Error) -> EdgeJobsError | None:
-    """Map SQLite's lock and disk-full errors to the errors the API reports (503 / 507)."""
+    """Map SQLite's lock and disk-full errors to the errors the API reports (503 / 507), and a
+    file it could not open for want of a descriptor to :class:`OutOfResources` (503)."""
     code = getattr(exc, "sqlite_errorcode", None)
     text = str(exc).lower()
     if code in (sqlite3.SQLITE_FULL,) or "database or disk is full" in text:
         return StorageFull("the disk is full: nothing was written")
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in text:
         return DatabaseBusy("the database is locked by another process; try again")
-    return None
+    return out_of_resources(exc)
 
 
 TxMark = tuple[int, int, int, int, int]
@@ -741,18 +757,19 @@ class PointReader:
         """``(True, fn(conn))`` in one read snapshot, or ``(False, None)`` when SQLite was
         busy (run it elsewhere). ``fn``'s own exceptions propagate."""
         conn = self._conn
-        if conn is None:
-            conn = connect(self._path, self._pragmas, readonly=True)
-            conn.execute("PRAGMA busy_timeout = 0")
-            self._conn = conn
         try:
+            if conn is None:
+                # Opened at the first read, which may come when no descriptor is left.
+                conn = connect(self._path, self._pragmas, readonly=True)
+                conn.execute("PRAGMA busy_timeout = 0")
+                self._conn = conn
             conn.execute("BEGIN")
             try:
                 return True, fn(conn)
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
+            if conn is not None and conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             error = translate(exc)
@@ -792,8 +809,10 @@ class Reader:
 
     def run_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one read transaction on the calling thread's connection."""
-        conn = self._connection()
         try:
+            # Each pool thread opens its connection at its first read, which may come when no
+            # descriptor is left: that is translated like any other error of the read.
+            conn = self._connection()
             conn.execute("BEGIN")
             try:
                 return fn(conn)
