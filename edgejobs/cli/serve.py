@@ -27,6 +27,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ from edgejobs.cli.runner import (
     remove_stop_handlers,
     run_abandoning,
 )
+from edgejobs.logs import RepeatLimiter
 
 log = logging.getLogger("edgejobs")
 
@@ -108,6 +110,52 @@ async def _end_skipped_lifespan(server: uvicorn.Server) -> None:
         return
     with contextlib.suppress(Exception):
         await lifespan.shutdown()
+
+
+ACCEPT_FAILURE_REPORT_S = 10.0
+"""How often a listening socket that cannot accept (no descriptor left) is reported."""
+
+
+class _AcceptFailureReporter:
+    """The event loop's exception handler while serving: asyncio's report that the listening
+    socket could not accept a connection for want of a descriptor or memory becomes one
+    warning line per :data:`ACCEPT_FAILURE_REPORT_S`; every other report goes on as before.
+
+    asyncio reports that failure with a traceback for every ``accept()`` it tries, up to the
+    listen backlog (uvicorn's: 2048) per turn of the loop, and tries again every second: at
+    the open-file limit ``serve`` wrote thousands of tracebacks a second, and the loop spent
+    its time writing them instead of serving the connections it had (an event stream's
+    events waited until descriptors were free again).
+    """
+
+    def __init__(self, previous: Any) -> None:
+        self._previous = previous
+        self._repeats = RepeatLimiter(interval_s=ACCEPT_FAILURE_REPORT_S)
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """Report ``context`` (see the class docstring)."""
+        exc = context.get("exception")
+        if context.get("message") == "socket.accept() out of system resource" and isinstance(
+            exc, OSError
+        ):
+            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            self._repeats.warning(
+                log,
+                "cannot accept new connections: %s (open-file limit %d); the open connections"
+                " are still served, new ones wait until descriptors are free",
+                exc.strerror or exc,
+                limit,
+            )
+            return
+        if isinstance(exc, ValueError) and "_start_serving" in repr(context.get("handle")):
+            # After such a failure asyncio retries every accept it tried a second later; once
+            # the server has closed its socket (a stop within that second), each retry fails
+            # on the closed socket, with a traceback apiece: nothing is lost, say nothing.
+            return
+        if self._previous is not None:
+            self._previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
 
 class _Server(uvicorn.Server):
@@ -208,6 +256,8 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
     # First thing: a signal during the start is a stop (exit 0), not death by SIGTERM's
     # default action or a KeyboardInterrupt in the middle of the start.
     add_stop_handlers(loop, on_signal)
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(_AcceptFailureReporter(previous_handler))
     try:
         # Become the runner before binding the port: a second runner fails here, cleanly.
         # The workers start only once the port is bound (_when_listening): a port in use must
@@ -264,4 +314,5 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
         for task in hurry:
             with contextlib.suppress(Exception):
                 await task
+        loop.set_exception_handler(previous_handler)
     return code

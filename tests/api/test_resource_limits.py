@@ -1,6 +1,7 @@
 """The API under a real open-file limit: a request that needs one more descriptor than the
 process may open is answered 503 ``out_of_resources`` (never a 500 "bug" with a traceback per
-request), and the same requests work again once descriptors are free.
+request), ``serve`` reports a listening socket that cannot accept in one line, and both work
+again once descriptors are free.
 
 The limit is set with ``setrlimit`` in a child process, so the test process keeps its own.
 """
@@ -9,11 +10,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 resource = pytest.importorskip("resource")
@@ -105,3 +111,121 @@ def test_requests_without_a_free_descriptor_are_503_and_work_again_once_freed(
     assert done.stderr.count("answered 503 out_of_resources") == 1, done.stderr[-3000:]
     assert report["store_read"] == "OutOfResources", report["store_read"]
     assert all(status == 200 for _, status in report["freed"]), report["freed"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the condition did not come true in time")
+        time.sleep(0.02)
+
+
+def _healthz(port: int) -> int | None:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+    except httpx.TransportError:
+        return None
+
+
+SERVE_FILE_LIMIT = 48
+
+
+def _limit_files() -> None:  # in the child, before it runs anything
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (SERVE_FILE_LIMIT, hard))
+
+
+HANDLERS = """
+import time
+
+def until_cancelled(ctx, params):
+    while not ctx.cancelled:
+        time.sleep(0.01)
+"""
+
+SERVE_CONFIG = """
+[runner]
+shutdown_grace_s = 1.5
+[database]
+path = "served.db"
+[[job_types]]
+name = "t.until_cancelled"
+handler = "limit_handlers:until_cancelled"
+"""
+
+
+def _running_here(port: int) -> int:
+    response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    return int(response.json()["details"]["running_here"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_NOFILE semantics")
+@pytest.mark.parametrize("then", ["free", "stop"])
+def test_serve_at_its_open_file_limit_logs_one_line_and_accepts_again_once_freed(
+    tmp_path: Path, then: str
+) -> None:
+    """``then``: free the descriptors (new connections are accepted again), or stop the
+    server while a job runs, so that its shutdown outlasts the second after which asyncio
+    retries the accepts that failed (on the socket the server has closed by then)."""
+    (tmp_path / "limit_handlers.py").write_text(HANDLERS)
+    config = tmp_path / "edgejobs.toml"
+    config.write_text(SERVE_CONFIG)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEJOBS_")}
+    env["EDGEJOBS_CONFIG"] = str(config)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    port = _free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        # A file, not a pipe: a flood of log lines must not block the server on a full pipe.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edgejobs", "serve", "--port", str(port)],
+            env=env,
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=log_file,
+            preexec_fn=_limit_files,
+        )
+    held: list[socket.socket] = []
+    try:
+        _wait_for(lambda: _healthz(port) == 200)
+        if then == "stop":
+            subprocess.run(
+                [sys.executable, "-m", "edgejobs", "submit", "t.until_cancelled", "--org", "a"],
+                env=env,
+                cwd=tmp_path,
+                check=True,
+                capture_output=True,
+            )
+            _wait_for(lambda: _running_here(port) == 1)
+        # More connections than the process has descriptors: the last ones cannot be
+        # accepted and wait in the listen queue.
+        for _ in range(SERVE_FILE_LIMIT):
+            held.append(socket.create_connection(("127.0.0.1", port)))
+        _wait_for(lambda: "accept" in log_path.read_text())
+        if then == "free":
+            for connection in held:
+                connection.close()
+            held.clear()
+            _wait_for(lambda: _healthz(port) == 200)  # serving new connections again
+        else:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    finally:
+        for connection in held:
+            connection.close()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    output = log_path.read_text()
+    assert "socket.accept() out of system resource" not in output, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    reports = output.count("cannot accept new connections: Too many open files")
+    assert 1 <= reports <= 2, output[-3000:]
+    assert proc.returncode == 0, output[-3000:]
