@@ -97,7 +97,8 @@ def error_from(exc: BaseException) -> JobError:
 
 
 def encode_result(value: Any, max_bytes: int) -> Execution:
-    """The completed execution, or a failed one when the result cannot be stored."""
+    """The completed execution, or a failed one when the result cannot be stored; never
+    raises."""
     try:
         text = dumps(value)
         size = len(text.encode())  # a lone surrogate (a file name from os.listdir) fails here
@@ -107,6 +108,19 @@ def encode_result(value: Any, max_bytes: int) -> Execution:
             error=JobError(
                 "ResultNotSerializable",
                 f"the handler returned a value that is not JSON: {_text_of(exc)}"[:MAX_MESSAGE],
+            ),
+        )
+    except MemoryError:
+        # A result whose JSON does not fit in the memory the process may use (its limit, its
+        # cgroup's) is too large, whatever max_bytes says. Raised on, it escaped an async
+        # handler's run, whose attempt then held its slot until its timeout and ended
+        # timed_out; a sync handler's was logged as a handler that could not start.
+        return Execution(
+            Outcome.FAILED,
+            error=JobError(
+                "ResultTooLarge",
+                "the handler returned a value whose JSON does not fit in the memory this"
+                f" process may use; the limit is {max_bytes} bytes",
             ),
         )
     if nested_too_deep(value, text):

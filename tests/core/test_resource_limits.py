@@ -1,0 +1,84 @@
+"""Handlers under a real memory limit (``RLIMIT_AS``, set in a child process so the test
+process keeps its own): a result whose JSON does not fit in the memory the process may use
+fails the attempt at once as ``ResultTooLarge``, for async and sync handlers alike. (An async
+handler's attempt held its slot until its timeout and ended ``timed_out``.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+resource = pytest.importorskip("resource")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, resource, sys
+    from edgejobs import EdgeJobs
+
+    HEADROOM = 64 * 1024 * 1024
+
+    def address_space():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmSize")
+
+    def result():
+        # An 8 MB list whose JSON takes ~100 MB: more than the headroom allows.
+        return ["x" * 100] * 1_000_000
+
+    async def big_async(ctx, params):
+        return result()
+
+    def big_sync(ctx, params):
+        return result()
+
+    async def main():
+        ej = EdgeJobs(database=sys.argv[1])
+        # The timeout is the test's bound: an attempt that ran into it kept its slot.
+        ej.register("t.async", big_async, timeout_s=20, max_retries=0)
+        ej.register("t.sync", big_sync, timeout_s=20, max_retries=0)
+        async with ej:
+            hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+            resource.setrlimit(resource.RLIMIT_AS, (address_space() + HEADROOM, hard))
+            jobs = [await ej.submit(name, org="acme") for name in ("t.async", "t.sync")]
+            ended = [await ej.wait(job.id, timeout=60) for job in jobs]
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+        print(json.dumps([[job.job_type, job.status.value, job.error and job.error.type]
+                          for job in ended]))
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_result_too_big_for_the_memory_limit_fails_at_once_as_too_large(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "jobs.db")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ended = json.loads(done.stdout.strip().splitlines()[-1])
+    assert ended == [
+        ["t.async", "failed", "ResultTooLarge"],
+        ["t.sync", "failed", "ResultTooLarge"],
+    ], done.stderr[-3000:]
+    # A handler that ran is not one that "could not start".
+    assert "could not start the handler" not in done.stderr, done.stderr[-3000:]
