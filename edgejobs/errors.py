@@ -106,6 +106,11 @@ class OutOfResources(EdgeJobsError):
     http_status = 503
     retry_after_s = 5
 
+    def __init__(self, message: str, *, what: str = "resources", details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.what = what
+        """What ran out: ``"file descriptors (open-file limit 1024)"``, ``"memory"``, ..."""
+
 
 _NO_DESCRIPTOR = (errno.EMFILE, errno.ENFILE)
 
@@ -159,7 +164,7 @@ def out_of_resources(exc: BaseException) -> OutOfResources | None:
         what = _shortage(current)
         if what is not None:
             # The cause is named, never its text: an OSError's names a file of the server.
-            return OutOfResources(f"the server is out of {what}; try again shortly")
+            return OutOfResources(f"the server is out of {what}; try again shortly", what=what)
         current = current.__cause__
     return None
 

@@ -15,7 +15,13 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from edgejobs.errors import ConfigError, EdgeJobsError, RunnerAlreadyActive
+from edgejobs.errors import (
+    ConfigError,
+    EdgeJobsError,
+    OutOfResources,
+    RunnerAlreadyActive,
+    out_of_resources,
+)
 from edgejobs.logs import escape
 
 Command = Callable[[argparse.Namespace], int]
@@ -161,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunnerAlreadyActive as exc:
         print(f"edgejobs: {exc.message}", file=sys.stderr)
         return 3
+    except OutOfResources as exc:
+        return _out_of_resources(exc)
     except EdgeJobsError as exc:
         print(f"edgejobs: {exc.message}", file=sys.stderr)
         return 1
@@ -172,6 +180,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        # A limit of the service (LimitNOFILE, TasksMax, MemoryMax) reached, at start or on
+        # the way, is no bug of edgejobs: one line that says which, not a traceback.
+        shortage = out_of_resources(exc)
+        if shortage is None:
+            raise
+        return _out_of_resources(shortage)
+
+
+def _out_of_resources(exc: OutOfResources) -> int:
+    print(
+        f"edgejobs: this process is out of {exc.what}; raise the limit it runs under"
+        " (LimitNOFILE, TasksMax, MemoryMax) or lower its load",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -82,3 +82,44 @@ def test_a_result_too_big_for_the_memory_limit_fails_at_once_as_too_large(
     ], done.stderr[-3000:]
     # A handler that ran is not one that "could not start".
     assert "could not start the handler" not in done.stderr, done.stderr[-3000:]
+
+
+WORKER = textwrap.dedent(
+    """
+    import resource, sys
+    import edgejobs.cli as cli
+
+    cli.build_parser()  # every command module imported before the limit
+
+    def address_space():
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmSize")
+
+    # No room for another thread's stack: what TasksMax or a small MemoryMax does to a start.
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    resource.setrlimit(resource.RLIMIT_AS, (address_space() + 1024 * 1024, hard))
+    sys.exit(cli.main(sys.argv[1:]))
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_worker_that_cannot_start_a_thread_says_so_in_one_line(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEJOBS_")}
+    env.update(PYTHONPATH=str(ROOT), EDGEJOBS_DB=str(tmp_path / "jobs.db"))
+    done = subprocess.run(
+        [sys.executable, str(script), "worker"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edgejobs: this process is out of"), lines
