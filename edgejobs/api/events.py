@@ -223,6 +223,10 @@ class EventStream(EventSourceResponse):
             transport = transport_of(send)
             if transport is not None:
                 _reset(transport)
+                # The server hears of the reset one turn of the loop later: returning before
+                # then, the stream looked to uvicorn like an app that did not finish its
+                # response, an ERROR line for every client that stopped reading.
+                await asyncio.sleep(0)
             else:
                 log.warning("could not cut the connection of an event stream that stopped reading")
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 
+import pytest
 from sse_support import (
     GUARD_S,
     SSE,
@@ -143,10 +145,13 @@ async def test_a_subscriber_that_stops_reading_is_disconnected_and_buffering_is_
         stalled.close()
 
 
-async def test_the_connection_of_a_client_that_never_reads_again_is_cut(serve: Serve) -> None:
+async def test_the_connection_of_a_client_that_never_reads_again_is_cut(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
     """Disconnecting a stalled stream must release its connection: closing it politely waits
     until the bytes buffered for it are written, which a client that never reads never lets
-    happen (its socket, and megabytes for it, stayed for as long as the client liked)."""
+    happen (its socket, and megabytes for it, stayed for as long as the client liked). The
+    server says so once, as a warning, and not also as an error of the app's."""
     server = await serve(make_config(buffer=20))
     ej, broker = server.ej, server.broker
     connections = server.server.server_state.connections
@@ -154,6 +159,9 @@ async def test_the_connection_of_a_client_that_never_reads_again_is_cut(serve: S
     stalled = _raw_stream(server.port, token.secret)
     stalled.setblocking(False)
     loop = asyncio.get_running_loop()
+    # uvicorn's own logger does not propagate to the root logger here: listen to it directly.
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.addHandler(caplog.handler)
     try:
         await wait_for(lambda: broker.subscriber_count == 1, "the stream to subscribe")
         rounds = 0
@@ -172,7 +180,10 @@ async def test_the_connection_of_a_client_that_never_reads_again_is_cut(serve: S
                     received += len(chunk)
         # What was still buffered for it on the server was dropped, not delivered.
         assert received < 256 * 1024, received
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert not errors, errors
     finally:
+        uvicorn_log.removeHandler(caplog.handler)
         stalled.close()
 
 
