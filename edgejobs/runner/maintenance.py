@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from edgejobs.errors import out_of_resources
 from edgejobs.logs import RepeatLimiter
 from edgejobs.runner.executor import abandoned_tasks, abandoned_threads
 from edgejobs.store import Store
@@ -239,7 +240,11 @@ class Maintenance:
         try:
             result = await self.checkpoint()
         except sqlite3.Error as exc:
-            self._repeats.warning(log, "WAL checkpoint failed: %s", exc)
+            # SQLite's "unable to open database file" reads like a missing or damaged
+            # database; with no descriptor left for the checkpoint's connection, say that.
+            shortage = out_of_resources(exc)
+            reason = exc if shortage is None else f"this process is out of {shortage.what}"
+            self._repeats.warning(log, "WAL checkpoint failed: %s", reason)
             return
         wal = self.file_sizes().wal_bytes
         limit = max(self.settings.journal_size_limit_bytes, 1 * MIB)
