@@ -199,15 +199,6 @@ async def _when_listening(server: uvicorn.Server, ej: EdgeJobs, demo_secret: str
     ej._start_workers()
     url = _address(server, ej.config.server.host)
     log.info("serving on %s (database %s)", url, ej.config.database.path)
-    if not is_loopback(ej.config.server.host):
-        # edgejobs speaks plain HTTP only: off the loopback, every token, session cookie and
-        # job crosses the network readable by anyone on the path. Say so once, at start.
-        log.warning(
-            "listening on %s without TLS: tokens, session cookies and job data cross the"
-            " network in clear text; put a TLS-terminating reverse proxy in front (and bind"
-            " 127.0.0.1), or keep this network private",
-            ej.config.server.host or "every interface",
-        )
     if demo_secret is not None:
         print(
             f"edgejobs demo: open {url} and sign in with this admin token of org "
@@ -280,6 +271,16 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
             root_path=ej.config.server.root_path,
         )
         server = _Server(config)
+        if not is_loopback(ej.config.server.host):
+            # edgejobs speaks plain HTTP only: off the loopback, every token, session cookie
+            # and job crosses the network readable by anyone on the path. Said once, before
+            # the port is bound (so it is in the log before any client can connect).
+            log.warning(
+                "listening on %s without TLS: tokens, session cookies and job data cross the"
+                " network in clear text; put a TLS-terminating reverse proxy in front (and bind"
+                " 127.0.0.1), or keep this network private",
+                ej.config.server.host or "every interface",
+            )
         secret = None
         if demo_mode:
             secret = await demo.create_token(ej)
