@@ -129,9 +129,10 @@ def core_config(**runner: Any) -> Config:
 class CoreKit:
     """A :class:`~edgejobs.testing.Harness` with the job types most tests use.
 
-    ``t.work`` (one retry) and ``t.once`` (no retry, 0.2 s timeout) share one async handler
-    whose behaviour the params choose: ``{"mode": "ok" | "fail" | "permanent" | "hang" |
-    "gate", "gate": NAME}``. A gated attempt waits until ``kit.gates[NAME]`` is set.
+    ``t.work`` (one retry), ``t.once`` (no retry, 0.2 s timeout), ``t.last`` (no retry, 5 s
+    timeout: a running attempt that is the last without racing a real deadline) and ``t.many``
+    share one async handler whose behaviour the params choose: ``{"mode": "ok" | "fail" |
+    "permanent" | "hang" | "gate", "gate": NAME}``. A gated attempt waits until ``kit.gates[NAME]`` is set.
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class CoreKit:
         self.calls: collections.Counter[str] = collections.Counter()
         self.ej.register("t.work", self._handler, timeout_s=5, max_retries=1)
         self.ej.register("t.once", self._handler, timeout_s=0.2, max_retries=0)
+        self.ej.register("t.last", self._handler, timeout_s=5, max_retries=0)
         self.ej.register("t.many", self._handler, timeout_s=5, max_retries=6)
         self._started = False
 

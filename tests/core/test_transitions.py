@@ -132,7 +132,9 @@ VARIANTS: dict[Status, list[Callable[[CoreKit], Awaitable[Subject]]]] = {
     Status.BLOCKED: [make_blocked, partial(make_blocked, delay=True)],
     Status.SCHEDULED: [make_scheduled],
     Status.QUEUED: [make_queued],
-    Status.RUNNING: [make_running, partial(make_running, job_type="t.once")],
+    # The second: the job's last attempt (no retry left), with a deadline far beyond the test
+    # (t.once's real 0.2 s timeout could end it between an operation and the look after it).
+    Status.RUNNING: [make_running, partial(make_running, job_type="t.last")],
     Status.RETRYING: [make_retrying],
     Status.COMPLETED: [make_completed],
     Status.FAILED: [make_failed],
