@@ -353,21 +353,25 @@ class Ticker:
         report.sessions = await self._store.write(partial(delete_expired_sessions, now=now))
         # The counts of what retention just deleted (and of every org and job type that holds
         # no job any more) are 0 now: their rows go too, or they would pile up for good.
-        while True:
-            deleted_counts = await self._store.write(partial(delete_zero_counts, batch=batch))
-            report.counts += deleted_counts
-            if deleted_counts < batch:
-                break
+        report.counts = await self._delete_in_batches(delete_zero_counts, batch)
         # Likewise the rate-limit windows of (org, job type) pairs that stopped submitting.
-        while True:
-            ended = await self._store.write(partial(delete_ended_windows, now=now, batch=batch))
-            report.rate_windows += ended
-            if ended < batch:
-                break
+        report.rate_windows = await self._delete_in_batches(
+            partial(delete_ended_windows, now=now), batch
+        )
         self.last_progress_monotonic = self._clock.monotonic()
         if report.jobs:
             log.info("retention deleted %d jobs and %d events", report.jobs, report.events)
         return report
+
+    async def _delete_in_batches(self, delete: Callable[..., int], batch: int) -> int:
+        """Run ``delete(conn, tx, batch=batch)`` (a write that removes up to ``batch`` rows) one
+        transaction at a time until a batch comes back short; how many rows went in all."""
+        total = 0
+        while True:
+            deleted = await self._store.write(partial(delete, batch=batch))
+            total += deleted
+            if deleted < batch:
+                return total
 
     async def run(self) -> None:
         """Tick until :meth:`stop`."""
