@@ -126,11 +126,14 @@ def _descriptors_exhausted() -> bool:
     return False
 
 
+def _descriptors() -> str:
+    return f"file descriptors (open-file limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+
+
 def _shortage(exc: BaseException) -> str | None:
     """What ran out, when ``exc`` (alone, not its cause) says a resource of the process did."""
     if isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTOR:
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return f"file descriptors (open-file limit {limit})"
+        return _descriptors()
     if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno == errno.ENOMEM):
         return "memory"
     if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
@@ -143,8 +146,7 @@ def _shortage(exc: BaseException) -> str | None:
         and getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_CANTOPEN
         and _descriptors_exhausted()
     ):
-        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        return f"file descriptors (open-file limit {limit})"
+        return _descriptors()
     return None
 
 
