@@ -21,11 +21,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ej_testkit import free_port, run_script
 
 resource = pytest.importorskip("resource")
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 
 ROUTES = ("/static/app.js", "/api/v1/jobs", "/api/v1/stats", "/metrics", "/api/v1/openapi.json")
 
@@ -87,16 +87,7 @@ CHILD = textwrap.dedent(
 def test_requests_without_a_free_descriptor_are_503_and_work_again_once_freed(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "api.db")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    done = run_script(tmp_path, CHILD, str(tmp_path / "api.db"), paths=[HERE], timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     statuses = {path: status for path, status, _, _ in report["limited"]}
@@ -111,12 +102,6 @@ def test_requests_without_a_free_descriptor_are_503_and_work_again_once_freed(
     assert done.stderr.count("answered 503 out_of_resources") == 1, done.stderr[-3000:]
     assert report["store_read"] == "OutOfResources", report["store_read"]
     assert all(status == 200 for _, status in report["freed"]), report["freed"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
@@ -180,7 +165,7 @@ def test_serve_at_its_open_file_limit_logs_one_line_and_accepts_again_once_freed
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEJOBS_")}
     env["EDGEJOBS_CONFIG"] = str(config)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log_file:
         # A file, not a pipe: a flood of log lines must not block the server on a full pipe.

@@ -7,30 +7,33 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from ej_testkit import run_script
 
 resource = pytest.importorskip("resource")
 
-ROOT = Path(__file__).resolve().parents[2]
-
-CHILD = textwrap.dedent(
+# The child's address space now, to set RLIMIT_AS just above it.
+ADDRESS_SPACE = textwrap.dedent(
     """
-    import asyncio, json, resource, sys
-    from edgejobs import EdgeJobs
-
-    HEADROOM = 64 * 1024 * 1024
-
     def address_space():
         with open("/proc/self/status") as status:
             for line in status:
                 if line.startswith("VmSize:"):
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmSize")
+    """
+)
+
+CHILD = ADDRESS_SPACE + textwrap.dedent(
+    """
+    import asyncio, json, resource, sys
+    from edgejobs import EdgeJobs
+
+    HEADROOM = 64 * 1024 * 1024
 
     def result():
         # An 8 MB list whose JSON takes ~100 MB: more than the headroom allows.
@@ -65,15 +68,7 @@ CHILD = textwrap.dedent(
 def test_a_result_too_big_for_the_memory_limit_fails_at_once_as_too_large(
     tmp_path: Path,
 ) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "jobs.db")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=120,
-    )
+    done = run_script(tmp_path, CHILD, str(tmp_path / "jobs.db"))
     assert done.returncode == 0, done.stderr[-3000:]
     ended = json.loads(done.stdout.strip().splitlines()[-1])
     assert ended == [
@@ -84,19 +79,12 @@ def test_a_result_too_big_for_the_memory_limit_fails_at_once_as_too_large(
     assert "could not start the handler" not in done.stderr, done.stderr[-3000:]
 
 
-WORKER = textwrap.dedent(
+WORKER = ADDRESS_SPACE + textwrap.dedent(
     """
     import resource, sys
     import edgejobs.cli as cli
 
     cli.build_parser()  # every command module imported before the limit
-
-    def address_space():
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmSize:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmSize")
 
     # No room for another thread's stack: what TasksMax or a small MemoryMax does to a start.
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
@@ -108,17 +96,9 @@ WORKER = textwrap.dedent(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_a_worker_that_cannot_start_a_thread_says_so_in_one_line(tmp_path: Path) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEJOBS_")}
-    env.update(PYTHONPATH=str(ROOT), EDGEJOBS_DB=str(tmp_path / "jobs.db"))
-    done = subprocess.run(
-        [sys.executable, str(script), "worker"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    env["EDGEJOBS_DB"] = str(tmp_path / "jobs.db")
+    done = run_script(tmp_path, WORKER, "worker", env=env, timeout=60)
     assert done.returncode == 1, done.stderr[-3000:]
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     lines = done.stderr.strip().splitlines()

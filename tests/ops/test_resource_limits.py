@@ -5,17 +5,14 @@ damaged database."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from ej_testkit import run_script
 
 resource = pytest.importorskip("resource")
-
-ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent(
     """
@@ -50,15 +47,7 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs RLIMIT_NOFILE semantics")
 def test_a_checkpoint_without_a_free_descriptor_says_so(tmp_path: Path) -> None:
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "jobs.db")],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        timeout=60,
-    )
+    done = run_script(tmp_path, CHILD, str(tmp_path / "jobs.db"), timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     failed = [line for line in done.stderr.splitlines() if "WAL checkpoint failed" in line]
     assert len(failed) == 1, done.stderr[-3000:]

@@ -9,11 +9,17 @@ processes get their own ``PYTHONPATH``.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -22,6 +28,30 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def run_script(
+    folder: Path,
+    source: str,
+    *args: str,
+    paths: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    """Write ``source`` to ``folder/child.py`` and run it with this interpreter, the checkout
+    (then ``paths``) on ``PYTHONPATH``, in ``env`` (default: this process's); its output as
+    text. For what a test must do in a process of its own (a resource limit, say)."""
+    script = folder / "child.py"
+    script.write_text(source)
+    child_env = dict(os.environ if env is None else env)
+    child_env["PYTHONPATH"] = os.pathsep.join([str(REPO), *map(str, paths)])
+    return subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        env=child_env,
+        timeout=timeout,
+    )
 
 
 async def poll_until(
