@@ -103,44 +103,36 @@ def encode_result(value: Any, max_bytes: int) -> Execution:
         text = dumps(value)
         size = len(text.encode())  # a lone surrogate (a file name from os.listdir) fails here
     except (TypeError, ValueError, RecursionError) as exc:  # (UnicodeEncodeError: a ValueError)
-        return Execution(
-            Outcome.FAILED,
-            error=JobError(
-                "ResultNotSerializable",
-                f"the handler returned a value that is not JSON: {_text_of(exc)}"[:MAX_MESSAGE],
-            ),
+        return _unstorable(
+            "ResultNotSerializable",
+            f"the handler returned a value that is not JSON: {_text_of(exc)}"[:MAX_MESSAGE],
         )
     except MemoryError:
         # A result whose JSON does not fit in the memory the process may use (its limit, its
         # cgroup's) is too large, whatever max_bytes says. Raised on, it escaped an async
         # handler's run, whose attempt then held its slot until its timeout and ended
         # timed_out; a sync handler's was logged as a handler that could not start.
-        return Execution(
-            Outcome.FAILED,
-            error=JobError(
-                "ResultTooLarge",
-                "the handler returned a value whose JSON does not fit in the memory this"
-                f" process may use; the limit is {max_bytes} bytes",
-            ),
+        return _unstorable(
+            "ResultTooLarge",
+            "the handler returned a value whose JSON does not fit in the memory this"
+            f" process may use; the limit is {max_bytes} bytes",
         )
     if nested_too_deep(value, text):
-        return Execution(
-            Outcome.FAILED,
-            error=JobError(
-                "ResultNotSerializable",
-                "the handler returned a value that is not JSON this runner stores: it is nested"
-                f" deeper than {MAX_JSON_DEPTH} levels",
-            ),
+        return _unstorable(
+            "ResultNotSerializable",
+            "the handler returned a value that is not JSON this runner stores: it is nested"
+            f" deeper than {MAX_JSON_DEPTH} levels",
         )
     if size > max_bytes:
-        return Execution(
-            Outcome.FAILED,
-            error=JobError(
-                "ResultTooLarge",
-                f"the handler returned {size} bytes of JSON; the limit is {max_bytes}",
-            ),
+        return _unstorable(
+            "ResultTooLarge", f"the handler returned {size} bytes of JSON; the limit is {max_bytes}"
         )
     return Execution(Outcome.COMPLETED, result_json=text)
+
+
+def _unstorable(error_type: str, message: str) -> Execution:
+    """A failed attempt whose handler returned a result that cannot be stored."""
+    return Execution(Outcome.FAILED, error=JobError(error_type, message))
 
 
 def failure(exc: BaseException) -> Execution:
