@@ -113,8 +113,6 @@ class Abortable(Protocol):
 def _is_transport(candidate: object) -> TypeGuard[Abortable]:
     # By shape, not by class: uvloop's transports (the loop of uvicorn[standard]) have
     # asyncio's transport methods but do not derive from asyncio.Transport.
-    if isinstance(candidate, asyncio.Transport):
-        return True
     return callable(getattr(candidate, "abort", None)) and callable(
         getattr(candidate, "get_extra_info", None)
     )
