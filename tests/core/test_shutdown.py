@@ -132,6 +132,16 @@ def all_reporting_progress(db: Path, ids: dict[str, str]) -> bool:
     )
 
 
+async def until_all_mid_progress(db: Path, ids: dict[str, str], worker: Worker) -> None:
+    """Wait until every job of ``ids`` runs and has reported progress."""
+    await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", worker)
+
+
+def handler_pids(pids: Path) -> list[int]:
+    """The process-isolated handler's pid and the pid of the subprocess it started."""
+    return [int((pids / name).read_text()) for name in ("process", "process.child")]
+
+
 def pids_folder(tmp_path: Path) -> Path:
     """Where the handlers write their pids (core_handlers), made empty."""
     pids = tmp_path / "pids"
@@ -199,8 +209,8 @@ async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending
     db, pids = tmp_path / "jobs.db", pids_folder(tmp_path)
     ids = await submit_every_kind(config, pids)
     with Worker(config, tmp_path / "first.log", new_session=True) as first:
-        await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", first)
-        handler_processes = [int((pids / n).read_text()) for n in ("process", "process.child")]
+        await until_all_mid_progress(db, ids, first)
+        handler_processes = handler_pids(pids)
         assert all(pid_alive(pid) for pid in handler_processes)
         send(first, sig, to, pids)
         started = time.monotonic()
@@ -245,8 +255,8 @@ async def test_a_second_signal_ends_the_grace_and_requeues_the_running_jobs_at_o
     db, pids = tmp_path / "jobs.db", pids_folder(tmp_path)
     ids = await submit_every_kind(config, pids)
     with Worker(config, tmp_path / "worker.log", new_session=True) as worker:
-        await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", worker)
-        handler_processes = [int((pids / n).read_text()) for n in ("process", "process.child")]
+        await until_all_mid_progress(db, ids, worker)
+        handler_processes = handler_pids(pids)
         send(worker, sig, to, pids)
         await until(lambda: "stopping; no new claims" in worker.output(), "the first", worker)
         send(worker, sig, to, pids)
@@ -279,7 +289,7 @@ async def test_a_signal_to_the_whole_group_lets_every_kind_of_job_finish_within_
     db, pids = tmp_path / "jobs.db", pids_folder(tmp_path)
     ids = await submit_every_kind(config, pids, seconds=2)
     with Worker(config, tmp_path / "worker.log", new_session=True) as worker:
-        await until(lambda: all_reporting_progress(db, ids), "all running, mid-progress", worker)
+        await until_all_mid_progress(db, ids, worker)
         send(worker, sig, to, pids)
         started = time.monotonic()
         code = await exit_code(worker)
