@@ -8,7 +8,8 @@ command line), the key in TOML spelling and what was expected, e.g.::
     edgejobs.toml: [runner] workers: expected an integer between 1 and 1024, got 0
 
 Precedence, highest first: command-line flags (``overrides``), environment variables
-(``EDGEJOBS_DB``, ``EDGEJOBS_HOST``, ``EDGEJOBS_PORT``), the file, the defaults. The file is
+(``EDGEJOBS_DB``, ``EDGEJOBS_HOST``, ``EDGEJOBS_PORT``, ``EDGEJOBS_ALLOWED_HOSTS``), the
+file, the defaults. The file is
 ``path``, else ``$EDGEJOBS_CONFIG``, else ``./edgejobs.toml`` when it exists.
 
 The models are strict: TOML already has integers, floats, booleans and strings, so a quoted
@@ -39,6 +40,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from edgejobs.errors import ConfigError
+from edgejobs.hosts import normalize_pattern
 from edgejobs.models import MAX_DELAY_S, MAX_RETENTION_DAYS, MAX_RETRIES
 
 __all__ = [
@@ -369,6 +371,28 @@ class ServerConfig(_Model):
         default="",
         description='prefix a proxy serves this under and strips ("/jobs")',
     )
+    allowed_hosts: list[str] | None = Field(
+        default=None,
+        description="Host names served; unset: loopback only on loopback, else *",
+        examples=[["box.local"]],
+    )
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _valid_allowed_hosts(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value  # None, or a wrong type the model's own check reports
+        if not value:
+            # An empty list would refuse every browser: more likely a mistake than meant.
+            raise ValueError(
+                "expected at least one host name (leave the key out for the default), got []"
+            )
+        names = []
+        for entry in value:
+            if not isinstance(entry, str):
+                raise ValueError(f"expected host names (strings), got {_show(entry)}")
+            names.append(normalize_pattern(entry))
+        return names
 
     @field_validator("root_path")
     @classmethod
@@ -846,10 +870,15 @@ def _apply_environment(
                 f"got {_show(env['EDGEJOBS_PORT'])}"
             )
         port_value = int(port)
+    hosts = env.get("EDGEJOBS_ALLOWED_HOSTS", "").strip()
+    # Comma-separated; empty entries (a trailing comma) are skipped. Each entry is checked
+    # like the file's, the error naming the variable.
+    hosts_value = [entry.strip() for entry in hosts.split(",") if entry.strip()] if hosts else None
     settings: list[tuple[str, tuple[str, str], Any]] = [
         ("EDGEJOBS_DB", ("database", "path"), env.get("EDGEJOBS_DB") or None),
         ("EDGEJOBS_HOST", ("server", "host"), env.get("EDGEJOBS_HOST") or None),
         ("EDGEJOBS_PORT", ("server", "port"), port_value),
+        ("EDGEJOBS_ALLOWED_HOSTS", ("server", "allowed_hosts"), hosts_value),
     ]
     for variable, keys, value in settings:
         if value is not None and _set(data, keys, value):
@@ -926,7 +955,9 @@ def _describe_type(annotation: Any, info: FieldInfo | None, key: str | None) -> 
     if origin is Literal:
         return _or_list([json.dumps(value) for value in get_args(annotation)])
     if origin is list:
-        return "an array of tables"
+        if _model_of(annotation) is not None:
+            return "an array of tables"
+        return "an array of strings" if get_args(annotation) == (str,) else "an array"
     if origin is dict or _model_of(annotation) is not None:
         return "a table"
     names = {bool: "true or false", int: "an integer", float: "a number", Path: "a file path"}
@@ -1066,7 +1097,8 @@ _HEADER = """\
 # Every key is optional: the values below are the defaults, so this file may be trimmed to
 # what you change. Unknown keys, wrong types and impossible values are refused at start.
 # Command-line flags override environment variables, which override this file:
-#   EDGEJOBS_CONFIG (path of this file), EDGEJOBS_DB, EDGEJOBS_HOST, EDGEJOBS_PORT."""
+#   EDGEJOBS_CONFIG (path of this file), EDGEJOBS_DB, EDGEJOBS_HOST, EDGEJOBS_PORT,
+#   EDGEJOBS_ALLOWED_HOSTS (comma-separated)."""
 
 
 def _toml_value(value: Any) -> str:
@@ -1126,6 +1158,10 @@ def default_config_text() -> str:
             rows.append(f"[{section}]")
             for key, info in model.model_fields.items():
                 default = info.get_default(call_default_factory=True)
+                if default is None:  # no TOML spelling for "unset": an example, commented out
+                    example = (info.examples or [""])[0]
+                    rows.append(("# ", f"{key} = {_toml_value(example)}", info.description or ""))
+                    continue
                 rows.append(("", f"{key} = {_toml_value(default)}", info.description or ""))
     width = max(len(row[0]) + len(row[1]) for row in rows if isinstance(row, tuple)) + 2
     lines = [

@@ -277,6 +277,27 @@ def test_environment_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert load_config(environ=empty).server.port == 8000
 
 
+def test_allowed_hosts_are_normalised_and_read_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert load_config(environ={}).server.allowed_hosts is None  # unset: serve decides
+    path = write(tmp_path, '[server]\nallowed_hosts = ["Box.Local.", "*.Example.com", "::1"]\n')
+    config = load_config(path, environ={})
+    assert config.server.allowed_hosts == ["box.local", "*.example.com", "[::1]"]
+    env = {"EDGEJOBS_ALLOWED_HOSTS": " jobs.example.com, *.lan ,"}
+    assert load_config(path, environ=env).server.allowed_hosts == ["jobs.example.com", "*.lan"]
+    assert load_config(path, environ={"EDGEJOBS_ALLOWED_HOSTS": " "}).server.allowed_hosts == [
+        "box.local",
+        "*.example.com",
+        "[::1]",
+    ]
+    message = config_error(None, environ={"EDGEJOBS_ALLOWED_HOSTS": "box.local:80"})
+    assert message.startswith(
+        "environment: EDGEJOBS_ALLOWED_HOSTS ([server] allowed_hosts): expected a host name"
+    )
+
+
 def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("EDGEJOBS_CONFIG", raising=False)
@@ -532,6 +553,19 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
     ),
     ("root_path with a trailing slash", '[server]\nroot_path = "/jobs/"\n', ["root_path:"]),
     (
+        "allowed host with a port",
+        '[server]\nallowed_hosts = ["box.local:8000"]\n',
+        ["[server] allowed_hosts: expected a host name without a port (any port is allowed)"],
+    ),
+    (
+        "allowed host that is no name",
+        '[server]\nallowed_hosts = ["ok.example", "http://box.local/"]\n',
+        ['[server] allowed_hosts: expected a host name, an IP address, "*.example.com" or "*"'],
+    ),
+    ("allowed hosts as a string", '[server]\nallowed_hosts = "box.local"\n', ["an array of"]),
+    ("allowed hosts empty", "[server]\nallowed_hosts = []\n", ["leave the key out"]),
+    ("allowed host not a string", "[server]\nallowed_hosts = [1]\n", ["got 1"]),
+    (
         "duplicate job type names",
         JOB_TYPE + JOB_TYPE.replace("build_report", "other"),
         ['[[job_types]] #2 name: duplicate job type name "reports.build"', "#1"],
@@ -684,7 +718,11 @@ def test_default_text_lists_every_key_with_a_comment() -> None:
     for section in sections:
         model = Config.model_fields[section].annotation
         assert isinstance(model, type) and issubclass(model, pydantic.BaseModel)
-        assert set(data[section]) == set(model.model_fields), section
+        # A key whose default is "unset" has no TOML spelling: its example is commented out.
+        unset = {key for key, info in model.model_fields.items() if info.default is None}
+        assert set(data[section]) | unset == set(model.model_fields), section
+        for key in unset:
+            assert re.search(rf"^# {key} = ", text, flags=re.MULTILINE), key
     for line in text.splitlines():
         assert len(line) <= 100, line
         if re.match(r"#? ?[a-z_]+ = ", line):

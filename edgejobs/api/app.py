@@ -1,7 +1,8 @@
 """The Starlette app: routes of every API module, middleware, error mapping and the lifespan.
 
 Middleware, outermost first: security headers (on every response, errors included), the error
-boundary (a bug becomes a logged 500 with the error body), the body limit (413 before any
+boundary (a bug becomes a logged 500 with the error body), the Host allow-list (400 for a name
+the server does not answer to, before anything else runs), the body limit (413 before any
 parsing), the database opened as a client when no lifespan started the app (mounted in
 another app). Starlette's own exception middleware then maps :class:`EdgeJobsError` and routing
 errors inside the routes (see :mod:`edgejobs.api.errors`).
@@ -38,9 +39,10 @@ from edgejobs.api.errors import (
     handle_http_exception,
 )
 from edgejobs.api.metrics import Metrics
-from edgejobs.api.middleware import BodyLimit, OpenOnFirstRequest, SecurityHeaders
+from edgejobs.api.middleware import AllowedHosts, BodyLimit, OpenOnFirstRequest, SecurityHeaders
 from edgejobs.api.openapi import Operation, build_document, build_routes
 from edgejobs.errors import EdgeJobsError, NotFound
+from edgejobs.hosts import allowed_patterns
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
@@ -79,8 +81,15 @@ async def _begin_shutdown(app: Starlette) -> None:
         log.exception("closing the event streams failed")
 
 
-def create_app(ej: EdgeJobs) -> Starlette:
-    """The ASGI app serving ``ej``: REST API, SSE, dashboard, health and metrics."""
+def create_app(ej: EdgeJobs, *, listen_host: str | None = None) -> Starlette:
+    """The ASGI app serving ``ej``: REST API, SSE, dashboard, health and metrics.
+
+    ``listen_host`` is the address the server binds, when the caller runs that server
+    (``serve``): on a loopback address only loopback names are answered unless ``[server]
+    allowed_hosts`` says otherwise. Without it (the app mounted in a host app, or run by
+    another server) only a configured ``allowed_hosts`` is applied: the app cannot know
+    where it is reached, and the host app may check hosts itself.
+    """
     metrics = Metrics()
     own: list[Operation] = [
         *session.operations(ej),
@@ -151,6 +160,10 @@ def create_app(ej: EdgeJobs) -> Starlette:
         middleware=[
             Middleware(SecurityHeaders),
             Middleware(ErrorBoundary),
+            Middleware(
+                AllowedHosts,
+                patterns=allowed_patterns(ej.config.server.allowed_hosts, listen_host),
+            ),
             Middleware(BodyLimit, max_bytes=ej.config.server.max_body_bytes),
             Middleware(OpenOnFirstRequest, ej=ej),
         ],

@@ -1,14 +1,16 @@
-"""Pure ASGI middleware: the request body limit, the security headers, and opening the
-database for an app whose lifespan did not run."""
+"""Pure ASGI middleware: the Host allow-list, the request body limit, the security headers,
+and opening the database for an app whose lifespan did not run."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgejobs.api.errors import error_response
 from edgejobs.errors import EdgeJobsError, PayloadTooLarge
+from edgejobs.hosts import host_allowed, host_name
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
@@ -60,6 +62,46 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class AllowedHosts:
+    """Answers 400 ``host_not_allowed`` to a request whose ``Host`` header names no host in
+    ``patterns`` (see :func:`edgejobs.hosts.allowed_patterns`; None allows any host).
+
+    This is what stops DNS rebinding (:mod:`edgejobs.hosts`). A request without a ``Host``
+    header (HTTP/1.0) passes: browsers always send one, so it cannot come from a rebinding
+    page, and a plain client on the machine keeps working.
+    """
+
+    def __init__(self, app: ASGIApp, patterns: tuple[str, ...] | None) -> None:
+        self.app = app
+        self.patterns = patterns
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check every ``Host`` header, then serve."""
+        if self.patterns is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for key, value in scope.get("headers", []):
+            if key != b"host":
+                continue
+            header = value.decode("latin-1")
+            name = host_name(header)
+            if name is not None and host_allowed(name, self.patterns):
+                continue
+            shown = json.dumps(header if len(header) <= 100 else header[:100] + "...")
+            if name is None:
+                message = f"malformed Host header {shown}"
+            else:
+                message = (
+                    f"this server does not answer to the host name {json.dumps(name)} (Host:"
+                    f" {shown}); to allow it, add it to [server] allowed_hosts (or"
+                    " EDGEJOBS_ALLOWED_HOSTS)"
+                )
+            response = error_response(400, "host_not_allowed", message)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyLimit:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import resource
@@ -37,7 +36,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from edgejobs import demo
-from edgejobs.api.app import begin_shutdown
+from edgejobs.api.app import begin_shutdown, create_app
 from edgejobs.app import EdgeJobs
 from edgejobs.cli.runner import (
     add_stop_handlers,
@@ -45,6 +44,7 @@ from edgejobs.cli.runner import (
     remove_stop_handlers,
     run_abandoning,
 )
+from edgejobs.hosts import is_loopback
 from edgejobs.logs import RepeatLimiter
 
 log = logging.getLogger("edgejobs")
@@ -179,16 +179,6 @@ def _address(server: uvicorn.Server, host: str) -> str:
     return f"http://{shown}:{port}/"
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (``[server] host``) listens on this machine's loopback only."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name (or "" = every interface): it may resolve anywhere
-        return False
-
-
 async def _when_listening(server: uvicorn.Server, ej: EdgeJobs, demo_secret: str | None) -> None:
     """Once the port is bound: start the workers, and say where the server listens."""
     # uvicorn exposes only a flag for "listening", no event to wait on.
@@ -256,7 +246,8 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
         await ej.start(run_workers=False)
         if stopped_while_starting:
             return 0
-        app = ej.asgi_app()
+        # The bound address decides the default Host allow-list (loopback names on loopback).
+        app = create_app(ej, listen_host=ej.config.server.host)
         config = uvicorn.Config(
             app,
             host=ej.config.server.host,

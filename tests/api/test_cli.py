@@ -215,12 +215,17 @@ def test_serve_behind_a_proxy_that_strips_a_prefix_and_ends_tls(
     its server; the proxy's X-Forwarded-Proto (trusted from loopback) makes the cookies
     Secure."""
     config = Path(child_env["EDGEJOBS_CONFIG"])
-    config.write_text(config.read_text() + '[server]\nroot_path = "/jobs"\n')
+    config.write_text(
+        config.read_text() + '[server]\nroot_path = "/jobs"\nallowed_hosts = ["box.local"]\n'
+    )
     secret = _token_secret(tmp_path, child_env, "viewer")
     server = Serving([], child_env, tmp_path)
     try:
         server.wait_ready()
-        document = httpx.get(server.url + "/api/v1/openapi.json").json()
+        # The proxy forwards the public name (nginx's `proxy_set_header Host $host`).
+        document = httpx.get(
+            server.url + "/api/v1/openapi.json", headers={"Host": "box.local"}
+        ).json()
         assert document["servers"] == [{"url": "/jobs"}]
         login = httpx.post(
             server.url + "/login",
@@ -230,6 +235,24 @@ def test_serve_behind_a_proxy_that_strips_a_prefix_and_ends_tls(
         assert login.status_code == 200
         cookies = login.headers.get_list("set-cookie")
         assert len(cookies) == 2 and all("; secure" in c.lower() for c in cookies), cookies
+    finally:
+        code, _, err = server.stop()
+    assert code == 0, err
+
+
+def test_serve_on_loopback_answers_loopback_host_names_only(
+    tmp_path: Path, child_env: dict[str, str]
+) -> None:
+    """DNS rebinding: a page of another site, its name re-pointed at 127.0.0.1, must not read
+    the unauthenticated routes; the browser sends that site's name as Host."""
+    server = Serving([], child_env, tmp_path)
+    try:
+        server.wait_ready()
+        rebound = httpx.get(server.url + "/metrics", headers={"Host": "evil.example:8000"})
+        assert rebound.status_code == 400
+        assert "[server] allowed_hosts" in rebound.json()["error"]["message"]
+        for host in ("localhost", f"127.0.0.1:{server.port}"):
+            assert httpx.get(server.url + "/metrics", headers={"Host": host}).status_code == 200
     finally:
         code, _, err = server.stop()
     assert code == 0, err

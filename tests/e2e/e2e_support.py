@@ -153,7 +153,13 @@ class Server:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH", "")) if p)
         env["EDGEJOBS_E2E_GATES"] = str(self.gates)
-        for name in ("EDGEJOBS_CONFIG", "EDGEJOBS_DB", "EDGEJOBS_HOST", "EDGEJOBS_PORT"):
+        for name in (
+            "EDGEJOBS_CONFIG",
+            "EDGEJOBS_DB",
+            "EDGEJOBS_HOST",
+            "EDGEJOBS_PORT",
+            "EDGEJOBS_ALLOWED_HOSTS",
+        ):
             env.pop(name, None)
         return env
 
