@@ -14,6 +14,7 @@ from typing import Any
 
 from edgejobs.app import EdgeJobs
 from edgejobs.config import config_path, default_config_text, load_config
+from edgejobs.store.db import PRIVATE_FILE_MODE
 
 log = logging.getLogger("edgejobs")
 
@@ -38,10 +39,16 @@ def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None])
 
 def run_init(args: argparse.Namespace) -> int:
     """Write the default config where every other command looks for it (``--config``, else
-    ``$EDGEJOBS_CONFIG``, else ``./edgejobs.toml``); never overwrite an existing file."""
+    ``$EDGEJOBS_CONFIG``, else ``./edgejobs.toml``); never overwrite an existing file.
+
+    The file is created readable by its owner only, like the database: it may come to hold
+    ``[server] metrics_token``.
+    """
     target = config_path(getattr(args, "config", None))
     try:
-        with target.open("x", encoding="utf-8") as handle:
+        # O_EXCL: an existing file is never overwritten (FileExistsError below).
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with open(fd, "w", encoding="utf-8") as handle:
             handle.write(default_config_text())
     except FileExistsError:
         print(f"edgejobs: {target} already exists; not overwriting it", file=sys.stderr)

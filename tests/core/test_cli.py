@@ -11,7 +11,9 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -155,6 +157,17 @@ def test_init_writes_a_config_that_loads_and_never_overwrites(
     monkeypatch.chdir(tmp_path)
     assert main(["init"]) == 0
     assert load_config(tmp_path / "edgejobs.toml", environ={}).runner.workers >= 1
+
+
+def test_init_writes_a_file_only_its_owner_can_read(tmp_path: Path) -> None:
+    """It may come to hold `[server] metrics_token`: not readable by every local user."""
+    target = tmp_path / "edgejobs.toml"
+    previous = os.umask(0o022)  # the usual umask, under which a plain open() gives 0644
+    try:
+        assert main(["init", "--config", str(target)]) == 0
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
 def test_init_writes_the_file_named_by_edgejobs_config(
