@@ -4,6 +4,7 @@ and opening the database for an app whose lifespan did not run."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -11,9 +12,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgejobs.api.errors import error_response
 from edgejobs.errors import EdgeJobsError, PayloadTooLarge
 from edgejobs.hosts import host_allowed, host_name
+from edgejobs.logs import RepeatLimiter
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
+
+_log = logging.getLogger("edgejobs.api")
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -76,6 +80,10 @@ class AllowedHosts:
     def __init__(self, app: ASGIApp, patterns: tuple[str, ...] | None) -> None:
         self.app = app
         self.patterns = patterns
+        # Said in the log too: after an upgrade, a proxy that forwards its public name gets
+        # 400s, and the operator reads the log, not the browser's answer. Once a minute per
+        # name, so a rebinding page that keeps trying cannot flood it.
+        self._refusals = RepeatLimiter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Check every ``Host`` header, then serve."""
@@ -98,6 +106,7 @@ class AllowedHosts:
                     f" {shown}); to allow it, add it to [server] allowed_hosts (or"
                     " EDGEJOBS_ALLOWED_HOSTS)"
                 )
+            self._refusals.warning(_log, "refused a request: %s", message)
             response = error_response(400, "host_not_allowed", message)
             await response(scope, receive, send)
             return

@@ -151,3 +151,18 @@ async def test_over_a_real_server(tmp_path: Path, request_bytes: bytes, expected
         assert expected in await raw_status(url, request_bytes)
         async with httpx.AsyncClient() as client:  # as the SSE and dashboard tests connect
             assert (await client.get(url + "/api/v1/openapi.json")).status_code == 200
+
+
+async def test_a_refused_host_name_is_logged_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The operator of a proxy that forwards an unlisted name reads why in the log; a page
+    that keeps retrying does not flood it."""
+    async with app_of(tmp_path, "127.0.0.1") as app:
+        with caplog.at_level("WARNING", logger="edgejobs.api"):
+            for _ in range(5):
+                assert await status(app, "jobs.example.com") == 400
+    refusals = [r.getMessage() for r in caplog.records if "refused a request" in r.getMessage()]
+    assert len(refusals) == 1, refusals
+    assert '"jobs.example.com"' in refusals[0]
+    assert "[server] allowed_hosts" in refusals[0]
