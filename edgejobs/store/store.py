@@ -44,6 +44,7 @@ class Store:
         self.reader = Reader(self.path, self.pragmas, threads=read_threads)
         self.point_reader = PointReader(self.path, self.pragmas)
         self._opened = False
+        self._closed = False
 
     def prepare(self) -> int:
         """Check SQLite, create the file, set WAL and apply migrations (synchronous, idempotent)."""
@@ -76,6 +77,9 @@ class Store:
                 # this loop may run on another one: the next point read opens a new one.
                 self.point_reader.close()
             return
+        if self._closed:
+            # close() shut the reader pool down for good.
+            raise EdgeJobsError("the store is closed")
         await loop.run_in_executor(None, self.prepare)
         self.writer.start(loop)
         self._opened = True
@@ -85,6 +89,7 @@ class Store:
         if not self._opened:
             return
         self._opened = False
+        self._closed = True
         await self.writer.close()
         self.point_reader.close()
         await asyncio.get_running_loop().run_in_executor(None, self.reader.close)
@@ -94,20 +99,44 @@ class Store:
         """Whether ``open`` has run and ``close`` has not."""
         return self._opened
 
+    def _check_open(self) -> None:
+        """Raise unless :meth:`open` has run and :meth:`close` has not.
+
+        A read connection is opened at a reader's first read: before ``open`` that created
+        an empty database file (and then failed with "not in WAL mode"); after ``close`` it
+        failed with "cannot schedule new futures after shutdown".
+        """
+        if self._opened:
+            return
+        if self._closed:
+            raise EdgeJobsError("the store is closed")
+        raise EdgeJobsError(
+            f"the database {self.path} is not open: call `await ej.open()` (or use"
+            " `async with ej`) first"
+        )
+
     async def write(self, op: WriteOp[T]) -> T:
-        """Run ``op(conn, tx)`` in the next group commit; return its result after COMMIT."""
+        """Run ``op(conn, tx)`` in the next group commit; return its result after COMMIT.
+
+        :class:`~edgejobs.errors.EdgeJobsError` when the store is not open.
+        """
+        self._check_open()
         return await self.writer.submit(op)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` in one read transaction on a reader thread."""
+        """Run ``fn(conn)`` in one read transaction on a reader thread.
+
+        :class:`~edgejobs.errors.EdgeJobsError` when the store is not open (nothing is
+        created on disk).
+        """
+        self._check_open()
         return await self.reader.run(fn)
 
     async def read_point(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn(conn)``, a lookup of one row by its key, in one read transaction on the
         calling thread (see :class:`~edgejobs.store.db.PointReader`); through a reader
         thread when SQLite is busy there."""
-        if not self._opened:
-            raise EdgeJobsError("the store is closed")
+        self._check_open()
         done, value = self.point_reader.try_run(fn)
         if done:
             return value  # type: ignore[return-value]  # fn's result, not the placeholder

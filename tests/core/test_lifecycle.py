@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import stat
 import threading
 from contextlib import closing
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from ej_testkit import count_drift
 
 from edgejobs import EdgeJobs, Status
-from edgejobs.errors import EdgeJobsError, ShuttingDown
+from edgejobs.errors import EdgeJobsError, NotFound, ShuttingDown
 
 
 async def _double(ctx: Any, params: dict[str, Any]) -> int:
@@ -73,6 +74,38 @@ async def test_a_closed_instance_says_so_instead_of_failing_deep_inside(
     # The database is intact: a new instance opens it and finds the job.
     async with _app(tmp_path / "jobs.db") as fresh:
         assert (await fresh.wait(job.id, timeout=10)).result == 2
+
+
+async def test_the_store_refuses_reads_and_writes_before_open_and_creates_no_file(
+    tmp_path: Path,
+) -> None:
+    """A read connection is opened at the first read: before ``open`` that read created an
+    empty database file (and failed with "not in WAL mode"); after ``close`` it failed with
+    "cannot schedule new futures after shutdown"."""
+    path = tmp_path / "jobs.db"
+    ej = _app(path)
+    calls = {
+        "read": lambda: ej.store.read(lambda conn: conn.execute("SELECT 1").fetchone()),
+        "read_point": lambda: ej.store.read_point(lambda conn: 1),
+        "write": lambda: ej.store.write(lambda conn, tx: 1),
+    }
+    for name, call in calls.items():
+        with pytest.raises(EdgeJobsError, match=r"is not open: call `await ej.open\(\)`"):
+            await call()
+        assert list(tmp_path.iterdir()) == [], name
+    # The instance's own entry points open the database first, as a proper one.
+    with pytest.raises(NotFound):
+        await ej.get("ej_missing")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert await calls["read"]() is not None
+    await ej.close()
+    for call in calls.values():
+        with pytest.raises(EdgeJobsError, match="the store is closed"):
+            await call()
+    with pytest.raises(EdgeJobsError, match="the store is closed"):
+        await ej.store.open()
 
 
 def _job_count(path: Path) -> int:
