@@ -23,7 +23,7 @@ from edgejobs.api.openapi import ORG_PARAM, Operation
 from edgejobs.api.schemas import Health, JobTypeList, Stats, Timeseries, Whoami
 from edgejobs.errors import EdgeJobsError
 from edgejobs.models import iso_ms
-from edgejobs.runner.maintenance import HEALTH_DB_TIMEOUT_S, extend_health
+from edgejobs.runner.maintenance import HEALTH_DB_TIMEOUT_S, HEALTH_WRITE_WAIT_S, extend_health
 from edgejobs.store import events as events_store
 from edgejobs.store import stats as stats_store
 
@@ -55,30 +55,34 @@ async def health(ej: EdgeJobs) -> tuple[int, dict[str, Any]]:
     except Exception as exc:  # any failure is the answer here, not a crash
         body.update(status="unavailable", database=f"error: {type(exc).__name__}: {exc}"[:300])
     if body["status"] == "ok":
-        _check_writes(ej, body)
+        await _check_writes(ej, body)
     if ej.stopping and body["status"] == "ok":
         body["status"] = "unavailable"
     extend_health(ej, body)  # tick staleness, file sizes, the reasons for a 503
     return (200 if body["status"] == "ok" else 503), body
 
 
-def _check_writes(ej: EdgeJobs, body: dict[str, Any]) -> None:
+async def _check_writes(ej: EdgeJobs, body: dict[str, Any]) -> None:
     """Unavailable while writes fail: a full disk or another process holding the write lock
     past the busy timeout stops every job, yet the read above still answers."""
     failure = ej.store.writer.last_failure
-    if failure is None:
-        return
-    at, error = failure
-    age = time.monotonic() - at
     settings = ej.maintenance.settings
     # Recent: within the time a stalled tick is given. Whoever failed retries sooner than
     # that (the pool every half second, the tick every interval), so a lasting failure keeps
     # this answer; once writes go through again it ends within that time.
-    if age <= settings.health_tick_factor * settings.tick_interval_s:
-        body.update(
-            status="unavailable",
-            database=f"{error.code}: {error.message} (a write failed {age:.1f} s ago)",
-        )
+    if failure is None or time.monotonic() - failure[0] > (
+        settings.health_tick_factor * settings.tick_interval_s
+    ):
+        # An idle runner writes nothing that could fail: the probe writes (see WriteProbe).
+        failure = await ej.maintenance.write_probe.check(HEALTH_WRITE_WAIT_S)
+        if failure is None:
+            return
+    at, error = failure
+    age = time.monotonic() - at
+    body.update(
+        status="unavailable",
+        database=f"{error.code}: {error.message} (a write failed {age:.1f} s ago)",
+    )
 
 
 async def healthz(request: Request) -> Response:

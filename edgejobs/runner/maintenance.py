@@ -22,14 +22,16 @@ No SQL here: the statements live in :mod:`edgejobs.store.maintenance` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import sqlite3
+import time
 from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from edgejobs.errors import out_of_resources
+from edgejobs.errors import DatabaseBusy, out_of_resources
 from edgejobs.logs import RepeatLimiter
 from edgejobs.runner.executor import abandoned_tasks, abandoned_threads
 from edgejobs.store import Store
@@ -123,6 +125,8 @@ class Maintenance:
         self.vacuumed_pages_total = 0
         self._events_trimmed_at: int | None = None
         self._vacuum_looked: tuple[int, int] | None = None  # (rows changed, tick time in ms)
+        self.write_probe = WriteProbe(store)
+        """The health check's write probe (see :class:`WriteProbe`)."""
 
     def loop_changed(self) -> None:
         """Start afresh in another event loop (a client moved on to the next one): an asyncio
@@ -333,6 +337,61 @@ class Maintenance:
 
 HEALTH_DB_TIMEOUT_S = 2.0
 """How long ``/healthz`` waits for its database query before answering 503."""
+HEALTH_WRITE_WAIT_S = 0.2
+"""How long ``/healthz`` waits for its write probe before answering from the previous one."""
+
+
+def _nothing(conn: sqlite3.Connection, tx: WriteTx) -> None:
+    """An operation that writes nothing: its transaction only takes the write lock."""
+
+
+class WriteProbe:
+    """An empty write transaction, run when ``/healthz`` is asked: can a write take the lock?
+
+    An idle runner writes nothing for up to a quiet tick sleep, so another process holding
+    the write lock (a ``sqlite3`` shell left in ``BEGIN IMMEDIATE``, a long backup or vacuum)
+    went unnoticed: ``/healthz`` answered 200 while every submission waited the busy timeout
+    and failed. The probe goes through the writer like a submission, so it fails exactly when
+    one would: after the busy timeout. It runs only when ``/healthz`` is asked (an idle runner
+    gets no wake-up of its own), one at a time; on a busy runner it joins the writer's next
+    transaction. Its COMMIT changes nothing: no WAL frame, no wake-up of other processes.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._pending: asyncio.Task[None] | None = None
+        self.failure: tuple[float, DatabaseBusy] | None = None
+        """When (``time.monotonic()``) and why the last finished probe could not take the
+        write lock; None when it could."""
+
+    async def check(self, wait_s: float) -> tuple[float, DatabaseBusy] | None:
+        """Start a probe unless one is on its way, wait up to ``wait_s`` for it, and return
+        the outcome of the last one that finished (a failure; None: the lock was taken)."""
+        pending = self._pending
+        if (
+            pending is None
+            or pending.done()
+            or pending.get_loop() is not asyncio.get_running_loop()
+        ):
+            pending = self._pending = asyncio.get_running_loop().create_task(self._probe())
+        # Shielded: a probe still waiting for the lock goes on after this answer; its outcome
+        # is the next answer's (it fails only after the busy timeout, longer than a probe
+        # of the health check may wait).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pending), wait_s)
+        return self.failure
+
+    async def _probe(self) -> None:
+        try:
+            await self._store.write(_nothing)
+        except DatabaseBusy as exc:
+            self.failure = (time.monotonic(), exc)
+        except Exception:
+            # Not a lock held elsewhere (a closed store, no descriptor left): the health
+            # check's read and the writes that fail report those; the last outcome stands.
+            return
+        else:
+            self.failure = None
 
 
 def tick_age_s(ej: EdgeJobs) -> float | None:

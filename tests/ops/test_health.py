@@ -224,6 +224,44 @@ async def test_healthz_is_503_while_writes_fail_and_names_the_cause(
         await ej.close()
 
 
+async def healthz_until(client: httpx.AsyncClient, status: int) -> httpx.Response:
+    """Ask ``/healthz`` until it answers ``status`` (AssertionError after 10 s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while (response := await client.get("/healthz")).status_code != status:
+        assert loop.time() < deadline, response.text
+        await asyncio.sleep(0.05)
+    return response
+
+
+async def test_healthz_of_a_runner_that_writes_nothing_sees_the_lock_held_elsewhere(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """An idle runner writes nothing (a quiet tick loop sleeps up to 30 s; this stepped one
+    never ticks), so another process holding the write lock went unnoticed: 200 while every
+    submission waited the busy timeout and failed. Health's own empty write notices."""
+    ej = make_app(db_path, clock, database={"busy_timeout_ms": 50})
+    await ej.start(run_workers=False)
+    try:
+        async with http_client(ej) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            other = connect(db_path)
+            other.execute("BEGIN IMMEDIATE")  # a sqlite3 shell left in a transaction
+            try:
+                body = (await healthz_until(client, 503)).json()
+                with pytest.raises(DatabaseBusy):  # what the 503 is about
+                    await ej.submit("quick", org="acme", params={})
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            assert body["database"].startswith("database_busy: ")
+            assert any("database_busy" in reason for reason in body["reasons"])
+            assert (await healthz_until(client, 200)).json()["database"] == "ok"
+            await ej.submit("quick", org="acme", params={})
+    finally:
+        await ej.close()
+
+
 async def test_healthz_is_503_while_shutting_down(ej: EdgeJobs, client: httpx.AsyncClient) -> None:
     await ej.stop(grace_s=0)
     response = await client.get("/healthz")
