@@ -131,7 +131,22 @@ class RepeatLimiter:
 
     def warning(self, logger: logging.Logger, msg: str, *args: Any) -> None:
         """``logger.warning(msg, *args)``, unless the same text was logged within the interval."""
-        text = msg % args if args else msg
+        self._log(logger, logging.WARNING, msg % args if args else msg, None)
+
+    def error(
+        self,
+        logger: logging.Logger,
+        msg: str,
+        *args: Any,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        """``logger.error(msg, *args)`` limited like :meth:`warning`; ``exc_info``'s traceback
+        goes with the first line only (the same failure again has the same one)."""
+        self._log(logger, logging.ERROR, msg % args if args else msg, exc_info)
+
+    def _log(
+        self, logger: logging.Logger, level: int, text: str, exc_info: BaseException | None
+    ) -> None:
         key = (logger.name, text)
         now = self._clock()
         seen = self._seen.get(key)
@@ -141,10 +156,12 @@ class RepeatLimiter:
         if len(self._seen) >= self._MAX_KEYS:
             self._seen.clear()
         self._seen[key] = (now, 0)
-        if seen is not None and seen[1]:
-            logger.warning("%s (%d more times in the last %.0f s)", text, seen[1], now - seen[0])
+        if seen is None:
+            logger.log(level, "%s", text, exc_info=exc_info)
+        elif seen[1]:
+            logger.log(level, "%s (%d more times in the last %.0f s)", text, seen[1], now - seen[0])
         else:
-            logger.warning("%s", text)
+            logger.log(level, "%s", text)
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:

@@ -135,6 +135,8 @@ class Ticker:
         self._last_retention_ms: int | None = None
         self.extra_tasks: list[TickTask] = []
         self._repeats = RepeatLimiter()
+        self._failures = RepeatLimiter()  # ticks that fail, a fresh one after each recovery
+        self._failed_ticks = 0  # in a row, up to the last tick
         self.last_tick_monotonic: float | None = None
         self.last_progress_monotonic: float | None = None
         """When a retention batch last committed: a long prune is progress, not a hang."""
@@ -379,11 +381,34 @@ class Ticker:
         while not self._stopping.is_set():
             try:
                 await self.tick()
-            except EdgeJobsError as exc:  # a locked or full database: once a minute
-                self._repeats.warning(log, "tick failed: %s", exc)
-            except Exception:
-                log.exception("tick failed")
+            except Exception as exc:
+                self._tick_failed(exc)
+            else:
+                self._tick_succeeded()
             await self._sleep(self.quiet_sleep_s())
+
+    def _tick_failed(self, exc: Exception) -> None:
+        """Log a failed tick; the same failure again at most once a minute, with its count.
+
+        A failing tick is followed by another one interval later, so a lasting cause (no
+        memory left, a bug hit on every tick) wrote a whole traceback per tick; a locked or
+        full database (an EdgeJobsError) is said without one.
+        """
+        self._failed_ticks += 1
+        if isinstance(exc, EdgeJobsError):  # a locked or full database: no traceback
+            self._failures.warning(log, "tick failed: %s", exc)
+            return
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._failures.error(log, "tick failed: %s", what, exc_info=exc)
+
+    def _tick_succeeded(self) -> None:
+        """After failed ticks: say that ticks go through again, and start afresh (the next
+        failure is logged in full at once)."""
+        if not self._failed_ticks:
+            return
+        log.info("ticks go through again after %d failed tick(s)", self._failed_ticks)
+        self._failed_ticks = 0
+        self._failures = RepeatLimiter()
 
     def stop(self) -> None:
         """Make :meth:`run` return after the current tick."""

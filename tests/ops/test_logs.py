@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from ej_testkit import unexpected_tracebacks
+from ej_testkit import poll_until, unexpected_tracebacks
 from ops_support import connect, make_app
 
 from edgejobs import logs
@@ -277,6 +277,46 @@ def test_a_recurring_warning_is_logged_once_a_minute_with_its_count() -> None:
     assert lines[1].endswith("write failed: the disk is full (59 more times in the last 60 s)")
     assert lines[2].endswith("write failed: the disk is full (59 more times in the last 60 s)")
     assert lines[3].endswith("write failed: something else")
+
+
+async def test_a_tick_failing_the_same_way_logs_its_traceback_once_then_its_recovery(
+    db_path: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tick that raised (no memory left, a bug hit every time) logged a full traceback per
+    tick; a failed tick is followed by another one interval later."""
+    caplog.set_level(logging.INFO, logger="edgejobs.ticks")
+    ej = make_app(db_path, clock, runner={"tick_interval_s": 0.02})
+    raised = [0]
+    failing = [True]
+
+    async def out_of_memory(now_ms: int) -> None:
+        if failing[0]:
+            raised[0] += 1
+            raise MemoryError
+
+    await ej.start()
+    try:
+        assert ej.ticker is not None
+        ej.ticker.extra_tasks.append(out_of_memory)
+        await poll_until(lambda: raised[0] >= 6, timeout=10, interval=0.005, message="no tick ran")
+        failing[0] = False
+
+        def said(text: str) -> list[logging.LogRecord]:
+            return [r for r in caplog.records if text in r.getMessage()]
+
+        await poll_until(
+            lambda: bool(said("ticks go through again")),
+            timeout=10,
+            interval=0.005,
+            message="no recovery line",
+        )
+    finally:
+        await ej.close()
+    failed = said("tick failed")
+    assert [r.getMessage() for r in failed] == ["tick failed: MemoryError"]
+    assert failed[0].levelno == logging.ERROR and failed[0].exc_info is not None
+    (recovered,) = said("ticks go through again")
+    assert recovered.getMessage() == f"ticks go through again after {raised[0]} failed tick(s)"
 
 
 async def test_a_runner_that_cannot_write_does_not_flood_the_log(
