@@ -26,7 +26,7 @@ from edgejobs.logs import RepeatLimiter, job_fields
 from edgejobs.models import Outcome, Status
 from edgejobs.retry import RetryPolicy
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
-from edgejobs.runner.executor import AsyncRun, Execution, execute, failure
+from edgejobs.runner.executor import AsyncRun, Deadlines, Execution, execute, failure
 from edgejobs.runner.progress import ProgressCoalescer
 from edgejobs.runner.registry import JobType, Registry, is_async_handler
 from edgejobs.store import Store
@@ -263,6 +263,7 @@ class Pool:
         self._registry = registry
         self._clock = clock
         self.settings = settings
+        self._deadlines = Deadlines()  # the async runs' timeouts, on one timer
         self._repeats = RepeatLimiter()  # write failures that recur while the cause lasts
         self._attempts: dict[str, _Attempt] = {}
         self._occupied = 0
@@ -611,6 +612,7 @@ class Pool:
                     timeout_s=job_type.timeout_s,
                     max_result_bytes=self.settings.max_result_bytes,
                     on_end=on_end,
+                    deadlines=self._deadlines,
                 )
                 attempt.task = attempt.run.task
                 return

@@ -17,6 +17,9 @@ from core_support import db_attempts, db_job
 from ej_testkit import poll_until
 
 from edgejobs import EdgeJobs, Status
+from edgejobs.models import Outcome
+from edgejobs.runner.context import JobContext
+from edgejobs.runner.executor import AsyncRun, Deadlines
 
 
 async def test_a_stop_past_its_grace_requeues_a_handler_that_ignores_cancellation(
@@ -144,3 +147,68 @@ async def test_a_thread_handler_that_returned_as_the_grace_ran_out_is_written_as
     assert row["status"] == "completed", row["status"]
     assert [a["outcome"] for a in db_attempts(path, job.id)] == ["completed"]
     assert calls == [1]
+
+
+async def test_runs_sharing_the_deadline_timer_each_time_out_at_their_own_deadline() -> None:
+    """Async runs watch their deadlines on one timer (``Deadlines``): each still ends at its own
+    deadline whatever the runs before it did, handlers that return are not timed out, a long
+    run at the front does not keep the ended runs behind it, and with no run left the timer
+    is gone (an idle loop is not woken)."""
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines()
+    ends: dict[int, tuple[float, Outcome]] = {}
+    starts: dict[int, float] = {}
+    timeouts: dict[int, float] = {}
+
+    async def never(ctx: Any, params: dict[str, Any]) -> None:
+        await asyncio.Event().wait()
+
+    async def quick(ctx: Any, params: dict[str, Any]) -> None:
+        await asyncio.sleep(0.02)
+
+    def start(i: int, handler: Any, timeout_s: float) -> AsyncRun:
+        starts[i], timeouts[i] = loop.time(), timeout_s
+        ctx = JobContext(
+            job_id=f"job-{i}",
+            org="acme",
+            job_type="t",
+            attempt=1,
+            parent_results={},
+            sink=lambda percent, message: None,
+        )
+        return AsyncRun(
+            handler,
+            ctx,
+            {},
+            timeout_s=timeout_s,
+            max_result_bytes=1000,
+            on_end=lambda execution: ends.__setitem__(i, (loop.time(), execution.outcome)),
+            deadlines=deadlines,
+        )
+
+    # A long run at the front, then interleaved runs of two timeouts, some of which return.
+    long_run = start(0, never, 60.0)
+    for i in range(1, 31):
+        start(i, quick if i % 3 == 0 else never, (0.3, 0.6)[i % 2])
+        await asyncio.sleep(0.01)
+    for i in range(31, 331):  # many short runs behind the long one: the deque stays short
+        start(i, quick, 60.0)
+        if i % 10 == 0:
+            await asyncio.sleep(0.03)
+    await poll_until(
+        lambda: len(ends) == 330, timeout=10, interval=0.01, message="not every run ended"
+    )
+    assert len(deadlines._queues[60.0]) <= 2 * 331 // 10 + 64
+
+    for i in range(1, 331):
+        ended_at, outcome = ends[i]
+        if i % 3 == 0 or i > 30:
+            assert outcome is Outcome.COMPLETED, i
+            assert ended_at < starts[i] + timeouts[i]
+        else:
+            assert outcome is Outcome.TIMED_OUT, i
+            assert starts[i] + timeouts[i] <= ended_at < starts[i] + timeouts[i] + 0.5, i
+    assert 0 not in ends and deadlines._timer is not None  # the long run is still watched
+    long_run.abort()
+    assert ends[0][1] is Outcome.CANCELED
+    assert deadlines._timer is None and not deadlines._queues
