@@ -272,6 +272,13 @@ async def serve(ej: EdgeJobs, *, demo_mode: bool = False) -> int:
                 " 127.0.0.1), or keep this network private",
                 ej.config.server.host or "every interface",
             )
+            if ej.config.server.allowed_hosts is None:
+                # Off the loopback the unset list answers any Host (deployments behind a proxy
+                # keep working), so nothing stops DNS rebinding: said once, with the fix.
+                log.warning(
+                    "[server] allowed_hosts is not set: answering requests for any host name;"
+                    " set it to the names clients use (DNS rebinding, docs/http.md)"
+                )
         secret = None
         if demo_mode:
             secret = await demo.create_token(ej)

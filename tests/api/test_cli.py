@@ -320,6 +320,18 @@ def test_serve_off_the_loopback_warns_that_it_speaks_plain_http(
     assert code == 0, err[-2000:]
     warnings = [line for line in err.splitlines() if "WARNING" in line and "without TLS" in line]
     assert len(warnings) == 1 and "0.0.0.0" in warnings[0], err[-2000:]
+    unlisted = [line for line in err.splitlines() if "allowed_hosts is not set" in line]
+    assert len(unlisted) == 1 and "WARNING" in unlisted[0], err[-2000:]
+    # With the list set, only the plain-HTTP warning remains.
+    listed = Serving(
+        ["--host", "0.0.0.0"], {**child_env, "EDGEJOBS_ALLOWED_HOSTS": "box.local"}, tmp_path
+    )
+    try:
+        listed.wait_ready()
+    finally:
+        code, _, err = listed.stop(timeout=30)
+    assert code == 0, err[-2000:]
+    assert "without TLS" in err and "allowed_hosts is not set" not in err, err[-2000:]
 
 
 def test_only_loopback_hosts_count_as_local() -> None:
