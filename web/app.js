@@ -52,7 +52,7 @@
     route: { view: "jobs", filters: emptyFilters() },
     // `arrived`: job events received while a page loads, applied again on top of its answer.
     list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map(), arrived: null,
-      search: { pending: new Set(), busy: false, last: 0 } },   // new jobs a text search must check
+      search: { pending: new Map(), busy: false, last: 0 } },   // new jobs a text search must check (id → newest event)
     // `arrived` (here and in `dead`): as in `list`, events received while the view loads.
     detail: { seq: 0, id: null, job: null, arrived: null, attemptsSeq: 0 },
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set(), arrived: null },
@@ -780,7 +780,7 @@
     // New jobs appear at the top of the first page only.
     if (list.cursor || list.rows.size >= MAX_LIVE_ROWS) return;
     if (state.route.filters.q) {
-      listAddSearched(job.id);   // only the server can tell whether a job matches a text search
+      listAddSearched(job);   // only the server can tell whether a job matches a text search
       return;
     }
     if (!matchesFilters(job, state.route.filters)) return;
@@ -790,10 +790,13 @@
   /** New jobs while a text search is active: the server says whether they match (its search
    * runs on the stored JSON, which the page cannot reproduce exactly: number spelling, escapes,
    * the error's stored fields), by listing the newest matches with the same filters. One such
-   * request at a time, at most one a second, for all the jobs that came meanwhile. */
-  function listAddSearched(id) {
+   * request at a time, at most one a second, for all the jobs that came meanwhile. Each job's
+   * newest event is kept until then: the listing is read at one moment, and the events that
+   * came while it was on its way are newer than what it says. */
+  function listAddSearched(job) {
     const search = state.list.search;
-    search.pending.add(id);
+    const known = search.pending.get(job.id);
+    if (!isOlder(job, known)) search.pending.set(job.id, job);
     if (!search.busy) checkSearched();
   }
 
@@ -806,7 +809,7 @@
         const wait = search.last + STATS_MIN_INTERVAL_MS - Date.now();
         if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
         const ids = search.pending;
-        search.pending = new Set();
+        search.pending = new Map();
         search.last = Date.now();
         const seq = list.seq;
         const query = filtersToQuery(state.route.filters);
@@ -819,7 +822,18 @@
         }
         if (seq !== list.seq || state.route.view !== "jobs" || list.cursor) continue;
         const found = ((page && page.items) || []).filter((job) => ids.has(job.id) && !list.rows.has(job.id));
-        for (const job of found.reverse()) listPrepend(job);   // newest ends on top
+        for (const listed of found.reverse()) {   // newest ends on top
+          // Shown as the newest of what the server listed and what the stream said before and
+          // while it was asked: the job's later events went here, not to a row, and would be
+          // lost under the listed state (a job shown `running` that had completed). Once it has
+          // a row, its events update that row.
+          let job = listed;
+          for (const seen of [ids.get(listed.id), search.pending.get(listed.id)]) {
+            if (seen && !isOlder(seen, job)) job = seen;
+          }
+          search.pending.delete(listed.id);
+          if (matchesFilters(job, state.route.filters)) listPrepend(job);
+        }
       }
     } finally {
       search.busy = false;

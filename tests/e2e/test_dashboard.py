@@ -536,6 +536,41 @@ def test_a_new_job_matching_the_text_search_appears_live(new_page: NewPage, org:
     assert_not_reloaded(page)
 
 
+def test_a_searched_job_that_ends_while_the_server_is_asked_shows_its_newest_state(
+    new_page: NewPage, org: Org, server: Server
+) -> None:
+    """With a text search, a new job is shown once the server's listing says it matches. The
+    job's events that came while that listing was on its way were dropped, so the job stayed
+    on screen in the listed, older state (`running` for a job long completed) until a reload."""
+    api = org.api()
+    page, _ = new_page()
+    sign_in(page, org.token("operator"), "#/jobs?q=late-check")
+    expect(page.locator("#jobs-body tr")).to_have_count(0)
+    held: list[tuple[Any, Any]] = []
+    search_url = re.compile(r".*/api/v1/jobs\?.*q=late-check.*")
+
+    def hold_the_first(route: Any) -> None:
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))  # the listing as the server answers it now
+
+    page.route(search_url, hold_the_first)
+    job_id = api.submit("exports.archive", {"bucket": "late-check"})
+    api.wait_status(job_id, "running")
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(10)
+    assert held, "the page did not ask the server whether the new job matches"
+    route, answer = held[0]
+    server.release(job_id)
+    api.wait_status(job_id, "completed")
+    event_reached(page, server, job_id)  # the job's last event reached the page first
+    route.fulfill(response=answer)
+    expect(row(page, job_id)).to_have_attribute("data-status", "completed")
+    assert_not_reloaded(page)
+
+
 @pytest.mark.parametrize("query", ["status=running", "status=running&q=nightly"])
 def test_a_job_that_stops_matching_the_filter_leaves_the_list(
     new_page: NewPage, org: Org, server: Server, query: str
