@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 
@@ -57,7 +58,7 @@ async def _populate(path: Path) -> None:
         )
     await ej.close()
     # Most jobs are long finished, as on a real appliance.
-    with connect(path) as conn:
+    with closing(connect(path)) as conn:
         conn.execute(
             "UPDATE jobs SET status = 'completed', finished_at = created_at WHERE seq % 10 != 0"
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +81,11 @@ def _job_object(text: str, row: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def conn(tmp_path: Path) -> sqlite3.Connection:
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     store = Store(tmp_path / "events.db")
     store.prepare()
-    return connect(store.path, store.pragmas)
+    with closing(connect(store.path, store.pragmas)) as conn:
+        yield conn
 
 
 def _store_row(conn: sqlite3.Connection, row: dict[str, Any]) -> dict[str, Any]:
