@@ -110,12 +110,14 @@ def allowed_patterns(
     proxy or by a LAN name keeps working.
     """
     local = list(LOOPBACK_NAMES)
+    on_loopback = False
     if listen_host is not None and is_loopback(listen_host):
+        on_loopback = True
         own = _name(listen_host)  # "127.0.0.2": the address clients then connect to
         if own is not None and own not in local:
             local.append(own)
     if configured is None:
-        return tuple(local) if listen_host is not None and is_loopback(listen_host) else None
+        return tuple(local) if on_loopback else None
     patterns = [normalize_pattern(entry) for entry in configured]
     if "*" in patterns:
         return None
