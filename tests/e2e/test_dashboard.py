@@ -46,10 +46,11 @@ def assert_not_reloaded(page: Page) -> None:
     assert page.evaluate("window.__e2eNoReload === true"), "the page reloaded"
 
 
-def hold_first_answer(page: Page, url: re.Pattern[str], token: str, hash_route: str) -> Any:
-    """Sign in at ``hash_route`` and hold the first request to ``url``: its answer is read
-    from the server now and handed to the browser only when the test calls
-    ``route.fulfill(response=answer)``; later requests pass. Returns ``(route, answer)``."""
+def hold_first(page: Page, url: re.Pattern[str]) -> list[tuple[Any, Any]]:
+    """Hold the first request to ``url`` from now on: its answer is read from the server when
+    it is made and handed to the browser only when the test calls
+    ``route.fulfill(response=answer)``; later requests pass. The list gets ``(route, answer)``
+    (see :func:`first_held`)."""
     held: list[tuple[Any, Any]] = []
 
     def hold_the_first(route: Any) -> None:
@@ -59,8 +60,11 @@ def hold_first_answer(page: Page, url: re.Pattern[str], token: str, hash_route: 
             held.append((route, route.fetch()))
 
     page.route(url, hold_the_first)
-    with page.expect_request(url):
-        sign_in(page, token, hash_route)
+    return held
+
+
+def first_held(page: Page, held: list[tuple[Any, Any]], url: re.Pattern[str]) -> Any:
+    """The ``(route, answer)`` :func:`hold_first` holds, once the page has made the request."""
     # Route handlers run while the test is inside a Playwright call: let this one run (and
     # read the answer) before the test changes anything.
     deadline = time.monotonic() + 10
@@ -68,6 +72,15 @@ def hold_first_answer(page: Page, url: re.Pattern[str], token: str, hash_route: 
         page.wait_for_timeout(10)
     assert held, f"no request to {url.pattern} reached the route"
     return held[0]
+
+
+def hold_first_answer(page: Page, url: re.Pattern[str], token: str, hash_route: str) -> Any:
+    """Sign in at ``hash_route`` and hold the first request to ``url`` (:func:`hold_first`).
+    Returns ``(route, answer)``."""
+    held = hold_first(page, url)
+    with page.expect_request(url):
+        sign_in(page, token, hash_route)
+    return first_held(page, held, url)
 
 
 def event_reached(page: Page, server: Server, job_id: str) -> None:
@@ -546,23 +559,11 @@ def test_a_searched_job_that_ends_while_the_server_is_asked_shows_its_newest_sta
     page, _ = new_page()
     sign_in(page, org.token("operator"), "#/jobs?q=late-check")
     expect(page.locator("#jobs-body tr")).to_have_count(0)
-    held: list[tuple[Any, Any]] = []
     search_url = re.compile(r".*/api/v1/jobs\?.*q=late-check.*")
-
-    def hold_the_first(route: Any) -> None:
-        if held:
-            route.continue_()
-        else:
-            held.append((route, route.fetch()))  # the listing as the server answers it now
-
-    page.route(search_url, hold_the_first)
+    held = hold_first(page, search_url)  # the page's check of the new job, answered as it runs
     job_id = api.submit("exports.archive", {"bucket": "late-check"})
     api.wait_status(job_id, "running")
-    deadline = time.monotonic() + 10
-    while not held and time.monotonic() < deadline:
-        page.wait_for_timeout(10)
-    assert held, "the page did not ask the server whether the new job matches"
-    route, answer = held[0]
+    route, answer = first_held(page, held, search_url)
     server.release(job_id)
     api.wait_status(job_id, "completed")
     event_reached(page, server, job_id)  # the job's last event reached the page first
