@@ -109,7 +109,10 @@ def test_login_live_list_progress_and_logout(new_page: NewPage, org: Org, server
         "request",
         lambda r: list_requests.append(r.url) if "/api/v1/jobs?" in r.url else None,
     )
-    sign_in(page, org.token("operator"))
+    # The list's first read waits for the event stream, so the counts can show before it is
+    # made: wait for that read itself, else it is counted as a fetch made later.
+    with page.expect_response(lambda r: "/api/v1/jobs?" in r.url):
+        sign_in(page, org.token("operator"))
     expect(page.get_by_test_id("count-completed")).to_have_text("0")
     requests_after_load = len(list_requests)
 
