@@ -91,6 +91,18 @@ class DatabaseBusy(EdgeJobsError):
     retry_after_s = 1
 
 
+class DatabaseReadOnly(DatabaseBusy):
+    """The database cannot be written by this process: its file or folder is read-only (file
+    permissions, an immutable flag, a read-only mount) or the file was moved away while open.
+
+    A :class:`DatabaseBusy` with its own code: like a held lock it refuses writes while reads
+    keep working, and the runner keeps what it could not write and retries it.
+    """
+
+    code = "database_read_only"
+    retry_after_s = 5
+
+
 class StorageFull(EdgeJobsError):
     """The disk (or the configured page limit) is full; nothing was written."""
 

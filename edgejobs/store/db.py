@@ -29,6 +29,7 @@ from typing import Any, Generic, Literal, TypeVar
 from edgejobs import faults
 from edgejobs.errors import (
     DatabaseBusy,
+    DatabaseReadOnly,
     EdgeJobsError,
     StorageFull,
     StoreTooOld,
@@ -174,14 +175,23 @@ def connect_writer(path: Path, pragmas: Pragmas) -> sqlite3.Connection:
 
 
 def translate(exc: sqlite3.Error) -> EdgeJobsError | None:
-    """Map SQLite's lock and disk-full errors to the errors the API reports (503 / 507), and a
-    file it could not open for want of a descriptor to :class:`OutOfResources` (503)."""
+    """Map SQLite's lock, read-only and disk-full errors to the errors the API reports (503 /
+    503 / 507), and a file it could not open for want of a descriptor to :class:`OutOfResources` (503)."""
     code = getattr(exc, "sqlite_errorcode", None)
     text = str(exc).lower()
     if code in (sqlite3.SQLITE_FULL,) or "database or disk is full" in text:
         return StorageFull("the disk is full: nothing was written")
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "database is locked" in text:
         return DatabaseBusy("the database is locked by another process; try again")
+    # SQLite opens a file it may not write read-only without a word (BEGIN IMMEDIATE and
+    # COMMIT still succeed): the first write says so, with an extended code in the low byte.
+    if (code is not None and code & 0xFF == sqlite3.SQLITE_READONLY) or (
+        "readonly database" in text
+    ):
+        return DatabaseReadOnly(
+            "the database file cannot be written (a read-only file, folder or mount, or the"
+            " file was moved away): nothing was written"
+        )
     return out_of_resources(exc)
 
 
@@ -341,7 +351,7 @@ def run_in_savepoint(
         conn.execute(release)
         if isinstance(exc, sqlite3.Error):
             translated = translate(exc)
-            if isinstance(translated, StorageFull):
+            if isinstance(translated, StorageFull | DatabaseReadOnly):
                 raise  # the whole transaction cannot proceed
             return False, translated or exc
         return False, exc

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from chaos_support import (
     wait_for,
 )
 
-from edgejobs import EdgeJobs, StorageFull
+from edgejobs import DatabaseReadOnly, EdgeJobs, StorageFull
 from edgejobs.faults import PAGES_VAR
 from edgejobs.store import migrations, tokens
 from edgejobs.store.store import Store
@@ -275,3 +277,68 @@ async def test_a_locked_database_answers_503_and_the_runner_resumes(
         db, tmp_path / "effects.db", live.acknowledged, max_retries={"c.big": 0, "c.fast": 2}
     )
     assert report["status_completed"] == 2
+
+
+@contextlib.contextmanager
+def _read_only(path: Path) -> Iterator[None]:
+    """Make ``path`` read-only for this process, honestly: root ignores permission bits, so
+    as root the file gets the immutable flag (skipped where the file system has none)."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        try:
+            yield
+        finally:
+            path.chmod(0o600)
+        return
+    if shutil.which("chattr") is None:
+        pytest.skip("root ignores permission bits and chattr is not installed")
+    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"cannot make {path} immutable here: {made.stderr.decode().strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_cli_on_a_read_only_database_says_so_in_one_line_and_still_reads(
+    tmp_path: Path,
+) -> None:
+    config = setup_folder(tmp_path, config_text())
+    asyncio.run(_create_db(config))
+    with _read_only(tmp_path / "jobs.db"):
+        submit = _cli(tmp_path, "submit", "c.fast", "--org", "acme", "--config", str(config))
+        assert "cannot be written" in _the_one_error_line(submit)
+        worker = _cli(tmp_path, "worker", "--config", str(config))
+        assert "cannot be written" in _the_one_error_line(worker)
+        stats = _cli(tmp_path, "stats", "--config", str(config))
+        assert stats.returncode == 0, stats.stderr
+    assert query(tmp_path / "jobs.db", "SELECT count(*) AS n FROM jobs")[0]["n"] == 0
+
+
+async def test_a_read_only_database_refuses_submits_with_503_not_500(tmp_path: Path) -> None:
+    config = setup_folder(tmp_path, config_text())
+    creator = EdgeJobs.from_config(config, environ={})
+    await creator.start(run_workers=False)
+    new = await creator.store.write(
+        partial(tokens.create_token, org="acme", role="operator", name="ops", now=0)
+    )
+    await creator.close()
+    with _read_only(tmp_path / "jobs.db"):
+        ej = EdgeJobs.from_config(config, environ={})
+        await ej.open()
+        try:
+            with pytest.raises(DatabaseReadOnly):
+                await ej.submit("c.fast", org="acme", params={})
+            transport = httpx.ASGITransport(app=ej.asgi_app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                refused = await c.post(
+                    "/api/v1/jobs",
+                    json={"job_type": "c.fast", "org": "acme"},
+                    headers={"Authorization": f"Bearer {new.secret}"},
+                )
+        finally:
+            await ej.close()
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"]["code"] == "database_read_only"
+    assert int(refused.headers["Retry-After"]) >= 1
