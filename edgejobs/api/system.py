@@ -77,11 +77,14 @@ async def _check_writes(ej: EdgeJobs, body: dict[str, Any]) -> None:
         failure = await ej.maintenance.write_probe.check(HEALTH_WRITE_WAIT_S)
         if failure is None:
             return
+        seen = "found by the write probe"
+    else:
+        seen = "a write failed"
     at, error = failure
     age = time.monotonic() - at
     body.update(
         status="unavailable",
-        database=f"{error.code}: {error.message} (a write failed {age:.1f} s ago)",
+        database=f"{error.code}: {error.message} ({seen} {age:.1f} s ago)",
     )
 
 

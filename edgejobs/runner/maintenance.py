@@ -25,13 +25,15 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgejobs.errors import DatabaseBusy, out_of_resources
+from edgejobs.errors import DatabaseBusy, StorageFull, out_of_resources
 from edgejobs.logs import RepeatLimiter
 from edgejobs.runner.executor import abandoned_tasks, abandoned_threads
 from edgejobs.store import Store
@@ -341,32 +343,75 @@ HEALTH_WRITE_WAIT_S = 0.2
 """How long ``/healthz`` waits for its write probe before answering from the previous one."""
 
 
-def _nothing(conn: sqlite3.Connection, tx: WriteTx) -> None:
-    """An operation that writes nothing: its transaction only takes the write lock."""
+def free_disk_bytes(folder: Path) -> int | None:
+    """Bytes this process may still write on the file system holding ``folder`` (root may use
+    the blocks reserved for it); None when the system cannot say."""
+    try:
+        fs = os.statvfs(folder)
+        root = os.geteuid() == 0
+    except (OSError, AttributeError):  # no statvfs or geteuid (Windows), a folder gone
+        return None
+    blocks = fs.f_bfree if root else fs.f_bavail
+    return blocks * fs.f_frsize
+
+
+def _probe_writes(path: Path) -> Callable[[sqlite3.Connection, WriteTx], StorageFull | None]:
+    """The write probe's operation: can this transaction write, and has the file room to grow?
+
+    Returns why it has no room (None: it has); raises when it cannot write at all.
+    """
+
+    def op(conn: sqlite3.Connection, tx: WriteTx) -> StorageFull | None:
+        # A write that matches no row: on a file SQLite opened read-only it fails with
+        # SQLITE_READONLY (BEGIN IMMEDIATE and an empty COMMIT succeed there); elsewhere it
+        # changes nothing, so the COMMIT still writes no WAL frame and wakes nobody.
+        conn.execute("DELETE FROM backup_copy WHERE 0")
+        # An empty COMMIT also succeeds on a full disk: ask whether a new page could be had.
+        # The file's own limit (max_page_count) first, unless it has free pages to reuse.
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        limit = conn.execute("PRAGMA max_page_count").fetchone()[0]
+        if pages >= limit and conn.execute("PRAGMA freelist_count").fetchone()[0] == 0:
+            return StorageFull(
+                f"the database file is full: it holds {pages} pages, its max_page_count"
+            )
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        free = free_disk_bytes(path.parent)
+        if free is not None and free < page_size:
+            return StorageFull(
+                f"the disk is full: {free} bytes left on the file system of the database"
+            )
+        return None
+
+    return op
 
 
 class WriteProbe:
-    """An empty write transaction, run when ``/healthz`` is asked: can a write take the lock?
+    """A write transaction that changes nothing, run when ``/healthz`` is asked: can a write
+    take the lock, and could it be written?
 
     An idle runner writes nothing for up to a quiet tick sleep, so another process holding
     the write lock (a ``sqlite3`` shell left in ``BEGIN IMMEDIATE``, a long backup or vacuum)
     went unnoticed: ``/healthz`` answered 200 while every submission waited the busy timeout
     and failed. The probe goes through the writer like a submission, so it fails exactly when
-    one would: after the busy timeout. It runs only when ``/healthz`` is asked (an idle runner
-    gets no wake-up of its own), one at a time; on a busy runner it joins the writer's next
-    transaction. Its COMMIT changes nothing: no WAL frame, no wake-up of other processes.
+    one would: after the busy timeout. In its transaction it also runs a ``DELETE`` that
+    matches no row (refused on a file SQLite opened read-only) and asks whether the database
+    can grow by a page (its ``max_page_count``, the free space of its file system): an empty
+    COMMIT succeeds on a read-only file and on a full disk alike. It runs only when
+    ``/healthz`` is asked (an idle runner gets no wake-up of its own), one at a time; on a
+    busy runner it joins the writer's next transaction. Its COMMIT changes nothing: no WAL
+    frame, no wake-up of other processes.
     """
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._pending: asyncio.Task[None] | None = None
-        self.failure: tuple[float, DatabaseBusy] | None = None
-        """When (``time.monotonic()``) and why the last finished probe could not take the
-        write lock; None when it could."""
+        self.failure: tuple[float, DatabaseBusy | StorageFull] | None = None
+        """When (``time.monotonic()``) and why the last finished probe found that a write
+        could not be made (the lock, a read-only file, no room); None when it could."""
 
-    async def check(self, wait_s: float) -> tuple[float, DatabaseBusy] | None:
+    async def check(self, wait_s: float) -> tuple[float, DatabaseBusy | StorageFull] | None:
         """Start a probe unless one is on its way, wait up to ``wait_s`` for it, and return
-        the outcome of the last one that finished (a failure; None: the lock was taken)."""
+        the outcome of the last one that finished (a failure; None: a write could be made)."""
         pending = self._pending
         if (
             pending is None
@@ -383,15 +428,15 @@ class WriteProbe:
 
     async def _probe(self) -> None:
         try:
-            await self._store.write(_nothing)
-        except DatabaseBusy as exc:
+            no_room = await self._store.write(_probe_writes(self._store.path))
+        except (DatabaseBusy, StorageFull) as exc:  # a lock held elsewhere, a read-only file
             self.failure = (time.monotonic(), exc)
         except Exception:
             # Not a lock held elsewhere (a closed store, no descriptor left): the health
             # check's read and the writes that fail report those; the last outcome stands.
             return
         else:
-            self.failure = None
+            self.failure = None if no_room is None else (time.monotonic(), no_room)
 
 
 def tick_age_s(ej: EdgeJobs) -> float | None:

@@ -342,3 +342,23 @@ async def test_a_read_only_database_refuses_submits_with_503_not_500(tmp_path: P
     assert refused.status_code == 503, refused.text
     assert refused.json()["error"]["code"] == "database_read_only"
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+async def test_healthz_on_a_read_only_database_is_503_before_any_write_fails(
+    tmp_path: Path,
+) -> None:
+    """BEGIN IMMEDIATE and an empty COMMIT succeed on a file SQLite opened read-only: the
+    health check's probe must notice anyway, and not by writing anything."""
+    config = setup_folder(tmp_path, config_text())
+    await _create_db(config)
+    with _read_only(tmp_path / "jobs.db"):
+        ej = EdgeJobs.from_config(config, environ={})
+        await ej.open()
+        try:
+            transport = httpx.ASGITransport(app=ej.asgi_app())
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                response = await c.get("/healthz")
+        finally:
+            await ej.close()
+    assert response.status_code == 503, response.text
+    assert response.json()["database"].startswith("database_read_only: "), response.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +20,7 @@ import edgejobs.runner.executor as executor
 import edgejobs.runner.ticks as ticks_module
 from edgejobs import EdgeJobs
 from edgejobs.clock import SystemClock
-from edgejobs.errors import DatabaseBusy
+from edgejobs.errors import DatabaseBusy, StorageFull
 from edgejobs.runner.maintenance import runner_health
 from edgejobs.store.maintenance import file_sizes
 from edgejobs.testing import FakeClock
@@ -432,4 +434,62 @@ async def test_healthz_and_metrics_count_handler_threads_that_outlive_their_atte
             )
     finally:
         release.set()
+        await ej.close()
+
+
+async def set_page_limit(ej: EdgeJobs, pages: int) -> None:
+    """Set ``max_page_count`` on the writer's connection (SQLite keeps at least the current
+    size): the project's way to make the database "full" without filling a disk."""
+
+    def op(conn: sqlite3.Connection, tx: Any) -> None:
+        conn.execute(f"PRAGMA max_page_count = {int(pages)}")
+
+    await ej.store.write(op)
+
+
+async def test_healthz_of_an_idle_runner_sees_a_full_database_before_any_write_fails(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """An empty COMMIT succeeds on a full disk: the probe asks whether a page could be had,
+    and says so without writing anything; back to 200 as soon as there is room."""
+    ej = make_app(db_path, clock)
+    await ej.start(run_workers=False)
+    try:
+        async with http_client(ej) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            await set_page_limit(ej, 1)
+            changed, wal = ej.store.writer.rows_changed, file_sizes(db_path).wal_bytes
+            body = (await healthz_until(client, 503)).json()
+            assert body["database"].startswith("storage_full: the database file is full"), body
+            assert any("storage_full" in reason for reason in body["reasons"])
+            assert ej.store.writer.last_failure is None  # no write of the runner failed
+            assert ej.store.writer.rows_changed == changed  # the probe wrote nothing
+            assert file_sizes(db_path).wal_bytes == wal
+            with pytest.raises(StorageFull):  # what the 503 is about
+                await ej.submit("quick", org="acme", params={"pad": "p" * 20_000})
+            await set_page_limit(ej, 1_073_741_823)
+            await ej.submit("quick", org="acme", params={"pad": "p" * 20_000})
+            assert (await healthz_until(client, 200)).json()["database"] == "ok"
+    finally:
+        await ej.close()
+
+
+async def test_healthz_says_503_when_the_file_system_has_no_space_left(
+    db_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full file system (no page fits) is seen from its free space: a real full disk cannot
+    be made here without root, so the system's answer is replaced by one with no block free."""
+    ej = make_app(db_path, clock)
+    await ej.start(run_workers=False)
+    try:
+        async with http_client(ej) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            real = os.statvfs(db_path.parent)
+            full = os.statvfs_result((*real[:3], 0, 0, *real[5:]))
+            monkeypatch.setattr(os, "statvfs", lambda path: full)
+            body = (await healthz_until(client, 503)).json()
+            assert body["database"].startswith("storage_full: the disk is full: 0 bytes"), body
+            monkeypatch.setattr(os, "statvfs", lambda path: real)
+            assert (await healthz_until(client, 200)).json()["database"] == "ok"
+    finally:
         await ej.close()
