@@ -189,6 +189,12 @@ async def job_type_views(ej: EdgeJobs) -> list[JobTypeView]:
     return _views(ej, states)
 
 
+def configured_job_type_views(ej: EdgeJobs) -> list[JobTypeView]:
+    """The job types of ``ej``'s registry alone, as :func:`job_type_views` shows them on a
+    database no runner has written to yet (nothing paused, no overrides); opens nothing."""
+    return _views(ej, {})
+
+
 async def job_type_view(ej: EdgeJobs, name: str) -> JobTypeView:
     """One job type; :class:`~edgejobs.errors.NotFound` when unknown."""
     for view in await job_type_views(ej):
@@ -338,6 +344,18 @@ async def list_schedules(ej: EdgeJobs, *, org: str | None = None) -> list[Schedu
     """
     await ej.open()
     states: dict[str, ScheduleState] = await ej.store.read(partial(load_schedules, org=org))
+    return _schedule_views(ej, states, org)
+
+
+def configured_schedules(ej: EdgeJobs, *, org: str | None = None) -> list[ScheduleView]:
+    """The configured schedules as :func:`list_schedules` shows them before a runner has
+    stored any (next run from the clock, never run); opens nothing."""
+    return _schedule_views(ej, {}, org)
+
+
+def _schedule_views(
+    ej: EdgeJobs, states: Mapping[str, ScheduleState], org: str | None
+) -> list[ScheduleView]:
     now = ej.clock.now_ms()
     views: list[ScheduleView] = []
     for schedule in sorted(ej.config.schedules, key=lambda s: s.name):

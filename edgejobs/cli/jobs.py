@@ -229,8 +229,9 @@ async def open_client(args: argparse.Namespace, *, create: bool = False) -> Asyn
     tokens or the audit log pointed at the wrong folder or config would otherwise create an
     empty database there, answer from it ("no jobs match") and leave the file behind. The
     commands that may come before the first runner pass ``create``: ``submit`` (the job waits
-    for the runner), ``token create``, and the job types' and schedules' commands (their
-    definitions come from the config).
+    for the runner), ``token create``, and the commands that change a job type (their
+    definitions come from the config; the listings answer from it alone while no database
+    exists).
     """
     ej = app_from_args(args)
     if not create:

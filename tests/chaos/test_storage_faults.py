@@ -185,9 +185,10 @@ def test_a_migration_that_meets_a_full_disk_says_so_and_leaves_no_half_schema(
     tmp_path: Path,
 ) -> None:
     config = setup_folder(tmp_path, config_text())
-    # Room for the empty file, not for the first migration's tables (`types list` may
-    # create the database; `stats` would refuse a missing one).
-    first = _cli(tmp_path, "types", "list", "--config", str(config), **{PAGES_VAR: "3"})
+    # Room for the empty file, not for the first migration's tables (`submit` may create
+    # the database; `stats` would refuse a missing one).
+    args = ("submit", "c.fast", "--org", "acme", "--config", str(config))
+    first = _cli(tmp_path, *args, **{PAGES_VAR: "3"})
     line = _the_one_error_line(first)
     assert "full" in line and "rollback" not in line, line
     db = tmp_path / "jobs.db"

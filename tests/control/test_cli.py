@@ -135,6 +135,26 @@ def test_schedules_list(config: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0 and "nightly" in out and "digest" not in out and "never" in out
 
 
+def test_listings_of_a_missing_database_answer_from_the_config_and_create_no_file(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pointed at a folder without a database, the listings must not leave an empty one
+    behind; the changing commands still create it, and then the listings read it alike."""
+    cfg = str(config)
+    db = config.parent / "jobs.db"
+    listings = [("types", "list", "--json"), ("types", "list"), ("schedules", "list", "--json"),
+                ("schedules", "list", "--org", "acme")]  # fmt: skip
+    before = [run(capsys, *listing, "--config", cfg) for listing in listings]
+    assert all(code == 0 and not err for code, _, err in before), before
+    assert not db.exists() and list(config.parent.iterdir()) == [config]
+    assert "reports.build" in before[1][1] and "nightly" in before[3][1]
+
+    assert run(capsys, "types", "pause", "mail.send", "--config", cfg)[0] == 0
+    assert run(capsys, "types", "resume", "mail.send", "--config", cfg)[0] == 0
+    assert db.exists()
+    assert [run(capsys, *listing, "--config", cfg) for listing in listings] == before
+
+
 def test_token_create_and_revoke_are_audited_without_the_secret(
     config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
