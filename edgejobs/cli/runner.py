@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -79,7 +80,8 @@ def remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class StopSignals:
-    """SIGTERM and SIGINT as a stop request, from before the runner starts until it closed.
+    """SIGTERM and SIGINT as a stop request, from before the runner starts until the process
+    exits (the handlers are left on the event loop, whose close removes them).
 
     The first signal stops claiming and gives running jobs ``[runner] shutdown_grace_s``; a
     second one ends the grace at once (the running jobs are interrupted and requeued without
@@ -103,7 +105,9 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        remove_stop_handlers(self._loop)
+        # The handlers stay until the event loop closes (:func:`run_abandoning` replaces them):
+        # removed here, a signal in the moments before the process exits found SIGINT's
+        # KeyboardInterrupt (exit 130) or SIGTERM's default action (death by the signal).
         if self._hurry is not None and self._hurry.done() and not self._hurry.cancelled():
             self._hurry.exception()  # reported by the stop itself; not "never retrieved"
 
@@ -164,16 +168,33 @@ def run_abandoning(main: Coroutine[Any, Any, int], grace_s: float = EXIT_GRACE_S
     Why: an async handler that swallows ``CancelledError`` is abandoned at its timeout, and
     its task lives on; ``asyncio.run`` would wait for it forever at exit, so SIGTERM would
     never end the process. By then the database is closed and every outcome written.
+
+    SIGTERM or SIGINT during that wait (a second Ctrl-C, a late SIGTERM) ends it at once, and
+    the exit code stays ``main``'s.
     """
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
         result = loop.run_until_complete(main)
+        # Handlers of our own until the loop closes: without one, SIGINT raised a
+        # KeyboardInterrupt out of the wait below (exit 130) and SIGTERM killed the process.
+        over: asyncio.Future[None] = loop.create_future()  # every task ended, or a signal
+        add_stop_handlers(loop, functools.partial(_exit_now, over))
         left = [task for task in asyncio.all_tasks(loop) if not task.done()]
         for task in left:
             task.cancel()
         if left:
-            _, pending = loop.run_until_complete(asyncio.wait(left, timeout=grace_s))
+            running = set(left)
+
+            def ended(task: asyncio.Task[Any]) -> None:
+                running.discard(task)
+                if not running and not over.done():
+                    over.set_result(None)
+
+            for task in left:
+                task.add_done_callback(ended)
+            loop.run_until_complete(asyncio.wait([over], timeout=grace_s))
+            pending = [task for task in left if not task.done()]
             if pending:
                 log.warning(
                     "exiting without %d task(s) that ignored cancellation: %s",
@@ -188,3 +209,10 @@ def run_abandoning(main: Coroutine[Any, Any, int], grace_s: float = EXIT_GRACE_S
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+def _exit_now(over: asyncio.Future[None], sig: signal.Signals) -> None:
+    """A stop signal once the runner has closed: stop waiting for tasks and exit."""
+    if not over.done():
+        over.set_result(None)
+        log.warning("%s again: already stopped; exiting now", sig.name)

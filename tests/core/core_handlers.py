@@ -128,6 +128,18 @@ async def until_stopped_async(ctx: Any, params: dict[str, Any]) -> dict[str, Any
     return {"attempt": ctx.attempt, "steps": step}
 
 
+async def notes_each_cancellation(ctx: Any, params: dict[str, Any]) -> None:
+    """Swallows every cancellation, each noted as a file ``cancelled-N`` in ``params["marks"]``
+    (the first comes at its deadline, the next from the process exiting)."""
+    count = 0
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            count += 1
+            (Path(params["marks"]) / f"cancelled-{count}").touch()
+
+
 def until_stopped_sync(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
     """A thread (or, with process isolation, a process), reporting progress; ``polite`` ends
     when ``ctx.cancelled``; ``child`` starts a subprocess first and waits for it at the end."""

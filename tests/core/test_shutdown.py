@@ -332,6 +332,45 @@ async def test_a_signal_while_the_runner_starts_stops_it_without_claiming(
         assert worker.terminate() == 0
 
 
+IGNORES_CANCELLATION = """
+[[job_types]]
+name = "s.ignores_cancellation"
+handler = "core_handlers:notes_each_cancellation"
+timeout_s = 0.5
+max_retries = 0
+"""
+
+
+@pytest.mark.parametrize("again", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+async def test_a_signal_while_the_closed_runner_waits_for_a_task_ignoring_cancellation_exits_0(
+    tmp_path: Path, again: signal.Signals
+) -> None:
+    """Once closed, the runner's process waits a moment (2 s at most) for the tasks of async
+    handlers that ignore their cancellation. A signal then (Ctrl-C again, a late SIGTERM) found
+    no handler of the runner's: SIGINT's KeyboardInterrupt ended the process with exit code
+    130, SIGTERM killed it. The signal now ends the wait: exit 0, no traceback."""
+    config = write_config(tmp_path, SHUTDOWN_CONFIG.format(grace=1) + IGNORES_CANCELLATION)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    client = EdgeJobs.from_config(config, environ={})
+    try:
+        await client.submit("s.ignores_cancellation", org="acme", params={"marks": str(marks)})
+    finally:
+        await client.close()
+    with Worker(config, tmp_path / "worker.log") as worker:
+        # Cancelled at its deadline, the handler goes on, abandoned; the runner too.
+        await until((marks / "cancelled-1").exists, "the deadline's cancellation", worker)
+        worker.proc.send_signal(signal.SIGTERM)
+        # Cancelled again once the runner closed: the process now waits for the task.
+        await until((marks / "cancelled-2").exists, "the exit's cancellation", worker)
+        worker.proc.send_signal(again)
+        code = await exit_code(worker)
+        output = worker.output()
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    assert "exiting without 1 task(s) that ignored cancellation" in output, output
+
+
 EXITS_WITH_A_HANDLER_RUNNING = """
 import asyncio, sys
 from pathlib import Path
