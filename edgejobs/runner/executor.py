@@ -32,6 +32,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for_any
 from typing import Any
@@ -542,6 +543,10 @@ def _start_child(process: multiprocessing.process.BaseProcess) -> None:
     instruction (the mask is inherited through ``exec``): one sent to every process of the
     service while the child's interpreter starts would otherwise end it before it can ignore
     them (:func:`_own_the_signals`)."""
+    # Started here first: the first ``start()`` of a spawn context starts multiprocessing's
+    # resource tracker, which unblocks both signals once it is launched, whatever the mask
+    # was, so the runner's first handler process started with them unblocked.
+    resource_tracker.ensure_running()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
     try:
         process.start()

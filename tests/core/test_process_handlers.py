@@ -167,6 +167,51 @@ max_retries = 0
 """
 
 
+FIRST_CHILD_MASK = """
+import multiprocessing, sys
+
+from edgejobs.runner.executor import _start_child
+
+
+def blocked(conn):  # what the child's first instruction finds blocked
+    status = open("/proc/self/status").read()
+    conn.send(int(status.split("SigBlk:")[1].split()[0], 16))
+
+
+if __name__ == "__main__":
+    mp = multiprocessing.get_context("spawn")
+    masks = []
+    for _ in range(2):
+        receiver, sender = mp.Pipe(duplex=False)
+        process = mp.Process(target=blocked, args=(sender,))
+        _start_child(process)
+        sender.close()
+        masks.append(receiver.recv())
+        process.join()
+    print(*masks)
+"""
+
+
+def test_even_the_first_handler_process_starts_with_sigint_and_sigterm_blocked(
+    tmp_path: Path,
+) -> None:
+    """The first handler process of a runner started with SIGINT and SIGTERM unblocked:
+    multiprocessing starts its resource tracker in that first start and unblocks both signals
+    afterwards, so a stop signalled to every process of the service while that child's
+    interpreter started killed it (``ProcessDied``, a retry spent) instead of giving it the
+    grace. Checked in a fresh interpreter, where no tracker runs yet."""
+    script = tmp_path / "mask.py"
+    script.write_text(FIRST_CHILD_MASK)
+    done = subprocess.run(
+        [PYTHON, str(script)], env=cli_env(), capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    stop_signals = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+    first, second = (int(mask) for mask in done.stdout.split())
+    assert first & stop_signals == stop_signals, hex(first)
+    assert second & stop_signals == stop_signals, hex(second)
+
+
 async def test_ctrl_c_in_the_runners_terminal_requeues_a_process_handler(tmp_path: Path) -> None:
     """Ctrl-C sends SIGINT to the terminal's whole foreground group: the handler's child got it
     too, raised KeyboardInterrupt and its attempt ended ``failed`` (here, with no retries left,
