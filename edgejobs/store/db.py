@@ -102,15 +102,29 @@ def create_private(path: Path, mode: int = PRIVATE_FILE_MODE) -> None:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
 
 
-def connect(path: Path, pragmas: Pragmas, *, readonly: bool = False) -> sqlite3.Connection:
-    """Open a connection in autocommit mode with the PRAGMAs set and verified (a missing
-    database file is created readable by its owner only: :func:`create_private`)."""
-    create_private(path)
+def connect(
+    path: Path, pragmas: Pragmas, *, readonly: bool = False, create: bool = False
+) -> sqlite3.Connection:
+    """Open a connection in autocommit mode with the PRAGMAs set and verified.
+
+    ``create``: a missing database file is created, readable by its owner only
+    (:func:`create_private`) — only the store's :meth:`prepare
+    <edgejobs.store.store.Store.prepare>` does. Every other connection opens an existing file
+    or fails: a reader or checkpointer opened after the file was moved or deleted under a
+    running process would otherwise leave an empty database at the old path, which the next
+    start would take for a new one.
+    """
+    target, uri = str(path), False
+    if create:
+        create_private(path)
+    elif target != ":memory:":
+        target, uri = Path(path).absolute().as_uri() + "?mode=rw", True
     conn = sqlite3.connect(
-        str(path),
+        target,
         isolation_level=None,
         check_same_thread=False,
         timeout=pragmas.busy_timeout_ms / 1000,
+        uri=uri,
     )
     try:
         _configure(conn, path, pragmas, readonly=readonly)

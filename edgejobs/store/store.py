@@ -50,7 +50,7 @@ class Store:
         """Check SQLite, create the file, set WAL and apply migrations (synchronous, idempotent)."""
         check_sqlite_version()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = connect(self.path, self.pragmas)
+        conn = connect(self.path, self.pragmas, create=True)
         try:
             if migrations.current_version(conn) == 0:
                 # Only possible before the first table exists: lets retention give pages back.

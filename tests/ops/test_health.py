@@ -22,7 +22,7 @@ from edgejobs import EdgeJobs
 from edgejobs.clock import SystemClock
 from edgejobs.errors import DatabaseBusy, StorageFull
 from edgejobs.runner.maintenance import runner_health
-from edgejobs.store.maintenance import file_sizes
+from edgejobs.store.maintenance import file_sizes, open_checkpointer
 from edgejobs.testing import FakeClock
 
 INTERVAL_S = 1.0
@@ -493,3 +493,31 @@ async def test_healthz_says_503_when_the_file_system_has_no_space_left(
             assert (await healthz_until(client, 200)).json()["database"] == "ok"
     finally:
         await ej.close()
+
+
+async def test_a_database_moved_away_under_a_runner_is_not_created_again_empty(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Moved (or deleted) while the runner runs: the writer keeps the file it has open, but a
+    connection opened afterwards — a reader's first read, a checkpoint — created an empty
+    database at the old path, which the next start would have taken for a new one (every job
+    left behind in the moved file). Only the store's start creates the file: the others fail,
+    and ``/healthz`` says so."""
+    ej = make_app(db_path, clock)
+    await ej.start(run_workers=False)
+    try:
+        async with http_client(ej) as client:
+            assert (await client.get("/healthz")).status_code == 200
+            moved = db_path.with_name("moved.db")
+            db_path.rename(moved)
+            ej.store.point_reader.close()  # the next read opens a new connection
+            response = await client.get("/healthz")
+            assert response.status_code == 503, response.text
+            assert response.json()["database"] != "ok"
+            with pytest.raises(sqlite3.OperationalError):
+                open_checkpointer(db_path, ej.store.pragmas, busy_timeout_ms=50)
+            assert not db_path.exists()
+            assert moved.exists()
+    finally:
+        await ej.close()
+    assert not db_path.exists()
