@@ -427,16 +427,20 @@ _LIST_CONDITIONS = {
 }
 
 
-# The partial index of each status that is not terminal. A listing filtered to such statuses
+# The partial index of each status but ``completed``. A listing filtered to such statuses
 # reads these (every org's jobs of those statuses) instead of the org's whole history through
 # jobs_org, when the kept counts say that is fewer rows: the dashboard's "running" link for a
-# big org read its hundreds of thousands of finished jobs to find the eight running ones.
+# big org read its hundreds of thousands of finished jobs to find the eight running ones, and
+# its dead-letter view read them all to find none. ``completed`` has no such index on purpose
+# (see 0011_unsuccessful_by_seq.sql): a listing of it walks the history.
+_UNSUCCESSFUL = "SELECT * FROM jobs INDEXED BY jobs_unsuccessful WHERE status = "
 _BY_STATUS = {
     "queued": "SELECT * FROM jobs INDEXED BY jobs_ready WHERE status = 'queued'",
     "running": "SELECT * FROM jobs INDEXED BY jobs_lease WHERE status = 'running'",
     "blocked": "SELECT * FROM jobs INDEXED BY jobs_blocked WHERE status = 'blocked'",
     "scheduled": "SELECT * FROM jobs INDEXED BY jobs_scheduled_due WHERE status = 'scheduled'",
     "retrying": "SELECT * FROM jobs INDEXED BY jobs_retry_due WHERE status = 'retrying'",
+    **{status.value: f"{_UNSUCCESSFUL}'{status.value}'" for status in sorted(UNSUCCESSFUL)},
 }
 
 

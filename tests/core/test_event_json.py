@@ -165,6 +165,7 @@ def test_events_stored_as_objects_before_are_converted_by_the_migration(
     conn.execute("DROP TABLE job_seq_floor")
     conn.execute("DROP TABLE rate_windows")
     conn.execute("DROP TABLE backup_copy")
+    conn.execute("DROP INDEX jobs_unsuccessful")
     conn.execute("PRAGMA user_version = 4")
     assert migrate(conn) >= 5
 

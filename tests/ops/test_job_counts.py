@@ -103,6 +103,7 @@ def test_the_migration_counts_the_jobs_a_file_already_holds(
         conn.execute("DROP TABLE job_seq_floor")
         conn.execute("DROP TABLE rate_windows")
         conn.execute("DROP TABLE backup_copy")
+        conn.execute("DROP INDEX jobs_unsuccessful")
         conn.execute("PRAGMA user_version = 5")
         assert migrate(conn) >= 6
         assert count_drift(conn) == {}

@@ -287,6 +287,7 @@ def test_the_migration_starts_the_seq_floor_at_the_highest_seq_a_file_holds(
         conn.execute("DROP TABLE job_seq_floor")  # the file as version 6 kept it
         conn.execute("DROP TABLE rate_windows")
         conn.execute("DROP TABLE backup_copy")
+        conn.execute("DROP INDEX jobs_unsuccessful")
         conn.execute("PRAGMA user_version = 6")
         assert migrate(conn) >= 7
         assert [tuple(row) for row in conn.execute("SELECT one, seq FROM job_seq_floor")] == [

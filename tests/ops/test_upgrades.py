@@ -319,3 +319,46 @@ def test_a_migration_killed_midway_leaves_the_previous_version_and_the_next_open
         assert migrations.migrate(conn) == len(migrations.available())
         assert count_drift(conn) == {}
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_a_database_of_version_10_lists_unsuccessful_jobs_through_their_index(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Migration 0011 indexes the unsuccessful terminal jobs of a file that has them already:
+    the dead-letter view of an upgraded file reads them there, not the whole history."""
+    path = tmp_path / "v10.db"
+    build_old_database(path, 10)
+    statuses = ["completed", "dead_letter", "completed", "failed", "canceled", "timed_out"] * 5
+    with closing(connect(path)) as conn:
+        ids = {seq: insert_job(conn, seq, status) for seq, status in enumerate(statuses, 1)}
+        conn.execute(
+            "INSERT INTO job_counts (org, job_type, status, n)"
+            " SELECT org, job_type, status, count(*) FROM jobs GROUP BY org, job_type, status"
+        )
+
+    ej = make_app(path, clock)
+    await ej.open()
+    try:
+        dead, _ = await ej.list_jobs(org="acme", statuses=["dead_letter"], limit=3)
+        unsuccessful, _ = await ej.list_jobs(
+            org="acme", statuses=["failed", "timed_out", "dead_letter", "canceled"]
+        )
+    finally:
+        await ej.close()
+    newest_first = sorted(ids.items(), reverse=True)
+    assert [job.id for job in dead] == [
+        job_id for seq, job_id in newest_first if statuses[seq - 1] == "dead_letter"
+    ][:3]
+    assert [job.id for job in unsuccessful] == [
+        job_id for seq, job_id in newest_first if statuses[seq - 1] != "completed"
+    ]
+    with closing(connect(path)) as conn:
+        assert migrations.current_version(conn) == 11
+        plan = " ".join(
+            row[3]
+            for row in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT seq FROM jobs WHERE status = 'dead_letter'"
+                " ORDER BY seq DESC"
+            )
+        )
+        assert "jobs_unsuccessful" in plan
