@@ -12,6 +12,7 @@ import pytest
 from api_support import ORG_A, Api, lifespan, make_api, make_config
 
 from edgejobs.models import Status
+from edgejobs.store import jobs as store_jobs
 
 
 async def test_submit_returns_the_job_and_dedup_returns_the_pending_one(api: Api) -> None:
@@ -153,6 +154,32 @@ async def test_list_filters_and_pagination(api: Api) -> None:
         if cursor is None:
             break
     assert seen == submitted[::-1]
+
+
+async def test_a_page_of_few_matches_may_be_short_or_empty_and_its_cursor_goes_on(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each page walks at most HISTORY_WALK jobs of the history: a filter that matches few
+    of them gives short pages, even empty ones, with a cursor; following it returns every
+    match once, newest first, and only the last page's cursor is null."""
+    monkeypatch.setattr(store_jobs, "HISTORY_WALK", 3)
+    submitted = []
+    for n in range(10):
+        job_type = "t.dedup" if n in (1, 2, 8) else "t.echo"
+        submitted.append((await api.job(job_type=job_type, params={"n": n})).id)
+    headers = api.auth("viewer")
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        query = "?job_type=t.dedup&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        response = await api.client.get("/api/v1/jobs" + query, headers=headers)
+        assert response.status_code == 200, response.text
+        pages.append([item["id"] for item in response.json()["items"]])
+        cursor = response.json()["next_cursor"]
+        if cursor is None:
+            break
+    # Newest first: n=9..7 (one match), 6..4 (none), 3..1 (two: a full page), 0 (none).
+    assert pages == [[submitted[8]], [], [submitted[2], submitted[1]], []]
 
 
 async def test_show_attempts_cancel_and_retry(api: Api) -> None:

@@ -27,6 +27,7 @@ from edgejobs.cli.progress_bar import describe
 from edgejobs.clock import SystemClock
 from edgejobs.config import load_config
 from edgejobs.models import MAX_PAGE
+from edgejobs.store import jobs as store_jobs
 from edgejobs.store.store import Store
 from edgejobs.testing import Harness
 
@@ -255,6 +256,23 @@ async def test_jobs_list_limit_goes_past_one_page(cli: Cli, runner: Harness) -> 
     assert [job["id"] for job in json.loads(out)] == submitted[::-1][: MAX_PAGE + 1]
     code, out, _ = await cli("jobs", "list", "--limit", "10000", "--json")
     assert code == 0 and len(json.loads(out)) == MAX_PAGE + 2
+
+
+async def test_jobs_list_goes_on_through_short_and_empty_pages_to_limit_or_the_end(
+    cli: Cli, runner: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filtered page walks at most HISTORY_WALK jobs of the history, so it may come back
+    short or empty with a cursor: the listing follows it until --limit jobs or the end."""
+    monkeypatch.setattr(store_jobs, "HISTORY_WALK", 4)
+    specs = [JobSpec("fails" if n % 9 == 4 else "echo", "acme", {"n": n}) for n in range(40)]
+    submitted = [job.id for job in await runner.ej.submit_many(specs)]
+    matches = [job_id for n, job_id in enumerate(submitted) if n % 9 == 4][::-1]
+    page, after = await runner.ej.list_jobs(job_type="fails", limit=50)
+    assert page == [] and after is not None  # the newest four jobs are echoes
+    code, out, _ = await cli("jobs", "list", "--type", "fails", "--json")
+    assert code == 0 and [job["id"] for job in json.loads(out)] == matches
+    code, out, _ = await cli("jobs", "list", "--type", "fails", "--limit", "2", "--json")
+    assert code == 0 and [job["id"] for job in json.loads(out)] == matches[:2]
 
 
 async def test_job_text_reaches_the_terminal_with_its_control_characters_escaped(

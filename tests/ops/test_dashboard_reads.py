@@ -7,15 +7,19 @@ org's ``(org, seq)`` index it walked every job the org ever had (~76 ms per call
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sqlite3
 from contextlib import closing
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ej_testkit import vm_steps
 from ops_support import DAY_MS, connect, insert_jobs
 
+from edgejobs.store import jobs as store_jobs
 from edgejobs.store.jobs import JobFilter, list_jobs
 from edgejobs.store.stats import minute_series
 from edgejobs.store.store import Store
@@ -163,3 +167,65 @@ def test_listing_unsuccessful_jobs_reads_them_not_the_orgs_history(
             }
     for key, few in steps[1_000].items():
         assert steps[30_000][key] <= few + 2, (key, steps)
+
+
+_FEW = {"text": '"n":12', "job_type": "nosuch", "statuses": ("completed",), "priority_rank": 2}
+"""Filters of the history walk: a few matches, none, all but the waiting ones, all."""
+
+
+def _pages(conn: sqlite3.Connection, flt: JobFilter) -> list[list[str]]:
+    """Every page of a listing, following its cursor to the end."""
+    pages: list[list[str]] = []
+    before: int | None = None
+    while True:
+        jobs, before = list_jobs(conn, dataclasses.replace(flt, before_seq=before), 0)
+        pages.append([job.id for job in jobs])
+        if before is None:
+            return pages
+
+
+def test_a_filtered_listing_pages_through_a_bounded_walk_and_misses_nothing(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page whose filters match few jobs of a long history ends after HISTORY_WALK rows,
+    with what it found (possibly nothing) and a cursor there: the pages together are the
+    unbounded listing, each match once and in order."""
+    path = tmp_path / "history.db"
+    _database(path, clock, 2_000)
+    with closing(connect(path)) as conn:
+        for org in (None, "org1"):
+            for key, value in _FEW.items():
+                flt = JobFilter(org=org, limit=7, **{key: value})
+                whole = _pages(conn, flt)  # one walk: the bound is far above the history
+                assert len(whole) > 1 or key == "job_type", (org, key)
+                monkeypatch.setattr(store_jobs, "HISTORY_WALK", 40)
+                bounded = _pages(conn, flt)
+                monkeypatch.undo()
+                assert sum(bounded, []) == sum(whole, []), (org, key)
+                assert all(len(page) <= 7 for page in bounded)
+                if key in ("text", "job_type"):  # few matches: short pages, then go on
+                    assert len(bounded) > len(whole) and [] in bounded[:-1], (org, key)
+                else:  # every row matches: full pages, as before
+                    assert bounded == whole, (org, key)
+
+
+def test_a_page_of_no_match_costs_the_same_however_long_the_history(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live search's page of "the newest matches" when nothing matches: ~0.6 s with
+    1,000,000 jobs of the org, as it read each of them."""
+    monkeypatch.setattr(store_jobs, "HISTORY_WALK", 200)
+    steps: dict[int, dict[tuple[str | None, str], int]] = {}
+    for finished in (2_000, 20_000):
+        path = tmp_path / f"history-{finished}.db"
+        _database(path, clock, finished)
+        with closing(connect(path)) as conn:
+            steps[finished] = {}
+            for org in (None, "org1"):
+                for key in ("text", "job_type"):
+                    flt = JobFilter(org=org, **{key: "nothing-matches"})
+                    jobs, after = list_jobs(conn, flt, 0)
+                    assert jobs == [] and after is not None
+                    steps[finished][(org, key)] = vm_steps(conn, partial(list_jobs, conn, flt, 0))
+    for key, few in steps[2_000].items():
+        assert steps[20_000][key] <= few + 2, (key, steps)
