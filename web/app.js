@@ -51,7 +51,8 @@
     clockOffsetMs: 0,         // server time minus browser time, from the Date header
     route: { view: "jobs", filters: emptyFilters() },
     // `arrived`: job events received while a page loads, applied again on top of its answer.
-    list: { seq: 0, cursor: null, nextCursor: null, page: 1, rows: new Map(), jobs: new Map(), arrived: null,
+    // `served`: how many jobs the server's page held (a page may end short: see updateListChrome).
+    list: { seq: 0, cursor: null, nextCursor: null, page: 1, served: 0, rows: new Map(), jobs: new Map(), arrived: null,
       search: { pending: new Map(), busy: false, last: 0 } },   // new jobs a text search must check (id → newest event)
     // `arrived` (here and in `dead`): as in `list`, events received while the view loads.
     detail: { seq: 0, id: null, job: null, arrived: null, attemptsSeq: 0 },
@@ -669,6 +670,7 @@
       list.page = cursor ? list.page + 1 : 1;
       list.cursor = cursor;
       list.nextCursor = (data && data.next_cursor) || null;
+      list.served = ((data && data.items) || []).length;
       renderJobRows((data && data.items) || []);
       for (const item of arrived) replayArrived(item, listOnJob, (event) => rowOnProgress(list.rows, list.jobs, event));
     } catch (err) {
@@ -701,9 +703,17 @@
     updateListChrome();
   }
 
+  // The server reads a bounded part of a long history per page: a filter that matches few jobs
+  // gets a short page, even an empty one, with a cursor further back. Only no cursor is the end.
+  const FURTHER_BACK = "among the jobs this page searched; Next page looks further back.";
+
   function updateListChrome() {
     const list = state.list;
-    $("jobs-empty").hidden = list.rows.size > 0;
+    const further = Boolean(list.nextCursor) && list.served < PAGE_SIZE;
+    const empty = $("jobs-empty");
+    empty.hidden = list.rows.size > 0 && !further;
+    empty.textContent = !further ? "No jobs match." :
+      `${list.rows.size ? "No more matches" : "No matches"} ${FURTHER_BACK}`;
     $("next-page").disabled = !list.nextCursor;
     $("first-page").disabled = !list.cursor;
     $("page-info").textContent = `page ${list.page} · ${list.rows.size} shown`;
@@ -1178,6 +1188,8 @@
     $("dead-retry-selected").disabled = dead.selected.size === 0;
     $("dead-retry-selected").textContent = dead.selected.size ? `Retry selected (${dead.selected.size})` : "Retry selected";
     $("dead-empty").hidden = dead.rows.size > 0;
+    $("dead-empty").textContent = dead.nextCursor ?
+      "No dead-letter jobs among the jobs searched so far; Load more looks further back." : "No dead-letter jobs.";
     $("dead-more").hidden = !dead.nextCursor;
     $("dead-info").textContent = `${selectable.length} dead-letter job${selectable.length === 1 ? "" : "s"} shown`;
   }

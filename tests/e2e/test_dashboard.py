@@ -656,6 +656,46 @@ def test_search_filters_and_pages(new_page: NewPage, org: Org) -> None:
     assert_not_reloaded(page)
 
 
+def test_a_short_page_with_a_cursor_says_so_and_next_page_goes_on(
+    new_page: NewPage, org: Org
+) -> None:
+    """The server reads a bounded part of a long history per page, so a search that matches
+    few jobs may get a short page with a cursor: the list said "No jobs match" under a short
+    page (or nothing at all) as if that were the end. It now says the search goes on further
+    back, and Next page finds the rest."""
+    api = org.api()
+    ids = [api.submit("emails.send", {"to": f"short-page-{n}@example.com"}) for n in range(3)]
+    for job_id in ids:
+        api.wait_status(job_id, "completed")
+    page, _ = new_page()
+    search_url = re.compile(r".*/api/v1/jobs\?.*q=short-page.*")
+
+    def bounded(route: Any) -> None:
+        # The answer a bounded walk gives when it ends after the newest match: the server's
+        # own first page of one job, with its real cursor.
+        if "cursor=" in route.request.url:
+            route.continue_()
+        else:
+            url = route.request.url.replace("limit=50", "limit=1")
+            route.fulfill(response=route.fetch(url=url))
+
+    page.route(search_url, bounded)
+    sign_in(page, org.token("viewer"), "#/jobs?q=short-page")
+    rows = page.locator("#jobs-body tr")
+    expect(rows).to_have_count(1)
+    expect(row(page, ids[2])).to_be_visible()
+    expect(page.locator("#jobs-empty")).to_have_text(
+        "No more matches among the jobs this page searched; Next page looks further back."
+    )
+    expect(page.get_by_test_id("next-page")).to_be_enabled()
+    page.get_by_test_id("next-page").click()
+    expect(rows).to_have_count(2)
+    expect(row(page, ids[0])).to_be_visible()
+    expect(page.locator("#jobs-empty")).to_be_hidden()
+    expect(page.get_by_test_id("next-page")).to_be_disabled()
+    assert_not_reloaded(page)
+
+
 def test_a_dead_letter_answer_older_than_live_events_does_not_hide_their_jobs(
     new_page: NewPage, org: Org
 ) -> None:
