@@ -440,7 +440,7 @@ _BY_STATUS = {
     "blocked": "SELECT * FROM jobs INDEXED BY jobs_blocked WHERE status = 'blocked'",
     "scheduled": "SELECT * FROM jobs INDEXED BY jobs_scheduled_due WHERE status = 'scheduled'",
     "retrying": "SELECT * FROM jobs INDEXED BY jobs_retry_due WHERE status = 'retrying'",
-    **{status.value: f"{_UNSUCCESSFUL}'{status.value}'" for status in sorted(UNSUCCESSFUL)},
+    **{status.value: _UNSUCCESSFUL + "'" + status.value + "'" for status in sorted(UNSUCCESSFUL)},
 }
 
 
@@ -559,7 +559,7 @@ def list_jobs(conn: sqlite3.Connection, flt: JobFilter, now: int) -> tuple[list[
         # planner's choice stands (an unfiltered page of a one-org file reads the table).
         bounded = flt.org is not None and floor is not None
         source = "jobs INDEXED BY jobs_org" if bounded else "jobs"
-        sql = f"SELECT * FROM {source} WHERE {where} ORDER BY seq DESC LIMIT :limit"  # noqa: S608 - constant fragments only
+        sql = "SELECT * FROM " + source + " WHERE " + where + " ORDER BY seq DESC LIMIT :limit"  # noqa: S608 - constant fragments only
     rows = conn.execute(sql, params).fetchall()
     more = len(rows) > flt.limit
     rows = rows[: flt.limit]
