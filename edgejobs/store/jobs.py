@@ -17,7 +17,13 @@ from edgejobs.ids import new_job_id
 from edgejobs.models import UNSUCCESSFUL, Attempt, Job, Status
 from edgejobs.store.db import MergeableOp, WriteTx, run_in_savepoint
 from edgejobs.store.rates import RateTake, take_rates, written_share
-from edgejobs.store.rows import RowLike, attempt_from_row, estimate_eta_s, job_from_row
+from edgejobs.store.rows import (
+    TERMINAL_STATUS_SQL,
+    RowLike,
+    attempt_from_row,
+    estimate_eta_s,
+    job_from_row,
+)
 from edgejobs.store.transitions import job_row, record_job_events
 
 
@@ -37,6 +43,11 @@ class NewJob:
     max_retries: int
     dedup_hash: str | None
     depends_on: tuple[str | int, ...] = ()
+
+
+PENDING_WITH_HASH = "SELECT * FROM jobs WHERE dedup_hash = ? AND NOT " + TERMINAL_STATUS_SQL  # noqa: S608 - constant fragments only
+"""The job not yet ended with a deduplication hash (at most one: ``jobs_dedup``, whose
+condition this repeats so that SQLite reads it)."""
 
 
 def dedup_hash(org: str, job_type: str, key: str) -> str:
@@ -171,8 +182,7 @@ def _insert_rows(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: int) -> 
             if parents:
                 job = dataclasses.replace(job, dedup_hash=_after_parents(job.dedup_hash, parents))
             existing = conn.execute(
-                "SELECT * FROM jobs WHERE dedup_hash = ? AND status NOT IN"
-                " ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')",
+                PENDING_WITH_HASH,
                 (job.dedup_hash,),
             ).fetchone()
             if existing is not None:

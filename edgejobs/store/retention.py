@@ -7,6 +7,7 @@ import json
 import sqlite3
 
 from edgejobs.store.db import WriteTx
+from edgejobs.store.rows import TERMINAL_STATUS_SQL
 
 # A job is deletable when it is terminal, finished before the cutoff, and every child of it
 # has completed. A child that has not — waiting, running, or ended unsuccessfully and so still
@@ -14,10 +15,9 @@ from edgejobs.store.db import WriteTx
 # whose parent failed is refused until the parent is retried) and their results are its
 # ``ctx.parent_results``. Deleting such a parent would let a retried child run without it.
 _DELETE_JOBS = (
-    "DELETE FROM jobs WHERE seq IN ("
+    "DELETE FROM jobs WHERE seq IN ("  # noqa: S608 - constant fragments only
     " SELECT j.seq FROM jobs j"
-    " WHERE j.status IN ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')"
-    " AND j.finished_at <= :cutoff"
+    " WHERE " + TERMINAL_STATUS_SQL + " AND j.finished_at <= :cutoff"
     " AND NOT EXISTS (SELECT 1 FROM job_deps d JOIN jobs c ON c.seq = d.child_seq"
     "  WHERE d.parent_seq = j.seq AND c.status != 'completed')"
     " ORDER BY j.finished_at LIMIT :batch)"

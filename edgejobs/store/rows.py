@@ -30,6 +30,16 @@ once per level from wherever the reader's stack already is: a value stored just 
 Python's recursion limit could not be read back, and every read of its job (``get``,
 ``wait``, a listing that held it) failed with ``RecursionError``."""
 
+TERMINAL_STATUS_SQL = (
+    "(status = 'completed' OR status = 'failed' OR status = 'timed_out'"
+    " OR status = 'dead_letter' OR status = 'canceled')"
+)
+"""A row's status is terminal, as the partial indexes ``jobs_finished`` and ``jobs_dedup``
+(migration 0012) say it: a query that must read one of them repeats this condition (or its
+``NOT``) word for word, since SQLite uses a partial index only for a query whose WHERE implies
+the index's. Comparisons, not ``status IN (...)``: SQLite evaluates the index's condition at
+every insert and status change, and built an IN list's lookup table anew each time."""
+
 
 def nested_too_deep(value: Any, text: str) -> bool:
     """Whether ``value`` (whose JSON is ``text``) nests arrays and objects deeper than

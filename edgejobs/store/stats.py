@@ -10,7 +10,7 @@ import dataclasses
 import sqlite3
 from typing import Any
 
-from edgejobs.store.rows import job_event_fields, job_event_path
+from edgejobs.store.rows import TERMINAL_STATUS_SQL, job_event_fields, job_event_path
 
 MINUTE_MS = 60_000
 
@@ -47,20 +47,21 @@ def _current_depth(conn: sqlite3.Connection, org: str | None) -> int:
     return int(conn.execute(_DEPTH, {"org": org}).fetchone()[0])
 
 
+# The status term is the partial index's WHERE word for word (TERMINAL_STATUS_SQL), so SQLite
+# can prove the index applies and range-scans jobs_finished by finished_at.
+FINISHED_PER_MINUTE = (
+    "SELECT finished_at / 60000 AS minute,"  # noqa: S608 - constant fragments only
+    " sum(status = 'completed'), sum(status IN ('failed', 'timed_out', 'dead_letter'))"
+    " FROM jobs WHERE " + TERMINAL_STATUS_SQL + " AND finished_at >= :since"
+    " AND (:org IS NULL OR org = :org)"
+    " GROUP BY minute"
+)
+
+
 def _finished_per_minute(
     conn: sqlite3.Connection, org: str | None, since: int
 ) -> dict[int, tuple[int, int]]:
-    # The status term repeats the partial index's WHERE clause word for word, so SQLite can
-    # prove the index applies and range-scans jobs_finished by finished_at.
-    sql = (
-        "SELECT finished_at / 60000 AS minute,"
-        " sum(status = 'completed'), sum(status IN ('failed', 'timed_out', 'dead_letter'))"
-        " FROM jobs"
-        " WHERE status IN ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')"
-        " AND finished_at >= :since AND (:org IS NULL OR org = :org)"
-        " GROUP BY minute"
-    )
-    rows = conn.execute(sql, {"since": since, "org": org}).fetchall()
+    rows = conn.execute(FINISHED_PER_MINUTE, {"since": since, "org": org}).fetchall()
     return {int(row[0]): (int(row[1]), int(row[2])) for row in rows}
 
 

@@ -19,7 +19,7 @@ from edgejobs.errors import Conflict, NotFound
 from edgejobs.models import UNSUCCESSFUL, JobError, Outcome, Status, is_allowed, iso_ms
 from edgejobs.retry import RetryPolicy, after_failure, backoff_delay_s
 from edgejobs.store.db import WriteTx
-from edgejobs.store.rows import RowLike, dumps
+from edgejobs.store.rows import TERMINAL_STATUS_SQL, RowLike, dumps
 
 log = logging.getLogger("edgejobs.store")
 
@@ -27,6 +27,12 @@ PolicyFor = Callable[[str], RetryPolicy]
 """Looks up the retry policy of a job type (runtime overrides included)."""
 
 _rng = random.Random()
+
+PENDING_TWIN = (
+    "SELECT id FROM jobs WHERE dedup_hash = ? AND seq != ? AND NOT " + TERMINAL_STATUS_SQL  # noqa: S608 - constant fragments only
+)
+"""Another job not yet ended with the same deduplication hash (read through ``jobs_dedup``,
+whose condition this repeats)."""
 _event_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -349,8 +355,7 @@ def retry_job(
     target = Status.BLOCKED if pending else Status.QUEUED
     if current["dedup_hash"] is not None:
         twin = conn.execute(
-            "SELECT id FROM jobs WHERE dedup_hash = ? AND seq != ? AND status NOT IN"
-            " ('completed', 'failed', 'timed_out', 'dead_letter', 'canceled')",
+            PENDING_TWIN,
             (current["dedup_hash"], current["seq"]),
         ).fetchone()
         if twin is not None:

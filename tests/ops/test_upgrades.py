@@ -26,7 +26,8 @@ from ej_testkit import count_drift
 from ops_support import connect, make_app
 
 from edgejobs.errors import SchemaTooNew
-from edgejobs.store import events, migrations
+from edgejobs.store import events, migrations, retention, stats, transitions
+from edgejobs.store import jobs as jobs_store
 from edgejobs.store.rows import render_job_event
 from edgejobs.testing import FakeClock
 
@@ -353,7 +354,7 @@ async def test_a_database_of_version_10_lists_unsuccessful_jobs_through_their_in
         job_id for seq, job_id in newest_first if statuses[seq - 1] != "completed"
     ]
     with closing(connect(path)) as conn:
-        assert migrations.current_version(conn) == 11
+        assert migrations.current_version(conn) == len(migrations.available())
         plan = " ".join(
             row[3]
             for row in conn.execute(
@@ -362,3 +363,46 @@ async def test_a_database_of_version_10_lists_unsuccessful_jobs_through_their_in
             )
         )
         assert "jobs_unsuccessful" in plan
+
+
+def _plan(conn: sqlite3.Connection, sql: str, params: object) -> str:
+    return " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, params))
+
+
+async def test_a_database_of_version_11_gets_its_terminal_indexes_without_in_lists(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Migration 0012 rebuilds ``jobs_finished`` and ``jobs_dedup`` with their condition as
+    comparisons (SQLite built an IN list's lookup table at every insert and status change of
+    every job). The queries that must read them repeat the new condition word for word: each
+    still reads its index, and one pending job per hash is still all the index lets in."""
+    path = tmp_path / "v11.db"
+    build_old_database(path, 11)
+    with closing(connect(path)) as conn:
+        for seq, status in enumerate(["completed", "failed", "queued"], 1):
+            insert_job(conn, seq, status)
+        conn.execute("UPDATE jobs SET dedup_hash = 'h', finished_at = seq")
+    ej = make_app(path, clock)
+    await ej.open()
+    await ej.close()
+    with closing(connect(path)) as conn:
+        assert migrations.current_version(conn) == len(migrations.available())
+        for name in ("jobs_finished", "jobs_dedup"):
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+            assert " IN " not in sql[0].upper() and "status = 'dead_letter'" in sql[0]
+        assert "USING INDEX jobs_dedup" in _plan(conn, jobs_store.PENDING_WITH_HASH, ("h",))
+        assert "USING INDEX jobs_dedup" in _plan(conn, transitions.PENDING_TWIN, ("h", 1))
+        assert "USING INDEX jobs_finished" in _plan(
+            conn, retention._DELETE_JOBS, {"cutoff": 10, "batch": 5}
+        )
+        assert "USING INDEX jobs_finished" in _plan(
+            conn, stats.FINISHED_PER_MINUTE, {"since": 0, "org": None}
+        )
+        pending = conn.execute(jobs_store.PENDING_WITH_HASH, ("h",)).fetchall()
+        assert [row[1] for row in pending] == ["06H2OLD0000000000000000003"]
+        with pytest.raises(sqlite3.IntegrityError):  # a second pending job with that hash
+            insert_job(conn, 4, "queued")
+            conn.execute("UPDATE jobs SET dedup_hash = 'h' WHERE seq = 4")
+        conn.execute("DELETE FROM jobs WHERE seq = 4")
+        insert_job(conn, 5, "dead_letter")  # an ended one more is fine
+        conn.execute("UPDATE jobs SET dedup_hash = 'h' WHERE seq = 5")
