@@ -90,15 +90,7 @@ def test_listing_running_or_waiting_jobs_reads_them_not_the_orgs_history(
         _database(path, clock, finished)
         with closing(connect(path)) as conn:
             expected = {
-                (org, statuses): [
-                    row["id"]
-                    for row in conn.execute(
-                        "SELECT id FROM jobs NOT INDEXED WHERE (:org IS NULL OR org = :org)"
-                        " AND status IN (SELECT value FROM json_each(:statuses))"
-                        " ORDER BY seq DESC LIMIT 50",
-                        {"org": org, "statuses": json.dumps(statuses)},
-                    )
-                ]
+                (org, statuses): _unindexed(conn, org, statuses)
                 for org in (None, "org1", "org4")
                 for statuses in (("running",), ("queued", "retrying", "scheduled"))
             }
@@ -114,6 +106,19 @@ def test_listing_running_or_waiting_jobs_reads_them_not_the_orgs_history(
             }
     for key, few in steps[1_000].items():
         assert steps[100_000][key] <= few + 2, (key, steps)
+
+
+def _unindexed(conn: Any, org: str | None, statuses: tuple[str, ...]) -> list[str]:
+    """The first page of such a listing read without any index: what it must return."""
+    return [
+        row["id"]
+        for row in conn.execute(
+            "SELECT id FROM jobs NOT INDEXED WHERE (:org IS NULL OR org = :org)"
+            " AND status IN (SELECT value FROM json_each(:statuses))"
+            " ORDER BY seq DESC LIMIT 50",
+            {"org": org, "statuses": json.dumps(statuses)},
+        )
+    ]
 
 
 def _paged(conn: Any, org: str | None, statuses: tuple[str, ...]) -> list[str]:
@@ -146,15 +151,7 @@ def test_listing_unsuccessful_jobs_reads_them_not_the_orgs_history(
         insert_jobs(path, 1, prefix="canceled", status="canceled", created_at=old, finished_at=old)
         with closing(connect(path)) as conn:
             expected = {
-                (org, statuses): [
-                    row["id"]
-                    for row in conn.execute(
-                        "SELECT id FROM jobs NOT INDEXED WHERE (:org IS NULL OR org = :org)"
-                        " AND status IN (SELECT value FROM json_each(:statuses))"
-                        " ORDER BY seq DESC LIMIT 50",
-                        {"org": org, "statuses": json.dumps(statuses)},
-                    )
-                ]
+                (org, statuses): _unindexed(conn, org, statuses)
                 for org in (None, "org1", "org4", "nobody")
                 for statuses in (("dead_letter",), ("failed", "running"), unsuccessful)
             }
