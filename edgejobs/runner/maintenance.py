@@ -368,15 +368,14 @@ def _probe_writes(path: Path) -> Callable[[sqlite3.Connection, WriteTx], Storage
         conn.execute("DELETE FROM backup_copy WHERE 0")
         # An empty COMMIT also succeeds on a full disk: ask whether a new page could be had.
         # The file's own limit (max_page_count) first, unless it has free pages to reuse.
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        stats = page_stats(conn)
         limit = conn.execute("PRAGMA max_page_count").fetchone()[0]
-        if pages >= limit and conn.execute("PRAGMA freelist_count").fetchone()[0] == 0:
+        if stats.page_count >= limit and stats.freelist_count == 0:
             return StorageFull(
-                f"the database file is full: it holds {pages} pages, its max_page_count"
+                f"the database file is full: it holds {stats.page_count} pages, its max_page_count"
             )
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
         free = free_disk_bytes(path.parent)
-        if free is not None and free < page_size:
+        if free is not None and free < stats.page_size:
             return StorageFull(
                 f"the disk is full: {free} bytes left on the file system of the database"
             )
