@@ -184,11 +184,9 @@ def run_abandoning(main: Coroutine[Any, Any, int], grace_s: float = EXIT_GRACE_S
         for task in left:
             task.cancel()
         if left:
-            running = set(left)
 
-            def ended(task: asyncio.Task[Any]) -> None:
-                running.discard(task)
-                if not running and not over.done():
+            def ended(_: asyncio.Task[Any]) -> None:
+                if not over.done() and all(task.done() for task in left):
                     over.set_result(None)
 
             for task in left:
