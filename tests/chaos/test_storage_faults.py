@@ -83,6 +83,13 @@ class Live:
         raise AssertionError("could not change max_page_count")
 
 
+def _http(ej: EdgeJobs) -> httpx.AsyncClient:
+    """An HTTP client on ``ej``'s app, in this process."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=ej.asgi_app()), base_url="http://testserver"
+    )
+
+
 @contextlib.asynccontextmanager
 async def live_runner(
     folder: Path, monkeypatch: pytest.MonkeyPatch, **config: Any
@@ -95,8 +102,7 @@ async def live_runner(
     new = await ej.store.write(
         partial(tokens.create_token, org="acme", role="operator", name="ops", now=ej.clock.now_ms())
     )
-    transport = httpx.ASGITransport(app=ej.asgi_app())
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+    async with _http(ej) as client:
         live = Live(ej, client, new.secret)
         try:
             yield live
@@ -331,8 +337,7 @@ async def test_a_read_only_database_refuses_submits_with_503_not_500(tmp_path: P
         try:
             with pytest.raises(DatabaseReadOnly):
                 await ej.submit("c.fast", org="acme", params={})
-            transport = httpx.ASGITransport(app=ej.asgi_app())
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            async with _http(ej) as c:
                 refused = await c.post(
                     "/api/v1/jobs",
                     json={"job_type": "c.fast", "org": "acme"},
@@ -356,8 +361,7 @@ async def test_healthz_on_a_read_only_database_is_503_before_any_write_fails(
         ej = EdgeJobs.from_config(config, environ={})
         await ej.open()
         try:
-            transport = httpx.ASGITransport(app=ej.asgi_app())
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+            async with _http(ej) as c:
                 response = await c.get("/healthz")
         finally:
             await ej.close()
