@@ -222,7 +222,9 @@ def refuse_missing_database(path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_client(args: argparse.Namespace, *, create: bool = False) -> AsyncIterator[EdgeJobs]:
+async def open_client(
+    args: argparse.Namespace, *, create: bool = False, app: EdgeJobs | None = None
+) -> AsyncIterator[EdgeJobs]:
     """An :class:`EdgeJobs` opened as a client (no runner lock, no workers), closed after.
 
     A database that does not exist is refused unless ``create``: a command about jobs,
@@ -231,9 +233,10 @@ async def open_client(args: argparse.Namespace, *, create: bool = False) -> Asyn
     commands that may come before the first runner pass ``create``: ``submit`` (the job waits
     for the runner), ``token create``, and the commands that change a job type (their
     definitions come from the config; the listings answer from it alone while no database
-    exists).
+    exists: :func:`with_client`'s ``without_database``). ``app``: the one ``args`` made
+    already (else it is made here).
     """
-    ej = app_from_args(args)
+    ej = app if app is not None else app_from_args(args)
     if not create:
         refuse_missing_database(ej.config.database.path)
     try:
@@ -248,12 +251,23 @@ async def open_client(args: argparse.Namespace, *, create: bool = False) -> Asyn
 
 
 def with_client(
-    args: argparse.Namespace, action: Callable[[EdgeJobs], Awaitable[T]], *, create: bool = False
+    args: argparse.Namespace,
+    action: Callable[[EdgeJobs], Awaitable[T]],
+    *,
+    create: bool = False,
+    without_database: Callable[[EdgeJobs], T] | None = None,
 ) -> T:
-    """Run ``action`` on a client opened by :func:`open_client` and return its result."""
+    """Run ``action`` on a client opened by :func:`open_client` and return its result.
+
+    ``without_database``: the answer when no database file exists yet, from the app alone
+    (its config), instead of creating one or refusing.
+    """
+    app = app_from_args(args)
+    if without_database is not None and not app.config.database.path.exists():
+        return without_database(app)
 
     async def main() -> T:
-        async with open_client(args, create=create) as ej:
+        async with open_client(args, create=create, app=app) as ej:
             return await action(ej)
 
     return asyncio.run(main())

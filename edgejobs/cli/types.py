@@ -13,10 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from edgejobs.app import EdgeJobs
 from edgejobs.cli import print_json, print_table
 from edgejobs.cli.jobs import whole_number, with_client
-from edgejobs.cli.runner import app_from_args
 from edgejobs.control import (
     CLI_ACTOR,
     MAX_AUDIT_PAGE,
@@ -134,25 +132,13 @@ def _print_types(views: list[JobTypeView]) -> None:
         print("* runtime override (`edgejobs types set NAME KEY=null` removes it)")
 
 
-def _from_config_alone(args: argparse.Namespace) -> EdgeJobs | None:
-    """The app of ``args`` when no database file exists at its path, else None.
-
-    The listings then answer from the config (job types and schedules are defined there)
-    rather than create an empty database: pointed at the wrong folder or config, they would
-    leave one behind. The commands that change something (pause, resume, set) still create
-    it, since their change must be stored for the runner to come.
-    """
-    ej = app_from_args(args)
-    return None if ej.config.database.path.exists() else ej
-
-
 def run_types_list(args: argparse.Namespace) -> int:
     """List job types with their effective policy, overrides and pause state."""
-    alone = _from_config_alone(args)
-    if alone is not None:
-        views = configured_job_type_views(alone)
-    else:
-        views = with_client(args, job_type_views)
+    # With no database yet, from the config (job types are defined there) rather than create
+    # an empty database: pointed at the wrong folder or config, it would be left behind. The
+    # commands that change something (pause, resume, set) still create it: their change must
+    # be stored for the runner to come.
+    views = with_client(args, job_type_views, without_database=configured_job_type_views)
     if args.json:
         print_json([view.to_dict() for view in views])
     else:
@@ -192,11 +178,11 @@ def run_types_set(args: argparse.Namespace) -> int:
 
 def run_schedules_list(args: argparse.Namespace) -> int:
     """List the configured schedules with their next and last run."""
-    alone = _from_config_alone(args)
-    if alone is not None:
-        views = configured_schedules(alone, org=args.org)
-    else:
-        views = with_client(args, lambda ej: list_schedules(ej, org=args.org))
+    views = with_client(  # with no database yet, from the config (see run_types_list)
+        args,
+        lambda ej: list_schedules(ej, org=args.org),
+        without_database=lambda ej: configured_schedules(ej, org=args.org),
+    )
     if args.json:
         print_json([view.to_dict() for view in views])
         return 0
