@@ -7,7 +7,7 @@ import json
 import sqlite3
 from typing import Any, Protocol
 
-from edgejobs.models import Attempt, Job, JobError, Outcome, Priority, Status, iso_ms
+from edgejobs.models import TERMINAL, Attempt, Job, JobError, Outcome, Priority, Status, iso_ms
 
 
 class RowLike(Protocol):
@@ -31,10 +31,12 @@ Python's recursion limit could not be read back, and every read of its job (``ge
 ``wait``, a listing that held it) failed with ``RecursionError``."""
 
 TERMINAL_STATUS_SQL = (
-    "(status = 'completed' OR status = 'failed' OR status = 'timed_out'"
-    " OR status = 'dead_letter' OR status = 'canceled')"
+    "("
+    + " OR ".join("status = '" + status.value + "'" for status in Status if status in TERMINAL)
+    + ")"
 )
-"""A row's status is terminal, as the partial indexes ``jobs_finished`` and ``jobs_dedup``
+"""A row's status is terminal (:data:`~edgejobs.models.TERMINAL`, in the order of
+:class:`~edgejobs.models.Status`), as the partial indexes ``jobs_finished`` and ``jobs_dedup``
 (migration 0012) say it: a query that must read one of them repeats this condition (or its
 ``NOT``) word for word, since SQLite uses a partial index only for a query whose WHERE implies
 the index's. Comparisons, not ``status IN (...)``: SQLite evaluates the index's condition at
