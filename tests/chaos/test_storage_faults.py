@@ -232,10 +232,17 @@ def test_a_migration_whose_transaction_sqlite_rolled_back_reports_the_full_disk(
         )
 
 
-async def _create_db(config: Path) -> None:
+async def _create_db(config: Path) -> str:
+    """Create the database of ``config``; returns the secret of an operator token of acme."""
     ej = EdgeJobs.from_config(config, environ={})
     await ej.start(run_workers=False)
-    await ej.close()
+    try:
+        new = await ej.store.write(
+            partial(tokens.create_token, org="acme", role="operator", name="ops", now=0)
+        )
+    finally:
+        await ej.close()
+    return new.secret
 
 
 LOCKER = """
@@ -325,12 +332,7 @@ def test_cli_on_a_read_only_database_says_so_in_one_line_and_still_reads(
 
 async def test_a_read_only_database_refuses_submits_with_503_not_500(tmp_path: Path) -> None:
     config = setup_folder(tmp_path, config_text())
-    creator = EdgeJobs.from_config(config, environ={})
-    await creator.start(run_workers=False)
-    new = await creator.store.write(
-        partial(tokens.create_token, org="acme", role="operator", name="ops", now=0)
-    )
-    await creator.close()
+    secret = await _create_db(config)
     with _read_only(tmp_path / "jobs.db"):
         ej = EdgeJobs.from_config(config, environ={})
         await ej.open()
@@ -341,7 +343,7 @@ async def test_a_read_only_database_refuses_submits_with_503_not_500(tmp_path: P
                 refused = await c.post(
                     "/api/v1/jobs",
                     json={"job_type": "c.fast", "org": "acme"},
-                    headers={"Authorization": f"Bearer {new.secret}"},
+                    headers={"Authorization": f"Bearer {secret}"},
                 )
         finally:
             await ej.close()
