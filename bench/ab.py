@@ -4,7 +4,7 @@ This machine's speed drifts by a quarter within an hour, so a figure measured fo
 now and for the other later says little. Here the two builds take turns (A B A B ...), each
 measurement in a fresh process, and what is reported is each pair's ratio: the median of the
 ratios, and in how many pairs the new build was better. The measurements behind the "Where the
-time goes" section of ARCHITECTURE.md were taken this way.
+time goes" section of ARCHITECTURE.md were taken by this method.
 
     .venv/bin/python bench/ab.py OLD NEW [--figure floor] [--pairs 8] [--n 20000]
 
