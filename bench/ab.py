@@ -1,8 +1,8 @@
 """Compare two builds of edgejobs on one figure of the bench, in alternating pairs.
 
 This machine's speed drifts by a quarter within an hour, so a figure measured for one build
-now and for the other later says little. Here the two builds take turns (A B A B ...), each
-measurement in a fresh process, and what is reported is each pair's ratio: the median of the
+now and for the other later says little. Here the two builds take turns (A B, then B A, ...),
+each measurement in a fresh process, and what is reported is each pair's ratio: the median of the
 ratios, and in how many pairs the new build was better. The measurements behind the "Where the
 time goes" section of ARCHITECTURE.md were taken by this method.
 
@@ -13,6 +13,11 @@ removed afterwards) or directories holding a checkout (a throwaway build, say). 
 its own ``bench/edgejobs_subject.py`` with its own ``edgejobs`` package first on the path,
 under this interpreter. Ratios are "how much better the new build is": new/old for rates,
 old/new for latencies, so above 1 is always faster.
+
+Run the same build on both sides first (``bench/ab.py HEAD HEAD``): what it prints is the noise
+of the hour. On the 2-core reference machine identical code gave medians of 1.03 and 1.04
+(submit_many, 8 pairs: 7 and 5 of them "better"), so a lever worth keeping shows more than
+that, in most pairs, and again in a second round.
 """
 
 from __future__ import annotations
@@ -57,8 +62,9 @@ DEFAULT_N = {"pickup": 300, "wait": 300}
 
 
 @contextlib.contextmanager
-def checkout(spec: str, scratch: Path) -> Iterator[Path]:
-    """A directory holding the build ``spec`` names: itself, or a worktree of a revision."""
+def checkout(spec: str, scratch: Path, label: str) -> Iterator[Path]:
+    """A directory holding the build ``spec`` names: itself, or a worktree of a revision
+    (in ``scratch``, named after ``label``, so that both sides may name the same one)."""
     if Path(spec).is_dir():
         yield Path(spec).resolve()
         return
@@ -69,7 +75,7 @@ def checkout(spec: str, scratch: Path) -> Iterator[Path]:
     )
     if rev.returncode != 0:
         raise SystemExit(f"ab: {spec!r} is neither a directory nor a revision of {REPO}")
-    path = scratch / rev.stdout.strip()[:12]
+    path = scratch / f"{label}-{rev.stdout.strip()[:12]}"
     subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(path), spec],
         check=True,
@@ -114,13 +120,19 @@ def main(argv: list[str] | None = None) -> None:
     n = args.n or DEFAULT_N.get(args.figure, 20_000)
     with tempfile.TemporaryDirectory(prefix="edgejobs-ab-") as tmp:
         scratch = Path(tmp)
-        with checkout(args.old, scratch) as old, checkout(args.new, scratch) as new:
+        with checkout(args.old, scratch, "old") as old, checkout(args.new, scratch, "new") as new:
             print(f"{args.figure} ({figure.unit}), n={n}: old={args.old} new={args.new}")
             ratios: list[float] = []
             pairs: list[tuple[float, float]] = []
             for i in range(1, args.pairs + 1):
-                a = measure(old, figure, n)
-                b = measure(new, figure, n)
+                # Which build goes first alternates (A B, B A, ...): a drift of the machine's
+                # speed, or whatever the first run leaves behind, then favours neither.
+                if i % 2:
+                    a = measure(old, figure, n)
+                    b = measure(new, figure, n)
+                else:
+                    b = measure(new, figure, n)
+                    a = measure(old, figure, n)
                 ratio = b / a if figure.higher_is_better else a / b
                 pairs.append((a, b))
                 ratios.append(ratio)
