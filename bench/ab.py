@@ -4,7 +4,7 @@ This machine's speed drifts by a quarter within an hour, so a figure measured fo
 now and for the other later says little. Here the two builds take turns (A B, then B A, ...),
 each measurement in a fresh process, and what is reported is each pair's ratio: the median of the
 ratios, and in how many pairs the new build was better. The measurements behind the "Where the
-time goes" section of ARCHITECTURE.md were taken by this method.
+time goes" section of ARCHITECTURE.md were taken as alternating pairs like these.
 
     .venv/bin/python bench/ab.py OLD NEW [--figure floor] [--pairs 8] [--n 20000]
 
@@ -15,9 +15,9 @@ under this interpreter. Ratios are "how much better the new build is": new/old f
 old/new for latencies, so above 1 is always faster.
 
 Run the same build on both sides first (``bench/ab.py HEAD HEAD``): what it prints is the noise
-of the hour. On the 2-core reference machine identical code gave medians of 1.03 and 1.04
-(submit_many, 8 pairs: 7 and 5 of them "better"), so a lever worth keeping shows more than
-that, in most pairs, and again in a second round.
+of the hour. On the 2-core reference machine identical code gave medians from 0.98 to 1.04
+in three rounds of 8 submit_many pairs (2, 7 and 5 of them "better"), so a lever worth keeping
+shows more than that, in most pairs, and again in a second round.
 """
 
 from __future__ import annotations
