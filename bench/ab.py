@@ -11,7 +11,7 @@ time goes" section of ARCHITECTURE.md were taken as alternating pairs like these
 OLD and NEW are git revisions of this repository (checked out into temporary worktrees and
 removed afterwards) or directories holding a checkout (a throwaway build, say). Each side runs
 its own ``bench/edgejobs_subject.py`` with its own ``edgejobs`` package first on the path,
-under this interpreter. Ratios are "how much better the new build is": new/old for rates,
+under this interpreter (the peers' harness is needed only by revisions older than this tool). Ratios are "how much better the new build is": new/old for rates,
 old/new for latencies, so above 1 is always faster.
 
 Run the same build on both sides first (``bench/ab.py HEAD HEAD``): what it prints is the noise
@@ -95,6 +95,8 @@ def measure(side: Path, figure: Figure, n: int) -> float:
         f" n = {n}; print(repr(float({figure.call})))"
     )
     env = dict(os.environ, PYTHONPATH=str(side), PYTHONDONTWRITEBYTECODE="1")
+    # Revisions before bench/ab.py imported the peers' harness at the top of the subject and
+    # looked for it beside their own checkout, which is a temporary worktree here.
     env.setdefault("EDGEJOBS_PEER_BENCH", str(REPO.parent / "shared" / "bench"))
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=side, env=env, capture_output=True, text=True

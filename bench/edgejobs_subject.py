@@ -23,14 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgejobs import EdgeJobs, JobSpec
+from edgejobs.config import Config
+
 HERE = Path(__file__).resolve().parent
 PEERS = Path(os.environ.get("EDGEJOBS_PEER_BENCH", HERE.parent.parent / "shared" / "bench"))
-sys.path.insert(0, str(PEERS))
-
-import benchlib  # noqa: E402  (the shared harness: Report, scaled, REPEATS)
-
-from edgejobs import EdgeJobs, JobSpec  # noqa: E402
-from edgejobs.config import Config  # noqa: E402
 
 
 def _config(path: Path, *, synchronous: str = "normal", workers: int = 16) -> Config:
@@ -310,6 +307,11 @@ def resident_mb(queued: int) -> float:
 
 def main() -> None:
     import edgejobs
+
+    # The shared harness (Report, scaled, REPEATS) is needed for the report only: the figures'
+    # functions above run without it (bench/ab.py calls them one by one).
+    sys.path.insert(0, str(PEERS))
+    import benchlib
 
     report = benchlib.Report("edgejobs", edgejobs_version=edgejobs.__version__)
     n = benchlib.scaled(20_000, 100)
