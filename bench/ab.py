@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.pairs < 1:
         parser.error("--pairs must be at least 1")
+    if args.n is not None and args.n < 1:
+        parser.error("--n must be at least 1")
     figure = FIGURES[args.figure]
-    n = args.n or DEFAULT_N.get(args.figure, 20_000)
+    n = args.n if args.n is not None else DEFAULT_N.get(args.figure, 20_000)
     with tempfile.TemporaryDirectory(prefix="edgejobs-ab-") as tmp:
         scratch = Path(tmp)
         with checkout(args.old, scratch, "old") as old, checkout(args.new, scratch, "new") as new:
