@@ -44,6 +44,8 @@ class Figure:
     call: str
     unit: str
     higher_is_better: bool
+    default_n: int = 20_000
+    """Jobs (or, for a latency, samples) per measurement unless ``--n`` says otherwise."""
 
 
 # The call is evaluated in the side's own edgejobs_subject module (``s``) with ``n`` jobs or
@@ -55,10 +57,9 @@ FIGURES = {
     "submit_50_full": Figure(
         "n / s.end_to_end(n, mode='concurrent', synchronous='full')", "jobs/s", True
     ),
-    "pickup": Figure("s.pickup_latency(n)['pickup_p50']", "ms (p50)", False),
-    "wait": Figure("s.pickup_latency(n)['wait_p50']", "ms (p50)", False),
+    "pickup": Figure("s.pickup_latency(n)['pickup_p50']", "ms (p50)", False, default_n=300),
+    "wait": Figure("s.pickup_latency(n)['wait_p50']", "ms (p50)", False, default_n=300),
 }
-DEFAULT_N = {"pickup": 300, "wait": 300}
 
 
 @contextlib.contextmanager
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.n is not None and args.n < 1:
         parser.error("--n must be at least 1")
     figure = FIGURES[args.figure]
-    n = args.n if args.n is not None else DEFAULT_N.get(args.figure, 20_000)
+    n = args.n if args.n is not None else figure.default_n
     with tempfile.TemporaryDirectory(prefix="edgejobs-ab-") as tmp:
         scratch = Path(tmp)
         with checkout(args.old, scratch, "old") as old, checkout(args.new, scratch, "new") as new:
