@@ -90,6 +90,14 @@ def _http(ej: EdgeJobs) -> httpx.AsyncClient:
     )
 
 
+async def _operator_token(ej: EdgeJobs) -> str:
+    """The secret of a new operator token of acme."""
+    new = await ej.store.write(
+        partial(tokens.create_token, org="acme", role="operator", name="ops", now=ej.clock.now_ms())
+    )
+    return new.secret
+
+
 @contextlib.asynccontextmanager
 async def live_runner(
     folder: Path, monkeypatch: pytest.MonkeyPatch, **config: Any
@@ -99,11 +107,9 @@ async def live_runner(
     monkeypatch.setenv("CHAOS_DB", str(folder / "jobs.db"))
     ej = EdgeJobs.from_config(path, environ={})
     await ej.start()
-    new = await ej.store.write(
-        partial(tokens.create_token, org="acme", role="operator", name="ops", now=ej.clock.now_ms())
-    )
+    secret = await _operator_token(ej)
     async with _http(ej) as client:
-        live = Live(ej, client, new.secret)
+        live = Live(ej, client, secret)
         try:
             yield live
         finally:
@@ -237,12 +243,9 @@ async def _create_db(config: Path) -> str:
     ej = EdgeJobs.from_config(config, environ={})
     await ej.start(run_workers=False)
     try:
-        new = await ej.store.write(
-            partial(tokens.create_token, org="acme", role="operator", name="ops", now=0)
-        )
+        return await _operator_token(ej)
     finally:
         await ej.close()
-    return new.secret
 
 
 LOCKER = """
