@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from api_support import make_config
+from ej_testkit import asgi_client
 from proxy_kit import prefix_proxy, serving
 from starlette.applications import Starlette
 from starlette.routing import Mount
@@ -40,15 +41,13 @@ async def app_of(
 
 async def status(app: Starlette, host: str, path: str = "/api/v1/openapi.json") -> int:
     """The status of ``GET path`` with this ``Host`` header, over ASGI."""
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000") as client:
+    async with asgi_client(app, "http://127.0.0.1:8000") as client:
         return (await client.get(path, headers={"Host": host})).status_code
 
 
 async def test_a_loopback_server_refuses_other_host_names_on_every_route(tmp_path: Path) -> None:
     async with app_of(tmp_path, "127.0.0.1") as app:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        async with asgi_client(app, "http://127.0.0.1") as client:
             for method, path in [
                 ("GET", "/metrics"),
                 ("GET", "/healthz"),

@@ -32,6 +32,7 @@ from chaos_support import (
     setup_folder,
     wait_for,
 )
+from ej_testkit import asgi_client
 
 from edgejobs import DatabaseReadOnly, EdgeJobs, StorageFull
 from edgejobs.faults import PAGES_VAR
@@ -83,13 +84,6 @@ class Live:
         raise AssertionError("could not change max_page_count")
 
 
-def _http(ej: EdgeJobs) -> httpx.AsyncClient:
-    """An HTTP client on ``ej``'s app, in this process."""
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=ej.asgi_app()), base_url="http://testserver"
-    )
-
-
 async def _operator_token(ej: EdgeJobs) -> str:
     """The secret of a new operator token of acme."""
     new = await ej.store.write(
@@ -108,7 +102,7 @@ async def live_runner(
     ej = EdgeJobs.from_config(path, environ={})
     await ej.start()
     secret = await _operator_token(ej)
-    async with _http(ej) as client:
+    async with asgi_client(ej.asgi_app()) as client:
         live = Live(ej, client, secret)
         try:
             yield live
@@ -342,7 +336,7 @@ async def test_a_read_only_database_refuses_submits_with_503_not_500(tmp_path: P
         try:
             with pytest.raises(DatabaseReadOnly):
                 await ej.submit("c.fast", org="acme", params={})
-            async with _http(ej) as c:
+            async with asgi_client(ej.asgi_app()) as c:
                 refused = await c.post(
                     "/api/v1/jobs",
                     json={"job_type": "c.fast", "org": "acme"},
@@ -366,7 +360,7 @@ async def test_healthz_on_a_read_only_database_is_503_before_any_write_fails(
         ej = EdgeJobs.from_config(config, environ={})
         await ej.open()
         try:
-            async with _http(ej) as c:
+            async with asgi_client(ej.asgi_app()) as c:
                 response = await c.get("/healthz")
         finally:
             await ej.close()

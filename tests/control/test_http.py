@@ -10,6 +10,7 @@ from functools import partial
 import httpx
 import pytest
 from control_support import Factory
+from ej_testkit import asgi_client
 
 from edgejobs import EdgeJobs, Status
 from edgejobs.api.app import create_app
@@ -54,8 +55,7 @@ class Api:
 async def api(runner: Factory, clock: FakeClock) -> AsyncIterator[Api]:
     clock.set(1767225600000 - 30_000)  # 2025-12-31T23:59:30Z
     ej = await runner(schedules=SCHEDULES, types=[("work", {"concurrency": 4})])
-    transport = httpx.ASGITransport(app=create_app(ej))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with asgi_client(create_app(ej), "http://test") as client:
         yield Api(ej, client)
 
 

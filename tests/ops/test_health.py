@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from ej_testkit import poll_until
+from ej_testkit import asgi_client, poll_until
 from ops_support import DAY_MS, connect, insert_jobs, make_app
 
 import edgejobs.runner.executor as executor
@@ -50,9 +50,8 @@ async def client(ej: EdgeJobs) -> AsyncIterator[httpx.AsyncClient]:
 async def http_client(ej: EdgeJobs) -> AsyncIterator[httpx.AsyncClient]:
     app = ej.asgi_app()
     await app.state.metrics.start(ej)
-    transport = httpx.ASGITransport(app=app)
     try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        async with asgi_client(app) as http:
             yield http
     finally:
         await app.state.metrics.stop()

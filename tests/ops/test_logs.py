@@ -10,9 +10,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from ej_testkit import poll_until, unexpected_tracebacks
+from ej_testkit import asgi_client, poll_until, unexpected_tracebacks
 from ops_support import connect, make_app
 
 from edgejobs import logs
@@ -220,8 +219,7 @@ async def test_a_token_created_and_used_in_a_run_never_reaches_the_logs(
         assert secret.startswith("ej_")
         app = ej.asgi_app()
         bearer = {"Authorization": f"Bearer {secret}"}
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        async with asgi_client(app) as http:
             assert (await http.get("/api/v1/jobs", headers=bearer)).status_code == 200
             submitted = await http.post(
                 "/api/v1/jobs",

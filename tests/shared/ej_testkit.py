@@ -19,7 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[2]
+
+
+def asgi_client(app: Any, base_url: str = "http://testserver") -> httpx.AsyncClient:
+    """An HTTP client that calls the ASGI ``app`` in this process (no server, no socket)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
 
 
 def free_port() -> int:
