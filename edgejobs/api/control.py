@@ -21,7 +21,7 @@ from edgejobs.api.auth import Principal, acting_org, app_of, authenticate
 from edgejobs.api.body import query_values, read_model
 from edgejobs.api.errors import ApiResponse, BadRequest, Forbidden
 from edgejobs.api.openapi import ORG_PARAM, Operation, Param
-from edgejobs.api.schemas import JobTypeOut
+from edgejobs.api.schemas import EmptyBody, JobTypeOut
 
 if TYPE_CHECKING:
     from edgejobs.app import EdgeJobs
@@ -112,6 +112,7 @@ def _name(request: Request) -> str:
 async def pause_job_type(request: Request) -> Response:
     """Pause a job type: its jobs are accepted, none starts; running ones finish."""
     principal = await _system_admin(request)
+    await read_model(request, EmptyBody, optional=True)
     view = await control.pause_job_type(app_of(request), _name(request), actor=principal)
     return ApiResponse(view.to_dict())
 
@@ -119,6 +120,7 @@ async def pause_job_type(request: Request) -> Response:
 async def resume_job_type(request: Request) -> Response:
     """Resume a paused job type: its queued jobs start again, in priority order."""
     principal = await _system_admin(request)
+    await read_model(request, EmptyBody, optional=True)
     view = await control.resume_job_type(app_of(request), _name(request), actor=principal)
     return ApiResponse(view.to_dict())
 
@@ -197,6 +199,7 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             "Pause a job type",
             "admin",
             {200: JobTypeStateOut},
+            body=EmptyBody,
             body_required=False,
             params=_NAME,
             tags=("job types",),
@@ -210,6 +213,7 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             "Resume a paused job type",
             "admin",
             {200: JobTypeStateOut},
+            body=EmptyBody,
             body_required=False,
             params=_NAME,
             tags=("job types",),

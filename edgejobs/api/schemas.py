@@ -116,6 +116,12 @@ class RetryJob(_Request):
     """``POST /api/v1/jobs/{id}/retry`` (the body is optional and has no fields)."""
 
 
+class EmptyBody(_Request):
+    """The body of a write route that takes no fields (pause, resume, logout): optional, and
+    when sent it must be well-formed JSON ``{}`` — a malformed body is refused with 400 before
+    anything changes, as on every other write route."""
+
+
 class Login(_Request):
     """``POST /login``."""
 

@@ -23,10 +23,10 @@ from edgejobs.api.auth import (
     app_of,
     check_csrf,
 )
-from edgejobs.api.body import parse_json, validate
+from edgejobs.api.body import parse_json, read_model, validate
 from edgejobs.api.errors import ApiResponse, BadRequest, Unauthorized
 from edgejobs.api.openapi import Operation
-from edgejobs.api.schemas import Login, LoginOut, LogoutOut
+from edgejobs.api.schemas import EmptyBody, Login, LoginOut, LogoutOut
 from edgejobs.broker import get_broker
 from edgejobs.store import tokens
 
@@ -130,6 +130,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     """End the cookie's session (needs the CSRF header while the session is alive)."""
     ej = app_of(request)
+    await read_model(request, EmptyBody, optional=True)
     session_id = request.cookies.get(SESSION_COOKIE)
     if session_id:
         now = ej.clock.now_ms()
@@ -172,6 +173,8 @@ def operations(ej: EdgeJobs) -> list[Operation]:
             "End the dashboard session",
             None,
             {200: LogoutOut},
+            body=EmptyBody,
+            body_required=False,
             tags=tags,
             description="With a live session cookie, needs the X-CSRF-Token header.",
         ),

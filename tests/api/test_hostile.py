@@ -46,14 +46,16 @@ def assert_error(response: httpx.Response, *statuses: int) -> dict[str, Any]:
 
 
 async def body_routes(api: Api) -> list[RouteCase]:
-    """Routes that take a JSON body: those the OpenAPI document gives a request body."""
+    """Every write route: each takes a JSON body (optional where it has no fields), and its
+    OpenAPI entry says so — a route that changes something must refuse a malformed body, not
+    act on it, even when it needs no fields."""
     paths = (await api.client.get("/api/v1/openapi.json")).json()["paths"]
-    found = [
-        case
-        for case in active_routes(api)
-        if "requestBody" in paths.get(case.path, {}).get(case.method.lower(), {})
-    ]
-    assert {"/api/v1/jobs", "/api/v1/jobs/batch", "/login"} <= {case.path for case in found}
+    found = [case for case in active_routes(api) if case.method != "GET"]
+    for case in found:
+        assert "requestBody" in paths[case.path][case.method.lower()], (case.method, case.path)
+    assert {"/api/v1/jobs", "/api/v1/jobs/batch", "/login", "/logout"} <= {
+        case.path for case in found
+    }
     return found
 
 
@@ -98,6 +100,19 @@ async def test_malformed_json_is_400_on_every_body_route(with_org_b: Api) -> Non
             assert_error(response, 400)
 
 
+async def test_a_malformed_body_on_a_route_without_fields_changes_nothing(api: Api) -> None:
+    # Pause and resume take no fields; a malformed body must still be refused before the
+    # job type (every org's jobs) is paused.
+    headers = {**api.auth("system"), "Content-Type": "application/json"}
+    pause = await api.client.post("/api/v1/job-types/t.echo/pause", content=b"{", headers=headers)
+    assert_error(pause, 400)
+    types = (await api.client.get("/api/v1/job-types", headers=api.auth("system"))).json()
+    echo = next(item for item in types["items"] if item["name"] == "t.echo")
+    assert echo["paused"] is False
+    ok = await api.client.post("/api/v1/job-types/t.echo/pause", content=b"{}", headers=headers)
+    assert ok.status_code == 200 and ok.json()["paused"] is True
+
+
 async def test_wrong_types_and_unknown_fields_are_rejected(with_org_b: Api) -> None:
     api = with_org_b
     hostile: list[Any] = [
@@ -128,7 +143,7 @@ async def test_wrong_types_and_unknown_fields_are_rejected(with_org_b: Api) -> N
             response = await _send(api, case, json=body)
             if response.status_code < 400:
                 # Only a body a route can take as valid may pass (e.g. {} fields all optional).
-                assert case.path.endswith(("/cancel", "/retry", "/pause", "/resume")), (
+                assert case.path.endswith(("/cancel", "/retry", "/pause", "/resume", "/logout")), (
                     case.path,
                     body,
                     response.text,
