@@ -418,17 +418,12 @@ async def execute(
         return encode_result(finished.result(), max_result_bytes)
     ctx._cancel()
     work.cancel()
-    if thread.is_alive():
-        _abandoned.add(thread)
-        log.warning(
-            "job %s: its handler's thread still runs after the attempt ended (%s); it is"
-            " abandoned until the handler returns (it can check ctx.cancelled); %d abandoned"
-            " handler thread(s) now run in this process",
-            ctx.job_id,
-            "interrupted" if state == "abort" else "timed out",
-            abandoned_threads(),
-            extra=job_fields(ctx.job_id, ctx.org, ctx.job_type, ctx.attempt),
-        )
+    # A handler that checks ctx.cancelled (as it should) returns soon after: its thread is
+    # looked at once it had time to, as an async handler's task is, so only one that ignores
+    # the flag is counted and warned about.
+    asyncio.get_running_loop().call_later(
+        ABANDON_CHECK_S, _check_abandoned_thread, thread, ctx, state == "abort"
+    )
     if state == "abort":
         return Execution(Outcome.CANCELED)
     return _timed_out(timeout)
@@ -438,8 +433,9 @@ _abandoned: set[threading.Thread] = set()
 """Threads of sync handlers still running when their attempt ended (see :func:`abandoned_threads`)."""
 
 ABANDON_CHECK_S = 1.0
-"""How long an async handler's task may take to end after its cancellation (its ``finally``
-clauses, say) before it counts as abandoned."""
+"""How long a handler may take to end after its attempt was timed out or cancelled (an async
+task's ``finally`` clauses, a sync handler's next look at ``ctx.cancelled``) before it counts
+as abandoned."""
 
 _abandoned_tasks: set[asyncio.Task[Any]] = set()
 """Tasks of async handlers still running after their attempt ended (see :func:`abandoned_tasks`)."""
@@ -465,6 +461,22 @@ def _check_abandoned(task: asyncio.Task[Any], ctx: BaseContext, outcome: Outcome
         ABANDON_CHECK_S,
         "timed out" if outcome is Outcome.TIMED_OUT else "interrupted",
         abandoned_tasks(),
+        extra=job_fields(ctx.job_id, ctx.org, ctx.job_type, ctx.attempt),
+    )
+
+
+def _check_abandoned_thread(thread: threading.Thread, ctx: BaseContext, interrupted: bool) -> None:
+    if not thread.is_alive():
+        return
+    _abandoned.add(thread)
+    log.warning(
+        "job %s: its handler's thread still runs %g s after the attempt ended (%s); it is"
+        " abandoned until the handler returns (it can check ctx.cancelled); %d abandoned"
+        " handler thread(s) now run in this process",
+        ctx.job_id,
+        ABANDON_CHECK_S,
+        "interrupted" if interrupted else "timed out",
+        abandoned_threads(),
         extra=job_fields(ctx.job_id, ctx.org, ctx.job_type, ctx.attempt),
     )
 

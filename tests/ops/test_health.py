@@ -7,6 +7,7 @@ import contextlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -404,21 +405,49 @@ async def test_async_handlers_that_outlive_their_attempt_are_counted_and_said(
 
 
 async def test_healthz_and_metrics_count_handler_threads_that_outlive_their_attempt(
-    db_path: Path,
+    db_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A sync handler that ignores its timeout is abandoned: its slot freed, its job retried
-    or ended, and its thread runs on. Nothing counted those threads or said so."""
+    or ended, and its thread runs on, counted and said. One that checks ``ctx.cancelled`` and
+    returns, as SPEC asks, is neither counted nor warned about (it was, at once, before it
+    had time to look)."""
+    monkeypatch.setattr(executor, "ABANDON_CHECK_S", 0.2)
+    checked: list[str] = []
+    check = executor._check_abandoned_thread
+
+    def check_and_note(thread: threading.Thread, ctx: Any, interrupted: bool) -> None:
+        check(thread, ctx, interrupted)
+        checked.append(ctx.job_id)
+
+    monkeypatch.setattr(executor, "_check_abandoned_thread", check_and_note)
     release = threading.Event()
     ej = make_app(db_path, SystemClock())
 
     def ignores_its_timeout(ctx: Any, params: dict[str, Any]) -> None:
         release.wait(60)  # never looks at ctx.cancelled
 
+    def cooperates(ctx: Any, params: dict[str, Any]) -> None:
+        while not ctx.cancelled and not release.is_set():
+            time.sleep(0.01)
+
     ej.register("stuck", ignores_its_timeout, timeout_s=0.1, max_retries=0, dedup=False)
+    ej.register("polite", cooperates, timeout_s=0.1, max_retries=0, dedup=False)
     await ej.start()
     try:
+        polite = await ej.submit("polite", org="acme")
+        assert (await ej.wait(polite.id, timeout=10)).status.value == "timed_out"
+        await poll_until(
+            lambda: polite.id in checked, timeout=10, interval=0.01, message="polite unchecked"
+        )
+        assert runner_health(ej).details["abandoned_threads"] == 0
         job = await ej.submit("stuck", org="acme")
         assert (await ej.wait(job.id, timeout=10)).status.value == "timed_out"
+        await poll_until(
+            lambda: job.id in checked, timeout=10, interval=0.01, message="stuck unchecked"
+        )
+        warnings = [r for r in caplog.records if "abandoned until the handler" in r.getMessage()]
+        assert [r.levelname for r in warnings] == ["WARNING"]
+        assert job.id in warnings[0].getMessage() and "timed out" in warnings[0].getMessage()
         async with http_client(ej) as http:
             body = (await http.get("/healthz")).json()
             assert body["status"] == "ok"
