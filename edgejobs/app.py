@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any, Literal, Never, TypeVar
 
 from edgejobs import faults
 from edgejobs.clock import Clock, SystemClock
-from edgejobs.config import Config, JobTypeConfig, check_job_type, load_config, parse_rate_limit
+from edgejobs.config import (
+    Config,
+    JobTypeConfig,
+    check_job_type,
+    check_not_in_memory,
+    load_config,
+    parse_rate_limit,
+)
 from edgejobs.errors import (
     ConfigError,
     EdgeJobsError,
@@ -170,6 +177,10 @@ class EdgeJobs:
     ) -> None:
         config = config or Config()
         if database is not None:
+            try:
+                check_not_in_memory(database)
+            except ValueError as exc:
+                raise ConfigError(f"database: {exc}") from None
             config = config.model_copy(
                 update={"database": config.database.model_copy(update={"path": Path(database)})}
             )

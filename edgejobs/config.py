@@ -245,7 +245,23 @@ class DatabaseConfig(_Model):
         # the database is opened.
         if isinstance(value, str | Path) and "\0" in str(value):
             raise ValueError(f"expected a file path without NUL characters, got {_show(value)}")
+        check_not_in_memory(value)
         return value
+
+
+IN_MEMORY_REFUSED = (
+    "expected a file path, got ':memory:' (the queue is one file in WAL mode, shared by the"
+    " runner's threads and other processes; for tests use edgejobs.testing.temporary_database)"
+)
+"""Why ``:memory:`` is refused as the database path, at start, naming the key."""
+
+
+def check_not_in_memory(path: Any) -> None:
+    """Raise :class:`ValueError` (:data:`IN_MEMORY_REFUSED`) when ``path`` is ``:memory:``:
+    accepted, it failed later, when the store set WAL mode, with a message naming neither the
+    key nor what to use instead."""
+    if isinstance(path, str | os.PathLike) and os.fspath(path) == ":memory:":
+        raise ValueError(IN_MEMORY_REFUSED)
 
 
 class RunnerConfig(_Model):
@@ -742,8 +758,8 @@ def load_config(
 
     ``database.path`` is made absolute: a path from the file (or the default, when a file
     was read) is relative to the file's folder; one from ``EDGEJOBS_DB`` or ``overrides``
-    (or the default without a file) is relative to the current folder. ``~`` is expanded and
-    ``:memory:`` is kept as it is.
+    (or the default without a file) is relative to the current folder. ``~`` is expanded;
+    ``:memory:`` is refused (the queue needs a real file).
 
     Raises :class:`~edgejobs.errors.ConfigError` with a one-line message for every problem.
     """
@@ -767,10 +783,9 @@ def load_config(
     db_path = config.database.path
     from_file = file is not None and ("database", "path") not in origins
     base = file.parent if from_file and file is not None else Path.cwd()
-    if str(db_path) != ":memory:":
-        db_path = db_path.expanduser()
-        if not db_path.is_absolute():
-            db_path = base / db_path
+    db_path = db_path.expanduser()
+    if not db_path.is_absolute():
+        db_path = base / db_path
     return config.model_copy(
         update={
             "database": config.database.model_copy(update={"path": db_path}),

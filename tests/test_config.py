@@ -10,6 +10,7 @@ from typing import Any
 import pydantic
 import pytest
 
+from edgejobs import EdgeJobs
 from edgejobs.config import (
     Config,
     DatabaseConfig,
@@ -351,12 +352,24 @@ def test_relative_db_path_resolves_against_the_config_folder(
     # The default path lives next to the config file too.
     write(folder, "[runner]\nworkers = 1\n")
     assert load_config(conf, environ={}).database.path == folder / "edgejobs.db"
-    # Absolute paths and :memory: are kept.
+    # Absolute paths are kept.
     absolute = tmp_path / "abs.db"
     write(folder, f"[database]\npath = {str(absolute)!r}\n")
     assert load_config(conf, environ={}).database.path == absolute
-    write(folder, '[database]\npath = ":memory:"\n')
-    assert str(load_config(conf, environ={}).database.path) == ":memory:"
+
+
+def test_an_in_memory_database_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """``:memory:`` was accepted, then failed at start setting WAL mode, with a message that
+    named neither the key nor what to use instead; it is refused where the path is given."""
+    conf = write(tmp_path, '[database]\npath = ":memory:"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(conf, environ={})
+    assert "[database] path" in str(raised.value) and "temporary_database" in str(raised.value)
+    other = write(tmp_path / "other", "[runner]\nworkers = 1\n")
+    with pytest.raises(ConfigError, match="EDGEJOBS_DB"):
+        load_config(other, environ={"EDGEJOBS_DB": ":memory:"})
+    with pytest.raises(ConfigError, match="temporary_database"):
+        EdgeJobs(database=":memory:")
 
 
 # ---------------------------------------------------------------------------------------------

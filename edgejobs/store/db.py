@@ -96,7 +96,7 @@ def create_private(path: Path, mode: int = PRIVATE_FILE_MODE) -> None:
     file keeps the mode its operator gave it. Never raises: when the file cannot be made
     here (a missing or read-only folder), opening it reports why.
     """
-    if str(path) in ("", ":memory:"):
+    if not str(path):
         return
     with contextlib.suppress(OSError):  # FileExistsError included: keep the file as it is
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
@@ -117,7 +117,7 @@ def connect(
     target, uri = str(path), False
     if create:
         create_private(path)
-    elif target != ":memory:":
+    else:
         target, uri = Path(path).absolute().as_uri() + "?mode=rw", True
     conn = sqlite3.connect(
         target,

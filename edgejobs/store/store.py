@@ -37,8 +37,8 @@ class Store:
         # read, every checkpoint), and a sync handler runs in this process, where it may
         # change the working directory. A relative path then opened, or created, another
         # database in the handler's directory: listings failed and the WAL was never
-        # checkpointed. (``:memory:`` is no file: kept as it is.)
-        self.path = Path(path) if str(path) == ":memory:" else Path(path).absolute()
+        # checkpointed.
+        self.path = Path(path).absolute()
         self.pragmas = pragmas or Pragmas()
         self.writer = Writer(self.path, self.pragmas)
         self.reader = Reader(self.path, self.pragmas, threads=read_threads)
