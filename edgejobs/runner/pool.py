@@ -228,12 +228,13 @@ class _Claimed:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _CycleWrite:
-    """A cycle's write, queued: the outcomes it writes, the slots it claims, its future."""
+    """A cycle's write, queued: the outcomes it writes, the slots it claims, and ``ended``:
+    how many jobs it started once it committed (or why it failed)."""
 
     finishes: list[_Finish]
     free: int
     claim: bool
-    future: asyncio.Future[tuple[list[Any], _Claimed]]
+    ended: asyncio.Future[int]
 
 
 def _cycle_failed(exc: Exception, repeats: RepeatLimiter) -> float:
@@ -275,7 +276,6 @@ class Pool:
         # than an asyncio.Lock, so that :meth:`claim_behind` can take it without awaiting.
         self._cycle_free = asyncio.Event()
         self._cycle_free.set()
-        self._behind: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._busy = asyncio.Event()  # the inverse of _idle: periodic tasks wait for it
@@ -415,9 +415,13 @@ class Pool:
         self._cycle_free.clear()
         try:
             write = self._queue_cycle(claim)
-            return 0 if write is None else await self._finish_cycle(write)
-        finally:
+        except BaseException:
             self._cycle_free.set()
+            raise
+        if write is None:
+            self._cycle_free.set()
+            return 0
+        return await self._finish_cycle(write)  # the write's end ends the cycle
 
     def claim_behind(self) -> bool:
         """Queue a claim cycle now, right behind the write just queued (a local submit), so
@@ -437,21 +441,10 @@ class Pool:
         if write is None:  # no free slot: a slot that frees wakes the pool anyway
             self._cycle_free.set()
             return True
-        task = asyncio.get_running_loop().create_task(self._finish_behind(write))
-        self._behind.add(task)
-        task.add_done_callback(self._behind.discard)
+        # Nobody waits for it: its end starts what it claimed, and should it fail, logs that
+        # and wakes the pool's loop, which retries (and waits if it fails too).
+        write.ended.cancel()
         return True
-
-    async def _finish_behind(self, write: _CycleWrite) -> None:
-        try:
-            await self._finish_cycle(write)
-        except Exception as exc:
-            _cycle_failed(
-                exc, self._repeats
-            )  # the pool's loop, woken, retries (and waits if it fails too)
-            self._wake.set()
-        finally:
-            self._cycle_free.set()
 
     def _queue_cycle(self, claim: bool) -> _CycleWrite | None:
         """Queue the write of one cycle (None: nothing to write). Synchronous, so a caller can
@@ -478,15 +471,63 @@ class Pool:
         except BaseException:
             self._finishes[:0] = finishes
             raise
-        return _CycleWrite(finishes, free, claim, future)
+        write = _CycleWrite(finishes, free, claim, future.get_loop().create_future())
+        future.add_done_callback(partial(self._end_cycle, write))
+        return write
 
     async def _finish_cycle(self, write: _CycleWrite) -> int:
-        """Wait for a cycle's commit, then forget the written outcomes and start the claims."""
+        """Wait until the cycle's write committed and what it claimed started (see
+        :meth:`_end_cycle`); how many jobs that was."""
+        return await write.ended
+
+    def _end_cycle(self, write: _CycleWrite, future: asyncio.Future[Any]) -> None:
+        """As the cycle's write ends: forget the outcomes it wrote and start the jobs it
+        claimed (or, when it failed, keep the outcomes for the next try); then the cycle is
+        over, and another may be queued.
+
+        A callback of the write itself, not the work of whoever waits for it: the write
+        commits whether or not its caller still waits. A caller cancelled meanwhile (a
+        ``drain(timeout=...)`` that ran out, a stepped runner under a test's timeout) had left
+        the claimed jobs ``running`` with nothing running them until their leases expired,
+        each spending a retry — with none left, dead-lettered without ever having run. (Run
+        as a callback it also starts the handlers in the turn right after the commit, as the
+        awaiting task did.)
+        """
+        abandoned = write.ended.done()  # the caller stopped waiting: nobody else will retry
         try:
-            written, claimed = await write.future
-        except BaseException:
+            if future.cancelled():  # nothing cancels it (callers wait on ``ended``); still
+                raise asyncio.CancelledError
+            written, claimed = future.result()
+        except BaseException as exc:
             self._finishes[:0] = write.finishes  # keep the outcomes; they are written on retry
-            raise
+            self._cycle_free.set()
+            if not abandoned:
+                if isinstance(exc, asyncio.CancelledError):
+                    write.ended.cancel()
+                else:
+                    write.ended.set_exception(exc)
+                return
+            if isinstance(exc, Exception):
+                _cycle_failed(exc, self._repeats)
+            self._wake.set()  # the pool's loop writes them again
+            if self._finishes:
+                self._schedule_flush()  # or, stepped by hand, a flush on the next turn
+            return
+        try:
+            started = self._apply_cycle(write, written, claimed)
+        except Exception as exc:
+            if abandoned:
+                log.exception("could not start the jobs of a claim cycle")
+            else:
+                write.ended.set_exception(exc)
+        else:
+            if not abandoned:
+                write.ended.set_result(started)
+        finally:
+            self._cycle_free.set()
+
+    def _apply_cycle(self, write: _CycleWrite, written: list[Any], claimed: _Claimed) -> int:
+        """Forget the cycle's written outcomes and start the jobs it claimed."""
         for item, result in zip(write.finishes, written, strict=True):
             _log_outcome(item, result)
             self._forget(item.attempt)
