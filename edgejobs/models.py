@@ -243,3 +243,14 @@ class Attempt:
             "outcome": self.outcome.value if self.outcome else None,
             "error": self.error.to_dict() if self.error else None,
         }
+
+
+def storable_text(text: str) -> str:
+    """``text`` as text SQLite can store: a lone surrogate — what Python gives for a file name
+    that is not UTF-8 (``os.listdir``, ``os.fsdecode``) — is written as its escape
+    (``\\udce9``) instead of making the whole outcome unwritable."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeAlias
 
 from edgejobs.errors import ValidationError
+from edgejobs.models import storable_text
 
 ProgressSink = Callable[[float, "str | None"], None]
 
@@ -20,7 +21,7 @@ def check_progress(percent: float, message: str | None) -> tuple[float, str | No
     if not 0 <= percent <= 100:
         raise ValidationError(f"progress must be from 0 to 100, got {percent}")
     if message is not None:
-        message = str(message)[:1000]
+        message = storable_text(str(message))[:1000]  # a file name that is not UTF-8, say
     return float(percent), message
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 from edgejobs.errors import PermanentError
 from edgejobs.logs import job_fields
-from edgejobs.models import JobError, Outcome
+from edgejobs.models import JobError, Outcome, storable_text
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
 from edgejobs.runner.registry import JobType, import_handler, is_async_handler
 from edgejobs.store.rows import MAX_JSON_DEPTH, dumps, nested_too_deep
@@ -82,19 +82,22 @@ def _traceback_of(exc: BaseException) -> str:
 
 
 def error_from(exc: BaseException) -> JobError:
-    """A :class:`JobError` (type, message, traceback) from an exception; never raises."""
+    """A :class:`JobError` (type, message, traceback) from an exception, each storable; never
+    raises."""
     if isinstance(exc, HandlerExit) and exc.__cause__ is not None:
         cause = exc.__cause__
-        name = type(cause).__name__
+        name = storable_text(type(cause).__name__)
         return JobError(
             type=name,
-            message=f"handler raised {name}({_text_of(cause)}); the runner contained it"[
-                :MAX_MESSAGE
-            ],
-            traceback=_traceback_of(cause),
+            message=storable_text(
+                f"handler raised {name}({_text_of(cause)}); the runner contained it"
+            )[:MAX_MESSAGE],
+            traceback=storable_text(_traceback_of(cause)),
         )
     return JobError(
-        type=type(exc).__name__, message=_text_of(exc)[:MAX_MESSAGE], traceback=_traceback_of(exc)
+        type=storable_text(type(exc).__name__),
+        message=storable_text(_text_of(exc))[:MAX_MESSAGE],
+        traceback=storable_text(_traceback_of(exc)),
     )
 
 
@@ -827,7 +830,8 @@ async def _execute_in_process(
     if final[0] == "result":  # JSON within the size limit (the child checked)
         return Execution(Outcome.COMPLETED, result_json=final[1])
     _, etype, message, tb, permanent = final
-    return Execution(Outcome.FAILED, error=JobError(etype, message, tb), permanent=permanent)
+    error = JobError(storable_text(etype), storable_text(message), tb and storable_text(tb))
+    return Execution(Outcome.FAILED, error=error, permanent=permanent)
 
 
 __all__ = [

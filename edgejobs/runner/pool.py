@@ -23,10 +23,16 @@ from typing import Any
 from edgejobs.clock import Clock
 from edgejobs.errors import DatabaseBusy, EdgeJobsError, StorageFull
 from edgejobs.logs import RepeatLimiter, job_fields
-from edgejobs.models import Outcome, Status
+from edgejobs.models import JobError, Outcome, Status, storable_text
 from edgejobs.retry import RetryPolicy
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
-from edgejobs.runner.executor import AsyncRun, Deadlines, Execution, execute, failure
+from edgejobs.runner.executor import (
+    AsyncRun,
+    Deadlines,
+    Execution,
+    execute,
+    failure,
+)
 from edgejobs.runner.progress import ProgressCoalescer
 from edgejobs.runner.registry import JobType, Registry, is_async_handler
 from edgejobs.store import Store
@@ -212,11 +218,31 @@ def _write_outcomes(
         else:
             log.warning("writing completions together failed (%s); writing them one by one", rows)
     return [
-        written[id(item)]
-        if id(item) in written
-        else run_in_savepoint(conn, tx, "outcome", partial(_outcome_row, conn, tx, item, now))[1]
+        written[id(item)] if id(item) in written else _write_one_outcome(conn, tx, item, now)
         for item in finishes
     ]
+
+
+def _write_one_outcome(conn: sqlite3.Connection, tx: WriteTx, item: _Finish, now: int) -> Any:
+    """One outcome in its own savepoint; its row (None: abandoned) or its error.
+
+    An outcome refused for what it holds (text SQLite cannot take, say), not for the state of
+    the database, is written as a failure that says so: forgotten unwritten, its job stayed
+    ``running`` with nothing running it until its lease expired, recorded ``lost`` on every
+    attempt, and the real cause was never stored."""
+    ok, result = run_in_savepoint(conn, tx, "outcome", partial(_outcome_row, conn, tx, item, now))
+    if ok or isinstance(result, DatabaseBusy | sqlite3.OperationalError):
+        return result
+    if item.execution.outcome is Outcome.CANCELED:
+        return result  # a requeue writes nothing of the handler's
+    message = f"the attempt's outcome could not be stored ({type(result).__name__}: {result})"
+    fallback = _Finish(
+        item.attempt,
+        Execution(Outcome.FAILED, error=JobError("OutcomeNotStorable", storable_text(message))),
+        item.policy,
+    )
+    ok, row = run_in_savepoint(conn, tx, "outcome", partial(_outcome_row, conn, tx, fallback, now))
+    return row if ok else result
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

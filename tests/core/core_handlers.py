@@ -61,6 +61,18 @@ def returns_a_lone_surrogate(ctx: Any, params: dict[str, Any]) -> str:
     return os.fsdecode(b"report-\xff.csv")
 
 
+def raises_naming_a_file_that_is_not_utf8(ctx: Any, params: dict[str, Any]) -> None:
+    """Fail naming a file whose name is not UTF-8, as ``os.listdir`` gives it (a lone
+    surrogate in the message and the traceback)."""
+    name = os.fsdecode(b"caf\xe9.txt")
+    raise ValueError(f"cannot parse {name}")
+
+
+async def async_raises_naming_a_file_that_is_not_utf8(ctx: Any, params: dict[str, Any]) -> None:
+    """:func:`raises_naming_a_file_that_is_not_utf8`, async."""
+    raises_naming_a_file_that_is_not_utf8(ctx, params)
+
+
 def start_sleeper(pid_file: str) -> None:
     """Start a ``sleep 600`` subprocess and write its pid to ``pid_file`` (left running)."""
     sleeper = subprocess.Popen(["sleep", "600"])

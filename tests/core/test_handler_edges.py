@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+import edgejobs.runner.executor as executor
 from edgejobs import EdgeJobs, Status
 from edgejobs.clock import SystemClock
 from edgejobs.testing import Harness
@@ -133,6 +134,51 @@ async def test_a_result_that_is_not_json_fails_alike_in_a_thread_and_in_a_proces
     assert errors[0][0] == "ResultNotSerializable"
     assert "not JSON" in errors[0][1]
     assert errors[1] == errors[0]
+
+
+@pytest.mark.parametrize(
+    ("handler", "isolation"),
+    [
+        ("core_handlers:async_raises_naming_a_file_that_is_not_utf8", "thread"),
+        ("core_handlers:raises_naming_a_file_that_is_not_utf8", "thread"),
+        ("core_handlers:raises_naming_a_file_that_is_not_utf8", "process"),
+    ],
+)
+async def test_an_error_naming_a_file_that_is_not_utf8_is_stored_as_it_was_raised(
+    handler: str, isolation: str
+) -> None:
+    """Its text could not be stored: the outcome was never written, the job stayed
+    ``running`` until its lease expired and every attempt was recorded ``lost``; the real
+    error was never kept. The undecodable byte is now stored as its escape."""
+    job, _ = await _run_one(handler, isolation=isolation)
+    assert job.status is Status.FAILED, job
+    assert job.error is not None and job.error.type == "ValueError"
+    assert job.error.message == "cannot parse caf\\udce9.txt"
+    assert job.error.traceback is not None and "caf\\udce9.txt" in job.error.traceback
+
+
+async def reports_progress_on_a_file_that_is_not_utf8(ctx: Any, params: dict[str, Any]) -> str:
+    await ctx.progress(50, f"reading {os.fsdecode(b'caf' + bytes([0xE9]) + b'.txt')}")
+    return "done"
+
+
+async def test_a_progress_message_naming_a_file_that_is_not_utf8_is_stored() -> None:
+    job, _ = await _run_one(reports_progress_on_a_file_that_is_not_utf8)
+    assert job.status is Status.COMPLETED, job
+    assert job.progress_message == "reading caf\\udce9.txt"
+
+
+async def test_an_outcome_the_database_refuses_is_stored_as_a_failure_saying_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should an outcome still hold what SQLite refuses (here: the error text as it was
+    before it was made storable), the attempt fails with ``OutcomeNotStorable`` and the
+    cause, instead of being forgotten with its job left ``running``."""
+    monkeypatch.setattr(executor, "storable_text", lambda text: text)
+    job, _ = await _run_one("core_handlers:raises_naming_a_file_that_is_not_utf8")
+    assert job.status is Status.FAILED, job
+    assert job.error is not None and job.error.type == "OutcomeNotStorable"
+    assert "UnicodeEncodeError" in job.error.message and "surrogates" in job.error.message
 
 
 async def test_an_object_with_an_async_call_is_awaited() -> None:
