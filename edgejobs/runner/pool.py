@@ -502,8 +502,8 @@ class Pool:
         return write
 
     async def _finish_cycle(self, write: _CycleWrite) -> int:
-        """Wait until the cycle's write committed and what it claimed started (see
-        :meth:`_end_cycle`); how many jobs that was."""
+        """Wait until the cycle's write committed; how many jobs it claimed (started in the
+        same turn, their handlers' first steps still to come: see :meth:`_end_cycle`)."""
         return await write.ended
 
     def _end_cycle(self, write: _CycleWrite, future: asyncio.Future[Any]) -> None:
@@ -516,8 +516,8 @@ class Pool:
         ``drain(timeout=...)`` that ran out, a stepped runner under a test's timeout) had left
         the claimed jobs ``running`` with nothing running them until their leases expired,
         each spending a retry — with none left, dead-lettered without ever having run. (Run
-        as a callback it also starts the handlers in the turn right after the commit, as the
-        awaiting task did.)
+        as a callback it starts the handlers in the turn right after the commit, as the
+        awaiting task did, and tells that task first.)
         """
         abandoned = write.ended.done()  # the caller stopped waiting: nobody else will retry
         try:
@@ -540,25 +540,27 @@ class Pool:
                 self._schedule_flush()  # or, stepped by hand, a flush on the next turn
             return
         try:
-            started = self._apply_cycle(write, written, claimed)
+            self._apply_cycle(write, written, claimed)
         except Exception as exc:
-            if abandoned:
-                log.exception("could not start the jobs of a claim cycle")
+            if write.ended.done():
+                log.exception("could not finish a claim cycle")
             else:
                 write.ended.set_exception(exc)
-        else:
-            if not abandoned:
-                write.ended.set_result(started)
         finally:
             self._cycle_free.set()
 
-    def _apply_cycle(self, write: _CycleWrite, written: list[Any], claimed: _Claimed) -> int:
+    def _apply_cycle(self, write: _CycleWrite, written: list[Any], claimed: _Claimed) -> None:
         """Forget the cycle's written outcomes and start the jobs it claimed."""
         for item, result in zip(write.finishes, written, strict=True):
             _log_outcome(item, result)
             self._forget(item.attempt)
         if write.claim:
             self._next_due = claimed.next_due
+        if not write.ended.done():
+            # Told before the jobs start: the waiter goes on before their handlers' first
+            # steps, as it did when it started them itself (a stepped runner's caller may
+            # still act, move a fake clock say, before any handler ran).
+            write.ended.set_result(len(claimed.rows))
         for row in claimed.rows:
             self._start(row, claimed.parents.get(row["seq"], {}))
             early = self._early_aborts.pop((row["id"], row["attempts"]), None)
@@ -567,7 +569,6 @@ class Pool:
         self._early_aborts.clear()
         if claimed.rows and len(claimed.rows) == write.free:
             self._wake.set()  # there may be more ready jobs
-        return len(claimed.rows)
 
     async def run(self) -> None:
         """The claim loop; returns once :meth:`stop` was called and every outcome is written."""
