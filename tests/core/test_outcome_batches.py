@@ -70,18 +70,21 @@ async def test_a_refused_completion_does_not_undo_the_others_of_its_cycle(
     assert await kit.pool.claim_once() == 5
     kit.gates["go"].set()
     await kit.settle()
-    # A savepoint for the statement for all five, then one for each job written alone.
-    assert statements.count("SAVEPOINT outcome") == 1 + len(jobs), statements
+    # A savepoint for the statement for all five, then one for each job written alone, and
+    # one for the refused job's outcome written as a failure.
+    assert statements.count("SAVEPOINT outcome") == 1 + len(jobs) + 1, statements
     assert statements.count("ROLLBACK TO outcome") == 2, statements  # all five, then the one
     for job in jobs:
-        expected = Status.RUNNING if job is refused else Status.COMPLETED
+        expected = Status.RETRYING if job is refused else Status.COMPLETED
         assert kit.status(job.id) is expected, job.id
     assert "writing completions together failed" in caplog.text
-    assert f"could not record the outcome of job {refused.id}" in caplog.text
     assert "crashed the runner's bookkeeping" not in caplog.text
-    # The refused job's attempt stays open: its lease will expire and recovery retries it.
+    # The refused job's attempt is not left open for its lease to expire (recorded "lost",
+    # its cause nowhere): it failed, saying why, and is retried as its policy says.
     [attempt] = kit.attempt_rows(refused.id)
-    assert attempt["outcome"] is None
+    assert attempt["outcome"] == "failed"
+    assert attempt["error_type"] == "OutcomeNotStorable"
+    assert "refused by the test" in attempt["error_message"]
 
 
 async def test_results_are_stored_exactly_as_encoded(kit: CoreKit) -> None:
