@@ -283,6 +283,17 @@ class EdgeJobs:
         unknown option is a :class:`~edgejobs.errors.ValidationError` naming it. (``unknown``
         only catches misspelled options, so that the error lists the valid ones.)
         """
+        if name in self.registry:
+            # A copy-pasted decorator, or a code type shadowing a configured one, ran the
+            # wrong handler with no word; huey and dramatiq refuse a second registration too.
+            where = (
+                "in [[job_types]] of the configuration"
+                if any(declared.name == name for declared in self.config.job_types)
+                else "by an earlier register() or @job_type"
+            )
+            raise ValidationError(
+                f"job type {name!r} is already registered ({where}): a name is registered once"
+            )
         if not isinstance(handler, str) and not callable(handler):
             raise ValidationError(
                 f"job type {name!r}: handler must be a callable or an import path"

@@ -195,3 +195,25 @@ async def test_a_handler_module_that_exits_when_imported_is_a_config_error(
     message = info.value.message
     assert "'t.script'" in message and "raised SystemExit" in message
     assert "usage: script_like.py FILE" in message and "__main__" in message
+
+
+def test_a_name_registered_twice_is_refused_saying_where_it_was_first(tmp_path: Path) -> None:
+    """The second registration silently replaced the first (a copy-pasted decorator, or a
+    code type shadowing one declared in edgejobs.toml, ran the wrong handler with no word),
+    while two [[job_types]] tables of one name were refused."""
+    ej = EdgeJobs(database=tmp_path / "jobs.db")
+    first = ej.register("t.work", handler, timeout_s=5)
+    with pytest.raises(ValidationError, match="already registered.*earlier register"):
+        ej.register("t.work", handler, timeout_s=300)
+    with pytest.raises(ValidationError, match="already registered"):
+        ej.job_type("t.work")(handler)
+    assert ej.registry.get("t.work") is first
+
+    config = tmp_path / "edgejobs.toml"
+    config.write_text(
+        '[[job_types]]\nname = "t.conf"\nhandler = "core_handlers:echo"\n', encoding="utf-8"
+    )
+    configured = EdgeJobs(database=tmp_path / "jobs.db", config=load_config(config, environ={}))
+    with pytest.raises(ValidationError, match=r"already registered \(in \[\[job_types\]\]"):
+        configured.register("t.conf", handler)
+    assert configured.registry.get("t.conf").handler_ref == "core_handlers:echo"
