@@ -26,11 +26,14 @@ MAX_DEPTH = 64
 """Deepest nesting of arrays and objects accepted in a body."""
 
 
-def _reject_constant(name: str) -> Any:
+def reject_json_constant(name: str) -> Any:
+    """``json.loads``'s ``parse_constant``: refuse ``NaN`` and ``Infinity`` (ValueError),
+    which Python's parser takes but JSON has not."""
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _finite_float(text: str) -> float:
+def finite_float(text: str) -> float:
+    """``json.loads``'s ``parse_float``: refuse a number that parses as infinity (ValueError)."""
     value = float(text)
     if not math.isfinite(value):  # 1e400 parses as infinity, which JSON cannot carry back
         raise ValueError(f"the number {text[:30]} is out of range")
@@ -67,7 +70,7 @@ def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise BadRequest("the request needs a JSON body")
     try:
-        data = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(raw, parse_constant=reject_json_constant, parse_float=finite_float)
     except RecursionError:
         raise BadRequest(f"the JSON body is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits

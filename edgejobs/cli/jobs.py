@@ -18,11 +18,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgejobs.api.body import MAX_DEPTH
-from edgejobs.app import EdgeJobs
+from edgejobs.api.body import MAX_DEPTH, finite_float, reject_json_constant
+from edgejobs.app import EdgeJobs, check_org
 from edgejobs.cli import print_json, print_table, run_async
 from edgejobs.cli.runner import app_from_args
-from edgejobs.errors import EdgeJobsError
+from edgejobs.errors import EdgeJobsError, UnknownJobType
 from edgejobs.logs import escape
 from edgejobs.models import MAX_DELAY_S, MAX_PAGE, Attempt, Job, Priority, Status, iso_ms
 from edgejobs.store.audit import CLI_ACTOR
@@ -183,11 +183,13 @@ def parse_params(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=reject_json_constant, parse_float=finite_float)
     except RecursionError:  # the parser recurses; thousands of levels exhaust the stack
         raise ValueError(_TOO_DEEP) from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"--params is not valid JSON: {exc.msg} at character {exc.pos}") from None
+    except ValueError as exc:  # NaN, Infinity, a number out of range: as the HTTP API says
+        raise ValueError(f"--params is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError(f"--params must be a JSON object, got {type(value).__name__}")
     if _too_deep(value):
@@ -286,7 +288,20 @@ def run_submit(args: argparse.Namespace) -> int:
 
 
 async def _submit(args: argparse.Namespace, params: dict[str, Any]) -> int:
-    async with open_client(args, create=True) as ej:
+    app = app_from_args(args)
+    path = app.config.database.path
+    if not path.exists():
+        # Nothing is stored yet, so the configuration alone says which job types exist: a
+        # submission it refuses must not leave a new, empty database behind — the case of a
+        # command run from the wrong folder, where no config was found either.
+        check_org(args.org)
+        if args.job_type not in app.registry:
+            raise UnknownJobType(
+                f"unknown job type {args.job_type!r} (no database at {path} yet, and the"
+                " configuration declares no such type: give the runner's --config or"
+                " EDGEJOBS_DB)"
+            )
+    async with open_client(args, create=True, app=app) as ej:
         job = await ej.submit(
             args.job_type,
             org=args.org,

@@ -431,7 +431,9 @@ def nested(levels: int) -> str:
         # Beyond what a due time can hold (it once crashed with OverflowError).
         (("submit", "echo", "--org", "a", "--delay", "1e20"), 2, ("--delay",)),
         (("submit", "echo", "--org", "a", "--delay", "nan"), 2, ("--delay",)),
-        (("submit", "echo", "--org", "a", "--params", '{"n": NaN}'), 1, ("params",)),
+        # Refused as not JSON, as the HTTP API does (it said "not JSON-serializable", exit 1).
+        (("submit", "echo", "--org", "a", "--params", '{"n": NaN}'), 2, ("--params", "NaN")),
+        (("submit", "echo", "--org", "a", "--params", '{"n": 1e400}'), 2, ("--params", "range")),
         (("submit", "echo", "--org", "a", "--params", '{"s": "\\ud800"}'), 1, ("surrogate",)),
         (("submit", "echo", "--org", "bad org!"), 1, ("org",)),
         (("submit", "echo"), 2, ("--org",)),
@@ -537,6 +539,25 @@ async def test_client_commands_refuse_a_database_that_does_not_exist(
     got, out, err = await cli(*args)
     assert got == 1 and out == "", (got, out, err)
     _one_line_error(err, "no database at", str(tmp_path / "jobs.db"))
+    assert not (tmp_path / "jobs.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (("submit", "nope", "--org", "acme"), ("unknown job type 'nope'", "no database at")),
+        (("submit", "echo", "--org", "bad org!"), ("org",)),
+    ],
+)
+async def test_a_submit_refused_before_the_first_runner_leaves_no_database(
+    cli: Cli, config: Path, tmp_path: Path, args: tuple[str, ...], needles: tuple[str, ...]
+) -> None:
+    """``submit`` may create the database (the job waits for the runner), but one it refuses
+    left an empty database behind — in the wrong-folder case, where the type is unknown
+    because no config was found, exactly what the other commands avoid."""
+    got, out, err = await cli(*args)
+    assert got == 1 and out == "", (got, out, err)
+    _one_line_error(err, *needles)
     assert not (tmp_path / "jobs.db").exists()
 
 
