@@ -283,7 +283,7 @@ class RunnerConfig(_Model):
         default=30.0,
         ge=0,
         le=86400,
-        description="on SIGTERM/SIGINT: stop claiming, wait, then cancel",
+        description="on SIGTERM/SIGINT: stop claiming, wait, then requeue",
     )
 
 

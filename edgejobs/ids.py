@@ -1,4 +1,5 @@
-"""Job ids: opaque, URL-safe, time-sortable strings (ULID layout, Crockford base32)."""
+"""Job ids: opaque, URL-safe, time-sortable strings (26 Crockford base32 digits, like a ULID,
+but not one: the two padding bits come last, so a ULID library reads a wrong time from them)."""
 
 from __future__ import annotations
 
