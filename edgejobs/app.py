@@ -125,6 +125,39 @@ def parse_time_ms(value: datetime | str | int | float) -> int:
     return round(value.timestamp() * 1000)
 
 
+MAX_CANCEL_REASON = 500
+"""Longest cancel reason (as over HTTP)."""
+
+
+def _check_unicode(name: str, text: str) -> None:
+    """Refuse text SQLite cannot store (a lone surrogate: a file name from ``os.listdir``)
+    with a :class:`ValidationError` naming ``name``, not a bare UnicodeEncodeError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(
+            f"{name} holds text that is not valid Unicode (a lone surrogate)"
+        ) from None
+
+
+def _filter_time_ms(name: str, value: datetime | int | None) -> int | None:
+    """A listing's time filter as unix milliseconds: an aware datetime, or an int of
+    milliseconds (what the job objects' times are); anything else is a ValidationError — an
+    ISO string or unix seconds had matched nothing, without a word."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValidationError(f"{name} needs a UTC offset (an aware datetime)")
+        return round(value.timestamp() * 1000)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(
+            f"{name} must be an aware datetime or unix milliseconds (an int),"
+            f" got {type(value).__name__}"
+        )
+    return value
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class JobSpec:
     """One job of a :meth:`EdgeJobs.submit_many` batch.
@@ -862,8 +895,10 @@ class EdgeJobs:
                 depends_on.append(ref)
         use_dedup = job_type.dedup if spec.dedup is None else bool(spec.dedup)
         key = spec.dedup_key if spec.dedup_key is not None else params_json
-        if spec.dedup_key is not None and not isinstance(spec.dedup_key, str):
-            raise ValidationError("dedup_key must be a string")
+        if spec.dedup_key is not None:
+            if not isinstance(spec.dedup_key, str):
+                raise ValidationError("dedup_key must be a string")
+            _check_unicode("dedup_key", spec.dedup_key)
         return NewJob(
             org=org,
             job_type=job_type.name,
@@ -879,7 +914,12 @@ class EdgeJobs:
         """The batch's share of every rate limit it falls under, counted in the database by
         the insert's own transaction: across processes and restarts, and only if written."""
         counts: dict[tuple[str, str], int] = {}
+        seen: set[str] = set()
         for job in specs:
+            if job.dedup_hash is not None:
+                if job.dedup_hash in seen:
+                    continue  # equal to one earlier in the batch: written once at most
+                seen.add(job.dedup_hash)
             counts[(job.org, job.job_type)] = counts.get((job.org, job.job_type), 0) + 1
         takes: list[RateTake] = []
         for (org, name), count in counts.items():
@@ -984,14 +1024,17 @@ class EdgeJobs:
         statuses: Sequence[Status | str] = (),
         job_type: str | None = None,
         priority: Priority | str | None = None,
-        created_after: int | None = None,
-        created_before: int | None = None,
+        created_after: datetime | int | None = None,
+        created_before: datetime | int | None = None,
         text: str | None = None,
         before_seq: int | None = None,
         limit: int = 50,
     ) -> tuple[list[Job], int | None]:
         """A page of jobs, newest first, and the cursor (a seq) of the next page (at most
-        :data:`~edgejobs.models.MAX_PAGE` jobs a page; bad filters are a ValidationError)."""
+        :data:`~edgejobs.models.MAX_PAGE` jobs a page; bad filters are a ValidationError).
+        ``created_after``/``created_before``: an aware datetime or unix milliseconds."""
+        after_ms = _filter_time_ms("created_after", created_after)
+        before_ms = _filter_time_ms("created_before", created_before)
         if isinstance(statuses, str | bytes) or not isinstance(statuses, Iterable):
             # A str is a sequence too: "failed" was read as the statuses "f", "a", ...
             raise ValidationError(
@@ -1020,8 +1063,8 @@ class EdgeJobs:
             statuses=tuple(wanted),
             job_type=job_type,
             priority_rank=rank,
-            created_after=created_after,
-            created_before=created_before,
+            created_after=after_ms,
+            created_before=before_ms,
             text=text,
             before_seq=before_seq,
             limit=limit,
@@ -1042,6 +1085,12 @@ class EdgeJobs:
         With an ``actor`` (an operator's token, or the CLI), the audit entry is written in the
         same transaction as the cancel.
         """
+        if reason is not None:
+            if not isinstance(reason, str) or len(reason) > MAX_CANCEL_REASON:
+                raise ValidationError(
+                    f"reason must be a string of at most {MAX_CANCEL_REASON} characters"
+                )
+            _check_unicode("reason", reason)
         await self.open()
         now = self.clock.now_ms()
         text = reason or "canceled by a user"

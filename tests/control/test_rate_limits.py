@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from control_support import Factory, build, query
 
-from edgejobs.errors import RateLimited
+from edgejobs import JobSpec
+from edgejobs.errors import RateLimited, ValidationError
 from edgejobs.testing import FakeClock
 
 LIMITED = ("work", {"dedup": False, "rate_limit": "2/minute"})
@@ -81,6 +82,21 @@ async def test_a_deduplicated_submission_takes_nothing_from_the_limit(
     with pytest.raises(RateLimited):
         await ej.submit("work", org="acme", params={"n": 3})
     assert query(db_path, "SELECT count(*) FROM jobs") == [(2,)]
+
+
+async def test_a_batch_with_equal_jobs_is_measured_by_what_it_can_write(
+    runner: Factory, db_path: Path
+) -> None:
+    """Equal jobs of one batch are written once: the check that refuses a batch no window
+    could ever take counted each of them, and refused a batch that writes two jobs under a
+    limit of two with "submit it in smaller batches"."""
+    ej = await runner(types=[("work", {"dedup": True, "rate_limit": "2/minute"})])
+    first = await ej.submit("work", org="acme", params={"n": 1})
+    jobs = await ej.submit_many([JobSpec("work", "acme", {"n": n}) for n in (1, 1, 2)])
+    assert jobs[0].id == jobs[1].id == first.id and jobs[2].id != first.id
+    assert query(db_path, "SELECT count(*) FROM jobs") == [(2,)]
+    with pytest.raises(ValidationError, match="smaller batches"):  # three different ones
+        await ej.submit_many([JobSpec("work", "acme", {"n": n}) for n in (3, 4, 5)])
 
 
 async def test_retention_deletes_the_windows_that_have_ended(

@@ -41,6 +41,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("NaN in params", {"params": {"n": math.nan}}, "params"),
     ("infinity in params", {"params": {"n": [1, math.inf]}}, "params"),
     ("lone surrogate in params", {"params": {"s": "\ud800"}}, "surrogate"),
+    ("lone surrogate in dedup_key", {"dedup": True, "dedup_key": "k\ud800"}, "dedup_key"),
     ("params nested too deep to read back", {"params": {"v": _nested(980)}}, "nested deeper"),
     ("params nested too deep to encode", {"params": {"v": _nested(100_000)}}, "nested deeper"),
 ]
@@ -118,6 +119,9 @@ async def test_a_single_id_string_is_not_a_list_of_parents(kit: CoreKit) -> None
         ({"limit": 10**12}, "limit must be an integer from 1 to 500"),
         ({"limit": 2.5}, "limit must be an integer from 1 to 500"),
         ({"limit": True}, "limit must be an integer from 1 to 500"),
+        ({"created_after": "2026-01-01T00:00:00Z"}, "created_after must be an aware datetime"),
+        ({"created_before": 1.5e9}, "created_before must be an aware datetime"),
+        ({"created_after": datetime(2026, 1, 1)}, "created_after needs a UTC offset"),
     ],
     ids=[
         "unknown status",
@@ -129,6 +133,9 @@ async def test_a_single_id_string_is_not_a_list_of_parents(kit: CoreKit) -> None
         "huge limit",
         "fractional limit",
         "boolean limit",
+        "ISO created_after",
+        "float created_before",
+        "naive created_after",
     ],
 )
 async def test_bad_listing_filters_are_a_validation_error(
@@ -139,6 +146,29 @@ async def test_bad_listing_filters_are_a_validation_error(
     await kit.submit()
     with pytest.raises(ValidationError, match=needle):
         await kit.ej.list_jobs(org="acme", **filters)
+
+
+async def test_time_filters_take_aware_datetimes_and_milliseconds(kit: CoreKit) -> None:
+    job = await kit.submit()
+    created = datetime.fromtimestamp(job.created_at / 1000, tz=UTC)
+    for after, before in (
+        (created - timedelta(seconds=1), created + timedelta(seconds=1)),
+        (job.created_at - 1, job.created_at + 1),
+    ):
+        jobs, _ = await kit.ej.list_jobs(org="acme", created_after=after, created_before=before)
+        assert [found.id for found in jobs] == [job.id]
+    jobs, _ = await kit.ej.list_jobs(org="acme", created_after=created + timedelta(seconds=1))
+    assert jobs == []
+
+
+async def test_a_cancel_reason_that_cannot_be_stored_is_a_validation_error(
+    kit: CoreKit,
+) -> None:
+    job = await kit.submit()
+    for reason, needle in (("why\ud800", "surrogate"), ("x" * 501, "at most 500")):
+        with pytest.raises(ValidationError, match=needle):
+            await kit.ej.cancel(job.id, reason=reason)
+    assert (await kit.ej.get(job.id)).status.value == "queued"
 
 
 async def test_the_largest_page_is_accepted(kit: CoreKit) -> None:
