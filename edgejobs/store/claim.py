@@ -42,7 +42,7 @@ class ClaimLimits:
 # the writer thread, and a claim returns a row per job.
 _CLAIM_SIMPLE = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
-    " updated_at = :now, lease_expires_at = :lease, progress = 0, progress_message = NULL"
+    " updated_at = max(updated_at, :now), lease_expires_at = :lease, progress = 0, progress_message = NULL"
     " WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_ready WHERE status = 'queued'"
     " AND job_type IN (SELECT value FROM json_each(:types))"
     " ORDER BY priority, run_at, seq LIMIT :limit)"
@@ -68,7 +68,7 @@ _BEFORE_EVERY_JOB = (-1, -1, -1)  # (priority, run_at, seq): each is >= 0
 
 _CLAIM_SEQS = (
     "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = :now,"
-    " updated_at = :now, lease_expires_at = :lease, progress = 0, progress_message = NULL"
+    " updated_at = max(updated_at, :now), lease_expires_at = :lease, progress = 0, progress_message = NULL"
     " WHERE status = 'queued' AND seq IN (SELECT value FROM json_each(:seqs))"
     " RETURNING seq, id, org, job_type, status, priority, params, attempts, run_at"
 )

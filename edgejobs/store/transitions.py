@@ -146,7 +146,7 @@ def complete_attempt(
 
 _COMPLETE_MANY = (
     "UPDATE jobs SET status = 'completed', result = c.result, finished_at = :now,"
-    " updated_at = :now, lease_expires_at = NULL, progress = 100"
+    " updated_at = max(updated_at, :now), lease_expires_at = NULL, progress = 100"
     " FROM (SELECT json_extract(value, '$[0]') AS seq, json_extract(value, '$[1]') AS attempt,"
     " json_extract(value, '$[2]') AS result FROM json_each(:items)) AS c"
     " WHERE jobs.seq = c.seq AND jobs.status = 'running' AND jobs.attempts = c.attempt"
@@ -239,14 +239,14 @@ def _apply_failure(
         assert retry_number is not None
         next_retry_at = now + round(backoff_delay_s(retry_number, policy, _rng) * 1000)
         row: sqlite3.Row = conn.execute(
-            "UPDATE jobs SET status = 'retrying', error = ?, next_retry_at = ?, updated_at = ?,"
+            "UPDATE jobs SET status = 'retrying', error = ?, next_retry_at = ?, updated_at = max(updated_at, ?),"
             " lease_expires_at = NULL WHERE seq = ? AND status = 'running' RETURNING *",
             (_error_json(error), next_retry_at, now, seq),
         ).fetchone()
     else:
         row = conn.execute(
             "UPDATE jobs SET status = ?, error = ?, next_retry_at = NULL, finished_at = ?,"
-            " updated_at = ?, lease_expires_at = NULL"
+            " updated_at = max(updated_at, ?), lease_expires_at = NULL"
             " WHERE seq = ? AND status = 'running' RETURNING *",
             (status.value, _error_json(error), now, now, seq),
         ).fetchone()
@@ -269,7 +269,7 @@ def set_progress(
 ) -> bool:
     """Store a running attempt's progress and append a ``progress`` event (fenced)."""
     row = conn.execute(
-        "UPDATE jobs SET progress = ?, progress_message = ?, updated_at = ?"
+        "UPDATE jobs SET progress = ?, progress_message = ?, updated_at = max(updated_at, ?)"
         " WHERE seq = ? AND status = 'running' AND attempts = ? RETURNING *",
         (progress, message, now, seq, attempt),
     ).fetchone()
@@ -312,7 +312,7 @@ def cancel_job(
             f"job {job_id} is {status.value}; only a job that has not ended can be canceled"
         )
     row: sqlite3.Row = conn.execute(
-        "UPDATE jobs SET status = 'canceled', cancel_reason = ?, finished_at = ?, updated_at = ?,"
+        "UPDATE jobs SET status = 'canceled', cancel_reason = ?, finished_at = ?, updated_at = max(updated_at, ?),"
         " lease_expires_at = NULL, next_retry_at = NULL WHERE seq = ? AND status = ? RETURNING *",
         (reason, now, now, current["seq"], status.value),
     ).fetchone()
@@ -362,7 +362,7 @@ def retry_job(
             raise Conflict(f"job {twin['id']} with the same parameters is already pending")
     row: sqlite3.Row = conn.execute(
         "UPDATE jobs SET status = ?, retry_base = attempts, pending_parents = ?, run_at = ?,"
-        " next_retry_at = NULL, finished_at = NULL, cancel_reason = NULL, updated_at = ?,"
+        " next_retry_at = NULL, finished_at = NULL, cancel_reason = NULL, updated_at = max(updated_at, ?),"
         " progress = 0, progress_message = NULL WHERE seq = ? AND status = ? RETURNING *",
         (target.value, pending, now, now, current["seq"], status.value),
     ).fetchone()
@@ -419,13 +419,13 @@ def promote_due(conn: sqlite3.Connection, tx: WriteTx, *, now: int, limit: int =
     index; nothing else tells SQLite's RETURNING which status a row left.)
     """
     scheduled = conn.execute(
-        "UPDATE jobs SET status = 'queued', updated_at = ? WHERE seq IN ("
+        "UPDATE jobs SET status = 'queued', updated_at = max(updated_at, ?) WHERE seq IN ("
         " SELECT seq FROM jobs WHERE status = 'scheduled' AND run_at <= ? LIMIT ?) RETURNING *",
         (now, now, limit),
     ).fetchall()
     record_job_events(conn, tx, scheduled, was=Status.SCHEDULED.value)
     retried = conn.execute(
-        "UPDATE jobs SET status = 'queued', next_retry_at = NULL, updated_at = ? WHERE seq IN ("
+        "UPDATE jobs SET status = 'queued', next_retry_at = NULL, updated_at = max(updated_at, ?) WHERE seq IN ("
         " SELECT seq FROM jobs WHERE status = 'retrying' AND next_retry_at <= ? LIMIT ?)"
         " RETURNING *",
         (now, now, limit - len(scheduled)),
@@ -464,7 +464,7 @@ def on_parent_terminal(conn: sqlite3.Connection, tx: WriteTx, parent: RowLike, n
         return  # most jobs have no children: skip the lookups
     if parent["status"] == Status.COMPLETED.value:
         children = conn.execute(
-            "UPDATE jobs SET pending_parents = pending_parents - 1, updated_at = ?"
+            "UPDATE jobs SET pending_parents = pending_parents - 1, updated_at = max(updated_at, ?)"
             " WHERE status = 'blocked'"
             " AND seq IN (SELECT child_seq FROM job_deps WHERE parent_seq = ?)"
             " RETURNING seq, pending_parents, run_at, created_at",
@@ -484,7 +484,7 @@ def _unblock(
     # creation time) is ready at once, whatever clock skew there is between processes.
     target = Status.SCHEDULED if run_at > now and run_at > created_at else Status.QUEUED
     row = conn.execute(
-        "UPDATE jobs SET status = ?, pending_parents = 0, updated_at = ?"
+        "UPDATE jobs SET status = ?, pending_parents = 0, updated_at = max(updated_at, ?)"
         " WHERE seq = ? AND status = 'blocked' RETURNING *",
         (target.value, now, seq),
     ).fetchone()
@@ -501,7 +501,7 @@ def _cascade_cancel(conn: sqlite3.Connection, tx: WriteTx, parent: RowLike, now:
         reason = f"parent {current['id']} ended {current['status']}"
         children = conn.execute(
             "UPDATE jobs SET status = 'canceled', cancel_reason = ?, finished_at = ?,"
-            " updated_at = ? WHERE status = 'blocked'"
+            " updated_at = max(updated_at, ?) WHERE status = 'blocked'"
             " AND seq IN (SELECT child_seq FROM job_deps WHERE parent_seq = ?) RETURNING *",
             (reason, now, now, current["seq"]),
         ).fetchall()
@@ -535,7 +535,7 @@ def resolve_stuck_blocked(conn: sqlite3.Connection, tx: WriteTx, *, now: int) ->
             reason = f"parent {failed_parent['id']} ended {failed_parent['status']}"
             row = conn.execute(
                 "UPDATE jobs SET status = 'canceled', cancel_reason = ?, finished_at = ?,"
-                " updated_at = ? WHERE seq = ? AND status = 'blocked' RETURNING *",
+                " updated_at = max(updated_at, ?) WHERE seq = ? AND status = 'blocked' RETURNING *",
                 (reason, now, now, job["seq"]),
             ).fetchone()
             if row is not None:
@@ -555,7 +555,7 @@ def requeue_interrupted(
     """
     row = conn.execute(
         "UPDATE jobs SET status = 'queued', retry_base = retry_base + 1, lease_expires_at = NULL,"
-        " updated_at = ? WHERE seq = ? AND status = 'running' AND attempts = ? RETURNING *",
+        " updated_at = max(updated_at, ?) WHERE seq = ? AND status = 'running' AND attempts = ? RETURNING *",
         (now, seq, attempt),
     ).fetchone()
     if row is None:

@@ -12,6 +12,7 @@ import pytest
 
 from edgejobs import EdgeJobs, JobContext, Status
 from edgejobs.config import Config
+from edgejobs.store.rows import job_event_fields
 from edgejobs.testing import FakeClock, Harness
 
 DAY_S = 86_400.0
@@ -148,3 +149,31 @@ async def test_small_drift_is_not_a_jump(kit: Kit, caplog: pytest.LogCaptureFixt
         await kit.harness.tick()
     assert not any("jumped" in r.getMessage() for r in caplog.records)
     assert kit.ej.ticker is not None and kit.ej.ticker.retention_held_until is None
+
+
+async def test_a_jobs_updated_at_never_goes_back_with_the_wall_clock(kit: Kit) -> None:
+    """A client orders a job's states by ``updated_at`` (the dashboard drops an event older
+    than what it shows): after the wall clock was set back, every change carried an earlier
+    time, and a dashboard kept showing a completed job as running."""
+    job = await kit.ej.submit("t.gated", org="acme")
+    assert await kit.ej.pool.claim_once() == 1  # type: ignore[union-attr]
+    running = await kit.ej.get(job.id)
+    kit.clock.jump_wall(-120)  # an NTP step back of two minutes
+    kit.gate.set()
+    await kit.harness.drain()
+    done = await kit.ej.get(job.id)
+    assert done.status is Status.COMPLETED
+    assert done.updated_at >= running.updated_at
+    events = [
+        event
+        for event in await kit.ej.store.read(
+            lambda conn: list(
+                conn.execute(
+                    "SELECT data FROM events WHERE job_id = ? AND kind = 'job' ORDER BY id",
+                    (job.id,),
+                )
+            )
+        )
+    ]
+    times = [job_event_fields(row[0])["updated_at"] for row in events]
+    assert times == sorted(times) and len(times) >= 3  # submitted, running, completed
