@@ -55,7 +55,9 @@
     list: { seq: 0, cursor: null, nextCursor: null, page: 1, served: 0, rows: new Map(), jobs: new Map(), arrived: null,
       search: { pending: new Map(), busy: false, last: 0 } },   // new jobs a text search must check (id → newest event)
     // `arrived` (here and in `dead`): as in `list`, events received while the view loads.
-    detail: { seq: 0, id: null, job: null, arrived: null, attemptsSeq: 0 },
+    // `replace`: the next read of the job replaces what the view shows, whatever its time
+    // says (after a `reset`: the database may have been restored to an earlier state).
+    detail: { seq: 0, id: null, job: null, arrived: null, attemptsSeq: 0, replace: false },
     dead: { seq: 0, nextCursor: null, rows: new Map(), jobs: new Map(), selected: new Set(), arrived: null },
     series: [],               // [{t: ms, completed, failed, queue_depth}], oldest first
     counted: new Map(),       // job id -> {t, kind, updated_at}: the ending the page added to the chart
@@ -581,6 +583,7 @@
   /** A `reset` event or a fresh stream: reload everything the current view shows. */
   function reloadAll() {
     if (!state.started) return;
+    state.detail.replace = true;
     scheduleStatsRefresh();
     loadJobTypes();
     loadSeries();
@@ -794,7 +797,24 @@
       return;
     }
     if (!matchesFilters(job, state.route.filters)) return;
-    listPrepend(job);
+    listInsert(job);
+  }
+
+  /** Newest first, as the server lists them (by creation; job ids sort by it too). */
+  const isNewerJob = (a, b) => (a.created_at !== b.created_at ? a.created_at > b.created_at : a.id > b.id);
+
+  /** A job the page did not show: on top when it is newer than every row (a new job), in its
+   * place when it falls among them (it started to match a filter), and not at all when it is
+   * older than every row while further pages exist: it belongs on one of those (an old job's
+   * change had been put on top of page one, out of order, and shown on its own page too). */
+  function listInsert(job) {
+    const list = state.list;
+    for (const row of $("jobs-body").children) {
+      const shown = list.jobs.get(row.dataset.id);
+      if (shown && isNewerJob(job, shown)) return listPlace(job, row);
+    }
+    if (list.nextCursor) return;
+    listPlace(job, null);
   }
 
   /** New jobs while a text search is active: the server says whether they match (its search
@@ -832,7 +852,7 @@
         }
         if (seq !== list.seq || state.route.view !== "jobs" || list.cursor) continue;
         const found = ((page && page.items) || []).filter((job) => ids.has(job.id) && !list.rows.has(job.id));
-        for (const listed of found.reverse()) {   // newest ends on top
+        for (const listed of found) {   // each goes to its place among the rows
           // Shown as the newest of what the server listed and what the stream said before and
           // while it was asked: the job's later events went here, not to a row, and would be
           // lost under the listed state (a job shown `running` that had completed). Once it has
@@ -842,7 +862,7 @@
             if (seen && !isOlder(seen, job)) job = seen;
           }
           search.pending.delete(listed.id);
-          if (matchesFilters(job, state.route.filters)) listPrepend(job);
+          if (matchesFilters(job, state.route.filters)) listInsert(job);
         }
       }
     } finally {
@@ -850,10 +870,11 @@
     }
   }
 
-  function listPrepend(job) {
+  /** Show ``job`` in a row of its own before ``before`` (null: after every row). */
+  function listPlace(job, before) {
     const list = state.list;
     const fresh = buildJobRow(job, null);
-    $("jobs-body").prepend(fresh);
+    $("jobs-body").insertBefore(fresh, before);
     list.rows.set(job.id, fresh);
     list.jobs.set(job.id, job);
     updateListChrome();
@@ -912,12 +933,16 @@
     if (!detail.job) $("view-detail").replaceChildren(el("p", { class: "muted", text: "Loading…" }));
     const arrived = [];
     detail.arrived = arrived;
+    const replace = detail.replace;
+    detail.replace = false;
     try {
       const job = await api("GET", "/api/v1/jobs/" + enc(id));
       if (seq !== detail.seq) return;
       detail.arrived = null;
-      // (A reload's answer older than what events already showed is not rendered.)
-      if (!(detail.job && detail.job.id === id && isOlder(job, detail.job))) renderDetail(job);
+      // (A reload's answer older than what events already showed is not rendered — unless
+      // the reload follows a `reset`: a restored database's job may be older than what the
+      // page showed, and is still what is true now.)
+      if (replace || !(detail.job && detail.job.id === id && isOlder(job, detail.job))) renderDetail(job);
       // The job may have changed while the answer was on its way (a busy server).
       for (const item of arrived) replayArrived(item, detailOnJob, detailOnProgress);
       loadAttempts(id);

@@ -7,6 +7,7 @@ marker set on ``window`` after sign-in proves that no reload happened.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -932,3 +933,113 @@ def finish_report(server: Server, api: Api, job_id: str) -> None:
     for step in (3, 4):
         server.release(job_id, f"step{step}")
     api.wait_status(job_id, "completed")
+
+
+def test_a_job_view_open_during_a_restore_shows_the_restored_job(
+    new_page: NewPage, tmp_path: Path
+) -> None:
+    """The server sends ``reset`` after a restore and the view reads the job again, but it
+    threw the answer away as older than what it showed: the page kept the lost "completed"
+    (and its result) over the restored "failed" until the user left the job."""
+    own = Server(tmp_path).start()
+    try:
+        tenant = Org("restore", own)
+        api = tenant.api()
+        job_id = api.submit("billing.sync", {"invoice": "INV-9"})
+        api.wait_status(job_id, "failed")
+        page, _ = new_page()
+        sign_in(page, tenant.token("operator"), f"#/jobs/{job_id}", base=own.url)
+        expect(page.get_by_test_id("job-status")).to_have_text("failed")
+        backup = tmp_path / "backup.db"
+        own.cli("backup", str(backup))
+        own.release(job_id, "fixed")  # after the backup, the job is fixed and retried
+        page.get_by_test_id("btn-retry").click()
+        expect(page.get_by_test_id("job-status")).to_have_text("completed")
+        own.stop()  # restore as docs/operations.md says: stop, move aside, copy, start
+        database = own.root / "e2e.db"
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(str(database) + suffix)
+            if path.exists():
+                path.rename(str(path) + ".old")
+        backup.replace(database)
+        own.start()
+        expect(page.get_by_test_id("job-status")).to_have_text("failed", timeout=20_000)
+        assert_not_reloaded(page)
+    finally:
+        own.stop()
+
+
+def test_an_old_jobs_change_is_not_put_on_top_of_the_first_page(
+    new_page: NewPage, org: Org, server: Server
+) -> None:
+    """Any event of a job the page did not show was taken for a new job: cancelling the
+    oldest of 51 put it first on page one (51 rows), and it showed on page two as well."""
+    api = org.api()
+    old = api.submit("emails.send", {"to": "old@example.com"}, delay_s=3600)
+    newer = [
+        api.submit("emails.send", {"to": f"n{i}@example.com"}, delay_s=3600) for i in range(50)
+    ]
+    page, _ = new_page()
+    sign_in(page, org.token("operator"))
+    expect(row(page, newer[-1])).to_have_attribute("data-status", "scheduled")
+    expect(page.locator("#jobs-body tr")).to_have_count(50)
+    assert api.client.post(f"/api/v1/jobs/{old}/cancel").status_code == 200
+    newest = api.submit("emails.send", {"to": "new@example.com"})  # a new job still shows
+    event_reached(page, server, newest)
+    expect(row(page, newest)).to_have_count(1)
+    expect(row(page, old)).to_have_count(0)
+    ids = page.eval_on_selector_all("#jobs-body tr", "rows => rows.map(r => r.dataset.id)")
+    assert ids[0] == newest and ids[1:] == list(reversed(newer))
+
+
+CLOCK_SHIFT = """
+import os
+import edgejobs.clock as clock
+_now_ms = clock.SystemClock.now_ms
+def now_ms(self):
+    with open(os.environ["E2E_CLOCK_BACK_MS_FILE"]) as f:
+        return _now_ms(self) - int(f.read().strip() or 0)
+clock.SystemClock.now_ms = now_ms
+"""
+
+
+class ClockSetBackServer(Server):
+    """A server whose wall clock the test can set back (an NTP step on a box without a
+    battery-backed clock), through a ``sitecustomize`` only its process loads."""
+
+    def _env(self) -> dict[str, str]:
+        env = super()._env()
+        site = self.root / "site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(CLOCK_SHIFT)
+        env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+        env["E2E_CLOCK_BACK_MS_FILE"] = str(self.root / "clock_back_ms")
+        return env
+
+
+def test_views_follow_a_job_after_the_servers_clock_is_set_back(
+    new_page: NewPage, tmp_path: Path
+) -> None:
+    """The views order a job's states by ``updated_at``; after the wall clock stepped back,
+    every change carried an earlier time and was dropped as older: a completed job stayed
+    "running", with Cancel offered, in the list and in its view."""
+    (tmp_path / "clock_back_ms").write_text("0")
+    own = ClockSetBackServer(tmp_path).start()
+    try:
+        tenant = Org("clock", own)
+        api = tenant.api()
+        job_id = api.submit("exports.archive", {"bucket": "b"})
+        api.wait_status(job_id, "running")
+        detail, _ = new_page()
+        sign_in(detail, tenant.token("operator"), f"#/jobs/{job_id}", base=own.url)
+        expect(detail.get_by_test_id("job-status")).to_have_text("running")
+        listing, _ = new_page()
+        sign_in(listing, tenant.token("operator"), "#/jobs", base=own.url)
+        expect(row(listing, job_id)).to_have_attribute("data-status", "running")
+        (tmp_path / "clock_back_ms").write_text("120000")
+        own.release(job_id)
+        api.wait_status(job_id, "completed")
+        expect(detail.get_by_test_id("job-status")).to_have_text("completed")
+        expect(row(listing, job_id)).to_have_attribute("data-status", "completed")
+    finally:
+        own.stop()
