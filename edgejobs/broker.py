@@ -427,10 +427,31 @@ class Broker:
         for row in rows:
             if row.id <= self.last_id:
                 continue  # two overlapping reads: the first one delivered it
+            if self.last_id and row.id > self.last_id + 1:
+                self._missed(self.last_id, row.id)
             self.last_id = row.id
             event = self.verify(row)
             if event is not None and self._fan_out(event):
                 await self._let_streams_drain()
+
+    def _missed(self, after: int, found: int) -> None:
+        """Events after ``after`` and before ``found`` were deleted before this tailer read
+        them: the log's trim keeps the newest ``replay_max_events`` whatever the tailer has
+        read, and the tailer fell that far behind (a burst while a stream was slow). Every open
+        stream missed them, and went on as if nothing was missing; each is ended now, so that
+        its client resumes with ``Last-Event-ID`` and, the missed events being gone, gets a
+        ``reset`` and reloads. (Ids have no other gaps: the log loses only its oldest rows.)"""
+        log.warning(
+            "events %d to %d were deleted before they were sent to the open streams (the"
+            " event reader fell behind the log's trim); ending %d stream(s) so that their"
+            " clients resume and reload",
+            after + 1,
+            found - 1,
+            len(self.subscribers()),
+        )
+        for subscriber in self.subscribers():
+            self.unsubscribe(subscriber)
+            subscriber.close("events were missed: resume with Last-Event-ID")
 
     async def _let_streams_drain(self) -> None:
         """Wait (at most ``DRAIN_WAIT_S``) until no stream's queue is more than half full."""

@@ -148,3 +148,36 @@ async def test_replay_window_of_the_broker(ej: EdgeJobs) -> None:
     await ej.store.write(lambda conn, tx: conn.execute("DELETE FROM events WHERE id = 1"))
     assert [e.kind for e in [x async for x in broker.backlog(sub, 0)]] == ["reset"]
     assert [e.id for e in [x async for x in broker.backlog(sub, 1)]] == [2, 3]
+
+
+async def test_events_deleted_before_the_tailer_read_them_end_every_stream(
+    ej: EdgeJobs,
+) -> None:
+    """The log's trim keeps the newest events whatever the tailer has read: a tailer that fell
+    that far behind skipped the deleted ones, and every stream went on without them, no
+    ``reset`` said. The streams are ended, and a client resuming gets the ``reset``."""
+    broker = get_broker(ej)
+    await broker.start()
+    job = await ej.submit("quick", org="acme")
+    await _settle(broker, ej)
+    seen = broker.last_id
+    sub = broker.subscribe(org="acme")
+    other = broker.subscribe(org=None)
+
+    def written_then_trimmed(conn: sqlite3.Connection, tx: WriteTx) -> None:
+        for n in range(3):
+            conn.execute(
+                "INSERT INTO events (org, job_id, kind, data, created_at)"
+                " VALUES ('acme', ?, 'progress', ?, 0)",
+                (job.id, f'{{"progress": {n}}}'),
+            )
+        tx.events += 3
+        conn.execute("DELETE FROM events WHERE id IN (?, ?)", (seen + 1, seen + 2))
+
+    await ej.store.write(written_then_trimmed)
+    await _settle(broker, ej)
+    assert sub.closed and other.closed
+    assert "missed" in (sub.closed_reason or "")
+    assert broker.subscribers() == []
+    again = broker.subscribe(org="acme")
+    assert [e.kind for e in [x async for x in broker.backlog(again, seen)]] == ["reset"]
