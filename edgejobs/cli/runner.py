@@ -61,11 +61,14 @@ def run_init(args: argparse.Namespace) -> int:
     return 0
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""A graceful stop: SIGHUP too (the terminal or SSH session of a runner started by hand
+closed), whose default action had killed the runner at once, its running jobs recovered as
+lost attempts at the next start."""
 
 
 def add_stop_handlers(loop: asyncio.AbstractEventLoop, callback: Callable[..., None]) -> None:
-    """Call ``callback(sig)`` on SIGTERM and SIGINT (where the loop can: not on Windows, nor
+    """Call ``callback(sig)`` on SIGTERM, SIGINT and SIGHUP (where the loop can: not on Windows, nor
     from a thread other than the main one, as when a test runs a command in a thread)."""
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -80,7 +83,7 @@ def remove_stop_handlers(loop: asyncio.AbstractEventLoop) -> None:
 
 
 class StopSignals:
-    """SIGTERM and SIGINT as a stop request, from before the runner starts until the process
+    """SIGTERM, SIGINT and SIGHUP as a stop request, from before the runner starts until the process
     exits (the handlers are left on the event loop, whose close removes them).
 
     The first signal stops claiming and gives running jobs ``[runner] shutdown_grace_s``; a

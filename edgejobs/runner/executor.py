@@ -548,7 +548,7 @@ PARENT_WATCH_S = 0.2
 """How often a handler's child process looks whether the runner that started it is alive."""
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 _CHILDREN: set[multiprocessing.process.BaseProcess] = set()
 """The handler processes alive in this process (killed at interpreter exit, see below)."""
 
@@ -613,6 +613,7 @@ def _default_stop_signals() -> None:
     with contextlib.suppress(ValueError, OSError):
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _own_the_signals() -> None:

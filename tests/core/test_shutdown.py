@@ -195,11 +195,13 @@ def send(worker: Worker, sig: signal.Signals, to: str, pids: Path) -> None:
         (signal.SIGTERM, "runner"),
         (signal.SIGINT, "group"),
         (signal.SIGTERM, "every process"),
+        (signal.SIGHUP, "group"),
     ],
     ids=[
         "SIGTERM to the runner (kill, docker stop)",
         "SIGINT to the group (Ctrl-C)",
         "SIGTERM to every process (systemd stop)",
+        "SIGHUP to the group (its terminal closed)",
     ],
 )
 async def test_a_stop_past_the_grace_requeues_every_kind_of_job_without_spending_a_retry(
