@@ -53,6 +53,9 @@ log = logging.getLogger("edgejobs.runner")
 IN_FLIGHT_CYCLE_WAIT_S = 10.0
 """On stop, how long to wait for a claim cycle already queued to commit (it normally takes
 milliseconds; the bound only keeps a stuck database from holding the shutdown)."""
+OUTCOME_WRITE_WAIT_S = 10.0
+"""How long a stop waits for the outcomes of its last attempts to be written (the database
+may be locked by another process meanwhile); what is still unwritten then is said, by job."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -605,11 +608,17 @@ class Pool:
                     try:
                         await self.cycle(claim=False)
                     except (DatabaseBusy, StorageFull) as exc:
+                        if not self._store.is_open:
+                            return  # closed after a bounded stop: said by stop() itself
                         self._repeats.warning(
                             log, "database write failed, retrying shortly: %s", exc
                         )
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 2.0)
+                    except EdgeJobsError:
+                        if self._store.is_open:
+                            raise
+                        return  # the store closed while the write waited (see stop())
             finally:
                 self._flush_task = None
 
@@ -934,7 +943,17 @@ class Pool:
         if self._attempts:
             # Outcomes are forgotten once written: wait for those writes (bounded).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(OUTCOME_WRITE_WAIT_S):
                     await self._idle.wait()
         if self._pending_writes:
             await asyncio.wait(list(self._pending_writes), timeout=5)
+        if self._attempts:
+            # The outcomes could not be written in time (the database stayed locked by another
+            # process, or full): say which jobs stay `running`, as nothing else will.
+            log.warning(
+                "stopping without writing the outcome of %d attempt(s) (the database stayed"
+                " locked or full): jobs %s stay running, and the next start recovers them as"
+                " lost attempts",
+                len(self._attempts),
+                ", ".join(sorted(self._attempts)[:20]),
+            )

@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 from ej_testkit import count_drift
 
+import edgejobs.runner.pool as pool_module
 from edgejobs import EdgeJobs, Status
+from edgejobs.config import Config
 from edgejobs.errors import EdgeJobsError, NotFound, ShuttingDown
 
 
@@ -211,3 +213,39 @@ def test_a_client_in_use_by_a_running_loop_refuses_another(tmp_path: Path) -> No
         thread.join(10)
         home.close()
     assert _job_count(path) == 1
+
+
+async def test_a_stop_that_cannot_write_its_requeues_says_which_jobs_stay_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With another process holding the write lock past the stop's bounded wait, the stop
+    ended with jobs left `running`, said nothing of them, and logged "Task exception was never
+    retrieved ... the store is closed" from the write still retrying."""
+    monkeypatch.setattr(pool_module, "OUTCOME_WRITE_WAIT_S", 0.5)
+    config = Config.model_validate({"database": {"busy_timeout_ms": 100}})
+    ej = EdgeJobs(database=tmp_path / "jobs.db", config=config)
+    started = asyncio.Event()
+
+    async def hangs(ctx: Any, params: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    ej.register("hangs", hangs, max_retries=0, dedup=False)
+    await ej.start()
+    job = await ej.submit("hangs", org="acme")
+    await asyncio.wait_for(started.wait(), 10)
+    holder = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+        await ej.stop(grace_s=0)
+        await ej.close()
+        await asyncio.sleep(0.3)  # the flush's retry, had it outlived the store
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    said = [r.getMessage() for r in caplog.records if "stay running" in r.getMessage()]
+    assert len(said) == 1 and job.id in said[0]
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    with closing(sqlite3.connect(tmp_path / "jobs.db")) as conn:
+        status = conn.execute("SELECT status FROM jobs WHERE id = ?", (job.id,)).fetchone()[0]
+    assert status == "running"  # for the next start to recover, as the warning says
