@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -165,7 +166,7 @@ def create_app(ej: EdgeJobs, *, listen_host: str | None = None) -> Starlette:
                 patterns=allowed_patterns(ej.config.server.allowed_hosts, listen_host),
             ),
             Middleware(BodyLimit, max_bytes=ej.config.server.max_body_bytes),
-            Middleware(OpenOnFirstRequest, ej=ej),
+            Middleware(OpenOnFirstRequest, ej=ej, on_open=partial(metrics.ensure_started, ej)),
         ],
         exception_handlers={
             EdgeJobsError: handle_edgejobs_error,

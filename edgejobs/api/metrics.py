@@ -138,6 +138,12 @@ class Metrics:
         ej.add_foreign_listener(self._dirty.set)
         self._task = asyncio.create_task(self._follow(), name="edgejobs-metrics-tail")
 
+    async def ensure_started(self, ej: EdgeJobs) -> None:
+        """:meth:`start`, unless the app's lifespan did (for an app mounted without it, as a
+        client of a runner in another process)."""
+        if self._ej is None:
+            await self.start(ej)
+
     async def stop(self) -> None:
         """Stop following the event log."""
         if self._task is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -176,9 +177,17 @@ class OpenOnFirstRequest:
     process (``edgejobs worker``), or the host app runs this app's lifespan itself.
     """
 
-    def __init__(self, app: ASGIApp, ej: EdgeJobs) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        ej: EdgeJobs,
+        on_open: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.app = app
         self.ej = ej
+        self.on_open = on_open
+        """Called once the database is open (the app's metrics, which its lifespan starts
+        otherwise: mounted without it, /metrics had no storage gauges and counted nothing)."""
         self.opened = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -192,4 +201,6 @@ class OpenOnFirstRequest:
                     await response(scope, receive, send)
                 return
             self.opened = True
+            if self.on_open is not None:
+                await self.on_open()
         await self.app(scope, receive, send)

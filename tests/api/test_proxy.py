@@ -7,6 +7,7 @@ tiny reverse proxy (``proxy_kit``) strips ``/jobs`` in front of a plain server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -123,6 +124,17 @@ async def test_mounted_without_its_lifespan_the_app_serves_as_a_client(tmp_path:
                 assert done.status == "completed"
             shown = await http.get(f"/edgejobs/api/v1/jobs/{done.id}", headers=headers)
             assert shown.json()["status"] == "completed"
+            # Its /metrics too: the lifespan it never saw had started them, so the storage
+            # gauges were missing and the attempts run by the other process never counted.
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                metrics = (await http.get("/edgejobs/metrics")).text
+                counted = 'edgejobs_attempts_total{job_type="t.echo",outcome="completed"} 1.0'
+                if counted in metrics or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert counted in metrics, metrics
+            assert "edgejobs_database_size_bytes" in metrics
     finally:
         await client.close()
 
