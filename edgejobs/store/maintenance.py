@@ -183,7 +183,13 @@ def mark_backup_copy(path: Path, taken_at_ms: int) -> None:
         if conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'backup_copy'"
         ).fetchone():
-            conn.execute("INSERT INTO backup_copy (one, taken_at) VALUES (1, ?)", (taken_at_ms,))
+            # A copy of a restored copy no runner has started yet holds the mark already: the
+            # older time stays, whose gap covers the newer one too.
+            conn.execute(
+                "INSERT INTO backup_copy (one, taken_at) VALUES (1, ?)"
+                " ON CONFLICT (one) DO NOTHING",
+                (taken_at_ms,),
+            )
     except sqlite3.Error as exc:
         raise BackupError(f"could not write the copy: {exc}") from exc
     finally:

@@ -22,6 +22,7 @@ from edgejobs.broker import get_broker
 from edgejobs.cli import main
 from edgejobs.store.db import Pragmas
 from edgejobs.store.maintenance import BackupError, backup_database
+from edgejobs.store.store import Store
 from edgejobs.testing import FakeClock
 
 
@@ -189,6 +190,24 @@ async def test_a_restored_backup_runs_like_the_original(
         await again.ticker.tick()
         await again.drain()
         assert (await again.get(waiting.id)).status == "completed"
+
+
+def test_a_backup_of_a_restored_copy_that_no_runner_started_yet_works(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """The copy carries its backup mark until a runner's first start; a backup of it (a
+    nightly backup while the restored runner is still stopped) failed with "UNIQUE constraint
+    failed: backup_copy.one". The older mark stays: its gap covers the newer copy too."""
+    Store(db_path).prepare()
+    first, second = tmp_path / "first.db", tmp_path / "second.db"
+    backup_database(db_path, first, Pragmas())
+    with closing(connect(first)) as conn:
+        taken = conn.execute("SELECT taken_at FROM backup_copy").fetchone()[0]
+    backup_database(first, second, Pragmas())
+    with closing(connect(second)) as conn:
+        assert [tuple(row) for row in conn.execute("SELECT taken_at FROM backup_copy")] == [
+            (taken,)
+        ]
 
 
 def _small_files() -> None:
