@@ -1215,8 +1215,10 @@ class EdgeJobs:
             make_room=self.maintenance.make_room,
         )
         report = await ticker.prune(older_than_days=older_than_days)
-        if report.jobs or report.events:
-            await self.maintenance.shrink()  # give the freed pages back: the file shrinks
+        # Give the freed pages back (the file shrinks) — also those an earlier prune could not
+        # give back on a full disk, though this one deleted nothing.
+        if report.jobs or report.events or (await self.maintenance.page_stats()).freelist_count:
+            await self.maintenance.shrink()
         return report
 
     def asgi_app(self) -> Starlette:

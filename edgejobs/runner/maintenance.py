@@ -127,6 +127,9 @@ class Maintenance:
         self.vacuumed_pages_total = 0
         self._events_trimmed_at: int | None = None
         self._vacuum_looked: tuple[int, int] | None = None  # (rows changed, tick time in ms)
+        self._vacuum_blocked_at: int | None = None  # tick time the disk was too full (ms)
+        self.vacuum_blocked = False
+        """Whether the last vacuum stopped because the disk was too full for one more step."""
         self.write_probe = WriteProbe(store)
         """The health check's write probe (see :class:`WriteProbe`)."""
 
@@ -220,9 +223,13 @@ class Maintenance:
     async def make_room(self) -> bool:
         """After a write failed on a full disk: checkpoint, and empty the WAL file when nobody
         reads an old snapshot, so the next write reuses its space. Whether it is reusable."""
+        async with self._lock:
+            return await self._make_room()
+
+    async def _make_room(self) -> bool:
+        """:meth:`make_room`, the lock held."""
         try:
-            async with self._lock:
-                results = await asyncio.to_thread(self._checkpoint_sync, True)
+            results = await asyncio.to_thread(self._checkpoint_sync, True)
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint on a full disk failed: %s", exc)
             return False
@@ -280,9 +287,27 @@ class Maintenance:
         step = self.settings.vacuum_step_pages
         total = 0
         steps = 0
+        self.vacuum_blocked = False
         async with self._lock:
             while max_steps is None or steps < max_steps:
-                freed = await self._store.write(partial(vacuum_step, max_pages=step))
+                try:
+                    freed = await self._store.write(partial(vacuum_step, max_pages=step))
+                except StorageFull:
+                    # Every page a step moves goes through the WAL: on a nearly full disk a
+                    # step of vacuum_step_pages (4 MiB) does not fit, and every step failed —
+                    # the space deleted never came back, and an explicit prune failed after
+                    # deleting everything. Make room and go on with smaller steps; when one
+                    # page does not fit, stop (the free pages are reused by new rows).
+                    if step == 1 or not await self._make_room():
+                        self.vacuum_blocked = True
+                        log.warning(
+                            "the disk is too full to give free pages back now (%d pages given"
+                            " back); new rows reuse them, and the vacuum tries again later",
+                            total,
+                        )
+                        break
+                    step = max(1, step // 8)
+                    continue
                 total += freed
                 steps += 1
                 if freed < step:
@@ -309,11 +334,15 @@ class Maintenance:
         # A clock that went back (negative age) counts as due.
         if last is not None and last[0] == changed and 0 <= now_ms - last[1] < VACUUM_LOOK_MS:
             return
+        blocked = self._vacuum_blocked_at
+        if blocked is not None and 0 <= now_ms - blocked < VACUUM_LOOK_MS:
+            return  # the disk was too full: not every tick (each failed write is a 503)
         stats = await self.page_stats()
         self._vacuum_looked = (changed, now_ms)
         if self.needs_vacuum(stats):
             self._vacuum_looked = None  # bounded steps: look again at the next tick
             pages = await self.vacuum(max_steps=self.settings.vacuum_steps_per_tick)
+            self._vacuum_blocked_at = now_ms if self.vacuum_blocked else None
             log.debug("vacuum gave %.1f MiB back to the file system", pages * stats.page_size / MIB)
 
     async def shrink(self) -> ShrinkReport:

@@ -486,6 +486,42 @@ async def test_prune_on_a_nearly_full_disk_deletes_everything_and_gives_the_spac
         assert database.stat().st_size < before / 4
 
 
+async def test_on_a_disk_too_full_for_a_vacuum_step_prune_gives_the_space_back_in_smaller_ones(
+    db_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each vacuum step moves up to 4 MiB of pages through the WAL: with less room than that,
+    every step failed, so the deleted space never came back, ``prune`` failed ("the disk is
+    full: nothing was written") after deleting everything, and a second prune, deleting
+    nothing, did not vacuum at all. Steps now shrink to what fits, after making room."""
+    ej = make_app(db_path)
+    await ej.open()
+    await ej.close()
+    insert_jobs(
+        db_path,
+        20_000,
+        prefix="old",
+        status="completed",
+        created_at=1,
+        finished_at=1,
+        params_bytes=400,
+    )
+    with small_disk(tmp_path / "disk", "32m") as disk:
+        database = disk / "jobs.db"
+        shutil.copyfile(db_path, database)
+        before = database.stat().st_size
+        assert before > 8 * 1024 * 1024  # more than two 4 MiB steps of pages to give back
+        fill_up(disk, 1024 * 1024)
+        ej = make_app(database)
+        await ej.open()
+        try:
+            report = await ej.prune(older_than_days=0)
+        finally:
+            await ej.close()
+        assert report.jobs == 20_000
+        assert database.stat().st_size < before / 4
+        assert "the disk is too full" not in caplog.text  # smaller steps did fit
+
+
 async def test_retention_deletes_the_kept_counts_that_went_back_to_zero(
     db_path: Path, clock: FakeClock
 ) -> None:
