@@ -26,13 +26,7 @@ from edgejobs.logs import RepeatLimiter, job_fields
 from edgejobs.models import JobError, Outcome, Status, storable_text
 from edgejobs.retry import RetryPolicy
 from edgejobs.runner.context import BaseContext, JobContext, SyncJobContext
-from edgejobs.runner.executor import (
-    AsyncRun,
-    Deadlines,
-    Execution,
-    execute,
-    failure,
-)
+from edgejobs.runner.executor import AsyncRun, Deadlines, Execution, execute, failure
 from edgejobs.runner.progress import ProgressCoalescer
 from edgejobs.runner.registry import JobType, Registry, is_async_handler
 from edgejobs.store import Store
