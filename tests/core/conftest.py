@@ -4,20 +4,17 @@ modules, spawned handler processes and runner subprocesses can all import them."
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from collections.abc import AsyncIterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
-from ej_testkit import count_drift
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from core_support import CoreKit  # noqa: E402
+from core_support import CoreKit, running_kit  # noqa: E402
 
 from edgejobs.testing import FakeClock  # noqa: E402
 
@@ -26,10 +23,5 @@ from edgejobs.testing import FakeClock  # noqa: E402
 async def kit(db_path: Path, clock: FakeClock) -> AsyncIterator[CoreKit]:
     """The standard job types on a stepped runner (see :class:`core_support.CoreKit`); fails
     the test if, at its end, the kept job counts are not those of the jobs table."""
-    kit = await CoreKit(db_path, clock).start()
-    try:
+    async with running_kit(db_path, clock) as kit:
         yield kit
-    finally:
-        await kit.close()
-    with closing(sqlite3.connect(db_path)) as conn:
-        assert count_drift(conn) == {}

@@ -9,12 +9,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from contextlib import closing
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
-from ej_testkit import poll_until
+from ej_testkit import count_drift, poll_until
 
 from edgejobs import EdgeJobs, Job, PermanentError, Status
 from edgejobs.config import Config, RetryConfig, RunnerConfig
@@ -214,6 +214,19 @@ class CoreKit:
             await asyncio.sleep(0)
         if self.ej.pool is not None and self.ej.pool.running_count == 0:
             await self.ej.pool.wait_idle()
+
+
+@asynccontextmanager
+async def running_kit(path: Path, clock: FakeClock, **runner: Any) -> AsyncIterator[CoreKit]:
+    """A started :class:`CoreKit` (``runner``: settings of ``[runner]``), closed after; fails
+    the test if, at its end, the kept job counts are not those of the jobs table."""
+    kit = await CoreKit(path, clock, **runner).start()
+    try:
+        yield kit
+    finally:
+        await kit.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert count_drift(conn) == {}
 
 
 # -- subprocesses --------------------------------------------------------------------------------

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import closing
 from pathlib import Path
 
 import pytest
-from core_support import CoreKit
-from ej_testkit import count_drift
+from core_support import CoreKit, running_kit
 
 from edgejobs import JobSpec, Status
 from edgejobs.testing import FakeClock
@@ -23,13 +20,8 @@ from edgejobs.testing import FakeClock
 @pytest.fixture
 async def small_kit(db_path: Path, clock: FakeClock) -> AsyncIterator[CoreKit]:
     """The standard job types on a stepped runner with 8 slots (claims come in batches)."""
-    kit = await CoreKit(db_path, clock, workers=8).start()
-    try:
+    async with running_kit(db_path, clock, workers=8) as kit:
         yield kit
-    finally:
-        await kit.close()
-    with closing(sqlite3.connect(db_path)) as conn:
-        assert count_drift(conn) == {}
 
 
 async def test_a_drain_that_times_out_during_its_claim_still_runs_what_it_claimed(

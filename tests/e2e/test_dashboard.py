@@ -935,6 +935,21 @@ def finish_report(server: Server, api: Api, job_id: str) -> None:
     api.wait_status(job_id, "completed")
 
 
+def _job_view_on(
+    own: Server, new_page: NewPage, job_type: str, status: str
+) -> tuple[Org, str, Page]:
+    """On a server of the test's own: a job of ``job_type`` (an org of its own, default
+    params) once it is ``status``, and a page signed in on its view, showing that."""
+    tenant = Org("own", own)
+    api = tenant.api()
+    job_id = api.submit(job_type, {"n": 1})
+    api.wait_status(job_id, status)
+    page, _ = new_page()
+    sign_in(page, tenant.token("operator"), f"#/jobs/{job_id}", base=own.url)
+    expect(page.get_by_test_id("job-status")).to_have_text(status)
+    return tenant, job_id, page
+
+
 def test_a_job_view_open_during_a_restore_shows_the_restored_job(
     new_page: NewPage, tmp_path: Path
 ) -> None:
@@ -943,13 +958,7 @@ def test_a_job_view_open_during_a_restore_shows_the_restored_job(
     (and its result) over the restored "failed" until the user left the job."""
     own = Server(tmp_path).start()
     try:
-        tenant = Org("restore", own)
-        api = tenant.api()
-        job_id = api.submit("billing.sync", {"invoice": "INV-9"})
-        api.wait_status(job_id, "failed")
-        page, _ = new_page()
-        sign_in(page, tenant.token("operator"), f"#/jobs/{job_id}", base=own.url)
-        expect(page.get_by_test_id("job-status")).to_have_text("failed")
+        _, job_id, page = _job_view_on(own, new_page, "billing.sync", "failed")
         backup = tmp_path / "backup.db"
         own.cli("backup", str(backup))
         own.release(job_id, "fixed")  # after the backup, the job is fixed and retried
@@ -1026,13 +1035,8 @@ def test_views_follow_a_job_after_the_servers_clock_is_set_back(
     (tmp_path / "clock_back_ms").write_text("0")
     own = ClockSetBackServer(tmp_path).start()
     try:
-        tenant = Org("clock", own)
+        tenant, job_id, detail = _job_view_on(own, new_page, "exports.archive", "running")
         api = tenant.api()
-        job_id = api.submit("exports.archive", {"bucket": "b"})
-        api.wait_status(job_id, "running")
-        detail, _ = new_page()
-        sign_in(detail, tenant.token("operator"), f"#/jobs/{job_id}", base=own.url)
-        expect(detail.get_by_test_id("job-status")).to_have_text("running")
         listing, _ = new_page()
         sign_in(listing, tenant.token("operator"), "#/jobs", base=own.url)
         expect(row(listing, job_id)).to_have_attribute("data-status", "running")

@@ -27,6 +27,7 @@ from ops_support import (
 
 import edgejobs.runner.maintenance as maintenance_module
 import edgejobs.runner.ticks as ticks_module
+from edgejobs.runner.ticks import PruneReport
 from edgejobs.store import tokens
 from edgejobs.store.maintenance import file_sizes
 from edgejobs.store.migrations import migrate
@@ -466,24 +467,43 @@ async def test_prune_on_a_nearly_full_disk_deletes_everything_and_gives_the_spac
     """Pruning is what an operator reaches for when the disk fills up. Deletes need room in
     the WAL, which grew batch after batch into the last free bytes: the prune stopped at the
     first full write, the file as large as before."""
-    ej = make_app(db_path)
-    await ej.open()
-    await ej.close()
-    insert_jobs(db_path, 6000, prefix="old", status="completed", created_at=1, finished_at=1)
     with small_disk(tmp_path / "disk", "4m") as disk:
-        database = disk / "jobs.db"
-        shutil.copyfile(db_path, database)
-        before = database.stat().st_size
-        fill_up(disk, 300 * 1024)
-        ej = make_app(database)
-        await ej.open()
-        try:
-            report = await ej.prune(older_than_days=0)
-        finally:
-            await ej.close()
+        database, before, report = await _prune_old_jobs_on_a_full_disk(
+            db_path, disk, jobs=6000, params_bytes=120, leave=300 * 1024
+        )
         assert report.jobs == 6000
         assert scalar(database, "SELECT count(*) FROM jobs") == 0
         assert database.stat().st_size < before / 4
+
+
+async def _prune_old_jobs_on_a_full_disk(
+    db_path: Path, disk: Path, *, jobs: int, params_bytes: int, leave: int
+) -> tuple[Path, int, PruneReport]:
+    """``jobs`` old finished jobs in a database copied onto ``disk``, the disk then filled but
+    ``leave`` bytes, and ``edgejobs prune``'s work done on it: (the copy, its size before, the
+    prune's report)."""
+    ej = make_app(db_path)
+    await ej.open()
+    await ej.close()
+    insert_jobs(
+        db_path,
+        jobs,
+        prefix="old",
+        status="completed",
+        created_at=1,
+        finished_at=1,
+        params_bytes=params_bytes,
+    )
+    database = disk / "jobs.db"
+    shutil.copyfile(db_path, database)
+    before = database.stat().st_size
+    fill_up(disk, leave)
+    ej = make_app(database)
+    await ej.open()
+    try:
+        return database, before, await ej.prune(older_than_days=0)
+    finally:
+        await ej.close()
 
 
 async def test_on_a_disk_too_full_for_a_vacuum_step_prune_gives_the_space_back_in_smaller_ones(
@@ -493,30 +513,11 @@ async def test_on_a_disk_too_full_for_a_vacuum_step_prune_gives_the_space_back_i
     every step failed, so the deleted space never came back, ``prune`` failed ("the disk is
     full: nothing was written") after deleting everything, and a second prune, deleting
     nothing, did not vacuum at all. Steps now shrink to what fits, after making room."""
-    ej = make_app(db_path)
-    await ej.open()
-    await ej.close()
-    insert_jobs(
-        db_path,
-        20_000,
-        prefix="old",
-        status="completed",
-        created_at=1,
-        finished_at=1,
-        params_bytes=400,
-    )
     with small_disk(tmp_path / "disk", "32m") as disk:
-        database = disk / "jobs.db"
-        shutil.copyfile(db_path, database)
-        before = database.stat().st_size
+        database, before, report = await _prune_old_jobs_on_a_full_disk(
+            db_path, disk, jobs=20_000, params_bytes=400, leave=1024 * 1024
+        )
         assert before > 8 * 1024 * 1024  # more than two 4 MiB steps of pages to give back
-        fill_up(disk, 1024 * 1024)
-        ej = make_app(database)
-        await ej.open()
-        try:
-            report = await ej.prune(older_than_days=0)
-        finally:
-            await ej.close()
         assert report.jobs == 20_000
         assert database.stat().st_size < before / 4
         assert "the disk is too full" not in caplog.text  # smaller steps did fit
