@@ -341,6 +341,11 @@ _SAVEPOINT_SQL: dict[str, tuple[str, str, str]] = {
 """Savepoint statements, built once from these constant names (they cannot be parameters)."""
 
 
+FULL_DISK_RETRIES = 2
+"""How many times a batch is written again without the operation that met a full disk (see
+:meth:`Writer._run_batch`)."""
+
+
 def run_in_savepoint(
     conn: sqlite3.Connection, tx: WriteTx, name: SavepointName, write: Callable[[], T]
 ) -> tuple[bool, Any]:
@@ -672,23 +677,60 @@ class Writer:
                 log.exception("foreign-change listener failed")
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Pending[Any]]) -> None:
+        """Write ``batch`` in one transaction; resolve every operation's future.
+
+        A full disk (or file size limit) that one operation meets rolls the whole transaction
+        back in SQLite itself: a submission too big for the room left failed every other
+        submission, claim and outcome written with it, which may well fit. Then the batch is
+        written again without that operation (an operation of a merged group is first written
+        alone, to find which); at most twice, so that a truly full disk fails the batch after
+        three short tries, as the one try did before.
+        """
+        alone: set[int] = set()  # id() of the operations written alone, not merged
+        for retries_left in range(FULL_DISK_RETRIES, -1, -1):
+            culprit = self._try_batch(conn, batch, alone, retry=retries_left > 0)
+            if culprit is None:
+                return
+            group, error = culprit
+            if len(group) > 1:
+                alone.update(id(pending) for pending in group)
+            else:
+                self._resolve_all_failed(group, error)
+                batch = [pending for pending in batch if pending is not group[0]]
+                if not batch:
+                    return
+
+    def _try_batch(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[_Pending[Any]],
+        alone: set[int],
+        *,
+        retry: bool,
+    ) -> tuple[list[_Pending[Any]], StorageFull] | None:
+        """One try of :meth:`_run_batch`: None when its futures are resolved (committed, or
+        failed as a whole); with ``retry``, the group of operations whose write met a full
+        disk that took the transaction with it (nothing resolved then)."""
         tx = WriteTx()
         outcomes: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             self._resolve_all_failed(batch, translate(exc) or exc)
-            return
-        groups = _write_groups(batch)
+            return None
+        groups = _write_groups(batch, alone)
         batch = [pending for group in groups for pending in group]  # outcomes follow this order
+        current: list[_Pending[Any]] | None = None
         try:
             for group in groups:
+                current = group
                 first = group[0].op
                 if len(group) > 1 and isinstance(first, MergeableOp):
                     ops = [pending.op for pending in group]
                     outcomes.extend(type(first).write_together(conn, tx, ops))
                 else:
                     outcomes.append(run_in_savepoint(conn, tx, "op", partial(first, conn, tx)))
+            current = None
             tx.flush(conn)
             self.commits += 1
             if self.fault_hook is not None:
@@ -698,11 +740,14 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             error = translate(exc) if isinstance(exc, sqlite3.Error) else None
+            if retry and current is not None and len(batch) > 1 and isinstance(error, StorageFull):
+                return current, error
             self._resolve_all_failed(batch, error or exc)
-            return
+            return None
         if self.fault_hook is not None:
             self.fault_hook("after_commit", self.commits)
         self._call_soon(self._after_commit, batch, outcomes, tx)
+        return None
 
     def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
         assert self._loop is not None
@@ -743,13 +788,16 @@ def _resolve(results: list[tuple[_Pending[Any], tuple[bool, Any]]]) -> None:
             pending.future.set_exception(value)
 
 
-def _write_groups(batch: list[_Pending[Any]]) -> list[list[_Pending[Any]]]:
+def _write_groups(
+    batch: list[_Pending[Any]], alone: set[int] | frozenset[int] = frozenset()
+) -> list[list[_Pending[Any]]]:
     """The batch as the groups it is written in: every operation alone, in its place, except
-    the mergeable ones, which go together (per class) in the place of the first of them."""
+    the mergeable ones, which go together (per class) in the place of the first of them —
+    unless named in ``alone`` (their ``id()``)."""
     groups: list[list[_Pending[Any]]] = []
     merged: dict[type, list[_Pending[Any]]] = {}
     for pending in batch:
-        if not isinstance(pending.op, MergeableOp):
+        if not isinstance(pending.op, MergeableOp) or id(pending) in alone:
             groups.append([pending])
             continue
         group = merged.get(type(pending.op))
