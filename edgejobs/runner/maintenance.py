@@ -128,6 +128,9 @@ class Maintenance:
         self._events_trimmed_at: int | None = None
         self._vacuum_looked: tuple[int, int] | None = None  # (rows changed, tick time in ms)
         self._vacuum_blocked_at: int | None = None  # tick time the disk was too full (ms)
+        self.checkpointing_since: float | None = None
+        """``time.monotonic()`` when the checkpoint running now began (None: none runs). A tick
+        copying a large WAL back (after a long reader let it grow) is busy, not stalled."""
         self.vacuum_blocked = False
         """Whether the last vacuum stopped because the disk was too full for one more step."""
         self.write_probe = WriteProbe(store)
@@ -193,11 +196,19 @@ class Maintenance:
         (the WAL holds as many frames as then); ``True`` whenever nothing reads old frames.
         """
         async with self._lock:
-            results = await asyncio.to_thread(self._checkpoint_sync, truncate)
+            results = await self._checkpoint_in_thread(truncate)
         for result in results:
             self._count(result)
         self.last_checkpoint = results[-1]
         return results[-1]
+
+    async def _checkpoint_in_thread(self, truncate: bool | None) -> list[Checkpoint]:
+        """Run :meth:`_checkpoint_sync` in a thread, noting while it runs (:attr:`checkpointing_since`)."""
+        self.checkpointing_since = time.monotonic()
+        try:
+            return await asyncio.to_thread(self._checkpoint_sync, truncate)
+        finally:
+            self.checkpointing_since = None
 
     def _checkpoint_sync(self, truncate: bool | None) -> list[Checkpoint]:
         conn = open_checkpointer(
@@ -229,7 +240,7 @@ class Maintenance:
     async def _make_room(self) -> bool:
         """:meth:`make_room`, the lock held."""
         try:
-            results = await asyncio.to_thread(self._checkpoint_sync, True)
+            results = await self._checkpoint_in_thread(True)
         except sqlite3.Error as exc:
             log.warning("WAL checkpoint on a full disk failed: %s", exc)
             return False
@@ -365,6 +376,11 @@ class Maintenance:
 
 
 # -- health -----------------------------------------------------------------------------------
+
+CHECKPOINT_HEALTH_GRACE_S = 600.0
+"""How long a tick may be inside one WAL checkpoint before ``/healthz`` calls the tick loop
+stalled: copying a WAL of gigabytes back takes seconds (1.5 GB: ~4.5 s on a fast disk, each
+second a 503 that a liveness probe would answer with a restart); a hung one is still said."""
 
 HEALTH_DB_TIMEOUT_S = 2.0
 """How long ``/healthz`` waits for its database query before answering 503."""
@@ -530,10 +546,15 @@ def runner_health(ej: EdgeJobs, settings: MaintenanceSettings | None = None) -> 
         # that ignore their timeout: each of these threads still runs, holding no slot.
         details["abandoned_threads"] = abandoned_threads()
         details["abandoned_tasks"] = abandoned_tasks()
+    since = ej.maintenance.checkpointing_since
+    checkpointing = None if since is None else time.monotonic() - since
+    if checkpointing is not None:
+        details["checkpointing_s"] = round(checkpointing, 3)
     if ej.stopping:
         reasons.append("the runner is shutting down")
     elif age is not None and age > limit:
-        reasons.append(f"the tick loop has not run for {age:.1f} s (limit {limit:g} s)")
+        if checkpointing is None or checkpointing > CHECKPOINT_HEALTH_GRACE_S:
+            reasons.append(f"the tick loop has not run for {age:.1f} s (limit {limit:g} s)")
     return RunnerHealth(reasons=tuple(reasons), details=details)
 
 

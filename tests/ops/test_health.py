@@ -18,6 +18,7 @@ from ej_testkit import asgi_client, poll_until
 from ops_support import DAY_MS, connect, insert_jobs, make_app
 
 import edgejobs.runner.executor as executor
+import edgejobs.runner.maintenance as maintenance_module
 import edgejobs.runner.ticks as ticks_module
 from edgejobs import EdgeJobs
 from edgejobs.clock import SystemClock
@@ -294,6 +295,35 @@ async def test_a_long_retention_run_counts_as_progress_not_as_a_stall(
         assert len(seen) >= 7 and all(reasons == () for reasons in seen), seen
         clock.advance(3.5 * INTERVAL_S)  # the check is still live: it can fail
         assert runner_health(ej).reasons
+    finally:
+        await ej.close()
+
+
+async def test_a_tick_copying_a_large_wal_back_is_busy_not_stalled(
+    clock: FakeClock, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copying a WAL of gigabytes back (a long reader had let it grow) takes the tick seconds:
+    /healthz answered 503 "the tick loop has not run" meanwhile, each one a restart from a
+    liveness probe. A checkpoint in progress counts as life, up to a bound."""
+    ej = make_app(db_path, clock, runner={"tick_interval_s": INTERVAL_S})
+    real = ej.maintenance._checkpoint_sync
+    seen: list[tuple[str, ...]] = []
+
+    def slow(truncate: bool | None) -> Any:
+        clock.advance(3.5 * INTERVAL_S)  # past the tick limit of 3 intervals
+        seen.append(runner_health(ej).reasons)
+        return real(truncate)
+
+    await ej.start()
+    try:
+        await ej.submit("quick", org="acme")
+        monkeypatch.setattr(ej.maintenance, "_checkpoint_sync", slow)
+        await ej.maintenance.checkpoint()
+        assert seen and seen[-1] == (), seen
+        assert ej.maintenance.checkpointing_since is None  # over: judged by the ticks again
+        monkeypatch.setattr(maintenance_module, "CHECKPOINT_HEALTH_GRACE_S", 0.0)
+        await ej.maintenance.checkpoint()  # a hung one is still said
+        assert any("the tick loop has not run" in reason for reason in seen[-1]), seen
     finally:
         await ej.close()
 
