@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sse_support import make_config, register_job_types, wait_for
 
+import edgejobs.broker as broker_module
 from edgejobs import EdgeJobs
 from edgejobs.app import JobSpec
 from edgejobs.broker import Broker, Event, Subscriber, get_broker
@@ -181,3 +182,24 @@ async def test_events_deleted_before_the_tailer_read_them_end_every_stream(
     assert broker.subscribers() == []
     again = broker.subscribe(org="acme")
     assert [e.kind for e in [x async for x in broker.backlog(again, seen)]] == ["reset"]
+
+
+async def test_a_replay_whose_tail_is_trimmed_while_it_is_sent_ends_with_a_reset(
+    ej: EdgeJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replay window is checked once, then the missed events are read a page at a time as
+    the client takes them; a trim in between deleted the rest, and the replay ended as if
+    nothing was missing."""
+    monkeypatch.setattr(broker_module, "TAIL_BATCH", 2)
+    broker = get_broker(ej)
+    await broker.start()
+    await ej.submit_many([JobSpec("quick", "acme") for _ in range(6)])
+    await _settle(broker, ej)
+    sub = broker.subscribe(org="acme")
+    replay = broker.backlog(sub, 0)
+    first = [await anext(replay), await anext(replay)]
+    assert [event.id for event in first] == [1, 2]
+    await ej.store.write(lambda conn, tx: conn.execute("DELETE FROM events WHERE id <= 4"))
+    rest = [event async for event in replay]
+    assert [event.kind for event in rest] == ["reset"]
+    assert "deleted" in rest[0].data
