@@ -570,7 +570,7 @@ class Broker:
         while cursor < upto:
             rows = await self._ej.store.read(
                 partial(
-                    event_store.replay_kept,
+                    event_store.replay,
                     after=cursor,
                     upto=upto,
                     org=subscriber.org,

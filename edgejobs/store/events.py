@@ -152,25 +152,6 @@ def check_window(
     return WindowCheck(True)
 
 
-def replay_kept(
-    conn: sqlite3.Connection,
-    *,
-    after: int,
-    upto: int,
-    org: str | None,
-    job_id: str | None,
-    limit: int,
-) -> list[EventRow] | None:
-    """:func:`replay`, or None when an event after ``after`` is no longer in the log (read in
-    the same snapshot): the log loses its oldest rows first, so the oldest left lying past
-    ``after + 1`` means the events in between were deleted since a replay's window was
-    checked — a replay read in pages, a page at a time, could lose its tail to the trim."""
-    oldest = conn.execute("SELECT min(id) FROM events").fetchone()[0]
-    if oldest is None or int(oldest) > after + 1:
-        return None
-    return replay(conn, after=after, upto=upto, org=org, job_id=job_id, limit=limit)
-
-
 def replay(
     conn: sqlite3.Connection,
     *,
@@ -179,8 +160,14 @@ def replay(
     org: str | None,
     job_id: str | None,
     limit: int,
-) -> list[EventRow]:
+) -> list[EventRow] | None:
     """Up to ``limit`` events in ``(after, upto]`` of ``org`` (every org when None), oldest
-    first, optionally of one job only."""
+    first, optionally of one job only; None when an event after ``after`` is no longer in the
+    log (read in the same snapshot). The log loses its oldest rows first, so the oldest left
+    lying past ``after + 1`` means the events in between were deleted since a replay's window
+    was checked: a replay read a page at a time could lose its tail to the trim."""
+    oldest = conn.execute("SELECT min(id) FROM events").fetchone()[0]
+    if oldest is None or int(oldest) > after + 1:
+        return None
     params = {**_PATHS, "after": after, "upto": upto, "org": org, "job_id": job_id, "limit": limit}
     return _rows(conn.execute(_REPLAY, params))
