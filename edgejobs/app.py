@@ -47,6 +47,7 @@ from edgejobs.models import (
     Job,
     Priority,
     Status,
+    is_valid_unicode,
     run_at_in_range,
 )
 from edgejobs.retry import RetryPolicy
@@ -132,12 +133,8 @@ MAX_CANCEL_REASON = 500
 def _check_unicode(name: str, text: str) -> None:
     """Refuse text SQLite cannot store (a lone surrogate: a file name from ``os.listdir``)
     with a :class:`ValidationError` naming ``name``, not a bare UnicodeEncodeError."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValidationError(
-            f"{name} holds text that is not valid Unicode (a lone surrogate)"
-        ) from None
+    if not is_valid_unicode(text):
+        raise ValidationError(f"{name} holds text that is not valid Unicode (a lone surrogate)")
 
 
 def _filter_time_ms(name: str, value: datetime | int | None) -> int | None:

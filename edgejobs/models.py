@@ -245,12 +245,19 @@ class Attempt:
         }
 
 
-def storable_text(text: str) -> str:
-    """``text`` as text SQLite can store: a lone surrogate — what Python gives for a file name
-    that is not UTF-8 (``os.listdir``, ``os.fsdecode``) — is written as its escape
-    (``\\udce9``) instead of making the whole outcome unwritable."""
+def is_valid_unicode(text: str) -> bool:
+    """Whether SQLite can store ``text``: False when it holds a lone surrogate, what Python
+    gives for a file name that is not UTF-8 (``os.listdir``, ``os.fsdecode``)."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
+        return False
+    return True
+
+
+def storable_text(text: str) -> str:
+    """``text`` as text SQLite can store: a lone surrogate (see :func:`is_valid_unicode`) is
+    written as its escape (``\\udce9``) instead of making the whole outcome unwritable."""
+    if is_valid_unicode(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -19,6 +19,7 @@ from starlette.requests import Request
 
 from edgejobs.api.errors import BadRequest, validation_details
 from edgejobs.errors import ValidationError
+from edgejobs.models import is_valid_unicode
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,10 +60,8 @@ def _check_tree(value: Any) -> None:
 
 
 def _check_text(text: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise BadRequest("the JSON body holds text that is not valid Unicode") from None
+    if not is_valid_unicode(text):
+        raise BadRequest("the JSON body holds text that is not valid Unicode")
 
 
 def parse_json(raw: bytes) -> Any:
