@@ -237,9 +237,13 @@ async def test_a_stop_that_cannot_write_its_requeues_says_which_jobs_stay_runnin
     holder = sqlite3.connect(tmp_path / "jobs.db", isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")  # another process's long write transaction
+        pool = ej.pool
+        assert pool is not None
         await ej.stop(grace_s=0)
         await ej.close()
-        await asyncio.sleep(0.3)  # the flush's retry, had it outlived the store
+        flush = pool._flush_task  # still retrying the requeue, had it outlived the store
+        if flush is not None:
+            await asyncio.wait_for(flush, 10)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
