@@ -14,7 +14,7 @@ from sse_support import make_config, register_job_types, wait_for
 import edgejobs.broker as broker_module
 from edgejobs import EdgeJobs
 from edgejobs.app import JobSpec
-from edgejobs.broker import Broker, Event, Subscriber, get_broker
+from edgejobs.broker import Broker, Event, PacingAllowance, Subscriber, get_broker
 from edgejobs.errors import ShuttingDown
 from edgejobs.store.db import WriteTx
 
@@ -203,3 +203,61 @@ async def test_a_replay_whose_tail_is_trimmed_while_it_is_sent_ends_with_a_reset
     rest = [event async for event in replay]
     assert [event.kind for event in rest] == ["reset"]
     assert "deleted" in rest[0].data
+
+
+def test_a_pacing_allowance_refills_at_its_share_up_to_its_burst() -> None:
+    allowance = PacingAllowance(burst=0.5, share=0.05, now=100.0)
+    assert allowance.left(100.0) == 0.5
+    allowance.spend(0.4, now=100.4)  # a wait begun full: no refill above the burst meanwhile
+    assert allowance.left(100.4) == pytest.approx(0.1)
+    allowance.spend(0.2, now=100.6)
+    left = 0.1 + 0.2 * 0.05 - 0.2
+    assert allowance.left(100.6) == pytest.approx(left) and left < 0  # overspent: no more waits
+    assert allowance.left(102.0) == pytest.approx(left + 1.4 * 0.05)
+    assert allowance.left(1000.0) == 0.5  # never above its burst
+
+
+async def test_a_stream_that_reads_slower_than_events_arrive_does_not_pace_the_others(
+    tmp_path: Path,
+) -> None:
+    """The tailer waits for a stream that fell behind only within that stream's allowance:
+    one tenant's client reading ~800 events/s had held every other stream to its pace (each
+    crossing of its half-full mark cost everyone a wait), and was itself never disconnected.
+    Now it is disconnected once its allowance is spent (it resumes from the log), and the
+    tailer's total wait stays within the allowance."""
+    ej = EdgeJobs(database=tmp_path / "jobs.db", config=make_config(buffer=100))
+    register_job_types(ej)
+    await ej.start(run_workers=False)
+    broker = get_broker(ej)
+    try:
+        await broker.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        fast = broker.subscribe(org="acme")
+        slow = broker.subscribe(org="beta")
+
+        async def read(subscriber: Subscriber, want: int, pause_s: float) -> int:
+            got = 0
+            while got < want and not subscriber.closed:
+                got += len(await subscriber.take(1.0, limit=16))
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+            return got
+
+        fast_reader = asyncio.create_task(read(fast, 3000, 0.0))
+        slow_reader = asyncio.create_task(read(slow, 3000, 0.02))
+        for _ in range(3):
+            await ej.submit_many([JobSpec("quick", "beta") for _ in range(1000)])
+            await ej.submit_many([JobSpec("quick", "acme") for _ in range(1000)])
+        async with asyncio.timeout(60):
+            assert await fast_reader == 3000
+            await slow_reader
+        elapsed = loop.time() - started
+        assert slow.closed and "did not keep up" in (slow.closed_reason or "")
+        assert not fast.closed and broker.disconnected == 1
+        assert broker.paced_s <= (
+            broker_module.PACING_BURST_S + broker_module.PACING_SHARE * elapsed + 0.05
+        ), (broker.paced_s, elapsed)
+    finally:
+        await broker.close()
+        await ej.close()
