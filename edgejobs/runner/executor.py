@@ -649,12 +649,23 @@ def _child_main(
     """Entry point of the child process (imports the handler by path)."""
     _own_the_signals()  # before the watch thread starts: it inherits the signal mask
     _exit_with_parent(parent_pid)
+    # One message at a time on the pipe: the handler's own threads may report progress while
+    # its result is sent, and a message longer than the pipe's atomic write (4 KiB) had
+    # another spliced into it, so the runner could not read the result (the attempt then
+    # timed out).
+    sending = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with sending:
+            if not conn.closed:  # a thread reporting after the outcome was sent
+                conn.send(message)
+
     # The child started: what failed before this (the spawn's import of the runner's main
     # module again, say) is told apart from a handler that died.
-    conn.send(("started",))
+    send(("started",))
 
     def send_progress(percent: float, message: str | None) -> None:
-        conn.send(("progress", percent, message))
+        send(("progress", percent, message))
 
     class _Loopless:
         def call_soon_threadsafe(self, fn: Any, *args: Any) -> None:
@@ -676,14 +687,14 @@ def _child_main(
         # handler raised (a TypeError) nor one of the runner's on receiving it.
         execution = encode_result(value, max_result_bytes)
         if execution.error is None:
-            conn.send(("result", execution.result_json))
+            send(("result", execution.result_json))
         else:
             error = execution.error
-            conn.send(("error", error.type, error.message, error.traceback, False))
+            send(("error", error.type, error.message, error.traceback, False))
     except BaseException as exc:
         error = error_from(exc)
         try:
-            conn.send(
+            send(
                 (
                     "error",
                     error.type,
@@ -695,7 +706,8 @@ def _child_main(
         except Exception:
             pass
     finally:
-        conn.close()
+        with sending:
+            conn.close()
 
 
 def _kill_group(process: multiprocessing.process.BaseProcess) -> None:
@@ -783,6 +795,17 @@ async def _execute_in_process(
                     break
         except (EOFError, OSError):
             pass
+        except Exception as exc:
+            # A message that cannot be read (nothing the child sends should ever be): the
+            # attempt fails now, saying so, instead of this thread dying unseen and the attempt
+            # holding its slot until its deadline with the child process never reaped.
+            final = (
+                "error",
+                "ProcessProtocolError",
+                f"a message from the handler's process could not be read: {exc!r}",
+                None,
+                False,
+            )
         finally:
             if ended != process.sentinel:
                 os.close(ended)

@@ -193,3 +193,18 @@ def forks_and_terminates(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
         _, status = os.waitpid(pid, 0)
         ended[sig.name] = os.waitstatus_to_exitcode(status)
     return ended
+
+
+def big_result_while_a_thread_reports(ctx: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """Return ~``kb`` KiB while a thread of the handler's reports progress without a pause."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        n = 0
+        while not stop.is_set():
+            ctx.progress(n % 100, "alive")
+            n += 1
+
+    threading.Thread(target=beat, daemon=True).start()
+    time.sleep(0.2)
+    return {"blob": "x" * (int(params["kb"]) * 1024)}

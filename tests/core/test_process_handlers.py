@@ -96,6 +96,30 @@ async def test_a_result_stands_though_the_child_cannot_exit(tmp_path: Path) -> N
         await _ended(await _pid_in(tmp_path / "c"))  # killed after a moment's grace
 
 
+@pytest.mark.parametrize("kb", [12, 100])
+async def test_a_big_result_sent_while_a_thread_reports_progress_arrives_whole(
+    tmp_path: Path, kb: int
+) -> None:
+    """The child's threads wrote to the pipe at once: a progress report spliced into a result
+    longer than the pipe's atomic write, the runner's reading thread died of the garbled
+    message, and the attempt held its slot until it ``timed_out``, its result lost."""
+    ej = EdgeJobs(tmp_path / "jobs.db", workers=2)
+    ej.register(
+        "iso",
+        "core_handlers:big_result_while_a_thread_reports",
+        isolation="process",
+        timeout_s=30,
+        max_retries=0,
+        dedup=False,
+    )
+    async with ej:
+        for _ in range(3):
+            job = await ej.submit("iso", org="acme", params={"kb": kb})
+            done = await ej.wait(job.id, timeout=60)
+            assert done.status is Status.COMPLETED, done.error
+            assert done.result == {"blob": "x" * (kb * 1024)}
+
+
 async def test_an_async_handler_runs_in_the_child_under_its_own_event_loop(
     tmp_path: Path,
 ) -> None:
