@@ -412,13 +412,11 @@ async def execute(
         return failure(exc)
     if job_type.isolation == "process":
         return await _execute_in_process(job_type, ctx, params, abort, max_result_bytes, timeout)
-    work, thread = _start_thread(handler, ctx, params)
+    work, thread = _start_thread(handler, ctx, params, max_result_bytes)
     state, finished = await _race(work, abort, timeout)
     if state == "done":
-        raised = finished.exception()
-        if raised is not None:
-            return failure(raised)
-        return encode_result(finished.result(), max_result_bytes)
+        execution: Execution = finished.result()
+        return execution
     ctx._cancel()
     work.cancel()
     # A handler that checks ctx.cancelled (as it should) returns soon after: its thread is
@@ -494,32 +492,35 @@ def abandoned_threads() -> int:
 
 
 def _start_thread(
-    handler: Any, ctx: BaseContext, params: dict[str, Any]
-) -> tuple[asyncio.Future[Any], threading.Thread]:
+    handler: Any, ctx: BaseContext, params: dict[str, Any], max_result_bytes: int
+) -> tuple[asyncio.Future[Execution], threading.Thread]:
     loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
+    future: asyncio.Future[Execution] = loop.create_future()
 
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+    def settle(execution: Execution) -> None:
+        if not future.done():
+            future.set_result(execution)
 
     def run() -> None:
+        # The outcome is made here, in the handler's thread, as a process child makes it:
+        # encoding a big result (or formatting a deep traceback) on the event loop stalled
+        # every other job, the API and the streams for seconds.
         try:
-            value = handler(ctx, params)
-        except (SystemExit, KeyboardInterrupt) as exc:
-            _call(loop, settle, False, _contained(exc))
-        except StopIteration as exc:  # (next() on an empty iterator) a future refuses it
-            wrapped = RuntimeError("the handler raised StopIteration")
-            wrapped.__cause__ = exc
-            _call(loop, settle, False, wrapped)
-        except BaseException as exc:
-            _call(loop, settle, False, exc)
-        else:
-            _call(loop, settle, True, value)
+            try:
+                value = handler(ctx, params)
+            except (SystemExit, KeyboardInterrupt) as exc:
+                execution = failure(_contained(exc))
+            except StopIteration as exc:  # (next() on an empty iterator) as an async one says
+                wrapped = RuntimeError("the handler raised StopIteration")
+                wrapped.__cause__ = exc
+                execution = failure(wrapped)
+            except BaseException as exc:
+                execution = failure(exc)
+            else:
+                execution = encode_result(value, max_result_bytes)
+        except BaseException as exc:  # a bug of ours while making the outcome
+            execution = failure(exc)
+        _call(loop, settle, execution)
 
     thread = threading.Thread(target=run, name=f"edgejobs-job-{ctx.job_id}", daemon=True)
     thread.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -218,3 +219,40 @@ async def test_a_handler_that_changes_directory_leaves_the_database_where_it_was
         assert [len(jobs) for jobs, _ in pages] == [1] * 4
         await ej.maintenance.checkpoint(truncate=True)
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def sync_returns_rows(ctx: Any, params: dict[str, Any]) -> list[dict[str, int]]:
+    return [{"row": n} for n in range(1000)]
+
+
+def sync_fails_deep(ctx: Any, params: dict[str, Any]) -> None:
+    def down(n: int) -> None:
+        if n:
+            down(n - 1)
+        raise ValueError("at the bottom")
+
+    down(200)
+
+
+@pytest.mark.parametrize(
+    ("handler", "status"),
+    [(sync_returns_rows, Status.COMPLETED), (sync_fails_deep, Status.FAILED)],
+)
+async def test_a_sync_handlers_outcome_is_made_in_its_thread_not_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, handler: Callable[..., Any], status: Status
+) -> None:
+    """A sync handler's value was encoded (and its traceback formatted) on the event loop
+    after its thread ended: a handler returning 25 MB of rows stalled every other job, the
+    API and the streams for seconds, and innocent async jobs timed out meanwhile."""
+    made_on: list[str] = []
+    for name in ("encode_result", "failure"):
+        original = getattr(executor, name)
+
+        def recording(*args: Any, _original: Any = original) -> Any:
+            made_on.append(threading.current_thread().name)
+            return _original(*args)
+
+        monkeypatch.setattr(executor, name, recording)
+    job, _ = await _run_one(handler)
+    assert job.status is status, job
+    assert made_on and all(name.startswith("edgejobs-job-") for name in made_on), made_on
