@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from edgejobs.app import EdgeJobs
@@ -23,7 +24,25 @@ log = logging.getLogger("edgejobs")
 def app_from_args(args: argparse.Namespace, **overrides: Any) -> EdgeJobs:
     """An :class:`EdgeJobs` from ``--config`` (and the environment) plus flag overrides."""
     config = load_config(getattr(args, "config", None), overrides=overrides or None)
+    make_project_importable(config.source)
     return EdgeJobs(config=config)
+
+
+def make_project_importable(config_file: Path | None) -> None:
+    """Put the config file's folder and the current folder first on the import path, so that
+    ``handler = "myapp.jobs:build"`` finds the ``myapp`` beside ``edgejobs.toml``.
+
+    The console script does not (unlike ``python -m edgejobs``): a project's own handlers
+    could not be imported by ``edgejobs serve`` run in the project's folder, while Celery and
+    RQ workers import from there. The config file's folder comes first: a service started
+    with ``--config /srv/app/edgejobs.toml`` from ``/`` finds its project too. A handler's
+    child process (``isolation = "process"``) inherits the path.
+    """
+    folders = [str(config_file.parent)] if config_file is not None else []
+    folders.append(os.getcwd())
+    for folder in reversed(dict.fromkeys(folders)):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
 
 
 def register(subparsers: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:

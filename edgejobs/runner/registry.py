@@ -138,7 +138,14 @@ def import_handler(path: str) -> Handler:
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"handler {path!r}: cannot import {module_name}: {exc}") from exc
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0]:
+            hint = (
+                " (is it importable by this Python? the edgejobs command adds the config"
+                " file's folder and the current folder; else install the project or set"
+                " PYTHONPATH)"
+            )
+        raise ConfigError(f"handler {path!r}: cannot import {module_name}: {exc}{hint}") from exc
     for part in attr.split("."):
         try:
             target = getattr(target, part)
