@@ -102,11 +102,24 @@ class Event:
         once, and only for events some stream actually sends.
         """
         if self._encoded is None:
-            data = (
-                render_job_event(self.data, self.job_id, self.org, self.extras)
-                if self.kind == "job"
-                else self.data
-            )
+            try:
+                data = (
+                    render_job_event(self.data, self.job_id, self.org, self.extras)
+                    if self.kind == "job"
+                    else self.data
+                )
+            except Exception as exc:
+                # A row this version cannot read (written by hand, or by an older edgejobs
+                # that kept running on a file a newer one had migrated) is skipped, saying so:
+                # raised, it ended every stream that met it, and every resume met it again.
+                # Its id is still sent, so a client's Last-Event-ID moves past it.
+                log.error(
+                    "event %d of job %s cannot be read, skipped: %r", self.id, self.job_id, exc
+                )
+                self._encoded = ServerSentEvent(
+                    comment=f"event {self.id} could not be read", id=str(self.id)
+                ).encode()
+                return self._encoded
             self._encoded = ServerSentEvent(data, event=self.kind, id=str(self.id)).encode()
         return self._encoded
 

@@ -10,6 +10,37 @@ from pathlib import Path
 
 from edgejobs.errors import RunnerAlreadyActive
 
+_HELD_HERE: set[Path] = set()
+"""The lock files this process holds (a second ``flock`` of its own would fail against them)."""
+
+
+def runner_elsewhere(database: Path) -> str | None:
+    """The pid (as the lock file records it, or "unknown") of a runner in ANOTHER process
+    holding ``database``'s lock; None when there is none (or this process holds it).
+
+    Looked at without creating the lock file, and without taking the lock for longer than the
+    look: a shared lock that cannot be had means an exclusive one is held.
+    """
+    path = database.resolve()
+    path = path.with_name(path.name + ".runner.lock")
+    if path in _HELD_HERE:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file: no runner ever ran here (or it cannot be looked at)
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    except OSError:
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
 
 class RunnerLock:
     """An exclusive ``flock`` on ``<database>.runner.lock``.
@@ -43,6 +74,7 @@ class RunnerLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._fd = fd
+        _HELD_HERE.add(self.path)
 
     def release(self) -> None:
         """Drop the lock."""
@@ -51,6 +83,7 @@ class RunnerLock:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None
+            _HELD_HERE.discard(self.path)
 
 
 def _drop_read_only_access(fd: int) -> None:

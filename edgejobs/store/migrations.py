@@ -34,6 +34,12 @@ def current_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
+def latest_version() -> int:
+    """The schema version this edgejobs migrates files to."""
+    shipped = available()
+    return shipped[-1][0] if shipped else 0
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Apply every migration newer than the file's version; return the new version."""
     migrations = available()

@@ -172,7 +172,10 @@ def activity_since(
     ).fetchall()
     found: list[Activity] = []
     for row in rows:
-        data = job_event_fields(row["data"])
+        try:
+            data = job_event_fields(row["data"])
+        except (ValueError, TypeError):
+            continue  # a row this version cannot read (see broker.Event.encode): not counted
         found.append(
             Activity(
                 event_id=int(row["id"]),

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edgejobs.errors import EdgeJobsError
+from edgejobs.errors import EdgeJobsError, RunnerAlreadyActive
+from edgejobs.runner.lock import runner_elsewhere
 from edgejobs.store import migrations
 from edgejobs.store.db import (
     PointReader,
@@ -52,7 +53,10 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path, self.pragmas, create=True)
         try:
-            if migrations.current_version(conn) == 0:
+            version = migrations.current_version(conn)
+            if 0 < version < migrations.latest_version():
+                self._refuse_upgrade_under_a_runner(version)
+            if version == 0:
                 # Only possible before the first table exists: lets retention give pages back.
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 # connect() switched to WAL, which already wrote the file header; the setting
@@ -62,6 +66,20 @@ class Store:
             return migrations.migrate(conn)
         finally:
             conn.close()
+
+    def _refuse_upgrade_under_a_runner(self, version: int) -> None:
+        """An older edgejobs still running on this file (a package upgraded, its service not
+        yet restarted) would go on writing its old formats into the migrated file: events
+        no stream could read, job counts left behind. Any first open by the new version, a
+        CLI ``stats`` say, had migrated the file under it."""
+        holder = runner_elsewhere(self.path)
+        if holder is not None:
+            raise RunnerAlreadyActive(
+                f"{self.path} has schema version {version} and this edgejobs would upgrade it"
+                f" to {migrations.latest_version()}, but a runner (pid {holder}) is using it:"
+                " stop that runner first, back the file up, then start this version"
+                " (docs/operations.md, Upgrading)"
+            )
 
     async def open(self) -> None:
         """Prepare the file and start the writer thread.

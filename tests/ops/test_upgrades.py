@@ -407,3 +407,52 @@ async def test_a_database_of_version_11_gets_its_terminal_indexes_without_in_lis
         conn.execute("DELETE FROM jobs WHERE seq = 4")
         insert_job(conn, 5, "dead_letter")  # an ended one more is fine
         conn.execute("UPDATE jobs SET dedup_hash = 'h' WHERE seq = 5")
+
+
+_OLD_RUNNER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from edgejobs.runner.lock import RunnerLock
+
+    lock = RunnerLock(Path(sys.argv[1]))  # what a running (older) runner holds
+    lock.acquire()
+    print("holding", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_an_old_database_is_not_upgraded_under_a_runner_of_another_process(
+    tmp_path: Path,
+) -> None:
+    """A package upgraded while its service still ran: the first command of the new version
+    (a ``stats``, say) migrated the file under the old runner, which went on writing its old
+    formats into it — events no stream could read, job counts left behind. The new version
+    now refuses, naming the runner, and leaves the file as it was; once the runner stopped it
+    upgrades the file as before."""
+    path = tmp_path / "old.db"
+    build_old_database(path, 4)
+    with closing(connect(path)) as conn:
+        insert_job(conn, 1, "queued")
+    config = _config(tmp_path, path)
+    runner = subprocess.Popen(
+        [sys.executable, "-c", _OLD_RUNNER, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert runner.stdout is not None and runner.stdout.readline().strip() == "holding"
+        proc = _cli(config, "stats", "--json")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 3, (out, err)
+        assert f"pid {runner.pid}" in err and "stop that runner first" in err, err
+        assert "Traceback" not in err
+        with closing(connect(path)) as conn:
+            assert migrations.current_version(conn) == 4
+    finally:
+        runner.kill()
+        runner.wait(timeout=10)
+    proc = _cli(config, "stats", "--json")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    with closing(connect(path)) as conn:
+        assert migrations.current_version(conn) == migrations.latest_version()

@@ -240,3 +240,39 @@ async def test_malformed_last_event_id_is_a_bad_request(serve: Serve) -> None:
             async with open_stream(http, server, token, params={"last_event_id": bad}, expect=400):
                 pass
     assert server.broker.subscriber_count == 0
+
+
+async def test_an_event_row_this_version_cannot_read_is_skipped_and_the_stream_goes_on(
+    serve: Serve,
+) -> None:
+    """One unreadable ``job`` event (the object form an older runner wrote into a file a newer
+    edgejobs had migrated under it) raised in every stream that met it, live or replayed, and
+    every resume met it again: the client could never get past it."""
+    server = await serve()
+    ej = server.ej
+    token = await make_token(ej, "acme")
+    first = await ej.submit("quick", org="acme")
+    await ej.wait(first.id, timeout=30)
+    before = event_rows(ej.store.path)[-1]["id"]
+
+    def write_an_old_form_event(conn: Any, tx: Any) -> None:
+        conn.execute(
+            "INSERT INTO events (org, job_id, kind, data, created_at)"
+            " VALUES ('acme', ?, 'job', '{\"status\": \"queued\"}', ?)",
+            (first.id, ej.clock.now_ms()),
+        )
+        tx.events += 1
+
+    async with client() as http:
+        async with open_stream(http, server, token) as live:
+            await ej.store.write(write_an_old_form_event)
+            after = await ej.submit("quick", org="acme")
+            seen_live = await live.until(is_final(after.id))
+        async with open_stream(
+            http, server, token, headers={"Last-Event-ID": str(before)}
+        ) as resumed:
+            seen_replayed = await resumed.until(is_final(after.id))
+    for seen, stream in ((seen_live, live), (seen_replayed, resumed)):
+        assert seen[0].id == before + 1 and seen[0].data is None  # its id only, no data
+        assert f"event {before + 1} could not be read" in stream.comments
+        assert seen[1].data["id"] == after.id and seen[1].data["status"] == "queued"
