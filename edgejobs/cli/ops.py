@@ -7,6 +7,7 @@ which vacuums and checkpoints afterwards so the file shrinks.)
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,4 +50,11 @@ def run_backup(args: argparse.Namespace) -> int:
         f"wrote {result.path}: {format_bytes(result.bytes)}, {result.jobs} jobs,"
         f" integrity ok ({result.seconds:.1f} s)"
     )
+    if result.upgraded_from is not None:
+        print(
+            f"edgejobs: the database has schema version {result.upgraded_from} (an older"
+            " edgejobs serves it); the copy was upgraded to this version's schema: restore it"
+            " with this version",
+            file=sys.stderr,
+        )
     return 0

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from edgejobs.errors import EdgeJobsError
+from edgejobs.store import migrations
 from edgejobs.store.db import Pragmas, WriteTx, connect, create_private
 from edgejobs.store.events import last_event_id
 from edgejobs.store.jobs import next_seq
@@ -88,6 +89,9 @@ class BackupResult:
     bytes: int
     jobs: int
     seconds: float
+    upgraded_from: int | None = None
+    """The schema version of the database, when the copy was migrated to this edgejobs'
+    (see :func:`mark_backup_copy`); None when it already had it."""
 
 
 def wal_path(path: Path) -> Path:
@@ -173,13 +177,22 @@ class BackupGap:
     """The seq the next job gets, less one."""
 
 
-def mark_backup_copy(path: Path, taken_at_ms: int) -> None:
+def mark_backup_copy(path: Path, taken_at_ms: int) -> int | None:
     """Record in a fresh copy that it is a backup taken at ``taken_at_ms`` (wall clock).
 
-    A copy of a database whose schema predates the ``backup_copy`` table is left unmarked.
+    A copy of a database whose schema predates the ``backup_copy`` table (an older runner
+    still serves it) is migrated first, so that its restore leaves the id gap like any other;
+    returns the copy's former schema version then, else None. (The copy is in rollback-journal
+    mode, as ``VACUUM INTO`` writes it: the migration's writes stay in the one file.)
     """
     conn = sqlite3.connect(str(path), isolation_level=None)
+    upgraded_from: int | None = None
     try:
+        conn.execute("PRAGMA foreign_keys = ON")
+        version = migrations.current_version(conn)
+        if 0 < version < migrations.latest_version():
+            migrations.migrate(conn)
+            upgraded_from = version
         if conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'backup_copy'"
         ).fetchone():
@@ -194,6 +207,7 @@ def mark_backup_copy(path: Path, taken_at_ms: int) -> None:
         raise BackupError(f"could not write the copy: {exc}") from exc
     finally:
         conn.close()
+    return upgraded_from
 
 
 def leave_backup_gap(conn: sqlite3.Connection, tx: WriteTx, *, now_ms: int) -> BackupGap | None:
@@ -269,7 +283,7 @@ def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResul
             raise BackupError(f"could not copy the database: {exc}") from exc
         finally:
             conn.close()
-        mark_backup_copy(partial, taken_at)
+        upgraded_from = mark_backup_copy(partial, taken_at)
         _fsync(partial)
         jobs = _verify(partial)
         try:
@@ -288,6 +302,7 @@ def backup_database(source: Path, target: Path, pragmas: Pragmas) -> BackupResul
             bytes=target.stat().st_size,
             jobs=jobs,
             seconds=time.monotonic() - started,
+            upgraded_from=upgraded_from,
         )
     except OSError as exc:  # a full or read-only disk while flushing or naming the copy
         raise BackupError(f"could not write the backup {target}: {exc.strerror or exc}") from exc

@@ -456,3 +456,29 @@ def test_an_old_database_is_not_upgraded_under_a_runner_of_another_process(
     assert proc.returncode == 0, err
     with closing(connect(path)) as conn:
         assert migrations.current_version(conn) == migrations.latest_version()
+
+
+def test_a_backup_of_a_database_an_older_runner_serves_is_marked_like_any_other(
+    tmp_path: Path,
+) -> None:
+    """``edgejobs backup`` by a new version of a file at a schema before the backup mark (an
+    older runner still serving it) wrote an unmarked copy: its restore left no id gap, and
+    SSE clients resuming with the original's ids silently missed the restored system's first
+    events. The copy is now migrated and marked; the original is left as it is."""
+    path = tmp_path / "old.db"
+    build_old_database(path, 9)
+    with closing(connect(path)) as conn:
+        insert_job(conn, 1, "queued")
+    config = _config(tmp_path, path)
+    copy = tmp_path / "copy.db"
+    proc = _cli(config, "backup", str(copy))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "schema version 9" in err and "restore it with this version" in err, err
+    assert not list(tmp_path.glob("copy.db-*"))  # one file, no journal beside it
+    with closing(connect(path)) as conn:
+        assert migrations.current_version(conn) == 9  # the original: untouched
+    with closing(connect(copy)) as conn:
+        assert migrations.current_version(conn) == migrations.latest_version()
+        assert conn.execute("SELECT count(*) FROM backup_copy").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
