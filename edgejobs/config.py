@@ -568,9 +568,20 @@ class ScheduleConfig(_Model):
     @field_validator("cron")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        if len(value.split()) != 5 or not croniter.croniter.is_valid(value):
+        fields = value.split()
+        if len(fields) != 5 or not croniter.croniter.is_valid(value):
             raise _bad("cron", value)
-        if not croniter.croniter.is_valid(value, strict=True):
+        if any(
+            token.strip().upper() == "R" for field in fields for token in re.split(r"[,/-]", field)
+        ):
+            # croniter's random value: drawn anew at every computation of the next time, so
+            # the schedule fired at random minutes, several times per period.
+            raise ValueError(
+                f"{value!r}: the random field R is not supported; give the minute, hour or day"
+            )
+        if fields[4] in ("*", "?") and not croniter.croniter.is_valid(value, strict=True):
+            # (With a day of the week as well, cron runs on either day: "0 0 31 2 1" is every
+            # Monday of February.)
             # Well formed, but its day of the month is in none of its months ("0 2 31 4 *"):
             # say so, rather than leave the user to wonder which field is wrong.
             raise ValueError(f"{value!r} never runs: no month it allows has that day of the month")

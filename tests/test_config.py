@@ -517,6 +517,18 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
         ["#1 cron:", "'0 0 31 2 *' never runs: no month it allows has that day of the month"],
     ),
     ("cron macro", SCHEDULE.replace("0 2 * * *", "@daily"), ["[[schedules]] #1 cron:"]),
+    # croniter's random R was accepted, and drawn anew at every look: the schedule fired at
+    # random minutes, several times an hour.
+    (
+        "random minute",
+        SCHEDULE.replace("0 2 * * *", "R * * * *"),
+        ["#1 cron:", "the random field R is not supported"],
+    ),
+    (
+        "random step of the minute",
+        SCHEDULE.replace("0 2 * * *", "R/5 * * * *"),
+        ["#1 cron:", "the random field R is not supported"],
+    ),
     (
         "unknown timezone",
         SCHEDULE + 'timezone = "Mars/Olympus_Mons"\n',
@@ -756,3 +768,17 @@ def test_default_text_examples_are_valid_when_uncommented(tmp_path: Path) -> Non
     assert set(tomllib.loads(uncommented)["schedules"][0]) == set(ScheduleConfig.model_fields)
     assert schedule.job_type == job_type.name
     assert schedule.params == {"month": "current"}
+
+
+@pytest.mark.parametrize(
+    "cron",
+    [
+        "0 0 31 2 1",  # day 31 OR Monday, in February: every Monday of February
+        "0 9 * MAR-APR FRI",  # names holding an R are no random field
+        "0 9 * * MON-FRI",
+    ],
+)
+def test_crons_that_run_are_accepted(cron: str) -> None:
+    """``0 0 31 2 1`` was refused as "never runs": with a day of the week as well, cron runs
+    on either day, as croniter computes it."""
+    assert ScheduleConfig(name="s", cron=cron, job_type="t", org="acme").cron == cron
