@@ -283,17 +283,18 @@
 
   // ---------------------------------------------------------------- 5. messages
 
-  function showMessage(text, kind) {
+  function showMessage(text, kind, code) {
     const box = $("message");
     clearTimeout(state.messageTimer);
     box.setAttribute("data-kind", kind || "error");
+    box.dataset.code = code || "";  // what the stream's reconnect may take back (see below)
     $("message-text").textContent = text;
     box.hidden = false;
     if (kind === "info") state.messageTimer = setTimeout(hideMessage, 6000);
   }
 
   function showError(err) {
-    if (err instanceof ApiError) showMessage(`${err.message} (${err.code})`, "error");
+    if (err instanceof ApiError) showMessage(`${err.message} (${err.code})`, "error", err.code);
     else showMessage(String((err && err.message) || err), "error");
   }
 
@@ -1483,6 +1484,8 @@
     source.addEventListener("open", () => {
       if (source !== events.source) return;
       setLive("open");
+      // The server answers again: a "cannot reach the server" said meanwhile no longer holds.
+      if ($("message").dataset.code === "network_error") hideMessage();
       events.retryMs = 1000;
       // The browser resumes a dropped stream with Last-Event-ID by itself; without any event
       // id seen yet there is nothing to resume from, so whatever was missed is reloaded.
@@ -1617,7 +1620,18 @@
     drawCharts();
   }
 
+  // The sticky top bar's height (its count chips wrap on narrow screens), so that a control
+  // reached with the keyboard is scrolled clear of it, not left underneath (scroll-padding-top).
+  function trackTopbarHeight() {
+    const bar = document.querySelector(".topbar");
+    if (!bar || typeof ResizeObserver === "undefined") return;
+    const set = () => document.documentElement.style.setProperty("--topbar-h", bar.offsetHeight + "px");
+    new ResizeObserver(set).observe(bar);
+    set();
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
+    trackTopbarHeight();
     wireControls();
     boot();
   });

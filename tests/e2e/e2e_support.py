@@ -90,7 +90,14 @@ name = "webhooks.deliver"
 handler = "e2e_jobs:broken"
 max_retries = 1
 dedup = false
+
+[[job_types]]
+name = "{long_type}"
+handler = "e2e_jobs:quick"
 """
+
+LONG_TYPE = "integrations.catalogue_synchronisation_of_every_regional_storefront_with_its_feed"
+"""A job type name as long as people write them: the dashboard must not widen for it."""
 
 
 @dataclass
@@ -126,7 +133,9 @@ class Server:
         """Start the server (again, on the same port and database, after :meth:`stop`) and
         return once ``/healthz`` answers 200."""
         self.gates.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(CONFIG.format(port=self.port) + self.extra_config)
+        self.config_path.write_text(
+            CONFIG.format(port=self.port, long_type=LONG_TYPE) + self.extra_config
+        )
         env = self._env()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

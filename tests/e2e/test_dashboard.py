@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import Api, Org, Server
+from e2e_support import LONG_TYPE, Api, Org, Server
 from playwright.sync_api import Page, expect
 from proxy_kit import prefix_proxy, serving_in_thread
 
@@ -431,6 +431,12 @@ def test_a_long_error_does_not_widen_the_detail_page(new_page: NewPage, org: Org
     for width in (1280, 600):
         page.set_viewport_size({"width": width, "height": 800})
         assert page.evaluate("document.documentElement.scrollWidth") <= width
+    # On a phone the error's column kept one character's width: a word per line, a 950 px
+    # tall row for a 300-character error. It keeps a readable width now (the table scrolls).
+    page.set_viewport_size({"width": 375, "height": 800})
+    cell = page.locator(".attempt-error").first
+    box = cell.bounding_box()
+    assert box is not None and box["width"] >= 150, box
 
 
 def test_live_updates_keep_the_keyboard_focus(new_page: NewPage, org: Org, server: Server) -> None:
@@ -1045,5 +1051,114 @@ def test_views_follow_a_job_after_the_servers_clock_is_set_back(
         api.wait_status(job_id, "completed")
         expect(detail.get_by_test_id("job-status")).to_have_text("completed")
         expect(row(listing, job_id)).to_have_attribute("data-status", "completed")
+    finally:
+        own.stop()
+
+
+def _contrast(foreground: str, background: str) -> float:
+    """WCAG contrast ratio of two computed ``rgb(...)`` colours."""
+
+    def luminance(css: str) -> float:
+        channels = [int(v) / 255 for v in re.findall(r"\d+", css)[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_badges_and_buttons_meet_the_contrast_of_small_text(
+    new_page: NewPage, org: Org, scheme: str
+) -> None:
+    """White on the dark scheme's blue buttons was 3.2:1, and the light scheme's queued,
+    running and failed badges 4.0-4.2:1: below the 4.5:1 small text needs (WCAG AA)."""
+    page, _ = new_page()
+    page.emulate_media(color_scheme=scheme)
+    page.goto("/#/jobs")
+    button = page.get_by_test_id("login-submit")
+    expect(button).to_be_visible()
+    pairs = [
+        button.evaluate("b => [getComputedStyle(b).color, getComputedStyle(b).backgroundColor]")
+    ]
+    statuses = ["queued", "running", "completed", "failed", "canceled", "scheduled", "dead_letter"]
+    pairs += page.evaluate(
+        """statuses => statuses.map(status => {
+            const badge = document.createElement("span");
+            badge.className = "badge";
+            badge.dataset.status = status;
+            badge.textContent = status;
+            document.body.append(badge);
+            const style = getComputedStyle(badge);
+            return [style.color, style.backgroundColor];
+        })""",
+        statuses,
+    )
+    for (foreground, background), what in zip(pairs, ["button", *statuses], strict=True):
+        assert _contrast(foreground, background) >= 4.5, (scheme, what, foreground, background)
+
+
+def test_keyboard_focus_is_never_hidden_under_the_top_bar(new_page: NewPage, org: Org) -> None:
+    """Tabbing back up the job list on a phone, the focused links went under the sticky top
+    bar (158 px tall there): in the viewport, so not scrolled to, but out of sight."""
+    api = org.api()
+    for n in range(30):
+        api.submit("emails.send", {"to": f"user{n}@example.com"}, delay_s=3600)
+    page, _ = new_page()
+    page.set_viewport_size({"width": 375, "height": 740})
+    sign_in(page, org.token("operator"))
+    expect(page.locator("tr[data-status='scheduled']")).to_have_count(30)
+    hidden: list[Any] = []
+    check = """() => {
+        const focused = document.activeElement;
+        const bar = document.querySelector(".topbar");
+        if (!focused || bar.contains(focused) || focused === document.body) return null;
+        const box = focused.getBoundingClientRect();
+        return box.bottom <= bar.getBoundingClientRect().bottom + 1 ? focused.textContent : null;
+    }"""
+    for key in ["Tab"] * 25 + ["Shift+Tab"] * 25:
+        page.keyboard.press(key)
+        obscured = page.evaluate(check)
+        if obscured is not None:
+            hidden.append((key, obscured))
+    assert hidden == [], hidden
+
+
+def test_a_long_job_type_name_does_not_widen_the_page(new_page: NewPage, org: Org) -> None:
+    """The job type filter was as wide as its longest option and the detail's type did not
+    wrap: a 78-character type name made a phone's page ~900 px wide."""
+    job_id = org.api().submit(LONG_TYPE, {})
+    page, _ = new_page()
+    page.set_viewport_size({"width": 375, "height": 740})
+    sign_in(page, org.token("viewer"))
+    expect(row(page, job_id)).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.goto(f"/#/jobs/{job_id}")
+    expect(page.get_by_test_id("job-status")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+
+
+def test_the_cannot_reach_the_server_message_goes_when_the_server_is_back(
+    new_page: NewPage, tmp_path: Path
+) -> None:
+    """After a restart the stream reconnected and the views reloaded, yet the red banner
+    still said "Cannot reach the server." until the next message replaced it."""
+    own = Server(tmp_path).start()
+    try:
+        tenant = Org("banner", own)
+        job_id = tenant.api().submit("emails.send", {"to": "a@example.com"}, delay_s=3600)
+        page, _ = new_page()
+        sign_in(page, tenant.token("operator"), base=own.url)
+        own.stop()
+        expect(page.get_by_test_id("live-indicator")).to_have_attribute(
+            "data-state", "reconnecting"
+        )
+        page.goto(own.url + f"/#/jobs/{job_id}")
+        expect(page.get_by_test_id("message")).to_contain_text("Cannot reach the server")
+        own.start()
+        expect(page.get_by_test_id("live-indicator")).to_have_attribute(
+            "data-state", "open", timeout=20000
+        )
+        expect(page.get_by_test_id("message")).to_be_hidden()
     finally:
         own.stop()
