@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from edgejobs.logs import escape
 from edgejobs.models import Job, Status
+from edgejobs.runner.lock import runner_elsewhere
 from edgejobs.store.db import WriteTx
 
 if TYPE_CHECKING:
@@ -80,6 +81,10 @@ class _Changes:
             self.event.set()
 
 
+NO_RUNNER_HINT_AFTER_S = 2.0
+"""How long a followed job may stay ``queued`` before the command looks for a runner."""
+
+
 async def follow_job(
     ej: EdgeJobs,
     job_id: str,
@@ -99,6 +104,7 @@ async def follow_job(
     ej.add_commit_listener(changes.on_commit)
     loop = asyncio.get_running_loop()
     shown = ""  # what is on screen (terminal) or the last change printed (log)
+    hint_at: float | None = loop.time() + NO_RUNNER_HINT_AFTER_S
     try:
         while True:
             changes.event.clear()
@@ -121,6 +127,20 @@ async def follow_job(
                 shown = key
             if job.is_terminal:
                 break
+            if hint_at is not None and loop.time() >= hint_at:
+                hint_at = None
+                if job.status is Status.QUEUED and not ej.is_runner:
+                    holder = runner_elsewhere(ej.store.path)
+                    if holder is None:
+                        # Else it waits at "queued" for good, and says nothing of why.
+                        if tty and shown:
+                            out.write("\n")
+                            shown = ""
+                        err.write(
+                            f"edgejobs: no runner is using {ej.store.path}: the job starts once"
+                            " `edgejobs serve` or `edgejobs worker` runs on it\n"
+                        )
+                        err.flush()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(refresh_s):
                     await changes.event.wait()

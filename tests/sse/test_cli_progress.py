@@ -176,3 +176,52 @@ def test_submit_wait_command_follows_a_job_run_by_another_process(tmp_path: Path
         )
     assert lines[-1] == "completed"
     assert any("40.0%" in line and "step 40" in line for line in lines[1:-1])
+
+
+_HOLD_THE_RUNNER_LOCK = """
+import sys, time
+from pathlib import Path
+from edgejobs.runner.lock import RunnerLock
+RunnerLock(Path(sys.argv[1])).acquire()
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_a_job_followed_with_no_runner_on_the_database_says_so(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """``submit --wait`` with no runner on the file waited at "queued" for good, silently (a
+    wrong database, or a runner not started): it now says so once, and only then."""
+    import edgejobs.cli.progress_bar as progress_bar
+
+    monkeypatch.setattr(progress_bar, "NO_RUNNER_HINT_AFTER_S", 0.0)
+    path = tmp_path / "jobs.db"
+    client = EdgeJobs(database=path, config=make_config())
+    register_job_types(client)
+    job = await client.submit("quick", org="acme")
+
+    async def follow_a_while() -> str:
+        err = io.StringIO()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                follow_job(client, job.id, out=io.StringIO(), err=err, refresh_s=0.05), 1.0
+            )
+        return err.getvalue()
+
+    try:
+        said = await follow_a_while()
+        assert said.count("no runner is using") == 1 and str(path) in said, said
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLD_THE_RUNNER_LOCK, str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+            assert await follow_a_while() == ""  # a runner is there (just busy): nothing said
+        finally:
+            holder.kill()
+            holder.wait(timeout=10)
+    finally:
+        await client.close()
