@@ -103,15 +103,7 @@ async def test_a_big_result_sent_while_a_thread_reports_progress_arrives_whole(
     """The child's threads wrote to the pipe at once: a progress report spliced into a result
     longer than the pipe's atomic write, the runner's reading thread died of the garbled
     message, and the attempt held its slot until it ``timed_out``, its result lost."""
-    ej = EdgeJobs(tmp_path / "jobs.db", workers=2)
-    ej.register(
-        "iso",
-        "core_handlers:big_result_while_a_thread_reports",
-        isolation="process",
-        timeout_s=30,
-        max_retries=0,
-        dedup=False,
-    )
+    ej = _runner(tmp_path, "core_handlers:big_result_while_a_thread_reports")
     async with ej:
         for _ in range(3):
             job = await ej.submit("iso", org="acme", params={"kb": kb})
