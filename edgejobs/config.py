@@ -572,7 +572,11 @@ class ScheduleConfig(_Model):
         if len(fields) != 5 or not croniter.croniter.is_valid(value):
             raise _bad("cron", value)
         if any(
-            token.strip().upper() == "R" for field in fields for token in re.split(r"[,/-]", field)
+            # "R", or "R(0-29)" (split here into "R(0" and "29)"); no name of a month or a day
+            # of the week starts with an R.
+            token.strip().upper().startswith("R")
+            for field in fields
+            for token in re.split(r"[,/-]", field)
         ):
             # croniter's random value: drawn anew at every computation of the next time, so
             # the schedule fired at random minutes, several times per period.

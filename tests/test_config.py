@@ -525,6 +525,11 @@ ERROR_CASES: list[tuple[str, str, list[str]]] = [
         ["#1 cron:", "the random field R is not supported"],
     ),
     (
+        "random minute within a range",
+        SCHEDULE.replace("0 2 * * *", "R(0-29) * * * *"),
+        ["#1 cron:", "the random field R is not supported"],
+    ),
+    (
         "random step of the minute",
         SCHEDULE.replace("0 2 * * *", "R/5 * * * *"),
         ["#1 cron:", "the random field R is not supported"],
