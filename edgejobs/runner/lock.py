@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import os
 import stat
+import time
 from pathlib import Path
 
 from edgejobs.errors import RunnerAlreadyActive
@@ -42,6 +43,23 @@ def runner_elsewhere(database: Path) -> str | None:
         os.close(fd)
 
 
+ACQUIRE_TRIES = 20
+ACQUIRE_PAUSE_S = 0.01
+
+
+def _lock_soon(fd: int) -> None:
+    """Take the exclusive lock, trying for ~0.2 s: :func:`runner_elsewhere` (another process's
+    look, a CLI's) holds a shared lock for an instant, and a runner starting right then was
+    refused as if a runner were there. A runner that is there holds it for good."""
+    for _ in range(ACQUIRE_TRIES - 1):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(ACQUIRE_PAUSE_S)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 class RunnerLock:
     """An exclusive ``flock`` on ``<database>.runner.lock``.
 
@@ -63,7 +81,7 @@ class RunnerLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         _drop_read_only_access(fd)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_soon(fd)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)

@@ -9,6 +9,7 @@ import json
 import os
 import stat
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,6 +172,28 @@ async def test_a_second_runner_through_a_symlink_is_refused_too(tmp_path: Path) 
                 await EdgeJobs(database=other).start(run_workers=False)
     finally:
         await first.close()
+
+
+def test_a_runner_starting_while_another_process_looks_for_one_starts(tmp_path: Path) -> None:
+    """``runner_elsewhere`` (a CLI's look: is a runner there?) holds a shared lock on the lock
+    file for an instant; a runner starting right then was refused as "already running (pid
+    unknown)" — 995 of 32,653 starts in a loop beside such looks."""
+    from edgejobs.runner.lock import RunnerLock, runner_elsewhere
+
+    database = tmp_path / "jobs.db"
+    lock = RunnerLock(database)
+    lock.path.touch()
+    look = os.open(lock.path, os.O_RDONLY)  # a look in progress (its shared lock, held)
+    fcntl.flock(look, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    released = threading.Timer(0.05, lambda: fcntl.flock(look, fcntl.LOCK_UN))
+    released.start()
+    try:
+        lock.acquire()
+        assert runner_elsewhere(database) is None  # this process holds it
+        lock.release()
+    finally:
+        released.join()
+        os.close(look)
 
 
 async def test_second_worker_process_exits_with_a_clear_message(tmp_path: Path) -> None:
