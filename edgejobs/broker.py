@@ -316,7 +316,8 @@ class Broker:
         """Subscribers disconnected because their queue was full."""
         self._pacing: PacingAllowance | None = None  # made on the event loop, at the first wait
         self.paced_s = 0.0
-        """Seconds the tailer waited in all for streams to read (see :data:`PACING_SHARE`)."""
+        """Seconds the tailer waited for streams to read while others were open (see
+        :data:`PACING_SHARE`)."""
         ej.add_commit_listener(self._on_commit)
         ej.add_foreign_listener(self._on_foreign_commit)
 
@@ -514,11 +515,12 @@ class Broker:
     async def _let_streams_drain(self) -> None:
         """Wait (at most ``DRAIN_WAIT_S``) until no stream's queue is more than half full.
 
-        Each stream may hold the tailer back only within its pacing allowance, and all of them
-        within the tailer's: a client that keeps reading slower than events arrive would
-        otherwise set the pace of every other tenant's stream (one reading 640 events/s made
-        another's burst of 6,000 events take 19 times as long). Past its allowance a stream
-        is not waited for, fills its queue and is disconnected; it resumes from the log.
+        While other streams are open, each stream may hold the tailer back only within its
+        pacing allowance, and all of them within the tailer's: a client that keeps reading
+        slower than events arrive would otherwise set the pace of every other tenant's stream
+        (one reading 640 events/s made another's burst of 6,000 events take 19 times as long).
+        Past its allowance a stream is not waited for, fills its queue and is disconnected; it
+        resumes from the log. A stream alone holds back nobody: it is waited for as before.
         """
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -528,22 +530,30 @@ class Broker:
         tailer = self._pacing
         while True:
             now = loop.time()
+            shared = self.subscriber_count > 1
             behind = next(
-                (s for s in self.subscribers() if s.fuller_than_half() and s.pacing.left(now) > 0),
+                (
+                    s
+                    for s in self.subscribers()
+                    if s.fuller_than_half() and (not shared or s.pacing.left(now) > 0)
+                ),
                 None,
             )
             if behind is None:
                 return
-            remaining = min(deadline - now, behind.pacing.left(now), tailer.left(now))
+            remaining = deadline - now
+            if shared:
+                remaining = min(remaining, behind.pacing.left(now), tailer.left(now))
             if remaining <= 0:
                 return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await behind.drained()
             waited = loop.time() - now
-            behind.pacing.spend(waited, now + waited)
-            tailer.spend(waited, now + waited)
-            self.paced_s += waited
+            if shared:
+                behind.pacing.spend(waited, now + waited)
+                tailer.spend(waited, now + waited)
+                self.paced_s += waited
 
     def _fan_out(self, event: Event) -> bool:
         """Offer ``event`` to its streams; True when it made one of them more than half full

@@ -261,3 +261,36 @@ async def test_a_stream_that_reads_slower_than_events_arrive_does_not_pace_the_o
     finally:
         await broker.close()
         await ej.close()
+
+
+async def test_a_stream_alone_is_waited_for_through_a_burst_longer_than_its_allowance(
+    tmp_path: Path,
+) -> None:
+    """With no other stream to hold back, the pacing allowance is not spent: a lone client
+    reading steadily, if slower than a burst arrives, was disconnected mid-burst (and, more
+    events behind than the replay window holds, had to reload everything)."""
+    ej = EdgeJobs(database=tmp_path / "jobs.db", config=make_config(buffer=100))
+    register_job_types(ej)
+    await ej.start(run_workers=False)
+    broker = get_broker(ej)
+    try:
+        await broker.start()
+        alone = broker.subscribe(org="acme")
+
+        async def read() -> int:
+            got = 0
+            while got < 3000 and not alone.closed:
+                got += len(await alone.take(1.0, limit=16))
+                await asyncio.sleep(0.005)  # ~3,200 events/s: slower than the burst
+            return got
+
+        reader = asyncio.create_task(read())
+        for _ in range(3):
+            await ej.submit_many([JobSpec("quick", "acme") for _ in range(1000)])
+        async with asyncio.timeout(60):
+            assert await reader == 3000
+        assert not alone.closed and broker.disconnected == 0
+        assert broker.paced_s == 0.0  # nobody else was held back: nothing charged
+    finally:
+        await broker.close()
+        await ej.close()
