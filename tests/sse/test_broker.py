@@ -32,6 +32,21 @@ async def ej(tmp_path: Path) -> AsyncIterator[EdgeJobs]:
         await ej.close()
 
 
+@pytest.fixture
+async def paced(tmp_path: Path) -> AsyncIterator[tuple[EdgeJobs, Broker]]:
+    """A stepped runner and its started broker, streams of 100 events (bursts overflow them)."""
+    ej = EdgeJobs(database=tmp_path / "paced.db", config=make_config(buffer=100))
+    register_job_types(ej)
+    await ej.start(run_workers=False)
+    broker = get_broker(ej)
+    try:
+        await broker.start()
+        yield ej, broker
+    finally:
+        await broker.close()
+        await ej.close()
+
+
 def _drain_queue(subscriber: Subscriber) -> list[Event]:
     events = []
     while subscriber.qsize:
@@ -218,79 +233,63 @@ def test_a_pacing_allowance_refills_at_its_share_up_to_its_burst() -> None:
 
 
 async def test_a_stream_that_reads_slower_than_events_arrive_does_not_pace_the_others(
-    tmp_path: Path,
+    paced: tuple[EdgeJobs, Broker],
 ) -> None:
     """The tailer waits for a stream that fell behind only within that stream's allowance:
     one tenant's client reading ~800 events/s had held every other stream to its pace (each
     crossing of its half-full mark cost everyone a wait), and was itself never disconnected.
     Now it is disconnected once its allowance is spent (it resumes from the log), and the
     tailer's total wait stays within the allowance."""
-    ej = EdgeJobs(database=tmp_path / "jobs.db", config=make_config(buffer=100))
-    register_job_types(ej)
-    await ej.start(run_workers=False)
-    broker = get_broker(ej)
-    try:
-        await broker.start()
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        fast = broker.subscribe(org="acme")
-        slow = broker.subscribe(org="beta")
+    ej, broker = paced
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    fast = broker.subscribe(org="acme")
+    slow = broker.subscribe(org="beta")
 
-        async def read(subscriber: Subscriber, want: int, pause_s: float) -> int:
-            got = 0
-            while got < want and not subscriber.closed:
-                got += len(await subscriber.take(1.0, limit=16))
-                if pause_s:
-                    await asyncio.sleep(pause_s)
-            return got
+    async def read(subscriber: Subscriber, want: int, pause_s: float) -> int:
+        got = 0
+        while got < want and not subscriber.closed:
+            got += len(await subscriber.take(1.0, limit=16))
+            if pause_s:
+                await asyncio.sleep(pause_s)
+        return got
 
-        fast_reader = asyncio.create_task(read(fast, 3000, 0.0))
-        slow_reader = asyncio.create_task(read(slow, 3000, 0.02))
-        for _ in range(3):
-            await ej.submit_many([JobSpec("quick", "beta") for _ in range(1000)])
-            await ej.submit_many([JobSpec("quick", "acme") for _ in range(1000)])
-        async with asyncio.timeout(60):
-            assert await fast_reader == 3000
-            await slow_reader
-        elapsed = loop.time() - started
-        assert slow.closed and "did not keep up" in (slow.closed_reason or "")
-        assert not fast.closed and broker.disconnected == 1
-        assert broker.paced_s <= (
-            broker_module.PACING_BURST_S + broker_module.PACING_SHARE * elapsed + 0.05
-        ), (broker.paced_s, elapsed)
-    finally:
-        await broker.close()
-        await ej.close()
+    fast_reader = asyncio.create_task(read(fast, 3000, 0.0))
+    slow_reader = asyncio.create_task(read(slow, 3000, 0.02))
+    for _ in range(3):
+        await ej.submit_many([JobSpec("quick", "beta") for _ in range(1000)])
+        await ej.submit_many([JobSpec("quick", "acme") for _ in range(1000)])
+    async with asyncio.timeout(60):
+        assert await fast_reader == 3000
+        await slow_reader
+    elapsed = loop.time() - started
+    assert slow.closed and "did not keep up" in (slow.closed_reason or "")
+    assert not fast.closed and broker.disconnected == 1
+    assert broker.paced_s <= (
+        broker_module.PACING_BURST_S + broker_module.PACING_SHARE * elapsed + 0.05
+    ), (broker.paced_s, elapsed)
 
 
 async def test_a_stream_alone_is_waited_for_through_a_burst_longer_than_its_allowance(
-    tmp_path: Path,
+    paced: tuple[EdgeJobs, Broker],
 ) -> None:
     """With no other stream to hold back, the pacing allowance is not spent: a lone client
     reading steadily, if slower than a burst arrives, was disconnected mid-burst (and, more
     events behind than the replay window holds, had to reload everything)."""
-    ej = EdgeJobs(database=tmp_path / "jobs.db", config=make_config(buffer=100))
-    register_job_types(ej)
-    await ej.start(run_workers=False)
-    broker = get_broker(ej)
-    try:
-        await broker.start()
-        alone = broker.subscribe(org="acme")
+    ej, broker = paced
+    alone = broker.subscribe(org="acme")
 
-        async def read() -> int:
-            got = 0
-            while got < 3000 and not alone.closed:
-                got += len(await alone.take(1.0, limit=16))
-                await asyncio.sleep(0.005)  # ~3,200 events/s: slower than the burst
-            return got
+    async def read() -> int:
+        got = 0
+        while got < 3000 and not alone.closed:
+            got += len(await alone.take(1.0, limit=16))
+            await asyncio.sleep(0.005)  # ~3,200 events/s: slower than the burst
+        return got
 
-        reader = asyncio.create_task(read())
-        for _ in range(3):
-            await ej.submit_many([JobSpec("quick", "acme") for _ in range(1000)])
-        async with asyncio.timeout(60):
-            assert await reader == 3000
-        assert not alone.closed and broker.disconnected == 0
-        assert broker.paced_s == 0.0  # nobody else was held back: nothing charged
-    finally:
-        await broker.close()
-        await ej.close()
+    reader = asyncio.create_task(read())
+    for _ in range(3):
+        await ej.submit_many([JobSpec("quick", "acme") for _ in range(1000)])
+    async with asyncio.timeout(60):
+        assert await reader == 3000
+    assert not alone.closed and broker.disconnected == 0
+    assert broker.paced_s == 0.0  # nobody else was held back: nothing charged
