@@ -15,6 +15,18 @@ _HELD_HERE: set[Path] = set()
 """The lock files this process holds (a second ``flock`` of its own would fail against them)."""
 
 
+def lock_path(database: Path) -> Path:
+    """``<database>.runner.lock``, named after the file the path leads to: a second runner
+    reaching it through a symlink (or another relative path) must meet the same lock."""
+    real = database.resolve()
+    return real.with_name(real.name + ".runner.lock")
+
+
+def _holder(fd: int) -> str:
+    """The pid the lock file records (its holder wrote it), or "unknown"."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+
+
 def runner_elsewhere(database: Path) -> str | None:
     """The pid (as the lock file records it, or "unknown") of a runner in ANOTHER process
     holding ``database``'s lock; None when there is none (or this process holds it).
@@ -22,8 +34,7 @@ def runner_elsewhere(database: Path) -> str | None:
     Looked at without creating the lock file, and without taking the lock for longer than the
     look: a shared lock that cannot be had means an exclusive one is held.
     """
-    path = database.resolve()
-    path = path.with_name(path.name + ".runner.lock")
+    path = lock_path(database)
     if path in _HELD_HERE:
         return None
     try:
@@ -33,7 +44,7 @@ def runner_elsewhere(database: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        return _holder(fd)
     except OSError:
         return None
     else:
@@ -43,20 +54,20 @@ def runner_elsewhere(database: Path) -> str | None:
         os.close(fd)
 
 
-ACQUIRE_TRIES = 20
-ACQUIRE_PAUSE_S = 0.01
+_ACQUIRE_TRIES = 20
+_ACQUIRE_PAUSE_S = 0.01
 
 
 def _lock_soon(fd: int) -> None:
     """Take the exclusive lock, trying for ~0.2 s: :func:`runner_elsewhere` (another process's
     look, a CLI's) holds a shared lock for an instant, and a runner starting right then was
     refused as if a runner were there. A runner that is there holds it for good."""
-    for _ in range(ACQUIRE_TRIES - 1):
+    for _ in range(_ACQUIRE_TRIES - 1):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
-            time.sleep(ACQUIRE_PAUSE_S)
+            time.sleep(_ACQUIRE_PAUSE_S)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
@@ -68,10 +79,7 @@ class RunnerLock:
     """
 
     def __init__(self, database: Path) -> None:
-        # Named after the file the path leads to: a second runner reaching it through a
-        # symlink (or another relative path) must meet the same lock.
-        real = database.resolve()
-        self.path = real.with_name(real.name + ".runner.lock")
+        self.path = lock_path(database)
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -83,7 +91,7 @@ class RunnerLock:
         try:
             _lock_soon(fd)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            holder = _holder(fd)
             os.close(fd)
             raise RunnerAlreadyActive(
                 f"another edgejobs runner (pid {holder}) is already running on this database;"
