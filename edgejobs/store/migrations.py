@@ -6,6 +6,7 @@ with the version bump, so a crash leaves the schema at a whole version, never ha
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 from importlib import resources
@@ -15,8 +16,13 @@ from edgejobs.errors import EdgeJobsError, SchemaTooNew
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
-def available() -> list[tuple[int, str, str]]:
-    """Every migration shipped with the package as (version, name, sql), in order."""
+@functools.cache
+def available() -> tuple[tuple[int, str, str], ...]:
+    """Every migration shipped with the package as (version, name, sql), in order.
+
+    Read once per process: every open asks for the newest version (:func:`latest_version`)
+    and then migrates, and the shipped files do not change under a running process.
+    """
     found: list[tuple[int, str, str]] = []
     for entry in resources.files("edgejobs.store").joinpath("sql").iterdir():
         match = _NAME.match(entry.name)
@@ -26,7 +32,7 @@ def available() -> list[tuple[int, str, str]]:
     for expected, (version, name, _) in enumerate(found, start=1):
         if version != expected:
             raise EdgeJobsError(f"migration {name} is out of sequence (expected {expected:04d})")
-    return found
+    return tuple(found)
 
 
 def current_version(conn: sqlite3.Connection) -> int:
