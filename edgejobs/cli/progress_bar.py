@@ -85,6 +85,17 @@ NO_RUNNER_HINT_AFTER_S = 2.0
 """How long a followed job may stay ``queued`` before the command looks for a runner."""
 
 
+def _no_runner_hint(ej: EdgeJobs, job: Job) -> str | None:
+    """What to say of a job still ``queued`` with no runner on its database (else it waits
+    at "queued" for good, and says nothing of why); None when a runner is there."""
+    if job.status is not Status.QUEUED or ej.is_runner or runner_elsewhere(ej.store.path):
+        return None
+    return (
+        f"edgejobs: no runner is using {ej.store.path}: the job starts once"
+        " `edgejobs serve` or `edgejobs worker` runs on it"
+    )
+
+
 async def follow_job(
     ej: EdgeJobs,
     job_id: str,
@@ -129,18 +140,13 @@ async def follow_job(
                 break
             if hint_at is not None and loop.time() >= hint_at:
                 hint_at = None
-                if job.status is Status.QUEUED and not ej.is_runner:
-                    holder = runner_elsewhere(ej.store.path)
-                    if holder is None:
-                        # Else it waits at "queued" for good, and says nothing of why.
-                        if tty and shown:
-                            out.write("\n")
-                            shown = ""
-                        err.write(
-                            f"edgejobs: no runner is using {ej.store.path}: the job starts once"
-                            " `edgejobs serve` or `edgejobs worker` runs on it\n"
-                        )
-                        err.flush()
+                hint = _no_runner_hint(ej, job)
+                if hint is not None:
+                    if tty and shown:
+                        out.write("\n")
+                        shown = ""
+                    err.write(hint + "\n")
+                    err.flush()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(refresh_s):
                     await changes.event.wait()
