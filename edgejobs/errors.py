@@ -58,6 +58,13 @@ class PayloadTooLarge(EdgeJobsError):
     http_status = 413
 
 
+class RequestTimeout(EdgeJobsError):
+    """A request's body did not arrive in time (HTTP 408; the connection is closed)."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
 class NotFound(EdgeJobsError):
     """No such job in the caller's org (another org's job is reported exactly the same way)."""
 

@@ -40,7 +40,13 @@ from edgejobs.api.errors import (
     handle_http_exception,
 )
 from edgejobs.api.metrics import Metrics
-from edgejobs.api.middleware import AllowedHosts, BodyLimit, OpenOnFirstRequest, SecurityHeaders
+from edgejobs.api.middleware import (
+    SESSION_BODY_BYTES,
+    AllowedHosts,
+    BodyLimit,
+    OpenOnFirstRequest,
+    SecurityHeaders,
+)
 from edgejobs.api.openapi import Operation, build_document, build_routes
 from edgejobs.errors import EdgeJobsError, NotFound
 from edgejobs.hosts import allowed_patterns
@@ -165,7 +171,11 @@ def create_app(ej: EdgeJobs, *, listen_host: str | None = None) -> Starlette:
                 AllowedHosts,
                 patterns=allowed_patterns(ej.config.server.allowed_hosts, listen_host),
             ),
-            Middleware(BodyLimit, max_bytes=ej.config.server.max_body_bytes),
+            Middleware(
+                BodyLimit,
+                max_bytes=ej.config.server.max_body_bytes,
+                limits={"/login": SESSION_BODY_BYTES, "/logout": SESSION_BODY_BYTES},
+            ),
             Middleware(OpenOnFirstRequest, ej=ej, on_open=partial(metrics.ensure_started, ej)),
         ],
         exception_handlers={

@@ -3,14 +3,22 @@ JSON, then a pydantic model.
 
 Malformed JSON is a 400; JSON that parses but does not fit the model is a 422. JSON that
 Python would accept but that cannot be stored or sent back faithfully is malformed here too:
-``NaN``/``Infinity`` (also as an overflowing number like ``1e400``), text with lone surrogates (not encodable as UTF-8), and nesting deeper
-than :data:`MAX_DEPTH`.
+``NaN``/``Infinity`` (also as an overflowing number like ``1e400``), text with lone surrogates
+(not encodable as UTF-8), nesting deeper than :data:`MAX_DEPTH`, and an object that names a
+key twice (Python keeps the last value, a proxy or another parser may read the first).
+
+A body of up to :data:`INLINE_PARSE_BYTES` is parsed on the event loop; a bigger one (up to
+the body limit, 1 MiB by default: ~0.4 s of parsing and checking for one made of empty
+arrays) in a worker thread, one such body at a time per app, so that nobody's large bodies
+stall the runner, the ticks and every event stream that share the loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -26,6 +34,10 @@ M = TypeVar("M", bound=BaseModel)
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects accepted in a body."""
 
+INLINE_PARSE_BYTES = 64 * 1024
+"""Bodies up to this size are parsed on the event loop (a few milliseconds at most); bigger
+ones in a worker thread (see the module's docstring)."""
+
 
 def reject_json_constant(name: str) -> Any:
     """``json.loads``'s ``parse_constant``: refuse ``NaN`` and ``Infinity`` (ValueError),
@@ -39,6 +51,37 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):  # 1e400 parses as infinity, which JSON cannot carry back
         raise ValueError(f"the number {text[:30]} is out of range")
     return value
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: refuse an object that names a key twice
+    (ValueError). Python would keep the last value silently, while a proxy, a firewall or the
+    client's own log may read the first: two readers of one body must not disagree."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {json.dumps(key[:40])} appears twice in one object")
+            seen.add(key)
+    return obj
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` with the refusals every client input shares: ``NaN``/``Infinity``, a
+    number out of range and a key given twice are ValueError (RecursionError when nested past
+    the interpreter's stack; :data:`MAX_DEPTH` is checked by the callers)."""
+    try:
+        return json.loads(
+            text,
+            parse_constant=reject_json_constant,
+            parse_float=finite_float,
+            object_pairs_hook=unique_keys,
+        )
+    except ValueError as exc:
+        if "int_max_str_digits" in str(exc):  # Python's own hint is meaningless to a client
+            raise ValueError("a number has more than 4300 digits") from None
+        raise
 
 
 def _check_tree(value: Any) -> None:
@@ -64,16 +107,22 @@ def _check_text(text: str) -> None:
         raise BadRequest("the JSON body holds text that is not valid Unicode")
 
 
-def parse_json(raw: bytes) -> Any:
-    """Strict JSON from bytes (:class:`BadRequest` when malformed)."""
+def parse_json(raw: bytes, precheck: Callable[[Any], None] | None = None) -> Any:
+    """Strict JSON from bytes (:class:`BadRequest` when malformed).
+
+    ``precheck`` sees the parsed value before the walk that checks its depth and text (a
+    batch's length, say: a body of 60,000 jobs is refused before it costs that walk).
+    """
     if not raw.strip():
         raise BadRequest("the request needs a JSON body")
     try:
-        data = json.loads(raw, parse_constant=reject_json_constant, parse_float=finite_float)
+        data = loads_strict(raw)
     except RecursionError:
         raise BadRequest(f"the JSON body is nested deeper than {MAX_DEPTH} levels") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too many digits
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, duplicate keys, digits
         raise BadRequest(f"malformed JSON: {str(exc)[:200]}") from None
+    if precheck is not None:
+        precheck(data)
     _check_tree(data)
     return data
 
@@ -89,12 +138,39 @@ def validate(model: type[M], data: Any) -> M:
         raise ValidationError(f"{where}: {first['message']}"[:300], details=details) from None
 
 
-async def read_model(request: Request, model: type[M], *, optional: bool = False) -> M:
-    """The request's JSON body as ``model``; with ``optional`` an empty body means ``{}``."""
+def _parse_model(raw: bytes, model: type[M], precheck: Callable[[Any], None] | None) -> M:
+    return validate(model, parse_json(raw, precheck))
+
+
+async def read_model(
+    request: Request,
+    model: type[M],
+    *,
+    optional: bool = False,
+    precheck: Callable[[Any], None] | None = None,
+) -> M:
+    """The request's JSON body as ``model``; with ``optional`` an empty body means ``{}``.
+
+    ``precheck``: see :func:`parse_json`. A body over :data:`INLINE_PARSE_BYTES` is parsed and
+    validated in a worker thread, one at a time per app (the module's docstring says why).
+    """
     raw = await request.body()
     if optional and not raw.strip():
         return validate(model, {})
-    return validate(model, parse_json(raw))
+    if len(raw) <= INLINE_PARSE_BYTES:
+        return _parse_model(raw, model, precheck)
+    async with _big_body_gate(request):
+        return await asyncio.to_thread(_parse_model, raw, model, precheck)
+
+
+def _big_body_gate(request: Request) -> asyncio.Semaphore:
+    # One per app: a thread parsing Python objects holds the interpreter lock in 5 ms turns,
+    # so two such threads would leave the loop a third of the time instead of half.
+    state = request.app.state
+    gate: asyncio.Semaphore | None = getattr(state, "big_body_gate", None)
+    if gate is None:
+        gate = state.big_body_gate = asyncio.Semaphore(1)
+    return gate
 
 
 def query_values(request: Request, allowed: frozenset[str]) -> dict[str, str]:

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -247,10 +247,15 @@ async def submit_batch(request: Request) -> Response:
     """Submit a batch in one transaction: all the jobs are created, or none."""
     principal = await authenticate(request, "operator")
     ej = app_of(request)
-    body = await read_model(request, SubmitBatch)
     limit = ej.config.limits.max_batch
-    if len(body.jobs) > limit:
-        raise PayloadTooLarge(f"a batch holds at most {limit} jobs; this one has {len(body.jobs)}")
+
+    def within_limit(data: Any) -> None:
+        # Counted on the parsed list, before the walk and the model see every job in it.
+        jobs = data.get("jobs") if isinstance(data, dict) else None
+        if isinstance(jobs, list) and len(jobs) > limit:
+            raise PayloadTooLarge(f"a batch holds at most {limit} jobs; this one has {len(jobs)}")
+
+    body = await read_model(request, SubmitBatch, precheck=within_limit)
     specs = [_spec(job, _submit_org(principal, job.org)) for job in body.jobs]
     jobs = await ej.submit_many(specs)
     return ApiResponse({"jobs": [job.to_dict() for job in jobs]}, status_code=201)

@@ -3,15 +3,16 @@ and opening the database for an app whose lifespan did not run."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgejobs.api.errors import error_response
-from edgejobs.errors import EdgeJobsError, PayloadTooLarge
+from edgejobs.errors import EdgeJobsError, PayloadTooLarge, RequestTimeout
 from edgejobs.hosts import host_allowed, host_name
 from edgejobs.logs import RepeatLimiter
 
@@ -114,27 +115,48 @@ class AllowedHosts:
         await self.app(scope, receive, send)
 
 
+BODY_DEADLINE_S = 60.0
+"""A request's whole body must arrive within this many seconds of its first read (408, and
+the connection closed, otherwise): a client trickling a byte now and then must not hold a
+connection and its buffered bytes for good (uvicorn has no read timeout of its own)."""
+
+SESSION_BODY_BYTES = 4096
+"""The body limit of ``/login`` and ``/logout``, which anyone may reach without a token: a
+token is at most 256 characters, and a login body of a megabyte of JSON cost ~0.4 s to parse
+on the event loop, so a few clients without any token could stall every job and stream."""
+
+
 class BodyLimit:
-    """Refuses request bodies larger than ``max_bytes`` before anything parses them.
+    """Refuses request bodies larger than ``max_bytes`` (or a smaller limit for the paths in
+    ``limits``) before anything parses them, and bodies that take too long to arrive.
 
     A declared ``Content-Length`` over the limit is answered 413 at once, without reading;
     otherwise the body is counted while it streams in and reading stops at the first chunk
     past the limit (:class:`PayloadTooLarge` surfaces in the handler that reads, and becomes
-    413 there), so a chunked upload cannot make the server buffer more than the limit.
+    413 there), so a chunked upload cannot make the server buffer more than the limit. A
+    body still incomplete :data:`BODY_DEADLINE_S` after its first read raises
+    :class:`RequestTimeout` (408) the same way. Both answers close the connection: the rest of
+    that body is never read, so the connection cannot carry another request.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.limits = dict(limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the declared length, then count the streamed one."""
+        """Check the declared length, then count the streamed one against the clock."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
+        limit = min(self.max_bytes, self.limits.get(route_path(scope), self.max_bytes))
+        has_body = False
         for name, value in scope.get("headers", []):
-            if name == b"content-length":
+            if name == b"transfer-encoding":
+                has_body = True
+            elif name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
@@ -152,18 +174,48 @@ class BodyLimit:
                     )
                     await response(scope, receive, send)
                     return
+                has_body = has_body or declared > 0
+        if not has_body:
+            # No body to bound (every GET, the event streams among them): nothing to wrap, and
+            # a stream's wait for the client's disconnect must not run into a deadline.
+            await self.app(scope, receive, send)
+            return
         received = 0
+        complete = False
+        cut = False  # the body was refused part-way: the connection must not be reused
+        deadline: float | None = None
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete, cut, deadline
+            if complete:
+                return await receive()  # only the disconnect is left to wait for
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + BODY_DEADLINE_S
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                cut = True
+                raise RequestTimeout(
+                    f"the request body did not arrive within {BODY_DEADLINE_S:g} s"
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    cut = True
                     raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+                complete = not message.get("more_body", False)
+            else:
+                complete = True  # the client left
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message: Message) -> None:
+            if cut and message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, limited_receive, closing_send)
 
 
 class OpenOnFirstRequest:

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edgejobs.api.body import MAX_DEPTH, finite_float, reject_json_constant
+from edgejobs.api.body import MAX_DEPTH, loads_strict
 from edgejobs.app import EdgeJobs, check_org
 from edgejobs.cli import print_json, print_table, run_async
 from edgejobs.cli.runner import app_from_args
@@ -183,12 +183,12 @@ def parse_params(text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        value = json.loads(text, parse_constant=reject_json_constant, parse_float=finite_float)
+        value = loads_strict(text)
     except RecursionError:  # the parser recurses; thousands of levels exhaust the stack
         raise ValueError(_TOO_DEEP) from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"--params is not valid JSON: {exc.msg} at character {exc.pos}") from None
-    except ValueError as exc:  # NaN, Infinity, a number out of range: as the HTTP API says
+    except ValueError as exc:  # NaN, Infinity, out of range, a key twice: as the HTTP API says
         raise ValueError(f"--params is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError(f"--params must be a JSON object, got {type(value).__name__}")
