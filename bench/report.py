@@ -22,14 +22,27 @@ def _figures(lines: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any
     return found
 
 
-# (edgejobs figure, what it is compared with, comparison figure, target text, check)
+def _errors(lines: list[dict[str, Any]]) -> dict[str, str]:
+    """The failures a record reported (failed requests, missing deliveries), by its figures."""
+    found: dict[str, str] = {}
+    for record in lines:
+        errors = record.get("errors") or {}
+        if errors:
+            text = ", ".join(f"{kind}: {count}" for kind, count in sorted(errors.items()))
+            for figure in record.get("figures", []):
+                found[figure["figure"]] = text
+    return found
+
+
+# (edgejobs figure, what it is compared with, comparison figure, target text, check or None
+# for a figure with no target)
 COMPARISONS: list[tuple[str, str, tuple[str, str] | None, str, Any]] = [
     (
         "e2e_submit_many_normal",
         "huey enqueue+drain (serial equivalent)",
         ("peer_huey", "serial"),
         ">= 20,000 jobs/s and >= 2x huey",
-        lambda v, r: v >= 20000 and (r is None or r >= 2),
+        lambda v, r: v >= 20000 and r is not None and r >= 2,
     ),
     (
         "e2e_submit_50_normal",
@@ -40,23 +53,19 @@ COMPARISONS: list[tuple[str, str, tuple[str, str] | None, str, Any]] = [
     ),
     (
         "e2e_submit_50_full",
-        "stock huey end to end (FULL)",
+        "stock huey (FULL) draining a filled queue",
         ("peer_huey", "end_to_end_full"),
         ">= 2x stock huey",
         lambda v, r: r is not None and r >= 2,
     ),
-    (
-        "pickup_p50",
-        "huey latency p50 (1 ms polling)",
-        ("peer_huey", "latency_p50"),
-        "<= 1 ms",
-        lambda v, r: v <= 1,
-    ),
+    # huey's latency ends when its result row is visible (after the task ran), so it is held
+    # against ej.wait() returning, not against the handler's start.
+    ("pickup_p50", "-", None, "<= 1 ms", lambda v, r: v <= 1),
     ("pickup_p99", "-", None, "<= 10 ms", lambda v, r: v <= 10),
     (
         "wait_p50",
-        "huey Result.get p50",
-        ("peer_huey", "latency_api_p50"),
+        "huey submit -> result visible p50 (1 ms polling)",
+        ("peer_huey", "latency_p50"),
         "<= 2 ms",
         lambda v, r: v <= 2,
     ),
@@ -64,6 +73,11 @@ COMPARISONS: list[tuple[str, str, tuple[str, str] | None, str, Any]] = [
     ("claim_cost_ratio_1M_vs_empty", "-", None, "<= 1.5", lambda v, r: v <= 1.5),
     ("rss_idle", "-", None, "<= 60 MiB", lambda v, r: v <= 60),
     ("rss_100k_queued", "-", None, "<= 150 MiB", lambda v, r: v <= 150),
+    # Figures 3 and 5 of the issue are measured, with no target to meet.
+    ("http_submit_p50", "-", None, "measured", None),
+    ("http_submit_p99", "-", None, "measured", None),
+    ("sse_fanout_p50", "-", None, "measured", None),
+    ("sse_fanout_p99", "-", None, "measured", None),
 ]
 
 
@@ -119,6 +133,7 @@ def main() -> None:
     with open(path) as handle:
         lines = [json.loads(line) for line in handle if line.strip()]
     figures = _figures(lines)
+    errors = _errors(lines)
     enq = figures.get(("peer_huey", "enqueue_normal"))
     e2e = figures.get(("peer_huey", "end_to_end_normal"))
     if enq and e2e:
@@ -135,11 +150,22 @@ def main() -> None:
         ratio = None
         if other:
             ratio = mine["median"] / other["median"]
-        met = "yes" if check(mine["median"], ratio) else "no"
+        if check is None:
+            met = "-"
+        else:
+            met = "yes" if check(mine["median"], ratio) else "no"
+        if errors.get(name):
+            met = f"no: {errors[name]}"  # a figure over failed requests is no result
         print(
             f"| {name} | {_fmt(mine['median'])} | {mine['unit']} | {label} "
             f"| {_fmt(other['median']) if other else '-'} | {_fmt(ratio) if ratio else '-'} "
             f"| {target} | {met} |"
+        )
+    api_get = figures.get(("peer_huey", "latency_api_p50"))
+    if api_get:
+        print(
+            f"\nhuey's own Result.get() (its API, polling with a backoff), submit -> result p50:"
+            f" {_fmt(api_get['median'])} ms."
         )
     mine = figures.get(("edgejobs", "e2e_submit_many_normal"))
     if ceiling and mine:

@@ -185,8 +185,48 @@ def _run(args: argparse.Namespace) -> int:
         if job_id in stamps
     ]
     expected = args.subscribers * args.events
-    _table(args, latencies, expected)
+    if args.jsonl:
+        _record(args, latencies, expected)
+    else:
+        _table(args, latencies, expected)
     return 0 if len(latencies) == expected else 1
+
+
+def _record(args: argparse.Namespace, latencies: list[float], expected: int) -> None:
+    """One JSON line in the format ``bench/report.py`` reads; missing deliveries are errors."""
+    latencies.sort()
+    conditions = (
+        f"{args.subscribers} subscribers, {args.events} events (one commit each, every"
+        f" {args.interval_ms} ms), {len(latencies)} of {expected} deliveries; from the commit"
+        " listener on the server's event loop to the client's receipt"
+    )
+    figures = [
+        ("sse_fanout_p50", _pct(latencies, 50)),
+        ("sse_fanout_p99", _pct(latencies, 99)),
+    ]
+    record = {
+        "subject": "edgejobs",
+        "figures": [
+            {
+                "figure": name,
+                "median": value,
+                "unit": "ms",
+                "runs": [value],
+                "conditions": conditions,
+            }
+            for name, value in figures
+        ],
+        "errors": {"missing deliveries": expected - len(latencies)}
+        if len(latencies) != expected
+        else {},
+    }
+    print(json.dumps(record))
+
+
+def _pct(latencies: list[float], p: float) -> float:
+    if not latencies:
+        return float("nan")
+    return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))]
 
 
 def _table(args: argparse.Namespace, latencies: list[float], expected: int) -> None:
@@ -217,7 +257,12 @@ def main() -> int:
     """Parse the arguments and run the client side (or, with --serve, the server side)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=500)
-    parser.add_argument("--events", type=int, default=200)
+    # BENCH_SCALE (bench/run's smoke runs) scales the events, as it scales the other figures.
+    scale = float(os.environ.get("BENCH_SCALE", "1"))
+    parser.add_argument("--events", type=int, default=max(10, int(200 * scale)))
+    parser.add_argument(
+        "--jsonl", action="store_true", help="print one JSON line for bench/report.py instead"
+    )
     parser.add_argument("--interval-ms", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
