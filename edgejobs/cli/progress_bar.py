@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import shutil
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from edgejobs.logs import escape
@@ -88,7 +89,7 @@ NO_RUNNER_HINT_AFTER_S = 2.0
 def _no_runner_hint(ej: EdgeJobs, job: Job) -> str | None:
     """What to say of a job still ``queued`` with no runner on its database (else it waits
     at "queued" for good, and says nothing of why); None when a runner is there."""
-    if job.status is not Status.QUEUED or ej.is_runner or runner_elsewhere(ej.store.path):
+    if job.status is not Status.QUEUED or ej.is_runner or _runner_may_be_there(ej.store.path):
         return None
     return (
         f"edgejobs: no runner is using {ej.store.path}: the job starts once"
@@ -169,3 +170,10 @@ async def follow_job(
         err.write(escape(f"edgejobs: job {job_id}: {job.cancel_reason}") + "\n")
     err.flush()
     return 1
+
+
+def _runner_may_be_there(database: Path) -> bool:
+    try:
+        return runner_elsewhere(database) is not None
+    except PermissionError:  # its lock file is another user's: cannot tell, so say nothing
+        return True

@@ -33,13 +33,19 @@ def runner_elsewhere(database: Path) -> str | None:
 
     Looked at without creating the lock file, and without taking the lock for longer than the
     look: a shared lock that cannot be had means an exclusive one is held.
+
+    Raises :class:`PermissionError` when this user may not open the lock file (it is
+    ``0600``, its runner's user's): whether a runner is there cannot be told, and each caller
+    decides what that means for it (refusing an upgrade, keeping a hint to itself).
     """
     path = lock_path(database)
     if path in _HELD_HERE:
         return None
     try:
         fd = os.open(path, os.O_RDONLY)
-    except OSError:  # no lock file: no runner ever ran here (or it cannot be looked at)
+    except PermissionError:
+        raise  # not "no runner": a group member of a shared database lands here
+    except OSError:  # no lock file: no runner ever ran here
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

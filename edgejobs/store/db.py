@@ -173,6 +173,13 @@ def _configure(conn: sqlite3.Connection, path: Path, pragmas: Pragmas, *, readon
         conn.execute("PRAGMA query_only = ON")
 
 
+def wal_path(path: Path) -> Path:
+    """The WAL file that belongs to the database at ``path``: next to the file a symlink
+    points to, where SQLite puts it (watched, measured and checkpointed by that name)."""
+    real = path.resolve()
+    return real.with_name(real.name + "-wal")
+
+
 def connect_writer(path: Path, pragmas: Pragmas) -> sqlite3.Connection:
     """:func:`connect`, for the connection that runs the engine's write transactions.
 
@@ -440,7 +447,7 @@ class Writer:
         self._loop = loop
         self._conn = connect_writer(self._path, self._pragmas)
         self._data_version = self._conn.execute("PRAGMA data_version").fetchone()[0]
-        self._watch = open_watch(self._path.with_name(self._path.name + "-wal"))
+        self._watch = open_watch(wal_path(self._path))
         self._thread = threading.Thread(target=self._run, name="edgejobs-writer", daemon=True)
         self._thread.start()
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from edgejobs.errors import EdgeJobsError
 from edgejobs.store import migrations
-from edgejobs.store.db import Pragmas, WriteTx, connect, create_private
+from edgejobs.store.db import Pragmas, WriteTx, connect, create_private, wal_path
 from edgejobs.store.events import last_event_id
 from edgejobs.store.jobs import next_seq
 
@@ -92,11 +92,6 @@ class BackupResult:
     upgraded_from: int | None = None
     """The schema version of the database, when the copy was migrated to this edgejobs'
     (see :func:`mark_backup_copy`); None when it already had it."""
-
-
-def wal_path(path: Path) -> Path:
-    """The WAL file that belongs to the database at ``path``."""
-    return path.with_name(path.name + "-wal")
 
 
 def file_sizes(path: Path) -> FileSizes:

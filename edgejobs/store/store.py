@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from edgejobs.errors import EdgeJobsError, RunnerAlreadyActive
-from edgejobs.runner.lock import runner_elsewhere
+from edgejobs.runner.lock import lock_path, runner_elsewhere
 from edgejobs.store import migrations
 from edgejobs.store.db import (
     PointReader,
@@ -72,7 +72,15 @@ class Store:
         yet restarted) would go on writing its old formats into the migrated file: events
         no stream could read, job counts left behind. Any first open by the new version, a
         CLI ``stats`` say, had migrated the file under it."""
-        holder = runner_elsewhere(self.path)
+        try:
+            holder = runner_elsewhere(self.path)
+        except PermissionError:
+            raise RunnerAlreadyActive(
+                f"{self.path} has schema version {version} and this edgejobs would upgrade it"
+                f" to {migrations.latest_version()}, but this user may not read"
+                f" {lock_path(self.path)} to tell whether a runner is using it: upgrade it as"
+                " the user the runner runs as (docs/operations.md, Upgrading)"
+            ) from None
         if holder is not None:
             raise RunnerAlreadyActive(
                 f"{self.path} has schema version {version} and this edgejobs would upgrade it"

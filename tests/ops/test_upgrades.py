@@ -20,15 +20,18 @@ import textwrap
 from contextlib import closing
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ej_testkit import count_drift
 from ops_support import connect, make_app
 
-from edgejobs.errors import SchemaTooNew
+from edgejobs.errors import RunnerAlreadyActive, SchemaTooNew
+from edgejobs.runner.lock import lock_path
 from edgejobs.store import events, migrations, retention, stats, transitions
 from edgejobs.store import jobs as jobs_store
 from edgejobs.store.rows import render_job_event
+from edgejobs.store.store import Store
 from edgejobs.testing import FakeClock
 
 NOW_MS = 1_796_000_000_000
@@ -454,6 +457,37 @@ def test_an_old_database_is_not_upgraded_under_a_runner_of_another_process(
     proc = _cli(config, "stats", "--json")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+    with closing(connect(path)) as conn:
+        assert migrations.current_version(conn) == migrations.latest_version()
+
+
+def test_an_old_database_is_not_upgraded_by_a_user_who_cannot_tell_whether_a_runner_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database shared with a group: the runner's lock file is ``0600``, its user's. A group
+    member's look for a runner could not open it and answered "no runner", so the first
+    command of a new version, run by that member, migrated the file under the old runner.
+    Not being able to tell now refuses, and says why."""
+    path = tmp_path / "old.db"
+    build_old_database(path, 4)
+    lock = lock_path(path)
+    lock.touch()  # left by the runner, another user's
+    real_open = os.open
+
+    def open_as_another_user(file: Any, flags: int, *args: Any) -> int:
+        if Path(file) == lock:  # root reads any file: the other user is played here
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, flags, *args)
+
+    monkeypatch.setattr(os, "open", open_as_another_user)
+    with pytest.raises(RunnerAlreadyActive) as refused:
+        Store(path).prepare()
+    assert f"may not read {lock}" in refused.value.message
+    assert "as the user the runner runs as" in refused.value.message
+    with closing(connect(path)) as conn:
+        assert migrations.current_version(conn) == 4
+    monkeypatch.undo()  # the runner's user, say: it can tell, and no runner is there
+    Store(path).prepare()
     with closing(connect(path)) as conn:
         assert migrations.current_version(conn) == migrations.latest_version()
 

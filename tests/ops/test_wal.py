@@ -112,3 +112,36 @@ async def test_a_new_database_can_give_pages_back(db_path: Path) -> None:
     await ej.close()
     assert scalar(db_path, "PRAGMA auto_vacuum") == 2  # incremental
     assert scalar(db_path, "PRAGMA journal_mode") == "wal"
+
+
+async def test_a_database_reached_through_a_symlink_gets_its_wal_measured_and_emptied(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """SQLite puts the WAL next to the file a symlink points to; edgejobs looked for it next
+    to the link, found none, and so never checkpointed it (a WAL of 107 MB stayed after a
+    reader ended), reported it as 0 bytes in /healthz and /metrics, and polled for other
+    processes' commits instead of watching that file."""
+    data = tmp_path / "data"
+    data.mkdir()
+    real = data / "edgejobs.db"
+    first = make_app(real, clock)
+    await first.open()
+    await first.close()
+    link = tmp_path / "edgejobs.db"
+    link.symlink_to(real)
+    ej = make_app(link, clock, database={"journal_size_limit_bytes": LIMIT})
+    await ej.start(run_workers=False)
+    assert ej.ticker is not None
+    real_wal = data / "edgejobs.db-wal"
+    try:
+        await submit_many(ej, 400)
+        assert real_wal.stat().st_size > 0
+        assert not (tmp_path / "edgejobs.db-wal").exists()
+        assert file_sizes(link).wal_bytes == real_wal.stat().st_size
+        for _ in range(3):  # busy once, then idle: the WAL is copied back and emptied
+            await ej.ticker.tick()
+        last = ej.maintenance.last_checkpoint
+        assert last is not None and last.mode == "TRUNCATE" and last.complete
+        assert real_wal.stat().st_size == 0
+    finally:
+        await ej.close()

@@ -225,3 +225,30 @@ async def test_a_job_followed_with_no_runner_on_the_database_says_so(
             holder.wait(timeout=10)
     finally:
         await client.close()
+
+
+async def test_a_followed_job_says_nothing_when_whether_a_runner_is_there_cannot_be_told(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The runner's lock file is another user's (``0600``): the look cannot tell whether a
+    runner is there, so "no runner is using" would be a guess, and is not said."""
+    import edgejobs.cli.progress_bar as progress_bar
+
+    monkeypatch.setattr(progress_bar, "NO_RUNNER_HINT_AFTER_S", 0.0)
+
+    def unreadable(database: Path) -> str | None:
+        raise PermissionError(13, "Permission denied", str(database) + ".runner.lock")
+
+    monkeypatch.setattr(progress_bar, "runner_elsewhere", unreadable)
+    client = EdgeJobs(database=tmp_path / "jobs.db", config=make_config())
+    register_job_types(client)
+    job = await client.submit("quick", org="acme")
+    err = io.StringIO()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                follow_job(client, job.id, out=io.StringIO(), err=err, refresh_s=0.05), 1.0
+            )
+    finally:
+        await client.close()
+    assert err.getvalue() == ""
