@@ -63,7 +63,7 @@ from edgejobs.store import events as event_store
 from edgejobs.store import job_types as job_type_store
 from edgejobs.store.audit import Actor, record_job_action
 from edgejobs.store.claim import drop_pair_index, ensure_pair_index
-from edgejobs.store.db import Pragmas, WriteTx
+from edgejobs.store.db import BUSY_POLL_S, Pragmas, WriteTx
 from edgejobs.store.jobs import (
     JobFilter,
     NewJob,
@@ -1133,6 +1133,7 @@ class EdgeJobs:
         await self.open()
         event = asyncio.Event()
         self._waiters.setdefault(job_id, set()).add(event)
+        writer = self.store.writer
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -1140,7 +1141,16 @@ class EdgeJobs:
                     job = await self.get(job_id, org=org)
                     if job.is_terminal:
                         return job
-                    await event.wait()
+                    if self.pool is None and writer.watching and not writer.watch_armed:
+                        # A client whose writer still settles after its own commit (its
+                        # submit, say: SETTLE_S, 60 ms) hears another process's commits only
+                        # at the end of it; a runner elsewhere often completes the job sooner.
+                        # Look again every BUSY_POLL_S until the watch is armed.
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(BUSY_POLL_S):
+                                await event.wait()
+                    else:
+                        await event.wait()
         finally:
             waiters = self._waiters.get(job_id)
             if waiters is not None:

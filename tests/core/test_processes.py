@@ -254,6 +254,47 @@ async def test_submit_from_another_process_is_picked_up_within_a_second(tmp_path
             assert job.started_at - job.created_at <= 1000, job.started_at - job.created_at
 
 
+ECHO_CONFIG = """
+[database]
+path = "jobs.db"
+
+[[job_types]]
+name = "echo"
+handler = "core_handlers:echo"
+"""
+
+
+async def test_a_clients_wait_hears_a_runner_elsewhere_before_its_writer_settles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's writer does not watch the WAL while it settles after its own commit (its
+    submit), and heard a runner's commits only at the end of that (60 ms): every ``wait()``
+    on a job that ran in 3 ms took ~62 ms. It looks every few milliseconds meanwhile now.
+    The settling time is stretched to 3 s here, so that the two cannot be mistaken."""
+    import edgejobs.store.db as db_module
+
+    config = write_config(tmp_path, ECHO_CONFIG)
+    with Worker(config, tmp_path / "worker.log") as worker:
+        client = EdgeJobs(database=tmp_path / "jobs.db")
+        try:
+            await client.open()  # the client's writer is idle (watching) before the stretch
+            await _until(
+                lambda: (tmp_path / "jobs.db.runner.lock").exists(), 30, "a runner", worker
+            )
+            await asyncio.sleep(0.2)  # the runner's start-up writes are done
+            monkeypatch.setattr(db_module, "SETTLE_S", 3.0)
+            for n in range(3):
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                job = await client.submit("echo", org="acme", params={"n": n})
+                done = await client.wait(job.id, timeout=30)
+                assert done.status is Status.COMPLETED and done.result["params"] == {"n": n}
+                assert loop.time() - started < 1.5, worker.output()
+        finally:
+            await client.close()
+        assert worker.terminate() == 0
+
+
 @pytest.mark.parametrize(
     ("text", "key", "command"),
     [
