@@ -63,7 +63,7 @@ from edgejobs.store import events as event_store
 from edgejobs.store import job_types as job_type_store
 from edgejobs.store.audit import Actor, record_job_action
 from edgejobs.store.claim import drop_pair_index, ensure_pair_index
-from edgejobs.store.db import BUSY_POLL_S, Pragmas, WriteTx
+from edgejobs.store.db import Pragmas, WriteTx
 from edgejobs.store.jobs import (
     JobFilter,
     NewJob,
@@ -231,6 +231,9 @@ class EdgeJobs:
         )
         self.store.writer.add_commit_listener(self._on_commit)
         self.store.writer.add_foreign_listener(self._on_foreign_change)
+        # A client hears a runner elsewhere within a few milliseconds of its commits, also
+        # right after its own submit (a runner in this process completes its jobs itself).
+        self.store.writer.looks_while_settling = lambda: self.pool is None
         self._default_retry = RetryPolicy(
             config.retry.base_delay_s, config.retry.max_delay_s, config.retry.jitter
         )
@@ -1133,7 +1136,6 @@ class EdgeJobs:
         await self.open()
         event = asyncio.Event()
         self._waiters.setdefault(job_id, set()).add(event)
-        writer = self.store.writer
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -1141,16 +1143,7 @@ class EdgeJobs:
                     job = await self.get(job_id, org=org)
                     if job.is_terminal:
                         return job
-                    if self.pool is None and writer.watching and not writer.watch_armed:
-                        # A client whose writer still settles after its own commit (its
-                        # submit, say: SETTLE_S, 60 ms) hears another process's commits only
-                        # at the end of it; a runner elsewhere often completes the job sooner.
-                        # Look again every BUSY_POLL_S until the watch is armed.
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(BUSY_POLL_S):
-                                await event.wait()
-                    else:
-                        await event.wait()
+                    await event.wait()
         finally:
             waiters = self._waiters.get(job_id)
             if waiters is not None:

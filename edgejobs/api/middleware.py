@@ -135,8 +135,9 @@ class BodyLimit:
     past the limit (:class:`PayloadTooLarge` surfaces in the handler that reads, and becomes
     413 there), so a chunked upload cannot make the server buffer more than the limit. A
     body still incomplete :data:`BODY_DEADLINE_S` after its first read raises
-    :class:`RequestTimeout` (408) the same way. Both answers close the connection: the rest of
-    that body is never read, so the connection cannot carry another request.
+    :class:`RequestTimeout` (408) the same way, counted from the request's arrival. Any answer
+    that starts before the body was all read (those two, or a 401 that never read it) closes
+    the connection: the rest of that body is never read, so it cannot carry another request.
     """
 
     def __init__(
@@ -152,7 +153,7 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = min(self.max_bytes, self.limits.get(route_path(scope), self.max_bytes))
-        has_body = False
+        has_body = False  # said by its headers (under HTTP/2 no header says it)
         for name, value in scope.get("headers", []):
             if name == b"transfer-encoding":
                 has_body = True
@@ -175,27 +176,25 @@ class BodyLimit:
                     await response(scope, receive, send)
                     return
                 has_body = has_body or declared > 0
-        if not has_body:
-            # No body to bound (every GET, the event streams among them): nothing to wrap, and
-            # a stream's wait for the client's disconnect must not run into a deadline.
-            await self.app(scope, receive, send)
-            return
+        # From the request's arrival: a route that answers without reading the body (a 401
+        # before anything else) must not leave the server reading a trickle of it for good.
+        deadline = asyncio.get_running_loop().time() + BODY_DEADLINE_S
         received = 0
-        complete = False
-        cut = False  # the body was refused part-way: the connection must not be reused
-        deadline: float | None = None
+        complete = False  # the whole body was read (or the client left)
+        started = False  # the response began: the route no longer listens for errors
+        cut = False  # the body was refused part-way
 
         async def limited_receive() -> Message:
-            nonlocal received, complete, cut, deadline
+            nonlocal received, complete, cut
             if complete:
                 return await receive()  # only the disconnect is left to wait for
-            if deadline is None:
-                deadline = asyncio.get_running_loop().time() + BODY_DEADLINE_S
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
                 cut = True
+                if started:  # a stream, say, that waits for the disconnect: this is one
+                    return {"type": "http.disconnect"}
                 raise RequestTimeout(
                     f"the request body did not arrive within {BODY_DEADLINE_S:g} s"
                 ) from None
@@ -210,9 +209,16 @@ class BodyLimit:
             return message
 
         async def closing_send(message: Message) -> None:
-            if cut and message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k != b"connection"]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                # An answer before the body was all read (refused, timed out, or never read):
+                # the rest of it must not be read for the next request on this connection.
+                if cut or (has_body and not complete):
+                    headers = [
+                        (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
+                    ]
+                    message = {**message, "headers": [*headers, (b"connection", b"close")]}
             await send(message)
 
         await self.app(scope, limited_receive, closing_send)

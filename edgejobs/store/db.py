@@ -98,8 +98,11 @@ def create_private(path: Path, mode: int = PRIVATE_FILE_MODE) -> None:
     """
     if not str(path):
         return
+    # Through a symlink to a file not there yet, O_EXCL refuses the link itself: SQLite
+    # would then create the file it points to with the umask's 0644.
+    target = Path(path).resolve()
     with contextlib.suppress(OSError):  # FileExistsError included: keep the file as it is
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
 
 
 def connect(
@@ -421,6 +424,12 @@ class Writer:
         self._armed = False  # the watch is registered with the event loop (loop thread only)
         self._idle = False  # set by the writer when it goes idle, cleared by each submit
         self._closed = False
+        self.looks_while_settling: Callable[[], bool] = lambda: False
+        """Asked by the writer thread after each batch: whether to look for other processes'
+        commits every ``BUSY_POLL_S`` while it settles (its watch is not armed then, so that
+        its own commits do not wake it). True for a client: its ``wait()`` on a job that a
+        runner elsewhere ran in 3 ms heard of it only at the end of ``SETTLE_S`` (60 ms).
+        A runner completes its own jobs and looks once at the end, as before."""
         self.fault_hook: Callable[[str, int], None] | None = None
         """Test hook: called with ("before_commit" | "after_commit", n) around every commit."""
         self.commits = 0
@@ -604,6 +613,7 @@ class Writer:
         conn = self._conn
         timeout = self._settle_timeout()
         rechecks: list[float] = []  # pauses before the next looks (RECHECK_AFTER_S)
+        settled_at: float | None = None  # looking every BUSY_POLL_S until then
         stop = False
         while not stop:
             try:
@@ -614,6 +624,12 @@ class Writer:
                     timeout = rechecks.pop(0)
                     continue
                 rechecks = []
+                if settled_at is not None:
+                    left = settled_at - time.monotonic()
+                    if left > 0:
+                        timeout = min(left, BUSY_POLL_S)
+                        continue
+                    settled_at = None
                 if self._watch is None:
                     timeout = IDLE_POLL_S
                 else:  # idle: let the watch tell us, and look once in a while anyway
@@ -640,6 +656,9 @@ class Writer:
             if batch:
                 self._run_batch(conn, batch)
                 timeout = self._settle_timeout()
+                if self._watch is not None and self.looks_while_settling():
+                    settled_at = time.monotonic() + timeout
+                    timeout = BUSY_POLL_S
             if check:
                 self._check_queued = False  # a write after this point queues a new check
                 if self._check_foreign(conn):

@@ -29,14 +29,16 @@ def _error(response: Any) -> dict[str, Any]:
     return error
 
 
-async def _call(app: Any, path: str, headers: list[tuple[bytes, bytes]], receive: Any) -> list[Any]:
+async def _call(
+    app: Any, path: str, headers: list[tuple[bytes, bytes]], receive: Any, method: str = "POST"
+) -> list[Any]:
     """Call the ASGI app directly with a request whose body ``receive`` hands out; the
     messages the app sent back."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "POST",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
@@ -112,6 +114,74 @@ async def test_a_chunked_body_over_the_limit_is_not_read_further_and_closes(api:
     assert headers[b"connection"] == b"close"
     limit = api.ej.config.server.max_body_bytes
     assert reads == limit // len(chunk) + 1  # stopped at the first chunk past the limit
+
+
+async def test_a_body_without_any_length_header_is_bounded_too(api: Api) -> None:
+    """Under HTTP/2 a body comes with neither ``Content-Length`` nor ``Transfer-Encoding``:
+    it is counted all the same (a megabyte to ``/login`` without a token was read whole)."""
+    reads = 0
+
+    async def endless() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        return {"type": "http.request", "body": b" " * 1024, "more_body": True}
+
+    sent = await _call(api.app, "/login", [(b"content-type", b"application/json")], endless)
+    status, headers, error = _start(sent)
+    assert (status, error["code"]) == (413, "payload_too_large")
+    assert reads == 5  # 4 KiB, then the first chunk past it
+
+
+async def test_an_answer_before_the_body_was_read_closes_the_connection(api: Api) -> None:
+    """A route that refuses first (no token: 401) never reads the body; the server would
+    then read and drop the rest of it, a byte now and then, for as long as the client likes."""
+
+    async def never_called() -> dict[str, Any]:
+        raise AssertionError("the body was read")
+
+    sent = await _call(api.app, "/api/v1/jobs", [(b"content-length", b"1000")], never_called)
+    status, headers, error = _start(sent)
+    assert (status, error["code"]) == (401, "unauthorized")
+    assert headers[b"connection"] == b"close"
+    viewer = api.auth("viewer")["Authorization"].encode()
+    sent = await _call(
+        api.app, "/api/v1/jobs", [(b"content-length", b"0"), (b"authorization", viewer)], _empty
+    )
+    status, headers, _ = _start(sent)
+    assert status == 403 and b"connection" not in headers  # no body: the connection stays
+
+
+async def _empty() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def test_a_stream_whose_request_body_never_ends_is_ended_quietly(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event stream requested with a body that never finishes: at the deadline its wait for
+    the client's disconnect is told the client left (not an error after the response began,
+    which was logged with a traceback on every such request)."""
+    monkeypatch.setattr(middleware, "BODY_DEADLINE_S", 0.3)
+    never = asyncio.Event()
+    reads = 0
+
+    async def unfinished() -> dict[str, Any]:
+        nonlocal reads
+        reads += 1
+        if reads == 1:
+            return {"type": "http.request", "body": b"x", "more_body": True}
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    viewer = api.auth("viewer")["Authorization"].encode()
+    headers = [(b"transfer-encoding", b"chunked"), (b"authorization", viewer)]
+    sent = await asyncio.wait_for(
+        _call(api.app, "/api/v1/events", headers, unfinished, method="GET"), 20
+    )
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 200
+    assert (b"connection", b"close") in start["headers"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
 async def test_a_body_that_stops_arriving_is_408_and_closes(
@@ -191,6 +261,13 @@ def test_a_real_server_closes_a_refused_or_stalled_body(
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
         assert b'"request_timeout"' in answer
         assert time.monotonic() - begun < 8  # the deadline, not the socket's own timeout
+        # Without a token, a body trickling after a 401: the server closes, not reads on.
+        answer = _http(
+            server.port,
+            b"POST /api/v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n",
+            b"{",
+        )
+        assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
         # Without a token, a login body of a megabyte is refused unread.
         answer = _http(
             server.port,

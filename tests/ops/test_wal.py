@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import stat
 from contextlib import closing
 from pathlib import Path
 
@@ -134,6 +135,7 @@ async def test_a_database_reached_through_a_symlink_gets_its_wal_measured_and_em
     assert ej.ticker is not None
     real_wal = data / "edgejobs.db-wal"
     try:
+        assert ej.store.writer.watching  # the WAL file found, and watched
         await submit_many(ej, 400)
         assert real_wal.stat().st_size > 0
         assert not (tmp_path / "edgejobs.db-wal").exists()
@@ -145,3 +147,18 @@ async def test_a_database_reached_through_a_symlink_gets_its_wal_measured_and_em
         assert real_wal.stat().st_size == 0
     finally:
         await ej.close()
+
+
+async def test_a_new_database_created_through_a_dangling_symlink_is_private(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Through a symlink to a file not there yet, the private create refused the link (its
+    O_EXCL) and SQLite created the file with the umask's 0644, readable by every local user."""
+    data = tmp_path / "data"
+    data.mkdir()
+    link = tmp_path / "edgejobs.db"
+    link.symlink_to(data / "edgejobs.db")
+    ej = make_app(link, clock)
+    await ej.open()
+    await ej.close()
+    assert stat.S_IMODE((data / "edgejobs.db").stat().st_mode) == 0o600
