@@ -309,14 +309,26 @@ async def test_a_tick_copying_a_large_wal_back_is_busy_not_stalled(
     real = ej.maintenance._checkpoint_sync
     seen: list[tuple[str, ...]] = []
 
+    held = asyncio.Event()
+    release = asyncio.Event()
+
     def slow(truncate: bool | None) -> Any:
         clock.advance(3.5 * INTERVAL_S)  # past the tick limit of 3 intervals
         seen.append(runner_health(ej).reasons)
         return real(truncate)
 
+    async def held_tick() -> None:
+        held.set()
+        await release.wait()
+
     await ej.start()
     try:
         await ej.submit("quick", org="acme")
+        # The tick loop held inside a tick (as one copying the WAL back is): a tick of its own
+        # ending between the clock's advance and the look at health would hide the stall.
+        assert ej.ticker is not None
+        monkeypatch.setattr(ej.ticker, "tick", held_tick)
+        await asyncio.wait_for(held.wait(), timeout=30)
         monkeypatch.setattr(ej.maintenance, "_checkpoint_sync", slow)
         await ej.maintenance.checkpoint()
         assert seen and seen[-1] == (), seen
@@ -325,6 +337,7 @@ async def test_a_tick_copying_a_large_wal_back_is_busy_not_stalled(
         await ej.maintenance.checkpoint()  # a hung one is still said
         assert any("the tick loop has not run" in reason for reason in seen[-1]), seen
     finally:
+        release.set()
         await ej.close()
 
 

@@ -254,6 +254,9 @@ async def test_an_event_row_this_version_cannot_read_is_skipped_and_the_stream_g
     first = await ej.submit("quick", org="acme")
     await ej.wait(first.id, timeout=30)
     before = event_rows(ej.store.path)[-1]["id"]
+    # A live stream starts after the newest event the broker has tailed: wait until that is
+    # `before`, or the stream would begin with it.
+    await wait_for(lambda: server.broker.last_id >= before, "the broker tails every event")
 
     def write_an_old_form_event(conn: Any, tx: Any) -> None:
         conn.execute(
