@@ -9,7 +9,10 @@ transactions and vacuums the file. A job's latency is the time from just before 
     python bench/claim_while_pruning.py                 # 1,000,000 rows (about a minute)
     python bench/claim_while_pruning.py --rows 100000   # quicker
 
-Prints one table; the interesting line is p99 during pruning against the baseline.
+Meanwhile another process takes the write lock every 50 ms (what a CLI ``submit`` or a client
+app does), waiting in SQLite's busy handler as every process but the runner does.
+
+Prints one table; the interesting lines are p99 during pruning against the baseline.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +38,7 @@ from edgejobs.config import Config
 
 DAY_MS = 86_400_000
 FEED_INTERVAL_S = 0.002  # one job every 2 ms: ~500 jobs/s, well under capacity
+OTHER_WRITE_INTERVAL_S = 0.05  # another process's write every 50 ms
 
 
 def fill(path: Path, rows: int, finished_at: int) -> float:
@@ -104,6 +109,76 @@ class Feeder:
             await self._task
 
 
+OTHER_WRITER = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=float(sys.argv[2]))
+while True:
+    if sys.stdin.readline() != "go\\n":  # one write per line the parent sends
+        break
+    started = time.perf_counter()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError:
+        print("busy", flush=True)
+        continue
+    waited_ms = (time.perf_counter() - started) * 1000
+    conn.execute("COMMIT")
+    print(f"{waited_ms:.3f}", flush=True)
+"""
+"""A writer in another process (a CLI ``submit``, a client app): how long it waits for the
+write lock, in SQLite's busy handler as every process but the runner does."""
+
+
+class OtherProcessWriter:
+    """Takes the write lock from another process every ``OTHER_WRITE_INTERVAL_S``."""
+
+    def __init__(self, path: Path, busy_timeout_s: float) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", OTHER_WRITER, str(path), str(busy_timeout_s)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.waits: list[float] = []
+        self.busy = 0  # gave up after the busy timeout: a submit that failed
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _write_once(self) -> None:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write("go\n")
+        self._process.stdin.flush()
+        answer = self._process.stdout.readline().strip()
+        if answer == "busy":
+            self.busy += 1
+        else:
+            self.waits.append(float(answer))
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            await asyncio.to_thread(self._write_once)
+            await asyncio.sleep(OTHER_WRITE_INTERVAL_S)
+
+    def start(self) -> None:
+        """Begin writing."""
+        self._stop.clear()
+        self._task = asyncio.create_task(self._run())
+
+    async def pause(self) -> list[float]:
+        """Stop writing; the waits so far (ms), which are then forgotten."""
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+        waits, self.waits = self.waits, []
+        return waits
+
+    def close(self) -> None:
+        """End the other process."""
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        self._process.wait(timeout=10)
+
+
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values`` (nearest rank)."""
     ordered = sorted(values)
@@ -150,13 +225,19 @@ async def bench(folder: Path, rows: int, batch: int, workers: int, baseline_s: f
     assert ej.pool is not None
     pool = asyncio.create_task(ej.pool.run())
     feeder = Feeder(ej)
+    other = OtherProcessWriter(path, config.database.busy_timeout_ms / 1000)
     feeder.start()
+    other.start()
     await asyncio.sleep(baseline_s)
     baseline, latencies[:] = list(latencies), []
+    other_baseline = await other.pause()
+    other.start()
     started = time.perf_counter()
     report = await ej.prune()
     prune_s = time.perf_counter() - started
     during = list(latencies)
+    other_during = await other.pause()
+    other.close()
     await feeder.stop()
     await ej.drain(timeout=60)
     await ej.maintenance.checkpoint(truncate=True)
@@ -181,8 +262,12 @@ async def bench(folder: Path, rows: int, batch: int, workers: int, baseline_s: f
     print("|---|---:|---:|---:|---:|---|")
     print(row("submit -> start, idle (baseline)", baseline))
     print(row("submit -> start, while pruning", during))
+    print(row("another process's write waits, idle (baseline)", other_baseline))
+    print(row("another process's write waits, while pruning", other_during))
     print(row("one prune batch (write lock held)", batches))
     print(row("one vacuum step (write lock held)", steps))
+    if other.busy:
+        print(f"another process's writes that gave up after the busy timeout: {other.busy}")
 
 
 def main() -> None:

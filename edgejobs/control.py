@@ -23,6 +23,7 @@ from edgejobs.app import EdgeJobs
 from edgejobs.config import ScheduleConfig, parse_rate_limit
 from edgejobs.errors import NotFound, ValidationError
 from edgejobs.models import MAX_DELAY_S, MAX_RETRIES, iso_ms
+from edgejobs.runner.pacing import BatchPacer
 from edgejobs.runner.registry import OVERRIDABLE
 from edgejobs.runner.schedules import MIN_GRACE_MS, Scheduler, next_due_after
 from edgejobs.runner.ticks import TickTask
@@ -420,9 +421,13 @@ class AuditRetention:
         retention = self._ej.config.retention
         cutoff = now - int(retention.days * 86_400_000)
         total = 0
+        pacer = BatchPacer()  # other processes write between the batches too
         while True:
-            deleted = await self._ej.store.write(
-                partial(delete_old_entries, cutoff_ms=cutoff, batch=retention.batch_size)
+            deleted = await pacer.run(
+                partial(
+                    self._ej.store.write,
+                    partial(delete_old_entries, cutoff_ms=cutoff, batch=retention.batch_size),
+                )
             )
             total += deleted
             if deleted < retention.batch_size:

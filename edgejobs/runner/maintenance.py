@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from edgejobs.errors import DatabaseBusy, StorageFull, out_of_resources
 from edgejobs.logs import RepeatLimiter
 from edgejobs.runner.executor import abandoned_tasks, abandoned_threads
+from edgejobs.runner.pacing import BatchPacer
 from edgejobs.store import Store
 from edgejobs.store.db import WriteTx
 from edgejobs.store.maintenance import (
@@ -162,8 +163,9 @@ class Maintenance:
         # counts too, so the tick task does not trim again right after it.
         self._events_trimmed_at = now_ms
         total = 0
+        pacer = BatchPacer()  # other processes write between the batches too
         while True:
-            deleted = await self._store.write(op)
+            deleted = await pacer.run(partial(self._store.write, op))
             total += deleted
             if deleted < batch:
                 return total
@@ -299,10 +301,13 @@ class Maintenance:
         total = 0
         steps = 0
         self.vacuum_blocked = False
+        pacer = BatchPacer()  # other processes write between the steps too
         async with self._lock:
             while max_steps is None or steps < max_steps:
                 try:
-                    freed = await self._store.write(partial(vacuum_step, max_pages=step))
+                    freed = await pacer.run(
+                        partial(self._store.write, partial(vacuum_step, max_pages=step))
+                    )
                 except StorageFull:
                     # Every page a step moves goes through the WAL: on a nearly full disk a
                     # step of vacuum_step_pages (4 MiB) does not fit, and every step failed —

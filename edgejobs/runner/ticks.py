@@ -24,6 +24,7 @@ from functools import partial
 from edgejobs.clock import Clock
 from edgejobs.errors import EdgeJobsError, StorageFull
 from edgejobs.logs import RepeatLimiter, job_fields
+from edgejobs.runner.pacing import BatchPacer
 from edgejobs.runner.registry import Registry
 from edgejobs.store import Store
 from edgejobs.store.claim import renew_leases
@@ -324,10 +325,13 @@ class Ticker:
         batch = self.settings.retention_batch
         report = PruneReport()
         made_room = False  # the WAL was checkpointed after a full disk, and nothing written since
+        pacer = BatchPacer()  # other processes write between the batches too
         while True:
             try:
-                deleted = await self._store.write(
-                    partial(delete_old_jobs, cutoff_ms=cutoff, batch=batch)
+                deleted = await pacer.run(
+                    partial(
+                        self._store.write, partial(delete_old_jobs, cutoff_ms=cutoff, batch=batch)
+                    )
                 )
             except StorageFull:
                 # A nearly full disk, when pruning matters most. Deletes need room in the WAL,
@@ -369,8 +373,9 @@ class Ticker:
         """Run ``delete(conn, tx, batch=batch)`` (a write that removes up to ``batch`` rows) one
         transaction at a time until a batch comes back short; how many rows went in all."""
         total = 0
+        pacer = BatchPacer()
         while True:
-            deleted = await self._store.write(partial(delete, batch=batch))
+            deleted = await pacer.run(partial(self._store.write, partial(delete, batch=batch)))
             total += deleted
             if deleted < batch:
                 return total

@@ -7,6 +7,8 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from functools import partial
@@ -221,6 +223,64 @@ async def test_prune_now_with_zero_days_deletes_every_terminal_job_and_keeps_ope
     assert counts["completed"] == 0 and counts["scheduled"] == 1
     with closing(connect(db_path)) as conn:
         assert count_drift(conn) == {}
+
+
+async def test_another_process_can_write_between_the_batches_of_a_long_prune(
+    db_path: Path, clock: FakeClock
+) -> None:
+    """Batches back to back left the write lock free for microseconds at a time. A writer in
+    another process waits in SQLite's busy handler (sleeps of 1, 2, 5 … 100 ms) and gets in only
+    if the lock is free when it looks: a submit waited 4 s during the retention of a million
+    jobs, near the 5 s busy timeout. Now each batch is followed by a pause: a writer that only
+    tries when it finds the lock free, without waiting at all, gets in between the batches."""
+    batches = 30
+    ej = make_app(db_path, clock, retention={"days": 30, "batch_size": 50})
+    await ej.open()
+    old = clock.now_ms() - 40 * DAY_MS
+    insert_jobs(
+        db_path, 50 * batches, prefix="old", status="completed", created_at=old, finished_at=old
+    )
+    spans: list[tuple[float, float]] = []  # each batch's time inside its transaction
+    got_in: list[float] = []  # when the other writer held the lock
+    real = ticks_module.delete_old_jobs
+
+    def traced(conn: sqlite3.Connection, tx: object, **kwargs: int) -> object:
+        began = time.monotonic()
+        try:
+            return real(conn, tx, **kwargs)  # type: ignore[arg-type]
+        finally:
+            spans.append((began, time.monotonic()))
+
+    done = threading.Event()
+
+    def other_process_writer() -> None:
+        with closing(sqlite3.connect(str(db_path), isolation_level=None, timeout=0)) as conn:
+            while not done.is_set():
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError:  # locked: the prune holds it
+                    time.sleep(0.0005)
+                    continue
+                got_in.append(time.monotonic())
+                conn.execute("COMMIT")
+                time.sleep(0.0005)
+
+    prober = threading.Thread(target=other_process_writer, daemon=True)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ticks_module, "delete_old_jobs", traced)
+            prober.start()
+            report = await ej.prune()
+    finally:
+        done.set()
+        prober.join(timeout=10)
+        await ej.close()
+    assert report.jobs == 50 * batches
+    gaps = list(zip((end for _, end in spans), (began for began, _ in spans[1:]), strict=False))
+    assert len(gaps) == batches  # the last, short batch found nothing left
+    reached = sum(any(end < at < began for at in got_in) for end, began in gaps)
+    # Every gap, bar a scheduling hiccup or two on a loaded machine.
+    assert reached >= len(gaps) - 3, (reached, len(gaps))
 
 
 async def test_retention_deletes_expired_dashboard_sessions(
