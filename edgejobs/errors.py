@@ -190,6 +190,15 @@ def out_of_resources(exc: BaseException) -> OutOfResources | None:
     return None
 
 
+class Overloaded(EdgeJobsError):
+    """The server has as much of this kind of work waiting as it keeps (large request bodies
+    waiting to be parsed): try again shortly."""
+
+    code = "overloaded"
+    http_status = 503
+    retry_after_s = 1
+
+
 class ShuttingDown(EdgeJobsError):
     """The runner is stopping and accepts no new work through this path."""
 

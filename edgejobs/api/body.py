@@ -10,7 +10,8 @@ key twice (Python keeps the last value, a proxy or another parser may read the f
 A body of up to :data:`INLINE_PARSE_BYTES` is parsed on the event loop; a bigger one (up to
 the body limit, 1 MiB by default: ~0.4 s of parsing and checking for one made of empty
 arrays) in a worker thread, one such body at a time per app, so that nobody's large bodies
-stall the runner, the ticks and every event stream that share the loop.
+stall the runner, the ticks and every event stream that share the loop; at most
+:data:`MAX_BIG_BODIES_WAITING` more wait for it (503 ``overloaded`` beyond).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import json
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -26,13 +28,18 @@ from pydantic import ValidationError as PydanticValidationError
 from starlette.requests import Request
 
 from edgejobs.api.errors import BadRequest, validation_details
-from edgejobs.errors import ValidationError
+from edgejobs.errors import Overloaded, ValidationError
 from edgejobs.models import is_valid_unicode
 
 M = TypeVar("M", bound=BaseModel)
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects accepted in a body."""
+
+MAX_BIG_BODIES_WAITING = 8
+"""Bodies over :data:`INLINE_PARSE_BYTES` that may wait for the one being parsed; beyond, 503
+``overloaded`` with ``Retry-After`` (each holds up to ``[server] max_body_bytes`` in memory,
+and each waits ~0.4 s per 1 MiB body ahead of it)."""
 
 INLINE_PARSE_BYTES = 64 * 1024
 """Bodies up to this size are parsed on the event loop (a few milliseconds at most); bigger
@@ -159,17 +166,51 @@ async def read_model(
         return validate(model, {})
     if len(raw) <= INLINE_PARSE_BYTES:
         return _parse_model(raw, model, precheck)
-    async with _big_body_gate(request):
-        return await asyncio.to_thread(_parse_model, raw, model, precheck)
+    gate = _big_body_gate(request)
+    if gate.waiting >= MAX_BIG_BODIES_WAITING:
+        raise Overloaded(
+            f"{gate.waiting} large request bodies are already waiting to be parsed; try again"
+            " shortly"
+        )
+    gate.waiting += 1
+    try:
+        await gate.semaphore.acquire()
+    finally:
+        gate.waiting -= 1
+    parsing = asyncio.ensure_future(asyncio.to_thread(_parse_model, raw, model, precheck))
+    # The gate opens when the thread ends, not when this request does: a request cancelled
+    # meanwhile (the server shutting down, a client gone) leaves its thread parsing on — a
+    # thread cannot be stopped — and a second one beside it is what the gate is there to stop.
+    parsing.add_done_callback(partial(_reopen, gate))
+    return await asyncio.shield(parsing)
 
 
-def _big_body_gate(request: Request) -> asyncio.Semaphore:
-    # One per app: a thread parsing Python objects holds the interpreter lock in 5 ms turns,
-    # so two such threads would leave the loop a third of the time instead of half.
+class BigBodyGate:
+    """One large body parsed at a time per app, and a bounded line of them waiting.
+
+    One at a time: a thread parsing Python objects holds the interpreter lock in 5 ms turns,
+    so two such threads would leave the loop a third of the time instead of half. A bounded
+    line: each waiting request holds its whole body in memory.
+    """
+
+    def __init__(self) -> None:
+        self.semaphore = asyncio.Semaphore(1)
+        self.waiting = 0
+        """Requests waiting for :attr:`semaphore` (the one parsing not counted)."""
+
+
+def _reopen(gate: BigBodyGate, parsing: asyncio.Future[Any]) -> None:
+    """Open the gate after a parse ended; its error, if nobody awaits it now, goes unsaid."""
+    gate.semaphore.release()
+    if not parsing.cancelled():
+        parsing.exception()  # retrieved: no "exception was never retrieved" for a gone request
+
+
+def _big_body_gate(request: Request) -> BigBodyGate:
     state = request.app.state
-    gate: asyncio.Semaphore | None = getattr(state, "big_body_gate", None)
+    gate: BigBodyGate | None = getattr(state, "big_body_gate", None)
     if gate is None:
-        gate = state.big_body_gate = asyncio.Semaphore(1)
+        gate = state.big_body_gate = BigBodyGate()
     return gate
 
 

@@ -14,13 +14,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from api_support import Api, ThreadedServer, make_api
-from ej_testkit import free_port
+from ej_testkit import free_port, poll_until
 from starlette.applications import Starlette
+from starlette.requests import Request
 
 from edgejobs.api import body as body_module
 from edgejobs.api import middleware
+from edgejobs.api.schemas import SubmitJob
 from edgejobs.cli.jobs import parse_params
 
 
@@ -373,3 +376,117 @@ async def test_a_batch_over_the_limit_is_refused_before_its_jobs_are_walked(
     )
     assert response.status_code == 201
     assert len(walks) == 1
+
+
+async def test_a_large_body_whose_request_is_cancelled_holds_the_gate_until_its_thread_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Large bodies are parsed in a thread one at a time, or two such threads would take the
+    event loop's turns. A request cancelled while its thread parsed (a shutdown, a client gone)
+    opened the gate at once, and the next large body's thread ran beside the first one."""
+    started: list[str] = []
+    running: list[str] = []
+    overlaps: list[list[str]] = []
+    finish = threading.Event()
+    real = body_module._parse_model
+
+    def slow_parse(raw: bytes, model: Any, precheck: Any) -> Any:
+        name = "first" if not started else "second"
+        started.append(name)
+        running.append(name)
+        overlaps.append(list(running))
+        if name == "first":
+            finish.wait(timeout=30)  # parses on after its request was cancelled
+        try:
+            return real(raw, model, precheck)
+        finally:
+            running.remove(name)
+
+    monkeypatch.setattr(body_module, "_parse_model", slow_parse)
+    app = Starlette()
+    big = json.dumps(
+        {"job_type": "t.echo", "params": {"pad": "x" * body_module.INLINE_PARSE_BYTES}}
+    )
+
+    def request() -> Request:
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": big.encode(), "more_body": False}
+
+        scope = {"type": "http", "method": "POST", "headers": [], "app": app}
+        return Request(scope, receive)
+
+    try:
+        first = asyncio.create_task(body_module.read_model(request(), SubmitJob))
+        await poll_until(
+            lambda: started == ["first"],
+            timeout=30,
+            interval=0.005,
+            message="the first body's thread to start",
+        )
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        second = asyncio.create_task(body_module.read_model(request(), SubmitJob))
+        await asyncio.sleep(0.2)  # time enough for a second thread to start, were the gate open
+        assert started == ["first"]
+        finish.set()
+        parsed = await asyncio.wait_for(second, timeout=30)
+        assert parsed.job_type == "t.echo"
+        assert started == ["first", "second"]
+        assert overlaps == [["first"], ["second"]]  # never two at once
+    finally:
+        finish.set()  # never leave the first thread waiting
+
+
+async def test_large_bodies_waiting_beyond_a_few_are_told_to_come_back(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request waiting for the one large body being parsed holds its whole body (up to
+    1 MiB): the line of them was unbounded. Beyond a few, 503 ``overloaded`` with Retry-After,
+    and nothing is written for it; the ones waiting are all served."""
+    release = threading.Event()
+    real = body_module._parse_model
+
+    def held_parse(raw: bytes, model: Any, precheck: Any) -> Any:
+        release.wait(timeout=30)
+        return real(raw, model, precheck)
+
+    monkeypatch.setattr(body_module, "_parse_model", held_parse)
+    per_batch = 250
+
+    async def post(n: int) -> httpx.Response:
+        jobs = [
+            {"job_type": "t.echo", "params": {"n": n, "i": i, "pad": "x" * 300}}
+            for i in range(per_batch)
+        ]
+        assert len(json.dumps({"jobs": jobs})) > body_module.INLINE_PARSE_BYTES
+        return await api.client.post(
+            "/api/v1/jobs/batch", json={"jobs": jobs}, headers=api.auth("operator")
+        )
+
+    waiting = body_module.MAX_BIG_BODIES_WAITING
+    try:
+        first = asyncio.create_task(post(0))
+        await poll_until(
+            lambda: getattr(api.app.state, "big_body_gate", None) is not None,
+            timeout=30,
+            interval=0.005,
+            message="the first large body to be parsed",
+        )
+        gate = api.app.state.big_body_gate
+        line = [asyncio.create_task(post(n)) for n in range(1, waiting + 1)]
+        await poll_until(
+            lambda: gate.waiting == waiting,
+            timeout=30,
+            interval=0.005,
+            message="the line of large bodies to fill",
+        )
+        refused = await asyncio.wait_for(post(waiting + 1), timeout=10)  # not in the line
+        assert refused.status_code == 503
+        assert _error(refused)["code"] == "overloaded"
+        assert refused.headers["Retry-After"] == "1"
+    finally:
+        release.set()
+    served = await asyncio.wait_for(asyncio.gather(first, *line), timeout=60)
+    assert [response.status_code for response in served] == [201] * (waiting + 1)
+    assert (await api.ej.stats())["by_status"]["queued"] == (waiting + 1) * per_batch
