@@ -620,16 +620,18 @@ class Writer:
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:
                 changed = self._check_foreign(conn)
-                if not changed and rechecks:
-                    timeout = rechecks.pop(0)
-                    continue
-                rechecks = []
+                recheck = rechecks.pop(0) if rechecks and not changed else None
+                if changed:
+                    rechecks = []
                 if settled_at is not None:
                     left = settled_at - time.monotonic()
-                    if left > 0:
-                        timeout = min(left, BUSY_POLL_S)
+                    if left > 0:  # a recheck does not hold up the looks while settling
+                        timeout = min(left, BUSY_POLL_S, recheck or BUSY_POLL_S)
                         continue
                     settled_at = None
+                if recheck is not None:
+                    timeout = recheck
+                    continue
                 if self._watch is None:
                     timeout = IDLE_POLL_S
                 else:  # idle: let the watch tell us, and look once in a while anyway
@@ -655,13 +657,19 @@ class Writer:
                     break
             if batch:
                 self._run_batch(conn, batch)
+                # A commit that was on its way held the write lock our transaction took: it
+                # is visible now, nothing is left to recheck. A recheck left over (up to
+                # 0.25 s) had stood in for the settle timeout, and the watch stays unarmed
+                # until then: another process's commits went unheard that long (a client's
+                # wait(), a runner's pickup of a job submitted elsewhere: ~250 ms).
+                rechecks = []
                 timeout = self._settle_timeout()
                 if self._watch is not None and self.looks_while_settling():
                     settled_at = time.monotonic() + timeout
                     timeout = BUSY_POLL_S
             if check:
                 self._check_queued = False  # a write after this point queues a new check
-                if self._check_foreign(conn):
+                if self._check_foreign(conn) or batch:
                     rechecks = []
                 else:  # told of a write not visible yet: a commit may be on its way
                     rechecks = list(RECHECK_AFTER_S)

@@ -126,3 +126,53 @@ async def test_a_commit_not_visible_yet_when_the_watch_fires_is_still_noticed(
     finally:
         await other.close()
         os.close(write_fd)
+
+
+async def test_a_recheck_left_over_from_before_a_write_does_not_keep_the_watch_unarmed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look the watch asked for that found nothing starts rechecks (up to 0.25 s apart). A
+    write of this process's own in the middle left the rest of them standing: the first one
+    replaced the settle timeout after the write, and the watch stayed unarmed until it ran out,
+    so another process's commits went unheard that long — a job submitted from another process
+    started ~250 ms late in one case of five. The write's own transaction came after any commit
+    on its way: nothing is left to recheck after it."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    watches = [db.WalWatch(read_fd)]
+    monkeypatch.setattr(db, "open_watch", lambda path: watches.pop() if watches else None)
+    # Rechecks so far apart that one left standing keeps the watch unarmed for the test's life.
+    monkeypatch.setattr(db, "RECHECK_AFTER_S", (3600.0, 3600.0))
+    path = tmp_path / "jobs.db"
+    runner = _told_only_by_the_watch(path, monkeypatch)
+    other = EdgeJobs(database=path)
+    try:
+        async with runner:
+            writer = runner.store.writer
+            await other.open()
+            await poll_until(
+                lambda: writer.watch_armed, timeout=10, interval=0.005, message="not idle"
+            )
+            looked = writer._checked_foreign_at
+            os.write(write_fd, b"x")  # "the WAL was written", and no commit shows: rechecks
+            await poll_until(
+                lambda: writer._checked_foreign_at > looked,
+                timeout=10,
+                interval=0.001,
+                message="the writer never looked",
+            )
+            mine = await runner.submit("echo", org="acme", params={"n": 0})  # a write of its own
+            assert (await runner.wait(mine.id, timeout=15)).status is Status.COMPLETED
+            await poll_until(
+                lambda: writer.watch_armed,
+                timeout=10,
+                interval=0.005,
+                message="the watch stayed unarmed after the write",
+            )
+            job = await other.submit("echo", org="acme", params={"n": 1})
+            os.write(write_fd, b"x")  # its commit, told by the watch now armed
+            done = await runner.wait(job.id, timeout=15)
+            assert done.status is Status.COMPLETED and done.result == {"n": 1}
+    finally:
+        await other.close()
+        os.close(write_fd)
