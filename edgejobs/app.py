@@ -231,9 +231,6 @@ class EdgeJobs:
         )
         self.store.writer.add_commit_listener(self._on_commit)
         self.store.writer.add_foreign_listener(self._on_foreign_change)
-        # A client hears a runner elsewhere within a few milliseconds of its commits, also
-        # right after its own submit (a runner in this process completes its jobs itself).
-        self.store.writer.looks_while_settling = lambda: self.pool is None
         self._default_retry = RetryPolicy(
             config.retry.base_delay_s, config.retry.max_delay_s, config.retry.jitter
         )

@@ -51,10 +51,12 @@ WATCHED_POLL_S = 30.0
 notification, rare because every wake-up of an idle process costs milliseconds of CPU on a
 small virtual machine."""
 SETTLE_S = 0.06
-"""A watched writer that got no operation for this long looks once more and goes idle: only
-then is the watch armed. While operations flow it is not, so this process's own commits do
-not wake the event loop and the writer (that cost the pickup latency ~0.2 ms); the writer
-looks after its batches instead (every ``BUSY_POLL_S``) and at this timeout."""
+"""A watched writer that got no operation for this long goes idle: only then is the watch
+armed. While operations flow it is not, so this process's own commits do not wake the event
+loop and the writer (that cost the pickup latency ~0.2 ms); the writer looks after its
+batches instead, and every ``BUSY_POLL_S`` while it settles. Looking only at the end of the
+settling, a client's ``wait()`` heard of a job a runner elsewhere ran in 3 ms after ~60 ms,
+and a runner started a job submitted from another process up to 60 ms late."""
 BUSY_POLL_S = 0.005
 """How often a busy writer looks (between batches; every batch would cost a statement each)."""
 RECHECK_AFTER_S = (0.002, 0.01, 0.05, 0.25)
@@ -424,12 +426,6 @@ class Writer:
         self._armed = False  # the watch is registered with the event loop (loop thread only)
         self._idle = False  # set by the writer when it goes idle, cleared by each submit
         self._closed = False
-        self.looks_while_settling: Callable[[], bool] = lambda: False
-        """Asked by the writer thread after each batch: whether to look for other processes'
-        commits every ``BUSY_POLL_S`` while it settles (its watch is not armed then, so that
-        its own commits do not wake it). True for a client: its ``wait()`` on a job that a
-        runner elsewhere ran in 3 ms heard of it only at the end of ``SETTLE_S`` (60 ms).
-        A runner completes its own jobs and looks once at the end, as before."""
         self.fault_hook: Callable[[str, int], None] | None = None
         """Test hook: called with ("before_commit" | "after_commit", n) around every commit."""
         self.commits = 0
@@ -664,9 +660,9 @@ class Writer:
                 # wait(), a runner's pickup of a job submitted elsewhere: ~250 ms).
                 rechecks = []
                 timeout = self._settle_timeout()
-                if self._watch is not None and self.looks_while_settling():
+                if self._watch is not None:  # unarmed while it settles: look meanwhile
                     settled_at = time.monotonic() + timeout
-                    timeout = BUSY_POLL_S
+                    timeout = min(timeout, BUSY_POLL_S)
             if check:
                 self._check_queued = False  # a write after this point queues a new check
                 if self._check_foreign(conn) or batch:
