@@ -58,7 +58,7 @@ from edgejobs.runner.pool import Pool, PoolSettings
 from edgejobs.runner.registry import Handler, JobType, Registry
 from edgejobs.runner.ticks import PruneReport, Ticker, TickSettings, log_lost
 from edgejobs.runner.watchdog import LoopWatchdog
-from edgejobs.store import Store
+from edgejobs.store import Store, migrations
 from edgejobs.store import events as event_store
 from edgejobs.store import job_types as job_type_store
 from edgejobs.store.audit import Actor, record_job_action
@@ -478,7 +478,9 @@ class EdgeJobs:
         path = Path(self.config.database.path)
         lock = RunnerLock(path)
         try:
-            await asyncio.get_running_loop().run_in_executor(None, lock.acquire)
+            await asyncio.get_running_loop().run_in_executor(
+                None, partial(lock.acquire, migrations.latest_version())
+            )
         except OSError as exc:  # a folder that cannot be made, a read-only disk
             raise _cannot_open(path, exc) from None
         self._lock = lock

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import stat
@@ -22,14 +23,34 @@ def lock_path(database: Path) -> Path:
     return real.with_name(real.name + ".runner.lock")
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Holder:
+    """What a runner's lock file says of the runner holding it."""
+
+    pid: str
+    """Its pid as it wrote it, or "unknown"."""
+    schema_version: int | None
+    """The schema version it runs (it migrates the file to that at its start); None for a
+    runner of a version that did not record it (an older edgejobs)."""
+
+
 def _holder(fd: int) -> str:
     """The pid the lock file records (its holder wrote it), or "unknown"."""
-    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return _read_holder(fd).pid
+
+
+def _read_holder(fd: int) -> Holder:
+    """The lock file's record: ``"<pid> <schema version>"``, or a bare pid (older runners)."""
+    fields = os.pread(fd, 64, 0).decode(errors="replace").split()
+    pid = fields[0] if fields else "unknown"
+    version = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+    return Holder(pid=pid, schema_version=version)
 
 
 def runner_elsewhere(database: Path) -> str | None:
     """The pid (as the lock file records it, or "unknown") of a runner in ANOTHER process
     holding ``database``'s lock; None when there is none (or this process holds it).
+    :func:`holder_elsewhere` says which schema version that runner runs, too.
 
     Looked at without creating the lock file, and without taking the lock for longer than the
     look: a shared lock that cannot be had means an exclusive one is held.
@@ -38,6 +59,12 @@ def runner_elsewhere(database: Path) -> str | None:
     ``0600``, its runner's user's): whether a runner is there cannot be told, and each caller
     decides what that means for it (refusing an upgrade, keeping a hint to itself).
     """
+    holder = holder_elsewhere(database)
+    return None if holder is None else holder.pid
+
+
+def holder_elsewhere(database: Path) -> Holder | None:
+    """:func:`runner_elsewhere`, with the schema version the runner recorded."""
     path = lock_path(database)
     if path in _HELD_HERE:
         return None
@@ -50,7 +77,7 @@ def runner_elsewhere(database: Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        return _holder(fd)
+        return _read_holder(fd)
     except OSError:
         return None
     else:
@@ -88,9 +115,13 @@ class RunnerLock:
         self.path = lock_path(database)
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, schema_version: int | None = None) -> None:
         """Take the lock or raise :class:`RunnerAlreadyActive` naming the holder's pid (the
-        database's folder is made if missing, as opening the database would)."""
+        database's folder is made if missing, as opening the database would).
+
+        ``schema_version`` (the one this runner migrates the file to) is recorded beside the
+        pid: a command of the same version that opens the file while this runner migrates it
+        waits for the migration instead of refusing it as an older runner's file."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         _drop_read_only_access(fd)
@@ -104,7 +135,8 @@ class RunnerLock:
                 " stop it first, or use another database file"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        record = str(os.getpid()) if schema_version is None else f"{os.getpid()} {schema_version}"
+        os.pwrite(fd, record.encode(), 0)
         self._fd = fd
         _HELD_HERE.add(self.path)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from edgejobs.errors import EdgeJobsError, RunnerAlreadyActive
-from edgejobs.runner.lock import lock_path, runner_elsewhere
+from edgejobs.runner.lock import Holder, holder_elsewhere, lock_path
 from edgejobs.store import migrations
 from edgejobs.store.db import (
     PointReader,
@@ -22,6 +23,11 @@ from edgejobs.store.db import (
 )
 
 T = TypeVar("T")
+
+UPGRADE_WAIT_S = 60.0
+"""How long an open waits for a runner of this same version to finish migrating the file (a
+runner migrates at its start: a command run just then saw a schema version in between)."""
+UPGRADE_POLL_S = 0.05
 
 
 class Store:
@@ -73,7 +79,11 @@ class Store:
         no stream could read, job counts left behind. Any first open by the new version, a
         CLI ``stats`` say, had migrated the file under it."""
         try:
-            holder = runner_elsewhere(self.path)
+            holder = holder_elsewhere(self.path)
+            if holder is not None and holder.schema_version == migrations.latest_version():
+                # A runner of this very version, migrating the file at its start (the first
+                # open of a fresh file included): wait for it rather than refuse it.
+                holder = self._wait_for_the_runners_upgrade(holder)
         except PermissionError:
             raise RunnerAlreadyActive(
                 f"{self.path} has schema version {version} and this edgejobs would upgrade it"
@@ -81,13 +91,36 @@ class Store:
                 f" {lock_path(self.path)} to tell whether a runner is using it: upgrade it as"
                 " the user the runner runs as (docs/operations.md, Upgrading)"
             ) from None
+        if holder is not None and holder.schema_version == migrations.latest_version():
+            raise RunnerAlreadyActive(
+                f"{self.path} is being upgraded to schema version"
+                f" {migrations.latest_version()} by its runner (pid {holder.pid}), still after"
+                f" {UPGRADE_WAIT_S:g} s: try again once it is done"
+            )
         if holder is not None:
             raise RunnerAlreadyActive(
                 f"{self.path} has schema version {version} and this edgejobs would upgrade it"
-                f" to {migrations.latest_version()}, but a runner (pid {holder}) is using it:"
-                " stop that runner first, back the file up, then start this version"
+                f" to {migrations.latest_version()}, but a runner (pid {holder.pid}) is using"
+                " it: stop that runner first, back the file up, then start this version"
                 " (docs/operations.md, Upgrading)"
             )
+
+    def _wait_for_the_runners_upgrade(self, holder: Holder) -> Holder | None:
+        """Wait (in this worker thread) until the file is at the latest schema version or
+        its runner is gone (None: nothing to refuse, the migration below finishes the job or
+        finds nothing to do), for at most :data:`UPGRADE_WAIT_S`; the holder if neither."""
+        deadline = time.monotonic() + UPGRADE_WAIT_S
+        conn = connect(self.path, self.pragmas)
+        try:
+            while time.monotonic() < deadline:
+                if migrations.current_version(conn) >= migrations.latest_version():
+                    return None
+                if holder_elsewhere(self.path) is None:
+                    return None
+                time.sleep(UPGRADE_POLL_S)
+        finally:
+            conn.close()
+        return holder
 
     async def open(self) -> None:
         """Prepare the file and start the writer thread.

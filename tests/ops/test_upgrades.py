@@ -30,6 +30,7 @@ from edgejobs.errors import RunnerAlreadyActive, SchemaTooNew
 from edgejobs.runner.lock import lock_path
 from edgejobs.store import events, migrations, retention, stats, transitions
 from edgejobs.store import jobs as jobs_store
+from edgejobs.store import store as store_module
 from edgejobs.store.rows import render_job_event
 from edgejobs.store.store import Store
 from edgejobs.testing import FakeClock
@@ -459,6 +460,79 @@ def test_an_old_database_is_not_upgraded_under_a_runner_of_another_process(
     assert proc.returncode == 0, err
     with closing(connect(path)) as conn:
         assert migrations.current_version(conn) == migrations.latest_version()
+
+
+_RUNNER_OF_THIS_VERSION = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from edgejobs.runner.lock import RunnerLock
+    from edgejobs.store import migrations
+    from edgejobs.store.store import Store
+
+    path = Path(sys.argv[1])
+    lock = RunnerLock(path)  # what a runner of this version holds as it starts
+    lock.acquire(migrations.latest_version())
+    print("holding", flush=True)
+    time.sleep(float(sys.argv[2]))  # migrating takes a while
+    Store(path).prepare()  # its start-up migration
+    print("migrated", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+def test_a_command_run_while_a_runner_of_the_same_version_migrates_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """A runner migrates the file at its start (also a fresh one, a migration at a time). A
+    command of the same version run just then (``submit`` right after starting a worker) saw a
+    schema version in between, took the runner for an older one and refused: "stop that
+    runner first" (exit 3). The runner's lock now records the schema version it runs; a
+    command of that version waits for the migration and goes on."""
+    path = tmp_path / "old.db"
+    build_old_database(path, 4)
+    with closing(connect(path)) as conn:
+        insert_job(conn, 1, "queued")
+    config = _config(tmp_path, path)
+    runner = subprocess.Popen(
+        [sys.executable, "-c", _RUNNER_OF_THIS_VERSION, str(path), "1.0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert runner.stdout is not None and runner.stdout.readline().strip() == "holding"
+        proc = _cli(config, "stats", "--json")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (out, err)
+        assert json.loads(out)["by_status"]["queued"] == 1
+        assert runner.stdout.readline().strip() == "migrated"  # the runner did it, not us
+    finally:
+        runner.kill()
+        runner.wait(timeout=10)
+
+
+def test_a_runner_of_the_same_version_that_never_ends_its_migration_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "old.db"
+    build_old_database(path, 4)
+    monkeypatch.setattr(store_module, "UPGRADE_WAIT_S", 0.3)
+    runner = subprocess.Popen(
+        [sys.executable, "-c", _RUNNER_OF_THIS_VERSION, str(path), "60"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert runner.stdout is not None and runner.stdout.readline().strip() == "holding"
+        with pytest.raises(RunnerAlreadyActive) as refused:
+            Store(path).prepare()
+        assert f"by its runner (pid {runner.pid}), still after 0.3 s" in refused.value.message
+        with closing(connect(path)) as conn:
+            assert migrations.current_version(conn) == 4  # not migrated under it either
+    finally:
+        runner.kill()
+        runner.wait(timeout=10)
 
 
 def test_an_old_database_is_not_upgraded_by_a_user_who_cannot_tell_whether_a_runner_is_there(
