@@ -23,7 +23,7 @@ from edgejobs.app import EdgeJobs
 from edgejobs.config import ScheduleConfig, parse_rate_limit
 from edgejobs.errors import NotFound, ValidationError
 from edgejobs.models import MAX_DELAY_S, MAX_RETRIES, iso_ms
-from edgejobs.runner.pacing import BatchPacer
+from edgejobs.runner.pacing import delete_in_batches
 from edgejobs.runner.registry import OVERRIDABLE
 from edgejobs.runner.schedules import MIN_GRACE_MS, Scheduler, next_due_after
 from edgejobs.runner.ticks import TickTask
@@ -420,18 +420,8 @@ class AuditRetention:
         """Delete every entry older than the retention period; return how many."""
         retention = self._ej.config.retention
         cutoff = now - int(retention.days * 86_400_000)
-        total = 0
-        pacer = BatchPacer()  # other processes write between the batches too
-        while True:
-            deleted = await pacer.run(
-                partial(
-                    self._ej.store.write,
-                    partial(delete_old_entries, cutoff_ms=cutoff, batch=retention.batch_size),
-                )
-            )
-            total += deleted
-            if deleted < retention.batch_size:
-                return total
+        delete = partial(delete_old_entries, cutoff_ms=cutoff, batch=retention.batch_size)
+        return await delete_in_batches(self._ej.store, delete, retention.batch_size)
 
 
 # --------------------------------------------------------------------------------------------

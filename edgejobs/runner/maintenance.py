@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from edgejobs.errors import DatabaseBusy, StorageFull, out_of_resources
 from edgejobs.logs import RepeatLimiter
 from edgejobs.runner.executor import abandoned_tasks, abandoned_threads
-from edgejobs.runner.pacing import BatchPacer
+from edgejobs.runner.pacing import BatchPacer, delete_in_batches
 from edgejobs.store import Store
 from edgejobs.store.db import WriteTx
 from edgejobs.store.maintenance import (
@@ -162,13 +162,7 @@ class Maintenance:
         # Noted here, not in the tick task: a prune that trims (retention, `edgejobs prune`)
         # counts too, so the tick task does not trim again right after it.
         self._events_trimmed_at = now_ms
-        total = 0
-        pacer = BatchPacer()  # other processes write between the batches too
-        while True:
-            deleted = await pacer.run(partial(self._store.write, op))
-            total += deleted
-            if deleted < batch:
-                return total
+        return await delete_in_batches(self._store, op, batch)
 
     async def events_task(self, now_ms: int) -> None:
         """Tick task: trim the event log every ``events_trim_interval_s``."""
@@ -301,13 +295,11 @@ class Maintenance:
         total = 0
         steps = 0
         self.vacuum_blocked = False
-        pacer = BatchPacer()  # other processes write between the steps too
+        pacer = BatchPacer(self._store)  # other processes write between the steps too
         async with self._lock:
             while max_steps is None or steps < max_steps:
                 try:
-                    freed = await pacer.run(
-                        partial(self._store.write, partial(vacuum_step, max_pages=step))
-                    )
+                    freed = await pacer.write(partial(vacuum_step, max_pages=step))
                 except StorageFull:
                     # Every page a step moves goes through the WAL: on a nearly full disk a
                     # step of vacuum_step_pages (4 MiB) does not fit, and every step failed —

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-__all__ = ["BATCH_PAUSE_MAX_S", "BATCH_PAUSE_MIN_S", "BatchPacer"]
+if TYPE_CHECKING:
+    from edgejobs.store import Store
+    from edgejobs.store.db import WriteOp
+
+__all__ = ["BATCH_PAUSE_MAX_S", "BATCH_PAUSE_MIN_S", "BatchPacer", "delete_in_batches"]
 
 T = TypeVar("T")
 
@@ -34,22 +37,35 @@ busy disk) does not slow the delete further than needed."""
 
 
 class BatchPacer:
-    """Runs the batches of one long delete with a pause between them.
+    """Writes the batches of one long delete to ``store`` with a pause between them.
 
-    ``await pacer.run(write)`` awaits ``write()`` (one batch) after pausing as long as the
-    previous batch took (bounded), so the first batch starts at once and the last one is
-    followed by no pause.
+    ``await pacer.write(op)`` pauses as long as the previous batch took (bounded), then runs
+    ``op`` in the store's next transaction: the first batch starts at once, and the last one
+    is followed by no pause.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, store: Store) -> None:
+        self._store = store
         self._last_batch_s: float | None = None
 
-    async def run(self, write: Callable[[], Awaitable[T]]) -> T:
-        """Pause if a batch came before, then run ``write`` and time it."""
+    async def write(self, op: WriteOp[T]) -> T:
+        """Pause if a batch came before, then write ``op`` and time it."""
         if self._last_batch_s is not None:
             await asyncio.sleep(min(BATCH_PAUSE_MAX_S, max(BATCH_PAUSE_MIN_S, self._last_batch_s)))
         started = time.monotonic()
         try:
-            return await write()
+            return await self._store.write(op)
         finally:
             self._last_batch_s = time.monotonic() - started
+
+
+async def delete_in_batches(store: Store, delete: WriteOp[int], batch: int) -> int:
+    """Write ``delete`` (an op that removes up to ``batch`` rows) one paced transaction at a
+    time until a batch comes back short; how many rows went in all."""
+    pacer = BatchPacer(store)
+    total = 0
+    while True:
+        deleted = await pacer.write(delete)
+        total += deleted
+        if deleted < batch:
+            return total

@@ -24,7 +24,7 @@ from functools import partial
 from edgejobs.clock import Clock
 from edgejobs.errors import EdgeJobsError, StorageFull
 from edgejobs.logs import RepeatLimiter, job_fields
-from edgejobs.runner.pacing import BatchPacer
+from edgejobs.runner.pacing import BatchPacer, delete_in_batches
 from edgejobs.runner.registry import Registry
 from edgejobs.store import Store
 from edgejobs.store.claim import renew_leases
@@ -325,14 +325,10 @@ class Ticker:
         batch = self.settings.retention_batch
         report = PruneReport()
         made_room = False  # the WAL was checkpointed after a full disk, and nothing written since
-        pacer = BatchPacer()  # other processes write between the batches too
+        pacer = BatchPacer(self._store)  # other processes write between the batches too
         while True:
             try:
-                deleted = await pacer.run(
-                    partial(
-                        self._store.write, partial(delete_old_jobs, cutoff_ms=cutoff, batch=batch)
-                    )
-                )
+                deleted = await pacer.write(partial(delete_old_jobs, cutoff_ms=cutoff, batch=batch))
             except StorageFull:
                 # A nearly full disk, when pruning matters most. Deletes need room in the WAL,
                 # which grows batch after batch until a checkpoint lets it be reused (or
@@ -359,26 +355,17 @@ class Ticker:
         report.sessions = await self._store.write(partial(delete_expired_sessions, now=now))
         # The counts of what retention just deleted (and of every org and job type that holds
         # no job any more) are 0 now: their rows go too, or they would pile up for good.
-        report.counts = await self._delete_in_batches(delete_zero_counts, batch)
+        report.counts = await delete_in_batches(
+            self._store, partial(delete_zero_counts, batch=batch), batch
+        )
         # Likewise the rate-limit windows of (org, job type) pairs that stopped submitting.
-        report.rate_windows = await self._delete_in_batches(
-            partial(delete_ended_windows, now=now), batch
+        report.rate_windows = await delete_in_batches(
+            self._store, partial(delete_ended_windows, now=now, batch=batch), batch
         )
         self.last_progress_monotonic = self._clock.monotonic()
         if report.jobs:
             log.info("retention deleted %d jobs and %d events", report.jobs, report.events)
         return report
-
-    async def _delete_in_batches(self, delete: Callable[..., int], batch: int) -> int:
-        """Run ``delete(conn, tx, batch=batch)`` (a write that removes up to ``batch`` rows) one
-        transaction at a time until a batch comes back short; how many rows went in all."""
-        total = 0
-        pacer = BatchPacer()
-        while True:
-            deleted = await pacer.run(partial(self._store.write, partial(delete, batch=batch)))
-            total += deleted
-            if deleted < batch:
-                return total
 
     async def run(self) -> None:
         """Tick until :meth:`stop`."""
