@@ -34,11 +34,6 @@ class Holder:
     runner of a version that did not record it (an older edgejobs)."""
 
 
-def _holder(fd: int) -> str:
-    """The pid the lock file records (its holder wrote it), or "unknown"."""
-    return _read_holder(fd).pid
-
-
 def _read_holder(fd: int) -> Holder:
     """The lock file's record: ``"<pid> <schema version>"``, or a bare pid (older runners)."""
     fields = os.pread(fd, 64, 0).decode(errors="replace").split()
@@ -128,7 +123,7 @@ class RunnerLock:
         try:
             _lock_soon(fd)
         except BlockingIOError:
-            holder = _holder(fd)
+            holder = _read_holder(fd).pid
             os.close(fd)
             raise RunnerAlreadyActive(
                 f"another edgejobs runner (pid {holder}) is already running on this database;"

@@ -61,7 +61,7 @@ class Store:
         try:
             version = migrations.current_version(conn)
             if 0 < version < migrations.latest_version():
-                self._refuse_upgrade_under_a_runner(version)
+                self._refuse_upgrade_under_a_runner(conn, version)
             if version == 0:
                 # Only possible before the first table exists: lets retention give pages back.
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -73,7 +73,7 @@ class Store:
         finally:
             conn.close()
 
-    def _refuse_upgrade_under_a_runner(self, version: int) -> None:
+    def _refuse_upgrade_under_a_runner(self, conn: sqlite3.Connection, version: int) -> None:
         """An older edgejobs still running on this file (a package upgraded, its service not
         yet restarted) would go on writing its old formats into the migrated file: events
         no stream could read, job counts left behind. Any first open by the new version, a
@@ -83,7 +83,7 @@ class Store:
             if holder is not None and holder.schema_version == migrations.latest_version():
                 # A runner of this very version, migrating the file at its start (the first
                 # open of a fresh file included): wait for it rather than refuse it.
-                holder = self._wait_for_the_runners_upgrade(holder)
+                holder = self._wait_for_the_runners_upgrade(conn, holder)
         except PermissionError:
             raise RunnerAlreadyActive(
                 f"{self.path} has schema version {version} and this edgejobs would upgrade it"
@@ -105,21 +105,20 @@ class Store:
                 " (docs/operations.md, Upgrading)"
             )
 
-    def _wait_for_the_runners_upgrade(self, holder: Holder) -> Holder | None:
-        """Wait (in this worker thread) until the file is at the latest schema version or
-        its runner is gone (None: nothing to refuse, the migration below finishes the job or
-        finds nothing to do), for at most :data:`UPGRADE_WAIT_S`; the holder if neither."""
+    def _wait_for_the_runners_upgrade(
+        self, conn: sqlite3.Connection, holder: Holder
+    ) -> Holder | None:
+        """Wait (in this worker thread, reading through ``conn``) until the file is at the
+        latest schema version or its runner is gone (None: nothing to refuse, the migration
+        that follows finishes the job or finds nothing to do), for at most
+        :data:`UPGRADE_WAIT_S`; the holder if neither."""
         deadline = time.monotonic() + UPGRADE_WAIT_S
-        conn = connect(self.path, self.pragmas)
-        try:
-            while time.monotonic() < deadline:
-                if migrations.current_version(conn) >= migrations.latest_version():
-                    return None
-                if holder_elsewhere(self.path) is None:
-                    return None
-                time.sleep(UPGRADE_POLL_S)
-        finally:
-            conn.close()
+        while time.monotonic() < deadline:
+            if migrations.current_version(conn) >= migrations.latest_version():
+                return None
+            if holder_elsewhere(self.path) is None:
+                return None
+            time.sleep(UPGRADE_POLL_S)
         return holder
 
     async def open(self) -> None:
