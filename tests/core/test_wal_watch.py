@@ -42,18 +42,45 @@ async def _submit_elsewhere_and_wait(path: Path, runner: EdgeJobs, *, when_armed
         await other.close()
 
 
-def _told_only_by_the_watch(path: Path, monkeypatch: pytest.MonkeyPatch) -> EdgeJobs:
-    """A runner whose writer, once idle, looks by itself only every hour: only the watch can
-    tell it about other connections' commits. No ticks either: a tick's write would make the
-    writer look again as it settles."""
-    monkeypatch.setattr(db, "WATCHED_POLL_S", 3600.0)
-    monkeypatch.setattr(db, "BUSY_POLL_S", 3600.0)
+def _quiet_runner(path: Path) -> EdgeJobs:
+    """A runner with no ticks (a tick's write would make the writer look as it settles)."""
     quiet = Config().model_copy(
         update={"runner": RunnerConfig(workers=2, tick_interval_s=3600, lease_s=3600)}
     )
     runner = EdgeJobs(database=path, config=quiet)
     runner.register("echo", echo)
     return runner
+
+
+def _told_only_by_the_watch(path: Path, monkeypatch: pytest.MonkeyPatch) -> EdgeJobs:
+    """A runner whose writer, once idle, looks by itself only every hour: only the watch can
+    tell it about other connections' commits. No ticks either."""
+    monkeypatch.setattr(db, "WATCHED_POLL_S", 3600.0)
+    monkeypatch.setattr(db, "BUSY_POLL_S", 3600.0)
+    return _quiet_runner(path)
+
+
+def _watch_fired_by_hand(monkeypatch: pytest.MonkeyPatch) -> int:
+    """The next writer to open gets a watch the test fires by writing to the returned pipe
+    end (real commits write the WAL unannounced); writers opened later poll."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    watches = [db.WalWatch(read_fd)]
+    monkeypatch.setattr(db, "open_watch", lambda path: watches.pop() if watches else None)
+    return write_fd
+
+
+async def _fire_and_see_it_looked(writer: db.Writer, write_fd: int) -> None:
+    """Say "the WAL was written" once the writer is idle, and wait for its look."""
+    await poll_until(lambda: writer.watch_armed, timeout=10, interval=0.005, message="not idle")
+    looked = writer._checked_foreign_at
+    os.write(write_fd, b"x")
+    await poll_until(
+        lambda: writer._checked_foreign_at > looked,
+        timeout=10,
+        interval=0.001,
+        message="the writer never looked",
+    )
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
@@ -96,12 +123,7 @@ async def test_a_commit_not_visible_yet_when_the_watch_fires_is_still_noticed(
     moment later, when its wal-index (shared memory: no notification) is updated. A look in
     between saw nothing, and nothing woke the runner again: a CLI submission waited seconds,
     up to the 30 s safety look. The writer looks again after short pauses."""
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    # The runner's watch is one the test fires by hand: the real commits below write the WAL
-    # unannounced. (The other instance, opened later, polls.)
-    watches = [db.WalWatch(read_fd)]
-    monkeypatch.setattr(db, "open_watch", lambda path: watches.pop() if watches else None)
+    write_fd = _watch_fired_by_hand(monkeypatch)  # the runner's (the other instance polls)
     path = tmp_path / "jobs.db"
     runner = _told_only_by_the_watch(path, monkeypatch)
     other = EdgeJobs(database=path)
@@ -110,17 +132,7 @@ async def test_a_commit_not_visible_yet_when_the_watch_fires_is_still_noticed(
             writer = runner.store.writer
             await other.open()
             for n in range(3):
-                await poll_until(
-                    lambda: writer.watch_armed, timeout=10, interval=0.005, message="not idle"
-                )
-                looked = writer._checked_foreign_at
-                os.write(write_fd, b"x")  # "the WAL was written" ...
-                await poll_until(
-                    lambda looked=looked: writer._checked_foreign_at > looked,
-                    timeout=10,
-                    interval=0.001,
-                    message="the writer never looked",
-                )
+                await _fire_and_see_it_looked(writer, write_fd)  # "the WAL was written" ...
                 job = await other.submit("echo", org="acme", params={"n": n})  # ... then it is
                 done = await runner.wait(job.id, timeout=5)
                 assert done.status is Status.COMPLETED and done.result == {"n": n}
@@ -138,10 +150,7 @@ async def test_a_recheck_left_over_from_before_a_write_does_not_keep_the_watch_u
     so another process's commits went unheard that long — a job submitted from another process
     started ~250 ms late in one case of five. The write's own transaction came after any commit
     on its way: nothing is left to recheck after it."""
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    watches = [db.WalWatch(read_fd)]
-    monkeypatch.setattr(db, "open_watch", lambda path: watches.pop() if watches else None)
+    write_fd = _watch_fired_by_hand(monkeypatch)
     # Rechecks so far apart that one left standing keeps the watch unarmed for the test's life.
     monkeypatch.setattr(db, "RECHECK_AFTER_S", (3600.0, 3600.0))
     path = tmp_path / "jobs.db"
@@ -151,17 +160,7 @@ async def test_a_recheck_left_over_from_before_a_write_does_not_keep_the_watch_u
         async with runner:
             writer = runner.store.writer
             await other.open()
-            await poll_until(
-                lambda: writer.watch_armed, timeout=10, interval=0.005, message="not idle"
-            )
-            looked = writer._checked_foreign_at
-            os.write(write_fd, b"x")  # "the WAL was written", and no commit shows: rechecks
-            await poll_until(
-                lambda: writer._checked_foreign_at > looked,
-                timeout=10,
-                interval=0.001,
-                message="the writer never looked",
-            )
+            await _fire_and_see_it_looked(writer, write_fd)  # and no commit shows: rechecks
             mine = await runner.submit("echo", org="acme", params={"n": 0})  # a write of its own
             assert (await runner.wait(mine.id, timeout=15)).status is Status.COMPLETED
             await poll_until(
@@ -189,12 +188,8 @@ async def test_a_runner_hears_a_submit_from_elsewhere_while_its_writer_settles(
     3 s here, so that the two cannot be mistaken."""
     monkeypatch.setattr(db, "SETTLE_S", 3.0)
     monkeypatch.setattr(db, "WATCHED_POLL_S", 3600.0)  # no safety-net look either
-    quiet = Config().model_copy(
-        update={"runner": RunnerConfig(workers=2, tick_interval_s=3600, lease_s=3600)}
-    )
     path = tmp_path / "jobs.db"
-    runner = EdgeJobs(database=path, config=quiet)
-    runner.register("echo", echo)
+    runner = _quiet_runner(path)
     other = EdgeJobs(database=path)
     try:
         async with runner:
