@@ -17,7 +17,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -427,6 +428,21 @@ _OLD_RUNNER = textwrap.dedent(
 )
 
 
+@contextmanager
+def _runner_process(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process running ``script`` (it prints "holding" once it holds the runner
+    lock), killed at the end."""
+    runner = subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert runner.stdout is not None and runner.stdout.readline().strip() == "holding"
+        yield runner
+    finally:
+        runner.kill()
+        runner.wait(timeout=10)
+
+
 def test_an_old_database_is_not_upgraded_under_a_runner_of_another_process(
     tmp_path: Path,
 ) -> None:
@@ -440,11 +456,7 @@ def test_an_old_database_is_not_upgraded_under_a_runner_of_another_process(
     with closing(connect(path)) as conn:
         insert_job(conn, 1, "queued")
     config = _config(tmp_path, path)
-    runner = subprocess.Popen(
-        [sys.executable, "-c", _OLD_RUNNER, str(path)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert runner.stdout is not None and runner.stdout.readline().strip() == "holding"
+    with _runner_process(_OLD_RUNNER, str(path)) as runner:
         proc = _cli(config, "stats", "--json")
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 3, (out, err)
@@ -452,9 +464,6 @@ def test_an_old_database_is_not_upgraded_under_a_runner_of_another_process(
         assert "Traceback" not in err
         with closing(connect(path)) as conn:
             assert migrations.current_version(conn) == 4
-    finally:
-        runner.kill()
-        runner.wait(timeout=10)
     proc = _cli(config, "stats", "--json")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -495,21 +504,13 @@ def test_a_command_run_while_a_runner_of_the_same_version_migrates_waits_for_it(
     with closing(connect(path)) as conn:
         insert_job(conn, 1, "queued")
     config = _config(tmp_path, path)
-    runner = subprocess.Popen(
-        [sys.executable, "-c", _RUNNER_OF_THIS_VERSION, str(path), "1.0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert runner.stdout is not None and runner.stdout.readline().strip() == "holding"
+    with _runner_process(_RUNNER_OF_THIS_VERSION, str(path), "1.0") as runner:
         proc = _cli(config, "stats", "--json")
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, (out, err)
         assert json.loads(out)["by_status"]["queued"] == 1
+        assert runner.stdout is not None
         assert runner.stdout.readline().strip() == "migrated"  # the runner did it, not us
-    finally:
-        runner.kill()
-        runner.wait(timeout=10)
 
 
 def test_a_runner_of_the_same_version_that_never_ends_its_migration_is_said(
@@ -518,21 +519,12 @@ def test_a_runner_of_the_same_version_that_never_ends_its_migration_is_said(
     path = tmp_path / "old.db"
     build_old_database(path, 4)
     monkeypatch.setattr(store_module, "UPGRADE_WAIT_S", 0.3)
-    runner = subprocess.Popen(
-        [sys.executable, "-c", _RUNNER_OF_THIS_VERSION, str(path), "60"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert runner.stdout is not None and runner.stdout.readline().strip() == "holding"
+    with _runner_process(_RUNNER_OF_THIS_VERSION, str(path), "60") as runner:
         with pytest.raises(RunnerAlreadyActive) as refused:
             Store(path).prepare()
         assert f"by its runner (pid {runner.pid}), still after 0.3 s" in refused.value.message
         with closing(connect(path)) as conn:
             assert migrations.current_version(conn) == 4  # not migrated under it either
-    finally:
-        runner.kill()
-        runner.wait(timeout=10)
 
 
 def test_an_old_database_is_not_upgraded_by_a_user_who_cannot_tell_whether_a_runner_is_there(
