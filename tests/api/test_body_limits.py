@@ -427,7 +427,12 @@ async def test_a_large_body_whose_request_is_cancelled_holds_the_gate_until_its_
         with pytest.raises(asyncio.CancelledError):
             await first
         second = asyncio.create_task(body_module.read_model(request(), SubmitJob))
-        await asyncio.sleep(0.2)  # time enough for a second thread to start, were the gate open
+        await poll_until(
+            lambda: app.state.big_body_gate.waiting == 1,
+            timeout=30,
+            interval=0.005,
+            message="the second body to wait at the gate (it went through: the gate was open)",
+        )
         assert started == ["first"]
         finish.set()
         parsed = await asyncio.wait_for(second, timeout=30)
