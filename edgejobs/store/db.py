@@ -165,7 +165,7 @@ def _configure(conn: sqlite3.Connection, path: Path, pragmas: Pragmas, *, readon
     for name, value, expected in settings:
         # PRAGMA arguments cannot be bound parameters; names and values here are constants or
         # validated integers from the config model, never user input.
-        conn.execute(f"PRAGMA {name} = {value}")
+        _execute_when_unlocked(conn, f"PRAGMA {name} = {value}", pragmas.busy_timeout_ms / 1000)
         actual = conn.execute(f"PRAGMA {name}").fetchone()[0]
         if str(actual).lower() != str(expected).lower():
             raise EdgeJobsError(f"could not set PRAGMA {name} = {value} on {path} (got {actual})")
@@ -176,6 +176,29 @@ def _configure(conn: sqlite3.Connection, path: Path, pragmas: Pragmas, *, readon
         if str(mode).lower() != "wal":
             raise EdgeJobsError(f"{path} is not in WAL mode (journal_mode={mode})")
         conn.execute("PRAGMA query_only = ON")
+
+
+LOCKED_RETRY_S = 0.01
+
+
+def _execute_when_unlocked(conn: sqlite3.Connection, sql: str, timeout_s: float) -> None:
+    """Run ``sql``, trying again while SQLite answers "database is locked", up to
+    ``timeout_s``.
+
+    Two processes opening a fresh file at once (a worker starting, a ``submit`` run beside it)
+    both switch it to WAL, which needs an exclusive lock: SQLite refuses one of them at once,
+    without its busy handler (waiting could deadlock two lock upgrades), and the command
+    failed "database is locked" — 11 of 60 such pairs. The other one is done in milliseconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            conn.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(LOCKED_RETRY_S)
 
 
 def wal_path(path: Path) -> Path:

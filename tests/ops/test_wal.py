@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import stat
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
@@ -162,3 +164,30 @@ async def test_a_new_database_created_through_a_dangling_symlink_is_private(
     await ej.open()
     await ej.close()
     assert stat.S_IMODE((data / "edgejobs.db").stat().st_mode) == 0o600
+
+
+_OPEN_FRESH = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from edgejobs.store.store import Store\n"
+    "Store(Path(sys.argv[1])).prepare()\n"
+)
+
+
+def test_two_processes_opening_a_fresh_database_at_once_both_succeed(tmp_path: Path) -> None:
+    """A worker started and a ``submit`` run beside it both create the file and switch it to
+    WAL; SQLite refused one of them at once, without waiting ("database is locked", exit 1),
+    in about one pair in six. Repeated, since it is a race."""
+    for round_ in range(20):
+        path = tmp_path / f"fresh{round_}.db"
+        both = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_FRESH, str(path)],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        for proc in both:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, (round_, err)
