@@ -182,6 +182,16 @@ def _parent_list(value: object) -> tuple[Any, ...]:
     return tuple(value)
 
 
+@dataclasses.dataclass
+class _CheckedNames:
+    """The job types and orgs one batch has already checked: a batch of 20,000 jobs of one
+    type for one org looks each up once, not once per job (the checks run on the event loop,
+    before the writer can start the batch's transaction)."""
+
+    job_types: dict[str, JobType] = dataclasses.field(default_factory=dict)
+    orgs: set[str] = dataclasses.field(default_factory=set)
+
+
 def _cannot_open(path: Path, exc: BaseException) -> EdgeJobsError:
     """One line for a database file that cannot be opened (the CLI prints it, exit 1)."""
     reason = str(exc)
@@ -834,18 +844,36 @@ class EdgeJobs:
             )
         raise UnknownJobType(f"unknown job type {name!r}")
 
-    def _new_job(self, spec: JobSpec, refs: Mapping[int, int], now: int) -> NewJob:
-        job_type = self._job_type_for_submit(spec.job_type)
-        org = check_org(spec.org)
+    def _new_job(
+        self,
+        spec: JobSpec,
+        refs: Mapping[int, int],
+        now: int,
+        checked: _CheckedNames | None = None,
+    ) -> NewJob:
+        if checked is None:
+            checked = _CheckedNames()
+        name, org = spec.job_type, spec.org
+        # (Only exact strs are looked up: anything else, unhashable included, is checked.)
+        job_type = checked.job_types.get(name) if type(name) is str else None
+        if job_type is None:
+            job_type = self._job_type_for_submit(name)
+            checked.job_types[job_type.name] = job_type
+        if type(org) is not str or org not in checked.orgs:
+            checked.orgs.add(check_org(org))
         params = {} if spec.params is None else spec.params
-        if not isinstance(params, Mapping):
-            raise ValidationError("params must be a JSON object")
+        # A plain dict (the common case) is encoded as it is; any other Mapping is copied into
+        # one first (the encoder takes dicts only). The ABC check is the slow path only.
+        if type(params) is not dict:
+            if not isinstance(params, Mapping):
+                raise ValidationError("params must be a JSON object")
+            params = dict(params)
         try:
-            params_json = strict_dumps(dict(params))
+            params_json = strict_dumps(params)
             size = len(params_json.encode())
         except RecursionError:
             raise ValidationError(
-                f"params are nested deeper than {MAX_JSON_DEPTH} levels"
+                f"params are nested deeper than {MAX_JSON_DEPTH} levels (or contain themselves)"
             ) from None
         except UnicodeEncodeError:
             raise ValidationError(
@@ -877,7 +905,8 @@ class EdgeJobs:
             ):
                 raise ValidationError(f"delay_s must be a number from 0 to {MAX_DELAY_S:.0f}")
             run_at = now + round(spec.delay_s * 1000)
-        parents = _parent_list(spec.depends_on)
+        deps = spec.depends_on
+        parents = deps if type(deps) is tuple else _parent_list(deps)
         if len(parents) > MAX_DEPENDS_ON:
             raise ValidationError(f"depends_on holds at most {MAX_DEPENDS_ON} parents")
         depends_on: list[str | int] = []
@@ -984,9 +1013,10 @@ class EdgeJobs:
         now = self.clock.now_ms()
         refs: dict[int, int] = {}
         new_jobs: list[NewJob] = []
+        checked = _CheckedNames()
         for index, spec in enumerate(specs):
             try:
-                new_jobs.append(self._new_job(spec, refs, now))
+                new_jobs.append(self._new_job(spec, refs, now, checked))
             except EdgeJobsError as exc:
                 if len(specs) > 1:
                     exc.message = f"jobs[{index}]: {exc.message}"

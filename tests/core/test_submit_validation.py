@@ -23,6 +23,12 @@ def _nested(depth: int) -> list[Any]:
     return value
 
 
+def _containing_itself() -> dict[str, Any]:
+    params: dict[str, Any] = {"n": 1}
+    params["self"] = [params]
+    return params
+
+
 REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("huge delay", {"delay_s": 1e20}, "delay_s"),
     ("NaN delay", {"delay_s": math.nan}, "delay_s"),
@@ -44,6 +50,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("lone surrogate in dedup_key", {"dedup": True, "dedup_key": "k\ud800"}, "dedup_key"),
     ("params nested too deep to read back", {"params": {"v": _nested(980)}}, "nested deeper"),
     ("params nested too deep to encode", {"params": {"v": _nested(100_000)}}, "nested deeper"),
+    ("params that contain themselves", {"params": _containing_itself()}, "contain themselves"),
 ]
 
 
@@ -74,6 +81,35 @@ async def test_params_as_deep_as_the_limit_are_accepted_and_read_back(kit: CoreK
     ``get``, ``wait`` and listings raised ``RecursionError``. The limit is 200 levels, the
     params object included."""
     job = await kit.submit(params={"v": _nested(199)})
+    assert (await kit.ej.get(job.id)).params == job.params
+
+
+async def test_each_job_of_a_batch_is_checked_however_many_share_a_type_and_org(
+    kit: CoreKit,
+) -> None:
+    """A batch looks each job type and org up once; a bad one after good ones of the same
+    batch is still refused, with its index, and nothing of the batch is written."""
+    good = [JobSpec("t.work", "acme", {"i": i}, dedup=False) for i in range(3)]
+    bad_cases: list[tuple[JobSpec, str]] = [
+        (JobSpec("t.nope", "acme", dedup=False), r"jobs\[3\]: unknown job type"),
+        (JobSpec("t.work", "ac me", dedup=False), r"jobs\[3\]: org must be"),
+        (JobSpec(["t.work"], "acme", dedup=False), r"jobs\[3\]: job_type must be"),  # type: ignore[arg-type]
+        (JobSpec("t.work", ["acme"], dedup=False), r"jobs\[3\]: org must be"),  # type: ignore[arg-type]
+        (JobSpec("t.work", "acme", [1], dedup=False), r"jobs\[3\]: params must be"),  # type: ignore[arg-type]
+    ]
+    for bad, needle in bad_cases:
+        with pytest.raises(ValidationError, match=needle):
+            await kit.ej.submit_many([*good, bad])
+    jobs, _ = await kit.ej.list_jobs(org="acme")
+    assert jobs == []
+
+
+async def test_params_may_be_any_mapping_and_come_back_a_plain_dict(kit: CoreKit) -> None:
+    from types import MappingProxyType
+
+    job = await kit.submit(params=MappingProxyType({"b": (1, 2), "a": None}))
+    assert type(job.params) is dict
+    assert job.params == {"a": None, "b": [1, 2]}
     assert (await kit.ej.get(job.id)).params == job.params
 
 
