@@ -101,9 +101,15 @@ def error_from(exc: BaseException) -> JobError:
     )
 
 
+_COMPLETED_WITHOUT_RESULT = Execution(Outcome.COMPLETED, result_json="null")
+"""What most handlers return, ``None``, encoded once (an Execution is immutable)."""
+
+
 def encode_result(value: Any, max_bytes: int) -> Execution:
     """The completed execution, or a failed one when the result cannot be stored; never
     raises."""
+    if value is None:
+        return _COMPLETED_WITHOUT_RESULT
     try:
         text = dumps(value)
         size = len(text.encode())  # a lone surrogate (a file name from os.listdir) fails here

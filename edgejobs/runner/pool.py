@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import sqlite3
 from collections import Counter
@@ -33,6 +32,7 @@ from edgejobs.store import Store
 from edgejobs.store.claim import ClaimLimits, claim_ready, parent_results, renew_leases
 from edgejobs.store.db import WriteTx, run_in_savepoint
 from edgejobs.store.jobs import eta_for_row, running_attempts
+from edgejobs.store.rows import load_stored
 from edgejobs.store.transitions import (
     complete_attempt,
     complete_attempts,
@@ -642,7 +642,7 @@ class Pool:
         self._busy.set()
         attempt.leased_at = self._clock.monotonic()
         try:
-            self._begin(attempt, json.loads(row["params"]), parent_results)
+            self._begin(attempt, load_stored(row["params"]), parent_results)
         except Exception:
             self._bookkeeping_failed(attempt)
 
