@@ -92,6 +92,46 @@ OTHER_QUEUES: list[tuple[str, str, str, str, str]] = [
 ]
 
 
+# The issue set its throughput targets on the machine whose SQLite ceiling (this harness's
+# lifecycle_3tx, three transactions per job) ran at ~17,500 jobs/s. Hosts differ by more than
+# two times on that figure (7,400-8,600 on a slower one, measured with the same script), so
+# beside the verdict as written the report gives the same targets scaled by the same-run
+# ceiling: what "20,000 jobs/s" asks of a host that runs SQLite at that fraction of the
+# reference speed. Never instead of the verdict as written.
+REFERENCE_CEILING = 17_500.0
+"""The lifecycle_3tx figure the issue's absolute targets were set against (jobs/s)."""
+SCALED_TARGETS: list[tuple[str, str, float]] = [
+    ("e2e_submit_many_normal", "1(b)", 20_000.0),
+    ("e2e_submit_50_normal", "1(a)", 10_000.0),
+]
+
+
+def _scaled_targets(figures: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """The throughput targets scaled to this host by the run's own SQLite ceiling."""
+    ceiling = figures.get(("sqlite_ceiling", "lifecycle_3tx"))
+    if not ceiling:
+        return
+    scale = ceiling["median"] / REFERENCE_CEILING
+    print(
+        f"\nThe same targets scaled to this host: its SQLite ceiling ran at "
+        f"{_fmt(ceiling['median'])} jobs/s in this run, {scale:.2f}x the "
+        f"{_fmt(REFERENCE_CEILING)} the issue's targets were set against (the verdict above"
+        " stays the one as written):\n"
+    )
+    print("| edgejobs figure | target | median | target x ceiling ratio | met scaled |")
+    print("|---|---|---:|---:|---|")
+    for name, label, target in SCALED_TARGETS:
+        mine = figures.get(("edgejobs", name))
+        if mine is None:
+            continue
+        scaled = target * scale
+        met = "yes" if mine["median"] >= scaled else "no"
+        print(
+            f"| {name} | {label} >= {_fmt(target)} jobs/s | {_fmt(mine['median'])} "
+            f"| {_fmt(scaled)} | {met} |"
+        )
+
+
 def _serial(put: float, consume: float) -> float:
     """Items per second of enqueue then consume done one after the other (1 / (1/a + 1/b))."""
     return 1 / (1 / put + 1 / consume)
@@ -180,6 +220,7 @@ def main() -> None:
             f"{_fmt(floor['median'])} jobs/s; submit_many end to end is "
             f"{mine['median'] / floor['median']:.2f}x it (the rest is the engine's own cost)."
         )
+    _scaled_targets(figures)
     _other_queues(figures)
     print("\nEvery figure of the run:\n")
     print("| subject | figure | median | unit | runs | conditions |")

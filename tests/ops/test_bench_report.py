@@ -68,3 +68,25 @@ def test_figures_over_failed_requests_or_missing_deliveries_are_not_results(
     assert rows["http_submit_p50"][-1] == "no: 503: 12"
     assert rows["sse_fanout_p50"][-1] == "-"  # measured, with no target
     assert rows["sse_fanout_p99"][1] == "40.00"
+
+
+def test_throughput_targets_are_also_given_scaled_by_the_runs_own_ceiling(tmp_path: Path) -> None:
+    """Beside the verdict as written (which stays), the absolute targets scaled by the run's
+    SQLite ceiling against the 17,500 jobs/s they were set on."""
+    path = tmp_path / "run.jsonl"
+    ceiling = _record("sqlite_ceiling", lifecycle_3tx=8_750)  # half the reference
+    mine = _record("edgejobs", e2e_submit_many_normal=10_500, e2e_submit_50_normal=4_900)
+    path.write_text("\n".join([ceiling, mine]) + "\n")
+    out = subprocess.run(
+        [sys.executable, str(REPORT), str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    scaled = {}
+    for line in out.stdout.splitlines():
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("e2e_"):
+            scaled[cells[0]] = cells
+    assert scaled["e2e_submit_many_normal"][3:] == ["10,000", "yes"]
+    assert scaled["e2e_submit_50_normal"][3:] == ["5,000", "no"]
+    rows = _rows(tmp_path, ceiling, mine)
+    assert rows["e2e_submit_many_normal"][-1] == "no"  # as written: 10,500 < 20,000
