@@ -7,6 +7,8 @@ import json
 import json.encoder
 import json.scanner
 import sqlite3
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from edgejobs.models import TERMINAL, Attempt, Job, JobError, Outcome, Priority, Status, iso_ms
@@ -21,6 +23,10 @@ class RowLike(Protocol):
 _canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
+def _join_chunks(encoder: Callable[[Any, int], Sequence[str]], value: Any) -> str:
+    return "".join(encoder(value, 0))
+
+
 def _not_serializable(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
@@ -31,8 +37,27 @@ def _not_serializable(value: Any) -> Any:
 # encoder's set-up cost more than encoding a small object (0.65 against 1.8 µs). It keeps no
 # table of the containers it is inside, so a value that contains itself ends in
 # RecursionError, as one nested too deep does.
-_strict_encoder = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
-    None, _not_serializable, json.encoder.encode_basestring, None, ":", ",", True, False, False
+# (Without CPython's C accelerator, the plain encoder.)
+_make_encoder = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+_strict_encode: Callable[[Any], str] = (
+    json.JSONEncoder(
+        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode
+    if _make_encoder is None
+    else partial(
+        _join_chunks,
+        _make_encoder(
+            None,
+            _not_serializable,
+            json.encoder.encode_basestring,
+            None,
+            ":",
+            ",",
+            True,
+            False,
+            False,
+        ),
+    )
 )
 
 
@@ -77,9 +102,7 @@ def strict_dumps(value: Any) -> str:
     """:func:`dumps` for what callers send (job params): NaN and infinities are refused
     (``ValueError``), as JSON has no such numbers; a value that contains itself raises
     ``RecursionError``."""
-    if isinstance(value, str):
-        return json.encoder.encode_basestring(value)  # (the C encoder takes containers only)
-    return "".join(_strict_encoder(value, 0))
+    return _strict_encode(value)
 
 
 def dumps(value: Any) -> str:
@@ -131,7 +154,8 @@ _JOB_SETTERS = tuple(getattr(Job, field.name).__set__ for field in dataclasses.f
 _STATUSES = {status.value: status for status in Status}
 
 
-_scan_json = json.scanner.c_make_scanner(json.JSONDecoder())  # type: ignore[attr-defined]
+# (The C scanner, where CPython has it; typeshed types make_scanner as a class of its own.)
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def load_stored(text: str) -> Any:
