@@ -429,12 +429,6 @@ def recover_running(
     return recovered
 
 
-_ANY_DUE = (
-    "SELECT 1 FROM jobs WHERE status = 'scheduled' AND run_at <= ?"
-    " UNION ALL SELECT 1 FROM jobs WHERE status = 'retrying' AND next_retry_at <= ? LIMIT 1"
-)
-
-
 def promote_due(conn: sqlite3.Connection, tx: WriteTx, *, now: int, limit: int = 1000) -> int:
     """scheduled and retrying jobs whose time has come → queued.
 
@@ -444,8 +438,9 @@ def promote_due(conn: sqlite3.Connection, tx: WriteTx, *, now: int, limit: int =
     """
     # One read first: every claim promotes, and almost always nothing is due. Two UPDATEs
     # that change nothing still cost ~16 µs each (a write statement's set-up, its RETURNING's
-    # temp table), a probe of both partial indexes a few.
-    if conn.execute(_ANY_DUE, (now, now)).fetchone() is None:
+    # temp table), the earliest due time (a probe of both partial indexes) a few.
+    due = next_due_ms(conn)
+    if due is None or due > now:
         return 0
     scheduled = conn.execute(
         "UPDATE jobs SET status = 'queued', updated_at = max(updated_at, ?) WHERE seq IN ("
