@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from edgejobs.errors import EdgeJobsError, RunnerAlreadyActive
-from edgejobs.runner.lock import Holder, holder_elsewhere, lock_path
+from edgejobs.runner.lock import holder_elsewhere, lock_path
 from edgejobs.store import migrations
 from edgejobs.store.db import (
     PointReader,
@@ -83,7 +83,13 @@ class Store:
             if holder is not None and holder.schema_version == migrations.latest_version():
                 # A runner of this very version, migrating the file at its start (the first
                 # open of a fresh file included): wait for it rather than refuse it.
-                holder = self._wait_for_the_runners_upgrade(conn, holder)
+                if self._still_upgrading_after_a_wait(conn):
+                    raise RunnerAlreadyActive(
+                        f"{self.path} is being upgraded to schema version"
+                        f" {migrations.latest_version()} by its runner (pid {holder.pid}),"
+                        f" still after {UPGRADE_WAIT_S:g} s: try again once it is done"
+                    )
+                return
         except PermissionError:
             raise RunnerAlreadyActive(
                 f"{self.path} has schema version {version} and this edgejobs would upgrade it"
@@ -91,12 +97,6 @@ class Store:
                 f" {lock_path(self.path)} to tell whether a runner is using it: upgrade it as"
                 " the user the runner runs as (docs/operations.md, Upgrading)"
             ) from None
-        if holder is not None and holder.schema_version == migrations.latest_version():
-            raise RunnerAlreadyActive(
-                f"{self.path} is being upgraded to schema version"
-                f" {migrations.latest_version()} by its runner (pid {holder.pid}), still after"
-                f" {UPGRADE_WAIT_S:g} s: try again once it is done"
-            )
         if holder is not None:
             raise RunnerAlreadyActive(
                 f"{self.path} has schema version {version} and this edgejobs would upgrade it"
@@ -105,21 +105,20 @@ class Store:
                 " (docs/operations.md, Upgrading)"
             )
 
-    def _wait_for_the_runners_upgrade(
-        self, conn: sqlite3.Connection, holder: Holder
-    ) -> Holder | None:
+    def _still_upgrading_after_a_wait(self, conn: sqlite3.Connection) -> bool:
         """Wait (in this worker thread, reading through ``conn``) until the file is at the
-        latest schema version or its runner is gone (None: nothing to refuse, the migration
+        latest schema version or its runner is gone (False: nothing to refuse, the migration
         that follows finishes the job or finds nothing to do), for at most
-        :data:`UPGRADE_WAIT_S`; the holder if neither."""
+        :data:`UPGRADE_WAIT_S`; True if neither happened."""
         deadline = time.monotonic() + UPGRADE_WAIT_S
-        while time.monotonic() < deadline:
+        while True:
             if migrations.current_version(conn) >= migrations.latest_version():
-                return None
+                return False
             if holder_elsewhere(self.path) is None:
-                return None
+                return False
+            if time.monotonic() >= deadline:
+                return True
             time.sleep(UPGRADE_POLL_S)
-        return holder
 
     async def open(self) -> None:
         """Prepare the file and start the writer thread.
