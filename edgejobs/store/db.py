@@ -179,6 +179,7 @@ def _configure(conn: sqlite3.Connection, path: Path, pragmas: Pragmas, *, readon
 
 
 LOCKED_RETRY_S = 0.01
+"""The pause between tries of a connection's settings while another opening holds the file."""
 
 
 def _execute_when_unlocked(conn: sqlite3.Connection, sql: str, timeout_s: float) -> None:

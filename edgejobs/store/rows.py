@@ -7,8 +7,7 @@ import json
 import json.encoder
 import json.scanner
 import sqlite3
-from collections.abc import Callable, Sequence
-from functools import partial
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from edgejobs.models import TERMINAL, Attempt, Job, JobError, Outcome, Priority, Status, iso_ms
@@ -23,42 +22,32 @@ class RowLike(Protocol):
 _canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
-def _join_chunks(encoder: Callable[[Any, int], Sequence[str]], value: Any) -> str:
-    return "".join(encoder(value, 0))
-
-
 def _not_serializable(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-# The C encoder that ``json.JSONEncoder(sort_keys=True, separators=(",", ":"),
-# ensure_ascii=False, allow_nan=False)`` builds anew at every call, built once: params are
-# encoded for every submitted job, on the event loop before the batch can be written, and the
-# encoder's set-up cost more than encoding a small object (0.65 against 1.8 µs). It keeps no
-# table of the containers it is inside, so a value that contains itself ends in
-# RecursionError, as one nested too deep does.
-# (Without CPython's C accelerator, the plain encoder.)
-_make_encoder = json.encoder.c_make_encoder  # type: ignore[attr-defined]
-_strict_encode: Callable[[Any], str] = (
-    json.JSONEncoder(
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode
-    if _make_encoder is None
-    else partial(
-        _join_chunks,
-        _make_encoder(
-            None,
-            _not_serializable,
-            json.encoder.encode_basestring,
-            None,
-            ":",
-            ",",
-            True,
-            False,
-            False,
-        ),
+def _strict_encoder() -> Callable[[Any], str]:
+    """Compact, sorted-key JSON with NaN and infinities refused, for :func:`strict_dumps`.
+
+    The C encoder that ``json.JSONEncoder(sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False, allow_nan=False).encode`` builds anew at every call, built once: params
+    are encoded for every submitted job, on the event loop before the batch can be written,
+    and the encoder's set-up cost more than encoding a small object (0.65 against 1.8 µs). It
+    keeps no table of the containers it is inside, so a value that contains itself ends in
+    RecursionError, as one nested too deep does.
+    """
+    make_encoder = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make_encoder is None:  # without CPython's C accelerator: the plain encoder
+        return json.JSONEncoder(
+            sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode
+    encode = make_encoder(
+        None, _not_serializable, json.encoder.encode_basestring, None, ":", ",", True, False, False
     )
-)
+    return lambda value: "".join(encode(value, 0))
+
+
+_strict_encode = _strict_encoder()
 
 
 MAX_JSON_DEPTH = 200
