@@ -27,7 +27,8 @@ def _record(subject: str, errors: dict[str, int] | None = None, **figures: float
     )
 
 
-def _rows(tmp_path: Path, *records: str) -> dict[str, list[str]]:
+def _table_rows(tmp_path: Path, *records: str, columns: int) -> dict[str, list[str]]:
+    """The rows of the report's tables with ``columns`` cells, by their first cell."""
     path = tmp_path / "run.jsonl"
     path.write_text("\n".join(records) + "\n")
     out = subprocess.run(
@@ -37,9 +38,14 @@ def _rows(tmp_path: Path, *records: str) -> dict[str, list[str]]:
     rows: dict[str, list[str]] = {}
     for line in out.stdout.splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) == 8 and cells[0] not in ("edgejobs figure", "---"):
+        if len(cells) == columns and cells[0] not in ("edgejobs figure", "---"):
             rows[cells[0]] = cells
     return rows
+
+
+def _rows(tmp_path: Path, *records: str) -> dict[str, list[str]]:
+    """The main table's rows (the verdict as written), by figure."""
+    return _table_rows(tmp_path, *records, columns=8)
 
 
 def test_the_2x_huey_half_of_1b_is_not_met_without_huey_in_the_run(tmp_path: Path) -> None:
@@ -73,19 +79,9 @@ def test_figures_over_failed_requests_or_missing_deliveries_are_not_results(
 def test_throughput_targets_are_also_given_scaled_by_the_runs_own_ceiling(tmp_path: Path) -> None:
     """Beside the verdict as written (which stays), the absolute targets scaled by the run's
     SQLite ceiling against the 17,500 jobs/s they were set on."""
-    path = tmp_path / "run.jsonl"
     ceiling = _record("sqlite_ceiling", lifecycle_3tx=8_750)  # half the reference
     mine = _record("edgejobs", e2e_submit_many_normal=10_500, e2e_submit_50_normal=4_900)
-    path.write_text("\n".join([ceiling, mine]) + "\n")
-    out = subprocess.run(
-        [sys.executable, str(REPORT), str(path)], capture_output=True, text=True, timeout=60
-    )
-    assert out.returncode == 0, out.stderr
-    scaled = {}
-    for line in out.stdout.splitlines():
-        cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) == 5 and cells[0].startswith("e2e_"):
-            scaled[cells[0]] = cells
+    scaled = _table_rows(tmp_path, ceiling, mine, columns=5)
     assert scaled["e2e_submit_many_normal"][3:] == ["10,000", "yes"]
     assert scaled["e2e_submit_50_normal"][3:] == ["5,000", "no"]
     rows = _rows(tmp_path, ceiling, mine)
