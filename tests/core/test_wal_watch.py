@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from ej_testkit import poll_until
 
-from edgejobs import EdgeJobs, Status
+from edgejobs import EdgeJobs, Job, Status
 from edgejobs.config import Config, RunnerConfig
 from edgejobs.store import db
 
@@ -36,10 +38,15 @@ async def _submit_elsewhere_and_wait(path: Path, runner: EdgeJobs, *, when_armed
                     message="the runner's writer never went idle",
                 )
             job = await other.submit("echo", org="acme", params={"n": n})
-            done = await runner.wait(job.id, timeout=15)
-            assert done.status is Status.COMPLETED and done.result == {"n": n}
+            await _echoed(runner, job, n)
     finally:
         await other.close()
+
+
+async def _echoed(runner: EdgeJobs, job: Job, n: int) -> None:
+    """``job`` (an echo of ``{"n": n}`` submitted elsewhere) is run and completed by ``runner``."""
+    done = await runner.wait(job.id, timeout=15)
+    assert done.status is Status.COMPLETED and done.result == {"n": n}
 
 
 def _quiet_runner(path: Path) -> EdgeJobs:
@@ -83,6 +90,25 @@ async def _fire_and_see_it_looked(writer: db.Writer, write_fd: int) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def _runner_on_a_hand_fired_watch(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[EdgeJobs, EdgeJobs, int]]:
+    """A started runner told of other connections' commits only by a watch the test fires
+    (:func:`_watch_fired_by_hand`), another open instance on the same file (it polls), and the
+    pipe end that fires the runner's watch."""
+    write_fd = _watch_fired_by_hand(monkeypatch)
+    runner = _told_only_by_the_watch(path, monkeypatch)
+    other = EdgeJobs(database=path)
+    try:
+        async with runner:
+            await other.open()
+            yield runner, other, write_fd
+    finally:
+        await other.close()
+        os.close(write_fd)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 async def test_a_foreign_commit_is_noticed_through_the_watch_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -123,22 +149,12 @@ async def test_a_commit_not_visible_yet_when_the_watch_fires_is_still_noticed(
     moment later, when its wal-index (shared memory: no notification) is updated. A look in
     between saw nothing, and nothing woke the runner again: a CLI submission waited seconds,
     up to the 30 s safety look. The writer looks again after short pauses."""
-    write_fd = _watch_fired_by_hand(monkeypatch)  # the runner's (the other instance polls)
-    path = tmp_path / "jobs.db"
-    runner = _told_only_by_the_watch(path, monkeypatch)
-    other = EdgeJobs(database=path)
-    try:
-        async with runner:
-            writer = runner.store.writer
-            await other.open()
-            for n in range(3):
-                await _fire_and_see_it_looked(writer, write_fd)  # "the WAL was written" ...
-                job = await other.submit("echo", org="acme", params={"n": n})  # ... then it is
-                done = await runner.wait(job.id, timeout=5)
-                assert done.status is Status.COMPLETED and done.result == {"n": n}
-    finally:
-        await other.close()
-        os.close(write_fd)
+    async with _runner_on_a_hand_fired_watch(tmp_path / "jobs.db", monkeypatch) as started:
+        runner, other, write_fd = started
+        for n in range(3):
+            await _fire_and_see_it_looked(runner.store.writer, write_fd)  # "the WAL was written"
+            job = await other.submit("echo", org="acme", params={"n": n})  # ... then it is
+            await _echoed(runner, job, n)
 
 
 async def test_a_recheck_left_over_from_before_a_write_does_not_keep_the_watch_unarmed(
@@ -150,32 +166,23 @@ async def test_a_recheck_left_over_from_before_a_write_does_not_keep_the_watch_u
     so another process's commits went unheard that long — a job submitted from another process
     started ~250 ms late in one case of five. The write's own transaction came after any commit
     on its way: nothing is left to recheck after it."""
-    write_fd = _watch_fired_by_hand(monkeypatch)
     # Rechecks so far apart that one left standing keeps the watch unarmed for the test's life.
     monkeypatch.setattr(db, "RECHECK_AFTER_S", (3600.0, 3600.0))
-    path = tmp_path / "jobs.db"
-    runner = _told_only_by_the_watch(path, monkeypatch)
-    other = EdgeJobs(database=path)
-    try:
-        async with runner:
-            writer = runner.store.writer
-            await other.open()
-            await _fire_and_see_it_looked(writer, write_fd)  # and no commit shows: rechecks
-            mine = await runner.submit("echo", org="acme", params={"n": 0})  # a write of its own
-            assert (await runner.wait(mine.id, timeout=15)).status is Status.COMPLETED
-            await poll_until(
-                lambda: writer.watch_armed,
-                timeout=10,
-                interval=0.005,
-                message="the watch stayed unarmed after the write",
-            )
-            job = await other.submit("echo", org="acme", params={"n": 1})
-            os.write(write_fd, b"x")  # its commit, told by the watch now armed
-            done = await runner.wait(job.id, timeout=15)
-            assert done.status is Status.COMPLETED and done.result == {"n": 1}
-    finally:
-        await other.close()
-        os.close(write_fd)
+    async with _runner_on_a_hand_fired_watch(tmp_path / "jobs.db", monkeypatch) as started:
+        runner, other, write_fd = started
+        writer = runner.store.writer
+        await _fire_and_see_it_looked(writer, write_fd)  # and no commit shows: rechecks
+        mine = await runner.submit("echo", org="acme", params={"n": 0})  # a write of its own
+        assert (await runner.wait(mine.id, timeout=15)).status is Status.COMPLETED
+        await poll_until(
+            lambda: writer.watch_armed,
+            timeout=10,
+            interval=0.005,
+            message="the watch stayed unarmed after the write",
+        )
+        job = await other.submit("echo", org="acme", params={"n": 1})
+        os.write(write_fd, b"x")  # its commit, told by the watch now armed
+        await _echoed(runner, job, 1)
 
 
 async def test_a_runner_hears_a_submit_from_elsewhere_while_its_writer_settles(
@@ -200,8 +207,7 @@ async def test_a_runner_hears_a_submit_from_elsewhere_while_its_writer_settles(
                 await runner.wait(mine.id, timeout=15)  # the runner's writer settles now
                 started = loop.time()
                 job = await other.submit("echo", org="acme", params={"n": n})
-                done = await runner.wait(job.id, timeout=15)
-                assert done.status is Status.COMPLETED and done.result == {"n": n}
+                await _echoed(runner, job, n)
                 assert loop.time() - started < 1.5
     finally:
         await other.close()
